@@ -1,0 +1,312 @@
+//! The gateway's configuration: one typed struct, built from name→value lookups and validated once.
+//!
+//! Values come from wrangler `[vars]` and secrets (or Spin variables) through [`Lookup`], so tests
+//! need no environment. Backends and API keys are JSON-valued variables; every error names the
+//! variable it is about, and a secret is never silently defaulted.
+
+use super::secret::Secret;
+use serde::Deserialize;
+
+/// Where configuration values come from (platform variables, secrets, or a map in tests).
+pub trait Lookup {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> Lookup for F {
+    fn get(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Lookup for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// Variable names, in one place so docs, errors and adapters agree.
+pub mod vars {
+    pub const BACKENDS: &str = "GATEWAY_BACKENDS";
+    pub const API_KEYS: &str = "GATEWAY_API_KEYS";
+    pub const CORS_ORIGINS: &str = "GATEWAY_CORS_ORIGINS";
+    pub const MAX_BODY_BYTES: &str = "GATEWAY_MAX_BODY_BYTES";
+    pub const MAX_MESSAGES: &str = "GATEWAY_MAX_MESSAGES";
+    pub const MAX_CONTENT_BYTES: &str = "GATEWAY_MAX_CONTENT_BYTES";
+    pub const MAX_TOKENS: &str = "GATEWAY_MAX_TOKENS";
+    pub const MAX_N: &str = "GATEWAY_MAX_N";
+    pub const FIRST_BYTE_TIMEOUT_MS: &str = "GATEWAY_FIRST_BYTE_TIMEOUT_MS";
+    pub const HEALTH_TIMEOUT_MS: &str = "GATEWAY_HEALTH_TIMEOUT_MS";
+}
+
+/// A configuration problem; the message starts with the variable's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The validated configuration of one gateway instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backends: Vec<Backend>,
+    pub api_keys: Vec<ApiKey>,
+    pub cors: Cors,
+    pub limits: RequestLimits,
+    pub timeouts: Timeouts,
+}
+
+/// An OpenAI-compatible inference server.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Used in logs and `/readyz`; never the URL.
+    pub name: String,
+    /// Base URL without a trailing slash, e.g. `https://gpu1.example.com` (paths `/v1/…` are appended).
+    pub base_url: String,
+    pub models: Vec<String>,
+    /// Bearer credential injected on every request to this backend.
+    pub api_key: Option<Secret<String>>,
+    /// Path probed by `/readyz`, e.g. `/health` (vLLM, TGI, llama.cpp) or `/v1/models`.
+    pub health_path: String,
+}
+
+impl Backend {
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == model)
+    }
+}
+
+/// A client API key, stored as the SHA-256 of the key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Shown in logs instead of the key.
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub models: ModelAccess,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Which models a key may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelAccess {
+    /// Every model some backend serves (`["*"]`).
+    All,
+    Only(Vec<String>),
+}
+
+impl ModelAccess {
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            ModelAccess::All => true,
+            ModelAccess::Only(models) => models.iter().any(|m| m == model),
+        }
+    }
+}
+
+/// Which browser origins may call the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    Disabled,
+    AnyOrigin,
+    Origins(Vec<String>),
+}
+
+/// Caps on what one request may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub max_messages: usize,
+    /// Total bytes of text content across all messages.
+    pub max_content_bytes: usize,
+    /// Upper bound for `max_tokens`/`max_completion_tokens`; injected when the client sends none.
+    pub max_tokens: u32,
+    pub max_n: u32,
+}
+
+/// How long the gateway waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From sending the request to the backend's response headers and first body bytes.
+    pub first_byte_ms: u64,
+    /// Per backend probe in `/readyz`.
+    pub health_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    url: String,
+    models: Vec<String>,
+    /// Name of the secret holding this backend's bearer credential.
+    #[serde(default)]
+    api_key_secret: Option<String>,
+    #[serde(default)]
+    health_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    id: String,
+    sha256: String,
+    models: Vec<String>,
+    #[serde(default)]
+    requests_per_minute: Option<u32>,
+}
+
+impl Config {
+    /// Builds and validates the configuration; the error names the offending variable.
+    pub fn from_lookup(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
+        let backends = parse_backends(lookup)?;
+        let api_keys = parse_api_keys(lookup, &backends)?;
+        let cors = parse_cors(lookup)?;
+        let limits = RequestLimits {
+            max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
+            max_messages: number(lookup, vars::MAX_MESSAGES, 256, 1, 100_000)? as usize,
+            max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)?
+                as usize,
+            max_tokens: number(lookup, vars::MAX_TOKENS, 4096, 1, 10_000_000)? as u32,
+            max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,
+        };
+        let timeouts = Timeouts {
+            first_byte_ms: number(lookup, vars::FIRST_BYTE_TIMEOUT_MS, 60_000, 1, 3_600_000)?,
+            health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
+        };
+        Ok(Config { backends, api_keys, cors, limits, timeouts })
+    }
+
+    /// Backends that serve `model`, in configured order.
+    pub fn backends_for<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
+        self.backends.iter().filter(move |b| b.serves(model))
+    }
+
+    /// Every model some backend serves, each once, in configured order.
+    pub fn served_models(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for model in self.backends.iter().flat_map(|b| b.models.iter()) {
+            if !out.contains(&model.as_str()) {
+                out.push(model);
+            }
+        }
+        out
+    }
+}
+
+fn required(lookup: &dyn Lookup, name: &str) -> Result<String, ConfigError> {
+    match lookup.get(name) {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError(format!("{name} is not set"))),
+    }
+}
+
+fn number(lookup: &dyn Lookup, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = lookup.get(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!("{name} must be an integer from {min} to {max}, got {raw:?}"))),
+    }
+}
+
+fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
+    let name = vars::BACKENDS;
+    let raw: Vec<RawBackend> = serde_json::from_str(&required(lookup, name)?)
+        .map_err(|e| ConfigError(format!("{name} is not a valid JSON array of backends: {e}")))?;
+    if raw.is_empty() {
+        return Err(ConfigError(format!("{name} must list at least one backend")));
+    }
+    let mut backends: Vec<Backend> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let at = format!("{name}[{i}]");
+        if b.name.trim().is_empty() {
+            return Err(ConfigError(format!("{at}.name must not be empty")));
+        }
+        if backends.iter().any(|o| o.name == b.name) {
+            return Err(ConfigError(format!("{at}.name `{}` is used twice", b.name)));
+        }
+        let url = b.url.trim_end_matches('/');
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains('@') => {}
+            _ => {
+                return Err(ConfigError(format!(
+                    "{at}.url must be an http:// or https:// URL without credentials"
+                )))
+            }
+        }
+        if b.models.is_empty() || b.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(ConfigError(format!("{at}.models must list at least one non-empty model")));
+        }
+        let api_key = match b.api_key_secret {
+            None => None,
+            Some(secret_name) => match lookup.get(&secret_name) {
+                Some(v) if !v.is_empty() => Some(Secret::new(v)),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{secret_name} (the api_key_secret of {at}) is not set"
+                    )))
+                }
+            },
+        };
+        let health_path = b.health_path.unwrap_or_else(|| "/health".into());
+        if !health_path.starts_with('/') {
+            return Err(ConfigError(format!("{at}.health_path must start with /")));
+        }
+        backends.push(Backend { name: b.name, base_url: url.to_string(), models: b.models, api_key, health_path });
+    }
+    Ok(backends)
+}
+
+fn parse_api_keys(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Vec<ApiKey>, ConfigError> {
+    let name = vars::API_KEYS;
+    let raw: Vec<RawApiKey> = serde_json::from_str(&required(lookup, name)?)
+        .map_err(|e| ConfigError(format!("{name} is not a valid JSON array of keys: {e}")))?;
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let at = format!("{name}[{i}]");
+        if k.id.trim().is_empty() {
+            return Err(ConfigError(format!("{at}.id must not be empty")));
+        }
+        if keys.iter().any(|o| o.id == k.id) {
+            return Err(ConfigError(format!("{at}.id `{}` is used twice", k.id)));
+        }
+        let sha256 = super::auth::parse_sha256_hex(&k.sha256).ok_or_else(|| {
+            ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))
+        })?;
+        let models = if k.models.iter().any(|m| m == "*") {
+            ModelAccess::All
+        } else {
+            if k.models.is_empty() {
+                return Err(ConfigError(format!("{at}.models must list models, or [\"*\"]")));
+            }
+            if let Some(m) = k.models.iter().find(|m| !backends.iter().any(|b| b.serves(m))) {
+                return Err(ConfigError(format!("{at}.models names `{m}`, which no backend serves")));
+            }
+            ModelAccess::Only(k.models)
+        };
+        if k.requests_per_minute == Some(0) {
+            return Err(ConfigError(format!("{at}.requests_per_minute must be at least 1")));
+        }
+        keys.push(ApiKey { id: k.id, sha256, models, requests_per_minute: k.requests_per_minute });
+    }
+    Ok(keys)
+}
+
+fn parse_cors(lookup: &dyn Lookup) -> Result<Cors, ConfigError> {
+    let name = vars::CORS_ORIGINS;
+    let Some(raw) = lookup.get(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(Cors::Disabled);
+    };
+    let origins: Vec<String> = raw.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).collect();
+    if origins.iter().any(|o| o == "*") {
+        return Ok(Cors::AnyOrigin);
+    }
+    if let Some(bad) = origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+        return Err(ConfigError(format!("{name}: `{bad}` is not an origin like https://app.example.com")));
+    }
+    Ok(Cors::Origins(origins))
+}

@@ -1,0 +1,236 @@
+//! Every failure the gateway can answer with, and the one place that renders it.
+//!
+//! Each variant knows its HTTP status and its OpenAI `type`/`code`, so handlers only say *what*
+//! went wrong. Messages never carry a secret, a backend URL or a backend's raw error body.
+
+use serde::Serialize;
+
+/// Which side of the proxy a failure came from (for logs and retry decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we refuse.
+    Client,
+    /// The inference backend failed or misbehaved.
+    Upstream,
+    /// The gateway itself (configuration, limit store).
+    Internal,
+}
+
+/// A failure, with enough detail to render an OpenAI-shaped error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No credentials, or credentials we do not know.
+    InvalidApiKey,
+    /// The key exists but may not use this model (or the model is not served at all).
+    ModelNotFound { model: String },
+    /// Malformed JSON, schema or limit violation; `param` is the JSON path.
+    InvalidRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    /// The request body is larger than the configured cap.
+    RequestTooLarge { limit_bytes: usize },
+    /// No route for this path.
+    NotFound { path: String },
+    /// The path exists but not for this method.
+    MethodNotAllowed { method: String, path: String },
+    /// A rate limit refused the request; `retry_after_ms` says when it may succeed.
+    RateLimited { limit: RateLimitKind, retry_after_ms: u64, will_refill_soon: bool },
+    /// The backend answered 429 itself.
+    UpstreamBusy { retry_after_s: Option<u64> },
+    /// The backend could not be reached, or answered with an error or garbage.
+    Upstream { message: String },
+    /// The backend rejected the request as invalid; its message is safe to show.
+    UpstreamRejected { status: u16, message: String },
+    /// No backend is configured or healthy for this model.
+    ServiceUnavailable { message: String },
+    /// The backend did not answer in time.
+    UpstreamTimeout,
+    /// A configuration variable is missing or invalid; the message names it.
+    Config { message: String },
+    /// Something inside the gateway failed (e.g. the limit store); `detail` is logged, never sent.
+    Internal { message: String, detail: String },
+}
+
+/// Which budget a 429 is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitKind {
+    Requests,
+    Tokens,
+    Concurrency,
+}
+
+impl GatewayError {
+    /// Shorthand for a 400 about one JSON path.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        GatewayError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidApiKey => 401,
+            GatewayError::ModelNotFound { .. } | GatewayError::NotFound { .. } => 404,
+            GatewayError::InvalidRequest { .. } => 400,
+            GatewayError::RequestTooLarge { .. } => 413,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => 429,
+            GatewayError::Upstream { .. } => 502,
+            GatewayError::UpstreamRejected { status, .. } => *status,
+            GatewayError::ServiceUnavailable { .. } => 503,
+            GatewayError::UpstreamTimeout => 504,
+            GatewayError::Config { .. } | GatewayError::Internal { .. } => 500,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::RateLimited { limit: RateLimitKind::Tokens, .. } => "tokens",
+            GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => "requests",
+            GatewayError::Upstream { .. }
+            | GatewayError::ServiceUnavailable { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::Config { .. }
+            | GatewayError::Internal { .. } => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's error `code`, when it has one.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidApiKey => Some("invalid_api_key"),
+            GatewayError::ModelNotFound { .. } => Some("model_not_found"),
+            GatewayError::InvalidRequest { code, .. } => *code,
+            GatewayError::RequestTooLarge { .. } => Some("request_too_large"),
+            GatewayError::NotFound { .. } => Some("unknown_url"),
+            GatewayError::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => {
+                Some("rate_limit_exceeded")
+            }
+            GatewayError::Upstream { .. } | GatewayError::UpstreamRejected { .. } => {
+                Some("upstream_error")
+            }
+            GatewayError::ServiceUnavailable { .. } => Some("service_unavailable"),
+            GatewayError::UpstreamTimeout => Some("upstream_timeout"),
+            GatewayError::Config { .. } => Some("configuration_error"),
+            GatewayError::Internal { .. } => Some("internal_error"),
+        }
+    }
+
+    /// The JSON path the error is about, if any.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidRequest { param, .. } => param.as_deref(),
+            GatewayError::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Where the failure came from.
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            GatewayError::Upstream { .. }
+            | GatewayError::UpstreamBusy { .. }
+            | GatewayError::UpstreamRejected { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::ServiceUnavailable { .. } => ErrorSource::Upstream,
+            GatewayError::Config { .. } | GatewayError::Internal { .. } => ErrorSource::Internal,
+            _ => ErrorSource::Client,
+        }
+    }
+
+    /// A human-readable message, safe to send to any client.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidApiKey => {
+                "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.".into()
+            }
+            GatewayError::ModelNotFound { model } => {
+                format!("The model `{model}` does not exist or you do not have access to it.")
+            }
+            GatewayError::InvalidRequest { message, .. }
+            | GatewayError::Upstream { message }
+            | GatewayError::UpstreamRejected { message, .. }
+            | GatewayError::ServiceUnavailable { message }
+            | GatewayError::Config { message }
+            | GatewayError::Internal { message, .. } => message.clone(),
+            GatewayError::RequestTooLarge { limit_bytes } => {
+                format!("Request body is larger than the limit of {limit_bytes} bytes.")
+            }
+            GatewayError::NotFound { path } => format!("Unknown request URL: {path}."),
+            GatewayError::MethodNotAllowed { method, path } => {
+                format!("Method {method} is not allowed for {path}.")
+            }
+            GatewayError::RateLimited { limit, retry_after_ms, .. } => {
+                let what = match limit {
+                    RateLimitKind::Requests => "requests per minute",
+                    RateLimitKind::Tokens => "tokens per minute",
+                    RateLimitKind::Concurrency => "concurrent requests",
+                };
+                format!(
+                    "Rate limit reached for {what}. Please try again in {}.",
+                    crate::core::limits::format_duration(*retry_after_ms)
+                )
+            }
+            GatewayError::UpstreamBusy { .. } => {
+                "The inference backend is at capacity. Please retry shortly.".into()
+            }
+            GatewayError::UpstreamTimeout => "The inference backend did not answer in time.".into(),
+        }
+    }
+
+    /// What operators should see in the log beyond the client's message.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            GatewayError::Internal { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The body `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: String,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        let body = Body {
+            error: Inner {
+                message: self.message(),
+                kind: self.error_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#
+                .into()
+        })
+    }
+
+    /// The same error as one SSE event, for failures after the stream has started.
+    pub fn to_sse_event(&self) -> Vec<u8> {
+        let mut event = b"data: ".to_vec();
+        event.extend_from_slice(self.to_json().as_bytes());
+        event.extend_from_slice(b"\n\n");
+        event
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for GatewayError {}

@@ -1,0 +1,142 @@
+//! The runtime-free HTTP vocabulary the core speaks: requests, responses, headers, bodies.
+//!
+//! Adapters translate their platform's types to and from these; nothing here knows a platform.
+
+use futures::stream::{self, Stream, StreamExt};
+use std::pin::Pin;
+
+/// Why a body stream failed (connection reset, decode error…); the text is for logs only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError(pub String);
+
+/// A body that arrives (or leaves) in chunks. Not `Send`: JS and WASI handles are not.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, BodyError>>>>;
+
+/// Wraps chunks that are already in memory as a [`BodyStream`].
+pub fn body_from_chunks(chunks: Vec<Vec<u8>>) -> BodyStream {
+    Box::pin(stream::iter(chunks.into_iter().map(Ok)))
+}
+
+/// An ordered list of header fields; names are compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// The first value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds a field, keeping any existing ones of the same name.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Replaces every field named `name` with one value.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.remove(name);
+        self.0.push((name.to_ascii_lowercase(), value.into()));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+impl FromIterator<(String, String)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Headers(iter.into_iter().collect())
+    }
+}
+
+/// An incoming request, as the adapter hands it to the core.
+pub struct Request {
+    pub method: String,
+    /// The path without the query string, e.g. `/v1/chat/completions`.
+    pub path: String,
+    pub headers: Headers,
+    pub body: BodyStream,
+}
+
+impl Request {
+    /// A request with an in-memory body (tests, probes).
+    pub fn new(method: &str, path: &str, headers: Headers, body: Vec<u8>) -> Self {
+        let chunks = if body.is_empty() { vec![] } else { vec![body] };
+        Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers,
+            body: body_from_chunks(chunks),
+        }
+    }
+}
+
+/// A response body: either complete, or streamed as it arrives.
+pub enum Body {
+    Full(Vec<u8>),
+    Stream(BodyStream),
+}
+
+impl Body {
+    /// Reads the whole body (tests and small payloads only).
+    pub async fn collect(self) -> Result<Vec<u8>, BodyError> {
+        match self {
+            Body::Full(bytes) => Ok(bytes),
+            Body::Stream(mut stream) => {
+                let mut out = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The core's answer, translated back by the adapter.
+pub struct Response {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Body,
+}
+
+impl Response {
+    /// A JSON response with the given status.
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        let mut headers = Headers::new();
+        headers.set("content-type", "application/json");
+        Response { status, headers, body: Body::Full(body.into()) }
+    }
+
+    /// An empty response (preflight, 204s).
+    pub fn empty(status: u16) -> Self {
+        Response { status, headers: Headers::new(), body: Body::Full(Vec::new()) }
+    }
+}
+
+/// Reads a request body, refusing it as soon as it passes `limit` bytes.
+///
+/// Returns `Err(None)` when the cap was passed (the rest is never read) and `Err(Some(e))` when
+/// the client's stream failed.
+pub async fn read_capped(body: &mut BodyStream, limit: usize) -> Result<Vec<u8>, Option<BodyError>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Some)?;
+        if out.len() + chunk.len() > limit {
+            return Err(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

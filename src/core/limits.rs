@@ -1,0 +1,171 @@
+//! Rate-limit arithmetic: GCRA (generic cell rate algorithm), pure and clock-injected.
+//!
+//! A bucket is one number, its theoretical arrival time (TAT), so it is cheap to keep in a
+//! consistent store (a Durable Object, Redis). A limit of `L` per `period` lets a burst of `L`
+//! through and then refills one unit every `period / L`. Admission over several buckets is
+//! all-or-nothing so a request never spends one budget while another refuses it.
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds per millisecond: TATs are kept in ns so `period / limit` stays exact enough.
+const NS_PER_MS: u64 = 1_000_000;
+
+/// A limit of `limit` units per `period_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub limit: u32,
+    pub period_ms: u64,
+}
+
+impl Rule {
+    pub fn per_minute(limit: u32) -> Rule {
+        Rule { limit, period_ms: 60_000 }
+    }
+
+    fn interval_ns(&self) -> u64 {
+        (self.period_ms.saturating_mul(NS_PER_MS) / u64::from(self.limit.max(1))).max(1)
+    }
+
+    fn period_ns(&self) -> u64 {
+        self.period_ms.saturating_mul(NS_PER_MS)
+    }
+}
+
+/// One bucket's state: when it will be full again (ns on the store's clock). Zero is "full".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub tat_ns: u64,
+}
+
+/// A request to take `cost` units from the bucket named `bucket` under `rule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Take {
+    pub bucket: String,
+    pub rule: Rule,
+    pub cost: u32,
+}
+
+/// What one bucket said, with the numbers for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset_ms: u64,
+    /// Until this request could be admitted (0 when allowed).
+    pub retry_after_ms: u64,
+}
+
+/// Looks at one bucket: what taking `cost` now would give, and the bucket afterwards.
+pub fn decide(bucket: Bucket, rule: Rule, cost: u32, now_ms: u64) -> (Decision, Bucket) {
+    let now = now_ms.saturating_mul(NS_PER_MS);
+    let interval = rule.interval_ns();
+    let period = rule.period_ns();
+    let tat = bucket.tat_ns.max(now);
+    let new_tat = tat.saturating_add(interval.saturating_mul(u64::from(cost)));
+    let allow_at = new_tat.saturating_sub(period);
+    let remaining_at = |tat: u64| {
+        let used = tat - now;
+        (period.saturating_sub(used) / interval).min(u64::from(rule.limit)) as u32
+    };
+    if now >= allow_at && cost <= rule.limit {
+        let decision = Decision {
+            allowed: true,
+            limit: rule.limit,
+            remaining: remaining_at(new_tat),
+            reset_ms: ceil_ms(new_tat - now),
+            retry_after_ms: 0,
+        };
+        (decision, Bucket { tat_ns: new_tat })
+    } else {
+        let retry = if cost > rule.limit { u64::MAX } else { ceil_ms(allow_at - now) };
+        let decision = Decision {
+            allowed: false,
+            limit: rule.limit,
+            remaining: remaining_at(tat),
+            reset_ms: ceil_ms(tat - now),
+            retry_after_ms: retry,
+        };
+        (decision, bucket)
+    }
+}
+
+/// Takes from every bucket or from none. `buckets[i]` is the state for `takes[i]`; it is updated
+/// in place only when all of them allow.
+pub fn admit(buckets: &mut [Bucket], takes: &[Take], now_ms: u64) -> Vec<Decision> {
+    let outcomes: Vec<(Decision, Bucket)> = takes
+        .iter()
+        .zip(buckets.iter())
+        .map(|(take, bucket)| decide(*bucket, take.rule, take.cost, now_ms))
+        .collect();
+    let all_allowed = outcomes.iter().all(|(d, _)| d.allowed);
+    outcomes
+        .into_iter()
+        .zip(buckets.iter_mut().zip(takes))
+        .map(|((decision, next), (bucket, take))| {
+            if all_allowed {
+                *bucket = next;
+                decision
+            } else if decision.allowed {
+                // This bucket would have allowed, but another refused: nothing was taken from it.
+                let remaining = decision.remaining.saturating_add(take.cost).min(decision.limit);
+                Decision { remaining, ..decision }
+            } else {
+                decision
+            }
+        })
+        .collect()
+}
+
+/// The buckets of one scope (an API key, a client IP), as a consistent store keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketSet {
+    pub buckets: std::collections::BTreeMap<String, Bucket>,
+}
+
+impl BucketSet {
+    /// Admits `takes` against the named buckets, then forgets buckets that are full again
+    /// (a full bucket and a missing one are the same), so the stored state stays small.
+    pub fn admit(&mut self, takes: &[Take], now_ms: u64) -> Vec<Decision> {
+        let mut states: Vec<Bucket> =
+            takes.iter().map(|t| self.buckets.get(&t.bucket).copied().unwrap_or_default()).collect();
+        let decisions = admit(&mut states, takes, now_ms);
+        for (take, state) in takes.iter().zip(states) {
+            self.buckets.insert(take.bucket.clone(), state);
+        }
+        let now_ns = now_ms.saturating_mul(NS_PER_MS);
+        self.buckets.retain(|_, b| b.tat_ns > now_ns);
+        decisions
+    }
+}
+
+fn ceil_ms(ns: u64) -> u64 {
+    ns.div_ceil(NS_PER_MS)
+}
+
+/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do: `12ms`, `1.5s`, `6m0s`.
+pub fn format_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let hours = ms / 3_600_000;
+    let minutes = (ms / 60_000) % 60;
+    let millis = ms % 60_000;
+    let seconds = if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        let s = format!("{}.{:03}", millis / 1000, millis % 1000);
+        format!("{}s", s.trim_end_matches('0'))
+    };
+    match (hours, minutes) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
+}
+
+/// Whole seconds for `retry-after`, rounded up and at least 1 so clients never spin.
+pub fn retry_after_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}

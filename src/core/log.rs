@@ -1,0 +1,37 @@
+//! One JSON log line per request: who, what, where it went, how long, how many tokens.
+//!
+//! Never a key, a backend URL or a prompt: the key's id and the backend's name stand for them.
+
+use super::sse::Usage;
+use serde::Serialize;
+
+/// What is known about a request by the time it is answered (or its stream ends).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogRecord {
+    /// Unix time in ms when the request arrived.
+    pub ts: u64,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    pub backend: Option<String>,
+    pub status: u16,
+    /// The OpenAI error code when the request failed (or its stream ended in an error).
+    pub error: Option<&'static str>,
+    /// What went wrong inside, for operators only (never sent to the client).
+    pub detail: Option<String>,
+    /// Why a stream ended: `done`, `client_closed`, `upstream_error`.
+    pub stream_end: Option<&'static str>,
+    pub latency_ms: u64,
+    /// From arrival to the backend's first body bytes.
+    pub ttfb_ms: Option<u64>,
+    pub usage: Option<Usage>,
+}
+
+impl LogRecord {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"log\":\"unserializable\"}"))
+    }
+}

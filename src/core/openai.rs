@@ -1,0 +1,37 @@
+//! OpenAI response types the gateway itself produces (the backends' own bodies pass through).
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+impl ModelList {
+    pub fn new(models: impl IntoIterator<Item = String>) -> Self {
+        ModelList {
+            object: "list".into(),
+            data: models
+                .into_iter()
+                .map(|id| Model { id, object: "model".into(), created: 0, owned_by: "self-hosted".into() })
+                .collect(),
+        }
+    }
+}
+
+/// The part of a non-stream `chat.completion` we read: its usage.
+#[derive(Debug, Deserialize)]
+pub struct CompletionUsage {
+    #[serde(default)]
+    pub usage: Option<super::sse::Usage>,
+}

@@ -1,0 +1,238 @@
+//! Sends a validated chat request to a backend and relays its answer.
+//!
+//! Non-stream answers are read whole (they are small), checked to be JSON and scanned for usage.
+//! Streams are relayed chunk by chunk through the [`SseScanner`]; the gateway commits to `200` only
+//! once the backend's first bytes have arrived, so failures before that are ordinary HTTP errors
+//! and failures after it become one final `data: {"error":…}` event.
+
+use super::config::Backend;
+use super::error::GatewayError;
+use super::http::{read_capped, BodyStream, Headers};
+use super::openai::CompletionUsage;
+use super::runtime::{timeout, Runtime};
+use super::sse::{SseScanner, Usage};
+use super::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
+use super::upstream_error::normalise;
+use super::validate::ValidatedChat;
+use futures::stream::{self, StreamExt};
+
+/// Largest non-stream answer we accept from a backend.
+const MAX_COMPLETION_BYTES: usize = 32 << 20;
+/// Largest backend error body we read to find its message.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Largest single SSE event we hold while waiting for its end.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+
+/// Request headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), the client's credentials,
+/// its cookies, the platform's own (`cf-*`), and ones we set ourselves.
+const NOT_FORWARDED: &[&str] = &[
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+    "api-key", "cookie", "accept-encoding", "content-type", "accept", "x-request-id",
+    "x-forwarded-for", "x-real-ip", "forwarded", "true-client-ip",
+];
+
+/// Builds the backend request: the client's end-to-end headers, the backend's credential.
+pub fn upstream_request(
+    backend: &Backend,
+    chat: &ValidatedChat,
+    client_headers: &Headers,
+    request_id: &str,
+) -> UpstreamRequest {
+    let listed_in_connection: Vec<String> = client_headers
+        .get("connection")
+        .map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    let mut headers: Headers = client_headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            !NOT_FORWARDED.contains(&name.as_str())
+                && !name.starts_with("cf-")
+                && !listed_in_connection.contains(&name)
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    headers.set("content-type", "application/json");
+    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" });
+    headers.set("x-request-id", request_id);
+    if let Some(key) = &backend.api_key {
+        headers.set("authorization", format!("Bearer {}", key.expose()));
+    }
+    UpstreamRequest {
+        method: "POST",
+        url: format!("{}/v1/chat/completions", backend.base_url),
+        headers,
+        body: Some(chat.upstream_body.clone()),
+    }
+}
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The backend sent `[DONE]` and closed.
+    Done,
+    /// The backend failed or broke the stream after it started; the client got an error event.
+    UpstreamError,
+    /// The client went away (the stream was dropped before its end).
+    ClientClosed,
+}
+
+/// Called once when a relayed stream ends, with the usage the scanner saw.
+pub type OnStreamEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>)>;
+
+/// A backend's successful answer, ready for the client.
+pub enum Relayed {
+    Completion { body: Vec<u8>, usage: Option<Usage> },
+    Stream { body: BodyStream },
+}
+
+/// Sends `request` and waits (up to `first_byte_ms`) for the backend's first bytes.
+pub async fn send_chat<U: Upstream, R: Runtime>(
+    upstream: &U,
+    runtime: &R,
+    request: UpstreamRequest,
+    chat: &ValidatedChat,
+    first_byte_ms: u64,
+    on_end: OnStreamEnd,
+) -> Result<Relayed, GatewayError> {
+    let started = runtime.now_ms();
+    let response = match timeout(runtime, first_byte_ms, upstream.send(request)).await {
+        None => return Err(GatewayError::UpstreamTimeout),
+        Some(Err(_)) => {
+            return Err(GatewayError::Upstream { message: "The inference backend could not be reached.".into() })
+        }
+        Some(Ok(response)) => response,
+    };
+    let left = first_byte_ms.saturating_sub(runtime.now_ms().saturating_sub(started)).max(1);
+    if !(200..300).contains(&response.status) {
+        return Err(read_error(runtime, response, left).await);
+    }
+    if chat.stream {
+        relay_stream(runtime, response, !chat.client_wants_usage, left, on_end).await
+    } else {
+        read_completion(response).await
+    }
+}
+
+async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> GatewayError {
+    let body = timeout(runtime, left_ms, read_capped(&mut response.body, MAX_ERROR_BYTES))
+        .await
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    normalise(response.status, &response.headers, &body)
+}
+
+async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, GatewayError> {
+    let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|_| {
+        GatewayError::Upstream { message: "The inference backend's answer was cut off or too large.".into() }
+    })?;
+    match serde_json::from_slice::<CompletionUsage>(&body) {
+        Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
+        Err(_) => Err(GatewayError::Upstream {
+            message: "The inference backend answered with something that is not a chat completion.".into(),
+        }),
+    }
+}
+
+async fn relay_stream<R: Runtime>(
+    runtime: &R,
+    mut response: UpstreamResponse,
+    drop_usage_only: bool,
+    left_ms: u64,
+    on_end: OnStreamEnd,
+) -> Result<Relayed, GatewayError> {
+    let is_sse = response
+        .headers
+        .get("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    if !is_sse {
+        return Err(GatewayError::Upstream { message: "The inference backend did not answer with a stream.".into() });
+    }
+    let first = match timeout(runtime, left_ms, response.body.next()).await {
+        None => return Err(GatewayError::UpstreamTimeout),
+        Some(Some(Ok(chunk))) => chunk,
+        Some(_) => {
+            return Err(GatewayError::Upstream {
+                message: "The inference backend closed the stream before sending anything.".into(),
+            })
+        }
+    };
+    let relay = Relay {
+        upstream: response.body,
+        scanner: SseScanner::new(drop_usage_only, MAX_EVENT_BYTES),
+        first: Some(first),
+        on_end: EndGuard(Some(on_end)),
+    };
+    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)) })
+}
+
+/// The state of one relayed stream.
+struct Relay {
+    upstream: BodyStream,
+    scanner: SseScanner,
+    /// The chunk read before committing to 200.
+    first: Option<Vec<u8>>,
+    on_end: EndGuard,
+}
+
+/// Reports the end of a stream exactly once; if dropped first, the client went away.
+struct EndGuard(Option<OnStreamEnd>);
+
+impl EndGuard {
+    fn fired(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn fire(&mut self, end: StreamEnd, usage: Option<Usage>) {
+        if let Some(on_end) = self.0.take() {
+            on_end(end, usage);
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.fire(StreamEnd::ClientClosed, None);
+    }
+}
+
+type Item = Result<Vec<u8>, super::http::BodyError>;
+
+impl Relay {
+    /// Yields the next bytes for the client; `None` once the stream has ended.
+    async fn next(mut self) -> Option<(Item, Relay)> {
+        if self.on_end.fired() {
+            return None; // already ended (after `[DONE]` or a final error event)
+        }
+        loop {
+            let chunk = match self.first.take() {
+                Some(first) => Some(Ok(first)),
+                None => self.upstream.next().await,
+            };
+            match chunk {
+                Some(Ok(chunk)) => match self.scanner.feed(chunk) {
+                    Ok(out) if self.scanner.done() => {
+                        // `[DONE]` is the end, whether or not the backend closes its side.
+                        let usage = self.scanner.usage();
+                        self.on_end.fire(StreamEnd::Done, usage);
+                        return (!out.is_empty()).then_some((Ok(out), self));
+                    }
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Some((Ok(out), self)),
+                    Err(_) => return Some(self.fail("The inference backend sent a malformed stream.")),
+                },
+                Some(Err(_)) => return Some(self.fail("The inference backend failed during the stream.")),
+                None => return Some(self.fail("The inference backend ended the stream early.")),
+            }
+        }
+    }
+
+    /// Ends the stream with one OpenAI-shaped error event.
+    fn fail(mut self, message: &str) -> (Item, Relay) {
+        let usage = self.scanner.usage();
+        self.on_end.fire(StreamEnd::UpstreamError, usage);
+        let event = GatewayError::Upstream { message: message.into() }.to_sse_event();
+        (Ok(event), self)
+    }
+}

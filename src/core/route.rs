@@ -1,0 +1,51 @@
+//! Which endpoint a request is for. Unknown paths are 404, known paths with the wrong method 405.
+
+use super::error::GatewayError;
+
+/// The endpoints the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    ChatCompletions,
+    Models,
+    Healthz,
+    Readyz,
+    /// A CORS preflight (or plain `OPTIONS`) for a known path.
+    Preflight,
+}
+
+const ENDPOINTS: &[(&str, &str, Route)] = &[
+    ("/v1/chat/completions", "POST", Route::ChatCompletions),
+    ("/v1/models", "GET", Route::Models),
+    ("/healthz", "GET", Route::Healthz),
+    ("/readyz", "GET", Route::Readyz),
+];
+
+/// Routes by path, then method.
+pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
+    let Some((_, allowed, route)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
+        return Err(GatewayError::NotFound { path: printable(path) });
+    };
+    if method.eq_ignore_ascii_case("OPTIONS") {
+        return Ok(Route::Preflight);
+    }
+    let same = method.eq_ignore_ascii_case(allowed)
+        || (method.eq_ignore_ascii_case("HEAD") && *allowed == "GET" && *route != Route::Models);
+    if same {
+        Ok(*route)
+    } else {
+        Err(GatewayError::MethodNotAllowed { method: printable(method), path: path.to_string() })
+    }
+}
+
+/// The methods a known path accepts, for `allow` headers.
+pub fn allowed_methods(path: &str) -> &'static str {
+    match ENDPOINTS.iter().find(|(p, _, _)| *p == path) {
+        Some((_, "POST", _)) => "POST, OPTIONS",
+        _ => "GET, HEAD, OPTIONS",
+    }
+}
+
+/// Client-supplied text echoed in messages, cut short and stripped of control characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}

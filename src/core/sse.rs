@@ -1,0 +1,223 @@
+//! A pass-through scanner for server-sent events from an OpenAI-compatible backend.
+//!
+//! Bytes are forwarded as they are, never re-serialised. The scanner only finds event
+//! boundaries, notes `data: [DONE]`, captures the `usage` object when a chunk carries one, and can
+//! drop the usage-only chunk (`"choices":[]`) that we asked for but the client did not. It holds at
+//! most one incomplete event, so memory stays flat for a stream of any length.
+//!
+//! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// The stream broke the SSE framing (an event larger than the cap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseError(pub String);
+
+/// Scans one response stream. Feed chunks in order; forward what `feed` returns.
+#[derive(Debug)]
+pub struct SseScanner {
+    /// Bytes of an event whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// Where in `pending` to resume looking for the end of the event.
+    searched: usize,
+    drop_usage_only: bool,
+    max_event_bytes: usize,
+    usage: Option<Usage>,
+    done: bool,
+    events: u64,
+}
+
+/// Fields of a chunk we look at when it mentions `usage`.
+#[derive(Deserialize)]
+struct ChunkUsage {
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+impl SseScanner {
+    /// `drop_usage_only`: remove the usage-only chunk from what is forwarded.
+    pub fn new(drop_usage_only: bool, max_event_bytes: usize) -> Self {
+        SseScanner {
+            pending: Vec::new(),
+            searched: 0,
+            drop_usage_only,
+            max_event_bytes,
+            usage: None,
+            done: false,
+            events: 0,
+        }
+    }
+
+    /// Usage reported by the backend so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Whether `data: [DONE]` has been seen.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Complete events seen so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Takes the next chunk from the backend; returns the bytes to forward now (complete events,
+    /// minus any dropped one). An incomplete trailing event is held until its end arrives.
+    pub fn feed(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, SseError> {
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(&chunk);
+            let buf = std::mem::take(&mut self.pending);
+            return self.forward_complete(&buf, self.searched);
+        }
+        // Fast path: a chunk of whole events that keeps every event is forwarded as it came.
+        let mut kept = Vec::new();
+        let mut all_kept = true;
+        let end = self.scan_events(&chunk, 0, &mut |range, keep| {
+            if keep {
+                kept.push(range);
+            } else {
+                all_kept = false;
+            }
+        });
+        if end == chunk.len() && all_kept {
+            return Ok(chunk);
+        }
+        let mut out = Vec::with_capacity(end);
+        for range in kept {
+            out.extend_from_slice(&chunk[range]);
+        }
+        self.hold(&chunk[end..])?;
+        Ok(out)
+    }
+
+    /// The stream ended: returns any trailing bytes that never formed a complete event.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.searched = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Forwards the complete events of `buf` (terminators searched from `from`), holding the rest.
+    fn forward_complete(&mut self, buf: &[u8], from: usize) -> Result<Vec<u8>, SseError> {
+        let mut out = Vec::with_capacity(buf.len());
+        let end = self.scan_events(buf, from, &mut |range, keep| {
+            if keep {
+                out.extend_from_slice(&buf[range]);
+            }
+        });
+        self.hold(&buf[end..])?;
+        Ok(out)
+    }
+
+    /// Keeps the start of an incomplete event until the rest arrives.
+    fn hold(&mut self, tail: &[u8]) -> Result<(), SseError> {
+        if tail.len() > self.max_event_bytes {
+            return Err(SseError(format!(
+                "an event exceeded {} bytes without ending",
+                self.max_event_bytes
+            )));
+        }
+        self.pending = tail.to_vec();
+        // Resume two bytes back so a terminator split across chunks ("\n" | "\r\n") is found.
+        self.searched = self.pending.len().saturating_sub(2);
+        Ok(())
+    }
+
+    /// Walks the complete events of `buf` (searching for terminators from `from`), calling
+    /// `emit(range, keep)` for each; returns where the incomplete tail begins.
+    fn scan_events(
+        &mut self,
+        buf: &[u8],
+        from: usize,
+        emit: &mut dyn FnMut(std::ops::Range<usize>, bool),
+    ) -> usize {
+        let mut start = 0;
+        let mut pos = from;
+        while let Some(end) = find_event_end(buf, pos) {
+            let keep = self.inspect(&buf[start..end]);
+            emit(start..end, keep);
+            start = end;
+            pos = end;
+        }
+        start
+    }
+
+    /// Notes what one complete event says; returns whether to forward it.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        self.events += 1;
+        let Some(data) = event_data(event) else { return true };
+        if data.trim_ascii() == b"[DONE]" {
+            self.done = true;
+            return true;
+        }
+        if !contains(data, b"\"usage\"") {
+            return true;
+        }
+        match serde_json::from_slice::<ChunkUsage>(data) {
+            Ok(ChunkUsage { choices, usage: Some(usage) }) => {
+                self.usage = Some(usage);
+                let usage_only = choices.is_some_and(|c| c.is_empty());
+                !(usage_only && self.drop_usage_only)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Finds the end (exclusive, after the blank line) of the first event ending at or after `from`.
+fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        let nl = i + buf[i..].iter().position(|&b| b == b'\n')?;
+        // An event ends with "\n\n" or "\n\r\n".
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// The payload of an event's `data:` line (the first one; OpenAI chunks use exactly one).
+fn event_data(event: &[u8]) -> Option<&[u8]> {
+    let mut rest = event;
+    while !rest.is_empty() {
+        let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(value) = line.strip_prefix(b"data:") {
+            return Some(value.strip_prefix(b" ").unwrap_or(value));
+        }
+        rest = rest.get(line_end + 1..).unwrap_or(&[]);
+    }
+    None
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else { return true };
+    let mut i = 0;
+    while let Some(p) = haystack[i..].iter().position(|&b| b == first) {
+        let at = i + p;
+        if haystack[at + 1..].starts_with(rest) {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
+}

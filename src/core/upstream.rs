@@ -1,0 +1,29 @@
+//! Outbound HTTP to inference backends: the one trait adapters implement with their fetch.
+
+use super::http::{BodyStream, Headers};
+
+/// A request to a backend; the body is complete (requests are small, already validated).
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Headers,
+    pub body: Option<Vec<u8>>,
+}
+
+/// A backend's answer; the body streams. Dropping it cancels the backend request.
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: BodyStream,
+}
+
+/// The backend could not be reached (refused, reset, DNS); the text is for logs only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectError(pub String);
+
+/// Sends requests to backends.
+#[allow(async_fn_in_trait)]
+pub trait Upstream {
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError>;
+}
