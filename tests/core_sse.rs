@@ -1,0 +1,127 @@
+//! The SSE scanner: same results for a recorded stream split at every byte offset.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use edge_gateway::core::sse::{SseScanner, Usage};
+
+const RECORDED: &str = include_str!("fixtures/vllm_stream_with_usage.sse");
+const USAGE_EVENT_START: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"llama\",\"choices\":[],";
+
+fn scan(chunks: &[&[u8]], drop_usage_only: bool) -> (Vec<u8>, SseScanner) {
+    let mut scanner = SseScanner::new(drop_usage_only, 1 << 20);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        out.extend(scanner.feed(chunk.to_vec()).unwrap());
+    }
+    out.extend(scanner.finish());
+    (out, scanner)
+}
+
+fn without_usage_event(stream: &str) -> String {
+    let start = stream.find(USAGE_EVENT_START).unwrap();
+    let end = start + stream[start..].find("\n\n").unwrap() + 2;
+    format!("{}{}", &stream[..start], &stream[end..])
+}
+
+const USAGE: Usage = Usage { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 };
+
+#[test]
+fn forwards_stream_unchanged_when_client_asked_for_usage() {
+    let (out, scanner) = scan(&[RECORDED.as_bytes()], false);
+    assert_eq!(out, RECORDED.as_bytes());
+    assert_eq!(scanner.usage(), Some(USAGE));
+    assert!(scanner.done());
+}
+
+#[test]
+fn drops_only_the_usage_chunk_when_client_did_not_ask() {
+    let (out, scanner) = scan(&[RECORDED.as_bytes()], true);
+    assert_eq!(String::from_utf8(out).unwrap(), without_usage_event(RECORDED));
+    assert_eq!(scanner.usage(), Some(USAGE), "usage is still counted");
+}
+
+#[test]
+fn same_result_split_at_every_byte_offset() {
+    let bytes = RECORDED.as_bytes();
+    for drop in [false, true] {
+        let (whole, _) = scan(&[bytes], drop);
+        for cut in 0..=bytes.len() {
+            let (out, scanner) = scan(&[&bytes[..cut], &bytes[cut..]], drop);
+            assert_eq!(out, whole, "cut at {cut}, drop {drop}");
+            assert_eq!(scanner.usage(), Some(USAGE), "cut at {cut}");
+            assert!(scanner.done(), "cut at {cut}");
+            assert_eq!(scanner.events(), 7, "cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn same_result_fed_one_byte_at_a_time_and_in_three_pieces() {
+    let bytes = RECORDED.as_bytes();
+    let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+    let (out, scanner) = scan(&singles, true);
+    assert_eq!(String::from_utf8(out).unwrap(), without_usage_event(RECORDED));
+    assert_eq!(scanner.usage(), Some(USAGE));
+    for a in (0..bytes.len()).step_by(7) {
+        for b in (a..bytes.len()).step_by(13) {
+            let (out, _) = scan(&[&bytes[..a], &bytes[a..b], &bytes[b..]], false);
+            assert_eq!(out, bytes, "cuts at {a} and {b}");
+        }
+    }
+}
+
+#[test]
+fn forwards_complete_events_at_once_and_holds_only_the_incomplete_tail() {
+    let mut scanner = SseScanner::new(false, 1 << 20);
+    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {\"b\"".to_vec()).unwrap();
+    assert_eq!(out, b"data: {\"a\":1}\n\n");
+    let out = scanner.feed(b":2}\n\n".to_vec()).unwrap();
+    assert_eq!(out, b"data: {\"b\":2}\n\n");
+}
+
+#[test]
+fn understands_crlf_line_endings() {
+    let stream = RECORDED.replace('\n', "\r\n");
+    let bytes = stream.as_bytes();
+    for cut in 0..=bytes.len() {
+        let (out, scanner) = scan(&[&bytes[..cut], &bytes[cut..]], false);
+        assert_eq!(out, bytes, "cut at {cut}");
+        assert_eq!(scanner.usage(), Some(USAGE));
+        assert!(scanner.done());
+    }
+}
+
+#[test]
+fn ignores_usage_null_and_the_word_usage_in_content() {
+    let (_, scanner) = scan(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\"}}],\"usage\":null}\n\n"], true);
+    assert_eq!(scanner.usage(), None);
+    assert!(!scanner.done());
+}
+
+#[test]
+fn keeps_usage_on_chunks_that_also_carry_choices() {
+    let event = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
+    let (out, scanner) = scan(&[event], true);
+    assert_eq!(out, event, "a chunk with choices is never dropped");
+    assert_eq!(scanner.usage().unwrap().completion_tokens, 2);
+}
+
+#[test]
+fn refuses_an_event_larger_than_the_cap() {
+    let mut scanner = SseScanner::new(false, 64);
+    let err = scanner.feed(vec![b'x'; 65]).unwrap_err();
+    assert!(err.0.contains("64"));
+}
+
+#[test]
+fn memory_stays_flat_over_a_long_stream() {
+    let event = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"}}]}\n\n";
+    let mut scanner = SseScanner::new(true, 1 << 10);
+    for i in 0..100_000 {
+        // Feed each event in two halves so the scanner must hold a tail every time.
+        let (a, b) = event.split_at(20 + i % 30);
+        scanner.feed(a.to_vec()).unwrap();
+        assert_eq!(scanner.feed(b.to_vec()).unwrap().len() % event.len(), 0);
+    }
+    assert_eq!(scanner.finish(), Vec::<u8>::new());
+    assert_eq!(scanner.events(), 100_000);
+}
