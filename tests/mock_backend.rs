@@ -1,0 +1,642 @@
+//! Native tests of the mock inference backend (`src/bin/mock-backend.rs`): the
+//! end-to-end tests of the gateway rely on it behaving like vLLM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{
+    connect, read_response, request, request_streaming, send_request, sse_events, wait_until,
+    HttpResponse, MockBackend, StreamingResponse,
+};
+
+const CHAT: &str = "/v1/chat/completions";
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// A chat request for the default model, with `extra` fields merged in.
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "mock-llama",
+        "messages": [{"role": "user", "content": "Hello there!"}],
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+fn chat(mock: &MockBackend, extra: Value) -> HttpResponse {
+    let body = chat_body(extra).to_string();
+    request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    )
+}
+
+fn chat_stream(mock: &MockBackend, extra: Value) -> StreamingResponse {
+    let mut extra = extra;
+    extra["stream"] = json!(true);
+    let body = chat_body(extra).to_string();
+    request_streaming(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    )
+}
+
+/// The SSE payloads of a stream, parsed as JSON except for `[DONE]`.
+fn parsed_events(body: &[u8]) -> Vec<Value> {
+    sse_events(body)
+        .iter()
+        .map(|data| {
+            if data == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(data).unwrap()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn serves_health_and_lists_models() {
+    let mock = MockBackend::start(&["--model", "alpha", "--model", "beta"]);
+
+    let health = request(&mock.host_port(), "GET", "/health", &[], None);
+    assert_eq!(health.status, 200);
+    assert!(health.body.is_empty());
+
+    let models = request(&mock.host_port(), "GET", "/v1/models", &[], None);
+    assert_eq!(models.status, 200);
+    assert_eq!(models.header("content-type"), Some("application/json"));
+    let models = models.json();
+    assert_eq!(models["object"], "list");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    assert_eq!(models["data"][0]["owned_by"], "vllm");
+    assert_eq!(models["data"][0]["max_model_len"], 4096);
+}
+
+#[test]
+fn default_model_is_mock_llama() {
+    let mock = MockBackend::start(&[]);
+    let models = request(&mock.host_port(), "GET", "/v1/models", &[], None).json();
+    assert_eq!(models["data"][0]["id"], "mock-llama");
+}
+
+#[test]
+fn non_stream_completion_has_tokens_and_usage() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let response = chat(&mock, json!({}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.header("content-length").is_some());
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-mock-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "mock-llama");
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    let choice = &body["choices"][0];
+    assert_eq!(
+        choice["message"],
+        json!({"role": "assistant", "content": "tok0 tok1 tok2 "})
+    );
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(choice["logprobs"], Value::Null);
+    // "Hello there!" is 12 bytes: 12 / 4 + 1 message = 4 prompt tokens.
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
+    );
+}
+
+#[test]
+fn mock_field_overrides_the_token_count() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let body = chat(&mock, json!({"mock": {"chunks": 1}})).json();
+    assert_eq!(body["choices"][0]["message"]["content"], "tok0 ");
+}
+
+#[test]
+fn max_tokens_truncates_with_length_finish_reason() {
+    let mock = MockBackend::start(&["--chunks", "5"]);
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let body = chat(&mock, json!({ field: 2 })).json();
+        assert_eq!(body["choices"][0]["message"]["content"], "tok0 tok1 ");
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+        assert_eq!(body["usage"]["completion_tokens"], 2);
+    }
+    let body = chat(&mock, json!({"max_tokens": 50})).json();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn stream_sends_role_tokens_finish_and_done_without_usage() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let mut stream = chat_stream(&mock, json!({}));
+    assert_eq!(stream.status, 200);
+    assert!(stream
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(stream.header("transfer-encoding"), Some("chunked"));
+
+    let chunks: Vec<Vec<u8>> = stream.by_ref().map(|(_, data)| data).collect();
+    assert!(stream.finished_cleanly());
+    // Each SSE event travels in its own HTTP chunk.
+    assert_eq!(chunks.len(), 6);
+    for chunk in &chunks {
+        assert!(
+            chunk.starts_with(b"data: ") && chunk.ends_with(b"\n\n"),
+            "{:?}",
+            String::from_utf8_lossy(chunk)
+        );
+    }
+
+    let events = parsed_events(&chunks.concat());
+    assert_eq!(events.len(), 6);
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(
+        events[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    for (i, event) in events[1..4].iter().enumerate() {
+        assert_eq!(
+            event["choices"][0]["delta"],
+            json!({ "content": format!("tok{i} ") })
+        );
+        assert_eq!(event["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(event["id"], events[0]["id"]);
+    }
+    assert_eq!(events[4]["choices"][0]["delta"], json!({}));
+    assert_eq!(events[4]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(events[5], "[DONE]");
+    for event in &events[..5] {
+        assert!(event.get("usage").is_none(), "unexpected usage in {event}");
+    }
+}
+
+#[test]
+fn stream_with_include_usage_ends_with_a_usage_chunk() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let mut stream = chat_stream(
+        &mock,
+        json!({"stream_options": {"include_usage": true}, "max_tokens": 1}),
+    );
+    let events = parsed_events(&stream.read_to_end());
+    // role, 1 token, finish, usage, [DONE]
+    assert_eq!(events.len(), 5);
+    for event in &events[..3] {
+        assert_eq!(event["usage"], Value::Null);
+        assert!(event.get("usage").is_some());
+    }
+    assert_eq!(events[2]["choices"][0]["finish_reason"], "length");
+    assert_eq!(events[3]["choices"], json!([]));
+    assert_eq!(
+        events[3]["usage"],
+        json!({"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5})
+    );
+    assert_eq!(events[4], "[DONE]");
+}
+
+#[test]
+fn stream_chunks_arrive_spaced_by_delay_ms() {
+    let mock = MockBackend::start(&[]);
+    let stream = chat_stream(&mock, json!({"mock": {"chunks": 4, "delay_ms": 100}}));
+    let arrivals: Vec<Instant> = stream.map(|(at, _)| at).collect();
+    assert_eq!(arrivals.len(), 7);
+    // Role chunk, then each token 100 ms after the previous chunk: every one
+    // reached the client on its own, not buffered until the end.
+    for pair in arrivals[..5].windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(80),
+            "tokens arrived only {gap:?} apart"
+        );
+    }
+}
+
+#[test]
+fn chunk_delay_flag_sets_the_default_pacing() {
+    let mock = MockBackend::start(&["--chunks", "2", "--chunk-delay-ms", "150"]);
+    let started = Instant::now();
+    let body = chat_stream(&mock, json!({})).read_to_end();
+    assert!(started.elapsed() >= Duration::from_millis(280));
+    assert_eq!(sse_events(&body).len(), 5);
+}
+
+#[test]
+fn api_key_is_enforced_on_v1_routes() {
+    let mock = MockBackend::start(&["--api-key", "sekret"]);
+    let addr = mock.host_port();
+
+    let missing = request(&addr, "GET", "/v1/models", &[], None);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.json(), json!({"error": "Unauthorized"}));
+    let wrong = request(
+        &addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer nope")],
+        None,
+    );
+    assert_eq!(wrong.status, 401);
+    let body = chat_body(json!({})).to_string();
+    let chat_without_key = request(&addr, "POST", CHAT, &[JSON], Some(body.as_bytes()));
+    assert_eq!(chat_without_key.status, 401);
+
+    let right = request(
+        &addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer sekret")],
+        None,
+    );
+    assert_eq!(right.status, 200);
+    let chat = request(
+        &addr,
+        "POST",
+        CHAT,
+        &[JSON, ("Authorization", "Bearer sekret")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(chat.status, 200);
+    assert_eq!(request(&addr, "GET", "/health", &[], None).status, 200);
+}
+
+#[test]
+fn unknown_model_is_404_in_vllm_shape() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"model": "gpt-9"}));
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": "The model `gpt-9` does not exist.", "type": "NotFoundError", "param": null, "code": 404}})
+    );
+}
+
+#[test]
+fn invalid_json_is_400_in_vllm_shape() {
+    let mock = MockBackend::start(&[]);
+    let response = request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(b"{\"model\": "),
+    );
+    assert_eq!(response.status, 400);
+    let body = response.json();
+    assert_eq!(body["error"]["type"], "BadRequestError");
+    assert_eq!(body["error"]["code"], 400);
+    assert_eq!(
+        chat(&mock, json!({"mock": {"fault": "nonsense"}})).status,
+        400
+    );
+}
+
+#[test]
+fn unknown_paths_are_404_and_wrong_methods_405() {
+    let mock = MockBackend::start(&[]);
+    let missing = request(&mock.host_port(), "GET", "/v1/nothing", &[], None);
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json(), json!({"detail": "Not Found"}));
+    assert_eq!(
+        request(&mock.host_port(), "GET", CHAT, &[], None).status,
+        405
+    );
+}
+
+#[test]
+fn fault_500_returns_a_vllm_internal_error() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"mock": {"fault": "500"}}));
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": "internal engine failure at /srv/secret/path", "type": "InternalServerError", "param": null, "code": 500}})
+    );
+}
+
+#[test]
+fn fault_429_sets_retry_after() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"stream": true, "mock": {"fault": "429"}}));
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(response.json()["error"]["code"], 429);
+}
+
+#[test]
+fn fault_400_reports_the_context_length() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"mock": {"fault": "400"}}));
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.json()["error"]["message"],
+        "This model's maximum context length is 4096 tokens."
+    );
+}
+
+#[test]
+fn fault_garbage_and_plain_text_500_return_non_json_bodies() {
+    let mock = MockBackend::start(&[]);
+    let garbage = chat(&mock, json!({"mock": {"fault": "garbage"}}));
+    assert_eq!(garbage.status, 200);
+    assert_eq!(garbage.header("content-type"), Some("application/json"));
+    assert_eq!(garbage.body, b"\x00\xffnot json");
+
+    let plain = chat(&mock, json!({"mock": {"fault": "plain_text_500"}}));
+    assert_eq!(plain.status, 500);
+    assert!(plain
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(plain.text(), "upstream exploded");
+}
+
+#[test]
+fn fault_malformed_sse_sends_broken_events() {
+    let mock = MockBackend::start(&[]);
+    let mut stream = chat_stream(&mock, json!({"mock": {"fault": "malformed_sse"}}));
+    assert_eq!(stream.status, 200);
+    assert!(stream
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(sse_events(&stream.read_to_end()), ["{not json", "[DONE]"]);
+}
+
+#[test]
+fn fault_hang_never_answers_until_the_client_leaves() {
+    let mock = MockBackend::start(&[]);
+    let conn = connect(&mock.host_port()).unwrap();
+    let body = chat_body(json!({"mock": {"fault": "hang"}})).to_string();
+    send_request(
+        &conn,
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let err = (&conn)
+        .read(&mut [0; 64])
+        .expect_err("the hanging request was answered");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("client_disconnects")
+        == 1));
+}
+
+#[test]
+fn fault_reset_cuts_the_stream_after_two_tokens() {
+    let mock = MockBackend::start(&["--chunks", "6"]);
+    let mut stream = chat_stream(&mock, json!({"mock": {"fault": "reset"}}));
+    assert_eq!(stream.status, 200);
+    let body = stream.read_to_end();
+    assert!(
+        !stream.finished_cleanly(),
+        "the stream ended with its terminating chunk"
+    );
+    assert!(stream.error().is_some());
+    let events = parsed_events(&body);
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2]["choices"][0]["delta"]["content"], "tok1 ");
+}
+
+#[test]
+fn fault_reset_truncates_a_non_stream_body() {
+    let mock = MockBackend::start(&[]);
+    let body = chat_body(json!({"mock": {"fault": "reset"}})).to_string();
+    let result = support::try_request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    );
+    assert!(result.is_err(), "a truncated body was accepted: {result:?}");
+}
+
+#[test]
+fn stats_count_open_streams_and_client_disconnects() {
+    let mock = MockBackend::start(&["--chunks", "100", "--chunk-delay-ms", "30"]);
+    let mut first = chat_stream(&mock, json!({}));
+    let mut second = chat_stream(&mock, json!({}));
+    assert!(first.next_chunk().is_some() && second.next_chunk().is_some());
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("open_streams")
+        == 2));
+
+    drop(first);
+    assert!(wait_until(Duration::from_secs(2), || {
+        let stats = mock.stats();
+        stats["client_disconnects"] == 1 && stats["open_streams"] == 1
+    }));
+    second.disconnect();
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("open_streams")
+        == 0));
+
+    let stats = mock.stats();
+    assert_eq!(stats["requests"], 2);
+    assert_eq!(stats["max_open_streams"], 2);
+    assert_eq!(stats["client_disconnects"], 2);
+
+    mock.reset_stats();
+    let stats = mock.stats();
+    assert_eq!(
+        stats,
+        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0})
+    );
+}
+
+#[test]
+fn disconnect_is_noticed_during_a_long_delay() {
+    let mock = MockBackend::start(&[]);
+    let mut stream = chat_stream(&mock, json!({"mock": {"chunks": 3, "delay_ms": 5000}}));
+    assert!(stream.next_chunk().is_some(), "no role chunk");
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("open_streams")
+        == 1));
+    let dropped = Instant::now();
+    drop(stream);
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("client_disconnects")
+        == 1));
+    assert!(
+        dropped.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        dropped.elapsed()
+    );
+    assert_eq!(mock.stat("open_streams"), 0);
+}
+
+#[test]
+fn last_request_records_headers_and_body() {
+    let mock = MockBackend::start(&[]);
+    let before = mock.last_request();
+    assert_eq!(before["body"], Value::Null);
+
+    let body = chat_body(json!({"temperature": 0.5})).to_string();
+    let headers = [
+        JSON,
+        ("X-Trace-Id", "abc123"),
+        ("Authorization", "Bearer k"),
+    ];
+    assert_eq!(
+        request(
+            &mock.host_port(),
+            "POST",
+            CHAT,
+            &headers,
+            Some(body.as_bytes())
+        )
+        .status,
+        200
+    );
+
+    let last = mock.last_request();
+    assert_eq!(last["path"], CHAT);
+    assert_eq!(last["headers"]["x-trace-id"], "abc123");
+    assert_eq!(last["headers"]["authorization"], "Bearer k");
+    assert_eq!(last["body"]["temperature"], 0.5);
+    assert_eq!(last["body"]["model"], "mock-llama");
+}
+
+#[test]
+fn keep_alive_serves_several_requests_on_one_connection() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let addr = mock.host_port();
+    let conn = connect(&addr).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let keep_alive = ("Connection", "keep-alive");
+
+    send_request(&conn, &addr, "GET", "/health", &[keep_alive], None).unwrap();
+    assert_eq!(read_response(&mut reader, "GET").unwrap().status, 200);
+
+    let body = chat_body(json!({})).to_string();
+    send_request(
+        &conn,
+        &addr,
+        "POST",
+        CHAT,
+        &[keep_alive, JSON],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    let completion = read_response(&mut reader, "POST").unwrap();
+    assert_eq!(completion.json()["usage"]["completion_tokens"], 2);
+
+    let stream_body = chat_body(json!({"stream": true})).to_string();
+    send_request(
+        &conn,
+        &addr,
+        "POST",
+        CHAT,
+        &[keep_alive, JSON],
+        Some(stream_body.as_bytes()),
+    )
+    .unwrap();
+    let streamed = read_response(&mut reader, "POST").unwrap();
+    assert_eq!(sse_events(&streamed.body).last().unwrap(), "[DONE]");
+
+    // `Connection: close` is honoured: the server closes after answering.
+    send_request(
+        &conn,
+        &addr,
+        "GET",
+        "/v1/models",
+        &[("Connection", "close")],
+        None,
+    )
+    .unwrap();
+    let last = read_response(&mut reader, "GET").unwrap();
+    assert_eq!(last.header("connection"), Some("close"));
+    assert_eq!(
+        reader.read(&mut [0; 16]).unwrap(),
+        0,
+        "connection left open"
+    );
+}
+
+#[test]
+fn chunked_request_bodies_are_accepted() {
+    let mock = MockBackend::start(&["--chunks", "1"]);
+    let body = chat_body(json!({})).to_string().into_bytes();
+    let (head, tail) = body.split_at(10);
+    let mut encoded = Vec::new();
+    for part in [head, tail] {
+        encoded.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+        encoded.extend_from_slice(part);
+        encoded.extend_from_slice(b"\r\n");
+    }
+    encoded.extend_from_slice(b"0\r\nx-trailer: yes\r\n\r\n");
+    let headers = [JSON, ("Transfer-Encoding", "chunked")];
+    let response = request(&mock.host_port(), "POST", CHAT, &headers, Some(&encoded));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["choices"][0]["message"]["content"], "tok0 ");
+}
+
+#[test]
+fn malformed_requests_get_400_without_killing_the_server() {
+    let mock = MockBackend::start(&[]);
+    for raw in [
+        &b"NONSENSE\r\n\r\n"[..],
+        b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(mock.addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(raw).unwrap();
+        let response = read_response(&mut BufReader::new(conn), "GET").unwrap();
+        assert_eq!(
+            response.status,
+            400,
+            "for {:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(
+        request(&mock.host_port(), "GET", "/health", &[], None).status,
+        200
+    );
+}
+
+#[test]
+fn restarts_on_the_same_address() {
+    let mut mock = MockBackend::start(&[]);
+    let addr = mock.addr;
+    mock.kill();
+    assert!(support::try_request(&addr.to_string(), "GET", "/health", &[], None).is_err());
+    let again = MockBackend::start_on(addr, &["--model", "after"]);
+    assert_eq!(again.addr, addr);
+    let models = request(&again.host_port(), "GET", "/v1/models", &[], None).json();
+    assert_eq!(models["data"][0]["id"], "after");
+}
