@@ -1,0 +1,250 @@
+//! Cloudflare Workers adapter: translates `worker` types to the core's and implements its traits.
+//!
+//! - [`Upstream`] with the Workers `fetch`, aborted when the caller drops it (timeouts, client gone);
+//! - [`LimitStore`] with one [`RateLimiter`] Durable Object per scope: a Durable Object runs one
+//!   event at a time and blocks new events while it awaits its storage, so check-and-take is
+//!   atomic and exact across every isolate of the fleet;
+//! - [`Runtime`] with `Date.now`, `setTimeout`, `Math.random` and `console.log`;
+//! - configuration from `[vars]`, `--var`/`.dev.vars` and secrets, validated once per isolate.
+//!
+//! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
+
+use crate::core::config::{Config, ConfigError};
+use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
+use crate::core::limits::{BucketSet, Decision, Take};
+use crate::core::runtime::Runtime;
+use crate::core::store::{LimitStore, StoreError, TakeCall, TakeReply};
+use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::core::{http::Body, Gateway};
+use futures::stream::{self, Stream, TryStreamExt};
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use worker::js_sys::{Math, Uint8Array};
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    console_log, durable_object, event, AbortController, Date, Delay, DurableObject, Env, Fetch, Method,
+    RequestInit, ResponseBuilder, State,
+};
+
+/// The Durable Object binding (see `wrangler.toml`).
+const LIMITER_BINDING: &str = "RATE_LIMITER";
+/// The storage key under which a [`RateLimiter`] keeps its buckets.
+const BUCKETS_KEY: &str = "buckets";
+
+thread_local! {
+    /// The validated configuration of this isolate; vars and secrets do not change within one.
+    static CONFIG: RefCell<Option<Rc<Result<Config, ConfigError>>>> = const { RefCell::new(None) };
+}
+
+#[event(fetch)]
+async fn fetch(req: worker::Request, env: Env, _ctx: worker::Context) -> worker::Result<worker::Response> {
+    let config = config(&env);
+    let request = to_core_request(req)?;
+    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, WorkersRuntime);
+    let response = gateway.handle(config.as_ref().as_ref(), request).await;
+    to_worker_response(response)
+}
+
+fn config(env: &Env) -> Rc<Result<Config, ConfigError>> {
+    CONFIG.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if let Some(config) = cell.as_ref() {
+            return config.clone();
+        }
+        let lookup = |name: &str| lookup_var(env, name);
+        let config = Rc::new(Config::from_lookup(&lookup));
+        if let Err(e) = config.as_ref() {
+            console_log!("{}", serde_json::json!({ "level": "error", "config_error": e.0 }));
+        }
+        *cell = Some(config.clone());
+        config
+    })
+}
+
+/// A string var or secret; a JSON-valued `[vars]` table is accepted as its JSON text.
+fn lookup_var(env: &Env, name: &str) -> Option<String> {
+    if let Ok(v) = env.var(name) {
+        return Some(v.to_string());
+    }
+    if let Ok(v) = env.secret(name) {
+        return Some(v.to_string());
+    }
+    env.object_var::<serde_json::Value>(name).ok().map(|v| v.to_string())
+}
+
+fn to_core_request(mut req: worker::Request) -> worker::Result<Request> {
+    let headers: Headers = req.headers().entries().collect();
+    let body: BodyStream = match req.stream() {
+        Ok(stream) => Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
+        Err(_) => Box::pin(stream::empty()),
+    };
+    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body })
+}
+
+fn to_worker_response(response: Response) -> worker::Result<worker::Response> {
+    let headers = worker::Headers::new();
+    for (name, value) in response.headers.iter() {
+        headers.append(name, value)?;
+    }
+    let builder = ResponseBuilder::new().with_status(response.status).with_headers(headers);
+    match response.body {
+        Body::Full(bytes) if bytes.is_empty() => Ok(builder.empty()),
+        Body::Full(bytes) => Ok(builder.fixed(bytes)),
+        Body::Stream(body) => builder.from_stream(body.map_err(|e| worker::Error::RustError(e.0))),
+    }
+}
+
+/// Outbound HTTP through the Workers `fetch`.
+struct WorkersFetch;
+
+impl Upstream for WorkersFetch {
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
+        let failed = |e: worker::Error| ConnectError(e.to_string());
+        let headers = worker::Headers::new();
+        for (name, value) in request.headers.iter() {
+            headers.set(name, value).map_err(failed)?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::from(request.method.to_string())).with_headers(headers);
+        if let Some(body) = &request.body {
+            init.with_body(Some(JsValue::from(Uint8Array::from(body.as_slice()))));
+        }
+        let outbound = worker::Request::new_with_init(&request.url, &init).map_err(failed)?;
+        // Aborts the fetch if this future, or later the body, is dropped before the end.
+        let abort = AbortOnDrop(Some(AbortController::default()));
+        let signal = abort.0.as_ref().map(|c| c.signal());
+        let fetch = Fetch::Request(outbound);
+        let mut response = match &signal {
+            Some(signal) => fetch.send_with_signal(signal).await,
+            None => fetch.send().await,
+        }
+        .map_err(failed)?;
+        let headers: Headers = response.headers().entries().collect();
+        let body: BodyStream = match response.stream() {
+            Ok(stream) => Box::pin(Guarded {
+                inner: Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
+                _abort: abort,
+            }),
+            Err(_) => Box::pin(stream::empty()),
+        };
+        Ok(UpstreamResponse { status: response.status_code(), headers, body })
+    }
+}
+
+/// Aborts an outbound fetch when dropped, so the backend sees its connection close and frees the
+/// GPU slot. Aborting a fetch that already finished does nothing.
+struct AbortOnDrop(Option<AbortController>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(controller) = self.0.take() {
+            controller.abort();
+        }
+    }
+}
+
+/// A body stream that keeps its fetch's abort guard alive for as long as it is read.
+struct Guarded {
+    inner: BodyStream,
+    _abort: AbortOnDrop,
+}
+
+impl Stream for Guarded {
+    type Item = Result<Vec<u8>, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Rate-limit state in [`RateLimiter`] Durable Objects, one per scope (API key, client IP).
+struct DurableLimitStore {
+    env: Env,
+}
+
+impl LimitStore for DurableLimitStore {
+    async fn take(&self, scope: &str, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
+        let failed = |e: worker::Error| StoreError(e.to_string());
+        let stub = self
+            .env
+            .durable_object(LIMITER_BINDING)
+            .and_then(|ns| ns.id_from_name(scope)?.get_stub())
+            .map_err(failed)?;
+        let call = serde_json::to_string(&TakeCall { takes: takes.to_vec() })
+            .map_err(|e| StoreError(e.to_string()))?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&call)));
+        let request = worker::Request::new_with_init("https://rate-limiter/take", &init).map_err(failed)?;
+        let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
+        if response.status_code() != 200 {
+            return Err(StoreError(format!("limiter answered {}", response.status_code())));
+        }
+        let reply: TakeReply = response.json().await.map_err(failed)?;
+        if reply.decisions.len() != takes.len() {
+            return Err(StoreError("limiter answered the wrong number of decisions".into()));
+        }
+        Ok(reply.decisions)
+    }
+}
+
+/// The buckets of one scope. The core's GCRA runs here, on this object's clock, so every isolate
+/// in the fleet sees one sequence of admissions; state is written through to durable storage so it
+/// survives the object being evicted or restarted.
+#[durable_object(fetch)]
+pub struct RateLimiter {
+    state: State,
+    buckets: RefCell<Option<BucketSet>>,
+}
+
+impl DurableObject for RateLimiter {
+    fn new(state: State, _env: Env) -> Self {
+        RateLimiter { state, buckets: RefCell::new(None) }
+    }
+
+    async fn fetch(&self, mut req: worker::Request) -> worker::Result<worker::Response> {
+        let call: TakeCall = req.json().await?;
+        // No await between reading and writing the buckets except storage calls, during which the
+        // runtime delivers no other event to this object: the check-and-take is atomic.
+        let cached = self.buckets.borrow().clone();
+        let mut buckets = match cached {
+            Some(buckets) => buckets,
+            None => match self.state.storage().get::<String>(BUCKETS_KEY).await? {
+                Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+                None => BucketSet::default(),
+            },
+        };
+        let decisions = buckets.admit(&call.takes, Date::now().as_millis());
+        // Stored as JSON text: nanosecond timestamps do not fit a JavaScript number.
+        let json = serde_json::to_string(&buckets).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.state.storage().put(BUCKETS_KEY, json).await?;
+        *self.buckets.borrow_mut() = Some(buckets);
+        worker::Response::from_json(&TakeReply { decisions })
+    }
+}
+
+/// Time, randomness and logs from the Workers runtime.
+#[derive(Clone, Copy)]
+struct WorkersRuntime;
+
+impl Runtime for WorkersRuntime {
+    fn now_ms(&self) -> u64 {
+        Date::now().as_millis()
+    }
+
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
+        Delay::from(Duration::from_millis(ms))
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) {
+        for byte in buf {
+            *byte = (Math::random() * 256.0) as u8;
+        }
+    }
+
+    fn log(&self, line: &str) {
+        console_log!("{line}");
+    }
+}
