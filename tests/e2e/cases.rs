@@ -1,0 +1,279 @@
+//! The end-to-end cases, each run against every runtime (see `main.rs`).
+
+use crate::harness::*;
+use crate::support::{request, request_streaming, sse_events, try_request, wait_until, HttpResponse};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> HttpResponse {
+    post_raw(gw, key, &serde_json::to_vec(body).unwrap())
+}
+
+fn post_raw(gw: &Gateway, key: Option<&str>, body: &[u8]) -> HttpResponse {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(body))
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Checks the OpenAI error shape and returns the `error` object.
+fn error_of(response: &HttpResponse) -> Value {
+    assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.text());
+    let body = response.json();
+    let error = body["error"].clone();
+    for field in ["message", "type", "param", "code"] {
+        assert!(error.get(field).is_some(), "error lacks {field}: {body}");
+    }
+    assert!(response.header("x-request-id").is_some(), "errors carry x-request-id too");
+    error
+}
+
+pub fn healthz_answers_ok_without_auth(gw: &Gateway) {
+    let r = request(&gw.addr, "GET", "/healthz", &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    assert!(r.json()["version"].is_string());
+    assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
+}
+
+pub fn rejects_missing_and_wrong_keys_with_401(gw: &Gateway) {
+    for key in [None, Some("sk-not-a-key"), Some(BACKEND_CREDENTIAL)] {
+        let r = post(gw, key, &chat(json!({})));
+        assert_eq!(r.status, 401, "key {key:?}");
+        let e = error_of(&r);
+        assert_eq!(e["code"], "invalid_api_key");
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+    let r = request(&gw.addr, "GET", "/v1/models", &[("api-key", KEY)], None);
+    assert_eq!(r.status, 200, "the api-key header is accepted too");
+}
+
+pub fn lists_models_for_the_key(gw: &Gateway) {
+    let ids = |key: &str| -> Vec<String> {
+        let auth = format!("Bearer {key}");
+        let r = request(&gw.addr, "GET", "/v1/models", &[("authorization", &auth)], None);
+        assert_eq!(r.status, 200);
+        r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().into()).collect()
+    };
+    assert_eq!(ids(KEY), [MODEL, SPARE_MODEL]);
+    assert_eq!(ids(NARROW_KEY), [SPARE_MODEL]);
+    let r = post(gw, Some(NARROW_KEY), &chat(json!({})));
+    assert_eq!(r.status, 404);
+    assert_eq!(error_of(&r)["code"], "model_not_found");
+}
+
+pub fn unknown_path_is_404_and_wrong_method_405(gw: &Gateway) {
+    let r = request(&gw.addr, "GET", "/v1/engines", &[], None);
+    assert_eq!(r.status, 404);
+    error_of(&r);
+    let r = request(&gw.addr, "DELETE", "/v1/chat/completions", &[], None);
+    assert_eq!(r.status, 405);
+    assert_eq!(error_of(&r)["type"], "invalid_request_error");
+}
+
+pub fn proxies_a_completion_with_the_backend_credential(gw: &Gateway) {
+    let r = post(gw, Some(KEY), &chat(json!({"mock": {"chunks": 4}, "x_vendor_field": [1, 2]})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "tok0 tok1 tok2 tok3 ");
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    let id = r.header("x-request-id").unwrap().to_string();
+
+    // What the backend saw: its own credential, never the client's; our id; extras untouched;
+    // the max_tokens cap injected.
+    let seen = gw.primary.request_with_id(&id).expect("the backend saw our request id");
+    assert_eq!(seen["headers"]["authorization"], format!("Bearer {BACKEND_CREDENTIAL}"));
+    assert!(!seen.to_string().contains(KEY), "the client key never reaches the backend");
+    assert_eq!(seen["headers"]["x-request-id"], id);
+    assert_eq!(seen["body"]["x_vendor_field"], json!([1, 2]));
+    assert_eq!(seen["body"]["max_tokens"], 256);
+}
+
+pub fn streams_chunks_as_they_arrive(gw: &Gateway) {
+    let body = serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 5, "delay_ms": 300}}))).unwrap();
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("cache-control"), Some("no-cache"));
+    // When each token's event arrived at the client.
+    let mut arrivals = Vec::new();
+    let mut all = Vec::new();
+    while let Some((at, piece)) = stream.next_chunk() {
+        let text = String::from_utf8_lossy(&piece);
+        for i in 0..5 {
+            if text.contains(&format!("\"tok{i} \"")) {
+                arrivals.push((i, at));
+            }
+        }
+        all.extend_from_slice(&piece);
+    }
+    assert!(stream.finished_cleanly());
+    assert_eq!(arrivals.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2, 3, 4], "each token once, in order");
+    // The mock waits 300 ms before each token: if the gateway buffered, they would arrive together.
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(
+        gaps.iter().filter(|g| **g >= Duration::from_millis(150)).count() >= 3,
+        "tokens did not arrive incrementally: gaps {gaps:?}"
+    );
+    assert!(arrivals[4].1 - arrivals[0].1 >= Duration::from_millis(900), "gaps {gaps:?}");
+    let events = sse_events(&all);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+pub fn drops_the_usage_chunk_unless_asked_and_keeps_done(gw: &Gateway) {
+    let r = post(gw, Some(KEY), &chat(json!({"stream": true, "mock": {"chunks": 3}})));
+    assert_eq!(r.status, 200);
+    let events = sse_events(&r.body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert!(!chunk["choices"].as_array().unwrap().is_empty(), "usage-only chunk leaked: {event}");
+    }
+    assert_eq!(events.len(), 1 + 3 + 1 + 1, "role, 3 tokens, finish, [DONE]");
+    // The gateway asked the backend for usage all the same.
+    let seen = gw.primary.request_with_id(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(seen["body"]["stream_options"]["include_usage"], true);
+}
+
+pub fn keeps_the_usage_chunk_when_asked(gw: &Gateway) {
+    let body = chat(json!({"stream": true, "stream_options": {"include_usage": true}, "mock": {"chunks": 3}}));
+    let r = post(gw, Some(KEY), &body);
+    let events = sse_events(&r.body);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+pub fn rejects_each_bad_input_class_with_400(gw: &Gateway) {
+    let user = |content: Value| json!([{"role": "user", "content": content}]);
+    let cases: Vec<(&str, Vec<u8>, Value)> = vec![
+        ("malformed json", b"{\"model\":".to_vec(), Value::Null),
+        ("missing messages", serde_json::to_vec(&json!({"model": MODEL})).unwrap(), json!("messages")),
+        ("empty messages", serde_json::to_vec(&chat(json!({"messages": []}))).unwrap(), json!("messages")),
+        ("unknown role", serde_json::to_vec(&chat(json!({"messages": [{"role": "robot", "content": "x"}]}))).unwrap(), json!("messages[0].role")),
+        ("bad content", serde_json::to_vec(&chat(json!({"messages": user(json!(42))}))).unwrap(), json!("messages[0].content")),
+        ("too many messages", serde_json::to_vec(&chat(json!({"messages": vec![json!({"role":"user","content":"x"}); 300]}))).unwrap(), json!("messages")),
+        ("max_tokens over cap", serde_json::to_vec(&chat(json!({"max_tokens": 100_000}))).unwrap(), json!("max_tokens")),
+        ("temperature", serde_json::to_vec(&chat(json!({"temperature": 3}))).unwrap(), json!("temperature")),
+        ("top_p", serde_json::to_vec(&chat(json!({"top_p": 0}))).unwrap(), json!("top_p")),
+        ("n", serde_json::to_vec(&chat(json!({"n": 99}))).unwrap(), json!("n")),
+        ("stream not bool", serde_json::to_vec(&chat(json!({"stream": "yes"}))).unwrap(), json!("stream")),
+    ];
+    for (name, body, param) in cases {
+        let r = post_raw(gw, Some(KEY), &body);
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let e = error_of(&r);
+        assert_eq!(e["type"], "invalid_request_error", "{name}");
+        assert_eq!(e["param"], param, "{name}");
+    }
+    // That none of these reaches the backend is pinned by the core tests: the mock's counters are
+    // shared with the cases running in parallel.
+}
+
+pub fn refuses_an_oversized_body_with_413(gw: &Gateway) {
+    let filler = "x".repeat(MAX_BODY_BYTES + 1);
+    let r = post(gw, Some(KEY), &chat(json!({"messages": [{"role": "user", "content": filler}]})));
+    assert_eq!(r.status, 413);
+    assert_eq!(error_of(&r)["code"], "request_too_large");
+}
+
+pub fn refuses_over_the_request_limit_with_429(gw: &Gateway) {
+    for i in 0..LIMITED_RPM {
+        let r = post(gw, Some(LIMITED_KEY), &chat(json!({"mock": {"chunks": 1}})));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some(LIMITED_RPM.to_string().as_str()));
+        let remaining: u32 = r.header("x-ratelimit-remaining-requests").unwrap().parse().unwrap();
+        assert_eq!(remaining, LIMITED_RPM - 1 - i, "remaining goes down");
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
+    }
+    let r = post(gw, Some(LIMITED_KEY), &chat(json!({})));
+    assert_eq!(r.status, 429);
+    let e = error_of(&r);
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    assert_eq!(e["type"], "requests");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "one request refills every 20 s: {retry}");
+    assert!(r.header("retry-after-ms").is_some());
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    // Another key is not affected.
+    assert_eq!(post(gw, Some(KEY), &chat(json!({"mock": {"chunks": 1}}))).status, 200);
+}
+
+pub fn maps_backend_errors_without_leaking_internals(gw: &Gateway) {
+    for (fault, status, code) in [("500", 502, "upstream_error"), ("plain_text_500", 502, "upstream_error"), ("garbage", 502, "upstream_error"), ("429", 429, "rate_limit_exceeded"), ("400", 400, "upstream_error")] {
+        let r = post(gw, Some(KEY), &chat(json!({"mock": {"fault": fault}})));
+        assert_eq!(r.status, status, "fault {fault}: {}", r.text());
+        assert_eq!(error_of(&r)["code"], code, "fault {fault}");
+        let text = r.text();
+        assert!(!text.contains("/srv/secret") && !text.contains("exploded") && !text.contains("127.0.0.1"), "{text}");
+        if fault == "429" {
+            assert!(r.header("retry-after").is_some());
+        }
+    }
+}
+
+pub fn a_backend_reset_mid_stream_ends_with_an_error_event(gw: &Gateway) {
+    let r = post(gw, Some(KEY), &chat(json!({"stream": true, "mock": {"fault": "reset", "chunks": 5}})));
+    assert_eq!(r.status, 200, "the stream had started");
+    let events = sse_events(&r.body);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{events:?}");
+    assert!(events.iter().any(|e| e.contains("tok0")), "what arrived before the reset was relayed");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+}
+
+pub fn answers_cors_preflight_for_allowed_origins(gw: &Gateway) {
+    let preflight = |origin: &str| {
+        request(
+            &gw.addr,
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[("origin", origin), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization,content-type")],
+            None,
+        )
+    };
+    let r = preflight(ALLOWED_ORIGIN);
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some(ALLOWED_ORIGIN));
+    assert!(r.header("access-control-allow-headers").unwrap().contains("authorization"));
+    let r = preflight("https://elsewhere.example.com");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let auth = format!("Bearer {KEY}");
+    let r = request(&gw.addr, "GET", "/v1/models", &[("authorization", &auth), ("origin", ALLOWED_ORIGIN)], None);
+    assert!(r.header("access-control-expose-headers").unwrap().contains("x-ratelimit-remaining-requests"));
+}
+
+pub fn readyz_is_200_then_503_once_a_backend_stops(gw: &Gateway) {
+    let r = request(&gw.addr, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+    assert!(!r.text().contains("127.0.0.1"), "names only, no URLs");
+
+    let spare = gw.spare.lock().unwrap().take().expect("the spare backend is stopped once");
+    spare.stop();
+    let r = request(&gw.addr, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "unavailable");
+    let spare = body["backends"].as_array().unwrap().iter().find(|b| b["name"] == "spare").unwrap().clone();
+    assert_eq!(spare["status"], "unreachable");
+    // The gateway itself is still alive, and the other model still served.
+    assert_eq!(request(&gw.addr, "GET", "/healthz", &[], None).status, 200);
+    assert!(wait_until(Duration::from_secs(5), || try_request(&gw.addr, "GET", "/healthz", &[], None).is_ok()));
+    assert_eq!(post(gw, Some(KEY), &chat(json!({"mock": {"chunks": 1}}))).status, 200);
+}

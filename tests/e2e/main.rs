@@ -1,0 +1,47 @@
+//! End-to-end: the release wasm in its real runtime, over real HTTP, against the mock backend.
+//!
+//! Every case in `cases.rs` runs against each runtime listed here (one list, not copies). Build the
+//! artefacts first (`make test` does): `make worker`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cases;
+mod harness;
+mod workerd;
+
+/// The cases, named once; `run_cases!(runtime_module, start_fn)` makes one `#[test]` per case.
+macro_rules! run_cases {
+    ($runtime:ident, $start:path) => {
+        mod $runtime {
+            run_cases!(@each $start;
+                healthz_answers_ok_without_auth,
+                rejects_missing_and_wrong_keys_with_401,
+                lists_models_for_the_key,
+                unknown_path_is_404_and_wrong_method_405,
+                proxies_a_completion_with_the_backend_credential,
+                streams_chunks_as_they_arrive,
+                drops_the_usage_chunk_unless_asked_and_keeps_done,
+                keeps_the_usage_chunk_when_asked,
+                rejects_each_bad_input_class_with_400,
+                refuses_an_oversized_body_with_413,
+                refuses_over_the_request_limit_with_429,
+                maps_backend_errors_without_leaking_internals,
+                a_backend_reset_mid_stream_ends_with_an_error_event,
+                answers_cors_preflight_for_allowed_origins,
+                readyz_is_200_then_503_once_a_backend_stops,
+            );
+        }
+    };
+    (@each $start:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                crate::cases::$case($start());
+            }
+        )*
+    };
+}
+
+run_cases!(workerd_gateway, crate::workerd::gateway);
