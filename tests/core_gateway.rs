@@ -178,6 +178,8 @@ fn streams_backend_events_and_drops_usage_chunk_client_did_not_ask_for() {
     let line: serde_json::Value = serde_json::from_str(logs.last().unwrap()).unwrap();
     assert_eq!(line["stream_end"], "done");
     assert_eq!(line["usage"]["completion_tokens"], 1);
+    assert_eq!(line["ttfb_ms"], 0, "time to first byte is logged for streams too");
+    assert_eq!(line["key_id"], "alpha");
 }
 
 #[test]

@@ -17,6 +17,8 @@ use super::runtime::Runtime;
 use super::store::LimitStore;
 use super::upstream::Upstream;
 use super::validate::validate_chat;
+use std::cell::Cell;
+use std::rc::Rc;
 
 /// The core, wired to one platform's upstream, limit store and runtime.
 pub struct Gateway<U, S, R> {
@@ -143,11 +145,15 @@ where
 
         record.backend = Some(backend.name.clone());
         let upstream_req = upstream_request(backend, &chat, &request.headers, &record.request_id);
+        // Known only once the backend answers, but needed when the stream (created before) ends.
+        let ttfb = Rc::new(Cell::new(None));
         let on_end = {
             let runtime = self.runtime.clone();
             let mut stream_record = record.clone();
+            let ttfb = ttfb.clone();
             Box::new(move |end: StreamEnd, usage| {
                 stream_record.status = 200;
+                stream_record.ttfb_ms = ttfb.get();
                 stream_record.usage = usage;
                 stream_record.stream_end = Some(match end {
                     StreamEnd::Done => "done",
@@ -171,6 +177,7 @@ where
         );
         let relayed = relayed.await?;
         record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(record.ts));
+        ttfb.set(record.ttfb_ms);
         let (response, log_deferred) = match relayed {
             Relayed::Completion { body, usage } => {
                 record.usage = usage;

@@ -133,6 +133,25 @@ pub fn streams_chunks_as_they_arrive(gw: &Gateway) {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
 }
 
+pub fn a_client_disconnect_closes_the_backend_stream(gw: &Gateway) {
+    let body = serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 50, "delay_ms": 200}}))).unwrap();
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let before = gw.primary.stat("client_disconnects");
+    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+    assert_eq!(stream.status, 200);
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("tok1 ") {
+        seen.extend(stream.next_chunk().expect("stream ended early").1);
+    }
+    stream.disconnect();
+    // The backend's generation is abandoned (its connection closed), not run to the end for nobody.
+    assert!(
+        wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > before),
+        "the backend never saw the gateway close its stream"
+    );
+}
+
 pub fn drops_the_usage_chunk_unless_asked_and_keeps_done(gw: &Gateway) {
     let r = post(gw, Some(KEY), &chat(json!({"stream": true, "mock": {"chunks": 3}})));
     assert_eq!(r.status, 200);

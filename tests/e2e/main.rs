@@ -22,6 +22,7 @@ macro_rules! run_cases {
                 unknown_path_is_404_and_wrong_method_405,
                 proxies_a_completion_with_the_backend_credential,
                 streams_chunks_as_they_arrive,
+                a_client_disconnect_closes_the_backend_stream,
                 drops_the_usage_chunk_unless_asked_and_keeps_done,
                 keeps_the_usage_chunk_when_asked,
                 rejects_each_bad_input_class_with_400,
