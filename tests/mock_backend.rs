@@ -1,4 +1,4 @@
-//! Native tests of the mock inference backend (`src/bin/mock-backend.rs`): the
+//! Native tests of the mock inference backend (`src/bin/mock-backend/`): the
 //! end-to-end tests of the gateway rely on it behaving like vLLM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -120,7 +120,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 // The mock backend
 // ---------------------------------------------------------------------------
 
-/// A running `mock-backend` process (see `src/bin/mock-backend.rs` for its
+/// A running `mock-backend` process (see `src/bin/mock-backend/main.rs` for its
 /// endpoints and controls).
 pub struct MockBackend {
     pub proc: Proc,

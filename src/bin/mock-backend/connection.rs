@@ -1,0 +1,96 @@
+//! One connection: read requests in turn, route them, carry out each reply,
+//! and decide whether to keep the connection, close it, or drop it.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::errors::vllm_error;
+use crate::log;
+use crate::peer::hang;
+use crate::request::{read_request, ReadError};
+use crate::response::write_response;
+use crate::routes::{route, Reply};
+use crate::state::State;
+use crate::stream::write_stream;
+
+/// What happens to the connection after a reply.
+pub(crate) enum After {
+    KeepAlive,
+    Close,
+    /// Drop the socket at once, without a graceful close.
+    Abort,
+}
+
+pub(crate) fn serve_connection(conn: TcpStream, state: &State) {
+    let _ = conn.set_nodelay(true);
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let request = match read_request(&mut reader, &mut writer) {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(ReadError::Io) => return,
+            Err(ReadError::Malformed(message)) => {
+                return reject(&mut reader, &mut writer, 400, message)
+            }
+            Err(ReadError::TooLarge) => {
+                return reject(&mut reader, &mut writer, 413, "request too large")
+            }
+        };
+        if state.config.verbose {
+            log(&format!(
+                "mock-backend: {} {}",
+                request.method, request.path
+            ));
+        }
+        let close = request.wants_close();
+        let reply = route(state, &request);
+        match execute(reply, state, &mut writer, close) {
+            After::KeepAlive => {}
+            After::Close => return close_gracefully(&mut reader, &writer),
+            After::Abort => return,
+        }
+    }
+}
+
+/// Answers an unreadable request with a vLLM-style error and closes.
+fn reject(reader: &mut impl Read, conn: &mut TcpStream, status: u16, message: &str) {
+    let response = vllm_error(status, "BadRequestError", message);
+    if write_response(conn, &response, true).is_ok() {
+        close_gracefully(reader, conn);
+    }
+}
+
+/// Closes after the response: half-close, then drain what the client still
+/// sends so the kernel does not answer it with a reset that could discard the
+/// response before the client reads it.
+fn close_gracefully(reader: &mut impl Read, conn: &TcpStream) {
+    let _ = conn.shutdown(Shutdown::Write);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = io::copy(&mut reader.take(1024 * 1024), &mut io::sink());
+}
+
+fn execute(reply: Reply, state: &State, conn: &mut TcpStream, close: bool) -> After {
+    match reply {
+        Reply::Respond(response) => match write_response(conn, &response, close) {
+            Ok(()) if !close => After::KeepAlive,
+            Ok(()) => After::Close,
+            Err(_) => After::Abort,
+        },
+        Reply::Stream(plan) => write_stream(conn, state, &plan, close),
+        Reply::Truncate(response) => {
+            let half = response.body.len() / 2;
+            let mut bytes = response.head(close).into_bytes();
+            bytes.extend_from_slice(&response.body[..half]);
+            let _ = conn.write_all(&bytes);
+            let _ = conn.shutdown(Shutdown::Both);
+            After::Abort
+        }
+        Reply::Hang => {
+            hang(conn, state);
+            After::Abort
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The per-request `mock` body field (chunk count, pacing, fault), with the
+//! limits it shares with the command line.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::faults::Fault;
+use crate::Config;
+
+/// Most completion tokens one request may ask for.
+pub(crate) const MAX_TOKENS: u64 = 100_000;
+/// Longest pause a request may ask for before each streamed token.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
+
+/// The `mock` body field, with CLI defaults filled in.
+pub(crate) struct MockControls {
+    pub(crate) chunks: u64,
+    pub(crate) delay: Duration,
+    pub(crate) fault: Option<Fault>,
+}
+
+impl MockControls {
+    pub(crate) fn from_body(mock: Option<&Value>, config: &Config) -> Result<Self, String> {
+        let mut controls = Self {
+            chunks: config.chunks,
+            delay: config.chunk_delay,
+            fault: None,
+        };
+        let fields = match mock {
+            None | Some(Value::Null) => return Ok(controls),
+            Some(Value::Object(fields)) => fields,
+            Some(_) => return Err("`mock` must be an object".to_owned()),
+        };
+        if let Some(chunks) = optional_count(fields.get("chunks"), "mock.chunks", MAX_TOKENS)? {
+            controls.chunks = chunks;
+        }
+        if let Some(ms) =
+            optional_count(fields.get("delay_ms"), "mock.delay_ms", millis(MAX_DELAY))?
+        {
+            controls.delay = Duration::from_millis(ms);
+        }
+        controls.fault = match fields.get("fault") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => {
+                Some(Fault::parse(name).ok_or_else(|| format!("unknown mock fault `{name}`"))?)
+            }
+            Some(_) => return Err("`mock.fault` must be a string".to_owned()),
+        };
+        Ok(controls)
+    }
+}
+
+/// An optional non-negative integer field no larger than `max`.
+pub(crate) fn optional_count(
+    value: Option<&Value>,
+    field: &str,
+    max: u64,
+) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(n) if n <= max => Ok(Some(n)),
+            _ => Err(format!("`{field}` must be an integer from 0 to {max}")),
+        },
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,226 @@
+//! A mock inference backend that imitates vLLM's OpenAI-compatible HTTP server.
+//!
+//! It exists so the gateway can be developed (`make dev`) and tested end to end
+//! without a GPU: it speaks plain HTTP/1.1 (keep-alive, `Content-Length` and
+//! chunked request bodies), answers with vLLM's response and error shapes, streams
+//! Server-Sent Events with configurable pacing, injects faults on request, and
+//! exposes counters that let tests observe what the gateway did to it.
+//!
+//! # Command line
+//!
+//! ```text
+//! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
+//!              [--api-key KEY] [--verbose]
+//! ```
+//!
+//! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
+//! stdout. `--model` may be repeated (default `mock-llama`); `--chunks` is the
+//! number of completion tokens (default 8); `--chunk-delay-ms` is the pause before
+//! each streamed token (default 0); with `--api-key`, every `/v1/*` request needs
+//! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
+//! `--verbose` logs one line per request to stderr.
+//!
+//! # Endpoints
+//!
+//! * `GET /health`: 200 with an empty body.
+//! * `GET /v1/models`: the served models.
+//! * `POST /v1/chat/completions`: a completion whose text is `N` tokens
+//!   `"tok0 tok1 … tok{N-1} "`, as JSON or, with `"stream": true`, as SSE chunks
+//!   (role chunk, one chunk per token, finish chunk, optional usage chunk, `[DONE]`).
+//!   `max_tokens` / `max_completion_tokens` below `N` truncate it with
+//!   `finish_reason: "length"`. Prompt tokens are counted deterministically as
+//!   `(total UTF-8 bytes of every message's text content) / 4 + number of messages`.
+//! * `GET /mock/last-request`: the last chat request (`method`, `path`, lowercased
+//!   `headers`, `body` parsed as JSON or `null`).
+//! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
+//!   (the last 4096 are kept), so tests running in parallel can each find theirs.
+//! * `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`,
+//!   `client_disconnects`; `POST /mock/reset-stats` zeroes the counters (the
+//!   high-water mark restarts from the streams open at that moment).
+//!
+//! Every `POST /v1/chat/completions` is counted and recorded before the API key
+//! is checked, so tests can see what a rejected request carried. Other paths get
+//! FastAPI's `404 {"detail":"Not Found"}`.
+//!
+//! # Per-request controls
+//!
+//! A chat request may carry an extra body field
+//! `"mock": {"chunks": N, "delay_ms": D, "fault": "..."}` overriding the CLI
+//! defaults. Faults: `500`, `429` (with `retry-after: 1`), `400` (context length),
+//! `hang` (never answer; give up when the client leaves or after 10 minutes),
+//! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
+//! the terminating chunk; non-streams: half of the body), `garbage` (200 with
+//! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
+//! and `plain_text_500` (500 with a `text/plain` body).
+//!
+//! A client that goes away while a stream is being written (a failed write, or the
+//! peer closing during a pause) stops generation and counts as a client disconnect;
+//! so does a client abandoning a `hang`.
+//!
+//! # Layout
+//!
+//! This file holds the command line and the accept loop; each sibling module has
+//! one job: `connection` (one connection's request/reply loop), `request` and
+//! `response` (HTTP/1.1 on the wire), `routes` (dispatch by method and path),
+//! `chat` (interpreting a chat request), `controls` (the `mock` body field),
+//! `faults` (fault modes), `completion` (the completion and its chunks),
+//! `stream` (writing SSE), `peer` (noticing a client that left), `errors`
+//! (vLLM's error body) and `state` (counters and recorded requests).
+
+mod chat;
+mod completion;
+mod connection;
+mod controls;
+mod errors;
+mod faults;
+mod peer;
+mod request;
+mod response;
+mod routes;
+mod state;
+mod stream;
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use connection::serve_connection;
+use controls::{millis, MAX_DELAY, MAX_TOKENS};
+use peer::POLL_SLICE;
+use state::State;
+
+const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
+                     [--chunk-delay-ms D] [--api-key KEY] [--verbose]";
+pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
+
+/// Settings from the command line.
+pub(crate) struct Config {
+    addr: String,
+    pub(crate) models: Vec<String>,
+    pub(crate) chunks: u64,
+    pub(crate) chunk_delay: Duration,
+    pub(crate) api_key: Option<String>,
+    pub(crate) verbose: bool,
+}
+
+enum CliError {
+    Help,
+    Invalid(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError> {
+    let mut config = Config {
+        addr: "127.0.0.1:0".to_owned(),
+        models: Vec::new(),
+        chunks: 8,
+        chunk_delay: Duration::ZERO,
+        api_key: None,
+        verbose: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, mut inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .take()
+                .or_else(|| args.next())
+                .ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--addr" => config.addr = value()?,
+            "--model" => config.models.push(value()?),
+            "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
+            "--chunk-delay-ms" => {
+                config.chunk_delay =
+                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+            }
+            "--api-key" => config.api_key = Some(value()?),
+            "--verbose" | "-v" => config.verbose = true,
+            "--help" | "-h" => return Err(CliError::Help),
+            other => return Err(CliError::Invalid(format!("unknown argument `{other}`"))),
+        }
+    }
+    if config.models.is_empty() {
+        config.models.push(DEFAULT_MODEL.to_owned());
+    }
+    Ok(config)
+}
+
+fn parse_number(flag: &str, text: &str, max: u64) -> Result<u64, CliError> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(CliError::Invalid(format!(
+            "{flag} expects an integer from 0 to {max}, got `{text}`"
+        ))),
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(config) => config,
+        Err(CliError::Help) => {
+            let _ = writeln!(io::stdout(), "{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(CliError::Invalid(message)) => {
+            log(&format!("mock-backend: {message}\n{USAGE}"));
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(&config.addr) {
+        Ok(listener) => listener,
+        Err(err) => {
+            log(&format!("mock-backend: cannot bind {}: {err}", config.addr));
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(local) = listener.local_addr() else {
+        log("mock-backend: cannot read the bound address");
+        return ExitCode::FAILURE;
+    };
+    announce(local);
+    accept_loop(&listener, &Arc::new(State::new(config)));
+    ExitCode::SUCCESS
+}
+
+/// Prints the one line tests read to learn the port.
+fn announce(local: SocketAddr) {
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "listening on http://{local}");
+    let _ = stdout.flush();
+}
+
+fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let state = Arc::clone(state);
+                let spawned = thread::Builder::new()
+                    .name("mock-conn".to_owned())
+                    .spawn(move || serve_connection(stream, &state));
+                if let Err(err) = spawned {
+                    log(&format!(
+                        "mock-backend: cannot spawn a connection thread: {err}"
+                    ));
+                }
+            }
+            Err(err) => {
+                log(&format!("mock-backend: accept failed: {err}"));
+                thread::sleep(POLL_SLICE);
+            }
+        }
+    }
+}
+
+/// Writes a line to stderr without ever panicking.
+pub(crate) fn log(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}

@@ -1,0 +1,82 @@
+//! Routing: dispatch a request by method and path, after recording chat
+//! requests and checking the API key on `/v1/*`.
+
+use serde_json::{json, Value};
+
+use crate::chat::chat_completions;
+use crate::request::Request;
+use crate::response::Response;
+use crate::state::State;
+use crate::stream::StreamPlan;
+use crate::Config;
+
+const CHAT_PATH: &str = "/v1/chat/completions";
+/// `GET /mock/requests/{x-request-id}`: one recorded chat request.
+const REQUESTS_PREFIX: &str = "/mock/requests/";
+
+/// What the connection loop should do with a routed request.
+pub(crate) enum Reply {
+    Respond(Response),
+    Stream(StreamPlan),
+    /// Send the head and half of the body, then shut the socket down.
+    Truncate(Response),
+    /// Never answer.
+    Hang,
+}
+
+pub(crate) fn route(state: &State, request: &Request) -> Reply {
+    let is_chat = request.path == CHAT_PATH;
+    if is_chat && request.method == "POST" {
+        state.record_chat_request(request);
+    }
+    if request.path.starts_with("/v1/") && !authorized(&state.config, request) {
+        return Reply::Respond(Response::json(401, &json!({"error": "Unauthorized"})));
+    }
+    let response = match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") => Response::empty(200),
+        ("GET", "/v1/models") => Response::json(200, &model_list(&state.config)),
+        ("POST", CHAT_PATH) => {
+            return chat_completions(state, request).unwrap_or_else(Reply::Respond)
+        }
+        ("GET", "/mock/last-request") => Response::json(200, &state.last_request()),
+        ("GET", path) if path.starts_with(REQUESTS_PREFIX) => {
+            match state.request_by_id(&path[REQUESTS_PREFIX.len()..]) {
+                Some(record) => Response::json(200, &record),
+                None => Response::json(404, &json!({"detail": "Not Found"})),
+            }
+        }
+        ("GET", "/mock/stats") => Response::json(200, &state.stats.snapshot()),
+        ("POST", "/mock/reset-stats") => {
+            state.stats.reset();
+            Response::json(200, &state.stats.snapshot())
+        }
+        (
+            _,
+            "/health" | "/v1/models" | "/mock/last-request" | "/mock/stats" | "/mock/reset-stats",
+        ) => Response::json(405, &json!({"detail": "Method Not Allowed"})),
+        _ if is_chat => Response::json(405, &json!({"detail": "Method Not Allowed"})),
+        _ => Response::json(404, &json!({"detail": "Not Found"})),
+    };
+    Reply::Respond(response)
+}
+
+fn authorized(config: &Config, request: &Request) -> bool {
+    config.api_key.as_ref().is_none_or(|key| {
+        request
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            == Some(key.as_str())
+    })
+}
+
+fn model_list(config: &Config) -> Value {
+    let data: Vec<Value> = config
+        .models
+        .iter()
+        .map(|name| {
+            json!({"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "vllm",
+                   "root": name, "parent": null, "max_model_len": 4096})
+        })
+        .collect();
+    json!({"object": "list", "data": data})
+}

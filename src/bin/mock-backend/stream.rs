@@ -1,0 +1,80 @@
+//! Writing a planned Server-Sent Events response as chunks, with its pacing and
+//! its ending (complete or reset).
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::connection::After;
+use crate::peer::{pause_watching, peer_closed};
+use crate::response::{response_head, write_chunk, Framing};
+use crate::state::State;
+
+/// A planned Server-Sent Events response.
+pub(crate) struct StreamPlan {
+    pub(crate) events: Vec<SseEvent>,
+    pub(crate) ending: Ending,
+}
+
+pub(crate) struct SseEvent {
+    /// What follows `data: `.
+    pub(crate) data: String,
+    /// Pause before the event is sent.
+    pub(crate) delay: Duration,
+}
+
+#[derive(PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The terminating zero-length chunk.
+    Complete,
+    /// Shut the socket down instead of terminating the body.
+    Reset,
+}
+
+pub(crate) fn write_stream(
+    conn: &mut TcpStream,
+    state: &State,
+    plan: &StreamPlan,
+    close: bool,
+) -> After {
+    let _open = state.stats.stream_opened();
+    if send_events(conn, plan, close).is_err() {
+        state.stats.client_disconnected();
+        return After::Abort;
+    }
+    match plan.ending {
+        Ending::Reset => {
+            let _ = conn.shutdown(Shutdown::Both);
+            After::Abort
+        }
+        Ending::Complete if close => After::Close,
+        Ending::Complete => After::KeepAlive,
+    }
+}
+
+fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Result<()> {
+    let headers = [("cache-control", "no-cache".to_owned())];
+    let head = response_head(
+        200,
+        Some("text/event-stream; charset=utf-8"),
+        &headers,
+        Framing::Chunked,
+        close,
+    );
+    conn.write_all(head.as_bytes())?;
+    for event in &plan.events {
+        if event.delay.is_zero() {
+            if peer_closed(conn) {
+                return Err(io::ErrorKind::ConnectionAborted.into());
+            }
+        } else {
+            pause_watching(conn, event.delay)?;
+        }
+        write_chunk(conn, format!("data: {}\n\n", event.data).as_bytes())?;
+    }
+    if plan.ending == Ending::Complete {
+        conn.write_all(b"0\r\n\r\n")?;
+        conn.flush()?;
+    }
+    Ok(())
+}
