@@ -14,6 +14,7 @@ pub mod limits;
 pub mod log;
 pub mod openai;
 pub mod proxy;
+pub mod redis;
 pub mod request_id;
 pub mod route;
 pub mod runtime;

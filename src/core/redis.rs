@@ -1,0 +1,172 @@
+//! Redis as the limit store, without I/O: the RESP2 bytes of one atomic admission and the
+//! parsing of Redis's reply. An adapter only carries the bytes over a TCP connection.
+//!
+//! Admission is one `EVAL` of `admit.lua`, which runs the same GCRA as [`super::limits`] inside
+//! Redis: a script runs without any other command interleaved, so concurrent gateways can never
+//! read the same bucket and together pass the limit, and Redis's clock is the only clock.
+
+use super::limits::{Decision, Take};
+use super::store::StoreError;
+
+/// The admission script (see the file for its arguments and reply).
+pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
+
+/// Where the limit state lives and how to log in: `redis://[:password@]host[:port][/db]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = if self.password.is_some() { ":***@" } else { "" };
+        write!(f, "redis://{auth}{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+impl RedisTarget {
+    /// Parses a `redis://` URL; `None` when it is not one.
+    pub fn parse(url: &str) -> Option<RedisTarget> {
+        let rest = url.trim().strip_prefix("redis://")?;
+        let (authority, db) = match rest.split_once('/') {
+            Some((a, "")) => (a, 0),
+            Some((a, db)) => (a, db.parse().ok()?),
+            None => (rest, 0),
+        };
+        let (password, host_port) = match authority.rsplit_once('@') {
+            Some((userinfo, hp)) => {
+                // `user:password` or `:password` (Redis 6 ACL users are not supported here).
+                let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+                (Some(password.to_string()).filter(|p| !p.is_empty()), hp)
+            }
+            None => (None, authority),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (host_port, 6379),
+        };
+        (!host.is_empty()).then(|| RedisTarget { host: host.to_string(), port, password, db })
+    }
+}
+
+/// Encodes one command as a RESP2 array of bulk strings.
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The commands to send on a fresh connection before admitting (`AUTH`, `SELECT`), each
+/// answered by one reply.
+pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
+    let mut commands = Vec::new();
+    if let Some(password) = &target.password {
+        commands.push(command(&[b"AUTH", password.as_bytes()]));
+    }
+    if target.db != 0 {
+        commands.push(command(&[b"SELECT", target.db.to_string().as_bytes()]));
+    }
+    commands
+}
+
+/// The `EVAL` that admits `takes` for `scope` (keys `gw:{scope}:{bucket}`).
+pub fn admit_command(scope: &str, takes: &[Take]) -> Vec<u8> {
+    let keys: Vec<String> = takes.iter().map(|t| format!("gw:{scope}:{}", t.bucket)).collect();
+    let numbers: Vec<String> = takes
+        .iter()
+        .flat_map(|t| [t.rule.limit.to_string(), t.rule.period_ms.to_string(), t.cost.to_string()])
+        .collect();
+    let count = keys.len().to_string();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", ADMIT_SCRIPT.as_bytes(), count.as_bytes()];
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    args.extend(numbers.iter().map(|n| n.as_bytes()));
+    command(&args)
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// Parses one reply from the front of `buf`: `Ok(None)` when more bytes are needed, else the reply
+/// and how many bytes it took.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, StoreError> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let bad = || StoreError("malformed reply from Redis".into());
+    let line = std::str::from_utf8(&buf[1..line_end]).map_err(|_| bad())?;
+    let after = line_end + 2;
+    match buf.first() {
+        Some(b'+') => Ok(Some((Reply::Simple(line.to_string()), after))),
+        Some(b'-') => Ok(Some((Reply::Error(line.to_string()), after))),
+        Some(b':') => Ok(Some((Reply::Integer(line.parse().map_err(|_| bad())?), after))),
+        Some(b'$') => {
+            let len: i64 = line.parse().map_err(|_| bad())?;
+            if len < 0 {
+                return Ok(Some((Reply::Bulk(None), after)));
+            }
+            let end = after + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
+        }
+        Some(b'*') => {
+            let count: i64 = line.parse().map_err(|_| bad())?;
+            if count < 0 {
+                return Ok(Some((Reply::Array(None), after)));
+            }
+            let mut items = Vec::with_capacity(count.min(1024) as usize);
+            let mut at = after;
+            for _ in 0..count {
+                match parse_reply(&buf[at..])? {
+                    Some((item, used)) => {
+                        items.push(item);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), at)))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Reads the admission script's reply: five integers per take.
+pub fn decisions(reply: Reply, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
+    let items = match reply {
+        Reply::Array(Some(items)) if items.len() == takes.len() * 5 => items,
+        Reply::Error(e) => return Err(StoreError(format!("Redis refused the admission: {e}"))),
+        other => return Err(StoreError(format!("unexpected admission reply: {other:?}"))),
+    };
+    let numbers: Vec<i64> = items
+        .into_iter()
+        .map(|r| match r {
+            Reply::Integer(n) => Ok(n),
+            other => Err(StoreError(format!("unexpected admission value: {other:?}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(numbers
+        .chunks_exact(5)
+        .map(|n| Decision {
+            allowed: n[0] == 1,
+            limit: n[1].clamp(0, i64::from(u32::MAX)) as u32,
+            remaining: n[2].clamp(0, i64::from(u32::MAX)) as u32,
+            reset_ms: n[3].max(0) as u64,
+            retry_after_ms: if n[4] < 0 { u64::MAX } else { n[4] as u64 },
+        })
+        .collect())
+}

@@ -1,0 +1,76 @@
+//! The Redis limit store's wire format: commands, replies, URLs, and reading decisions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use edge_gateway::core::limits::{Rule, Take};
+use edge_gateway::core::redis::{admit_command, command, decisions, handshake, parse_reply, RedisTarget, Reply};
+
+#[test]
+fn encodes_commands_as_resp_arrays_of_bulk_strings() {
+    assert_eq!(command(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    assert_eq!(command(&[b"SET", b"", b"a\r\nb"]), b"*3\r\n$3\r\nSET\r\n$0\r\n\r\n$4\r\na\r\nb\r\n");
+}
+
+#[test]
+fn admission_is_one_eval_with_a_key_per_bucket() {
+    let takes = [
+        Take { bucket: "requests".into(), rule: Rule::per_minute(10), cost: 1 },
+        Take { bucket: "tokens".into(), rule: Rule { limit: 1000, period_ms: 60_000 }, cost: 250 },
+    ];
+    let encoded = String::from_utf8(admit_command("key:alpha", &takes)).unwrap();
+    assert!(encoded.starts_with("*11\r\n$4\r\nEVAL\r\n"));
+    for part in ["$1\r\n2\r\n$21\r\ngw:key:alpha:requests", "gw:key:alpha:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
+        assert!(encoded.contains(part), "{part:?} missing");
+    }
+}
+
+#[test]
+fn parses_every_reply_type_and_waits_for_more_bytes() {
+    let cases: Vec<(&[u8], Reply)> = vec![
+        (b"+OK\r\n", Reply::Simple("OK".into())),
+        (b"-ERR wrong\r\n", Reply::Error("ERR wrong".into())),
+        (b":-42\r\n", Reply::Integer(-42)),
+        (b"$5\r\nhe\r\no\r\n", Reply::Bulk(Some(b"he\r\no".to_vec()))),
+        (b"$-1\r\n", Reply::Bulk(None)),
+        (b"*2\r\n:1\r\n*1\r\n+x\r\n", Reply::Array(Some(vec![Reply::Integer(1), Reply::Array(Some(vec![Reply::Simple("x".into())]))]))),
+        (b"*-1\r\n", Reply::Array(None)),
+    ];
+    for (bytes, expected) in cases {
+        for cut in 0..bytes.len() {
+            assert_eq!(parse_reply(&bytes[..cut]).unwrap(), None, "{:?} cut at {cut}", String::from_utf8_lossy(bytes));
+        }
+        let mut with_tail = bytes.to_vec();
+        with_tail.extend_from_slice(b"+next\r\n");
+        assert_eq!(parse_reply(&with_tail).unwrap(), Some((expected, bytes.len())));
+    }
+    assert!(parse_reply(b"?what\r\n").is_err());
+    assert!(parse_reply(b":notanumber\r\n").is_err());
+}
+
+#[test]
+fn reads_five_integers_per_bucket_as_decisions() {
+    let takes = [Take { bucket: "requests".into(), rule: Rule::per_minute(3), cost: 1 }];
+    let reply = Reply::Array(Some([0, 3, 0, 60_000, 20_000].map(Reply::Integer).to_vec()));
+    let d = decisions(reply, &takes).unwrap()[0];
+    assert!(!d.allowed);
+    assert_eq!((d.limit, d.remaining, d.reset_ms, d.retry_after_ms), (3, 0, 60_000, 20_000));
+    let never = Reply::Array(Some([0, 3, 0, 0, -1].map(Reply::Integer).to_vec()));
+    assert_eq!(decisions(never, &takes).unwrap()[0].retry_after_ms, u64::MAX);
+    assert!(decisions(Reply::Error("NOSCRIPT".into()), &takes).is_err());
+    assert!(decisions(Reply::Array(Some(vec![Reply::Integer(1)])), &takes).is_err());
+}
+
+#[test]
+fn parses_redis_urls_and_never_prints_the_password() {
+    let t = RedisTarget::parse("redis://:s3cret@10.0.0.5:6380/2").unwrap();
+    assert_eq!((t.host.as_str(), t.port, t.password.as_deref(), t.db), ("10.0.0.5", 6380, Some("s3cret"), 2));
+    assert!(!format!("{t:?}").contains("s3cret"));
+    let t = RedisTarget::parse("redis://cache.internal").unwrap();
+    assert_eq!((t.port, t.password.clone(), t.db), (6379, None, 0));
+    assert_eq!(handshake(&t), Vec::<Vec<u8>>::new());
+    let t = RedisTarget::parse("redis://default:pw@h:1/3").unwrap();
+    assert_eq!(t.password.as_deref(), Some("pw"));
+    assert_eq!(handshake(&t).len(), 2, "AUTH, then SELECT");
+    for bad in ["http://h:1", "redis://", "redis://h:notaport", "redis://h/x"] {
+        assert_eq!(RedisTarget::parse(bad), None, "{bad}");
+    }
+}
