@@ -50,6 +50,7 @@ fn every_error_names_its_variable() {
         ("GATEWAY_API_KEYS[0].requests_per_minute", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"requests_per_minute":0}}]"#, "0".repeat(64))); })),
         ("GATEWAY_MAX_TOKENS must be an integer", Box::new(|v| { v.insert("GATEWAY_MAX_TOKENS".into(), "lots".into()); })),
         ("GATEWAY_MAX_BODY_BYTES must be an integer", Box::new(|v| { v.insert("GATEWAY_MAX_BODY_BYTES".into(), "0".into()); })),
+        ("GATEWAY_LIMITS_FAIL_OPEN must be true or false", Box::new(|v| { v.insert("GATEWAY_LIMITS_FAIL_OPEN".into(), "maybe".into()); })),
         ("GATEWAY_CORS_ORIGINS", Box::new(|v| { v.insert("GATEWAY_CORS_ORIGINS".into(), "app.example.com".into()); })),
     ];
     for (expected, edit) in cases {

@@ -373,3 +373,38 @@ fn readyz_reports_backends_by_name_and_503_when_a_model_has_none() {
     assert_eq!(v["status"], "unavailable");
     assert_eq!(v["backends"][1], json!({"name": "gpu-b", "status": "unhealthy", "models": ["qwen"]}));
 }
+
+/// A limit store that cannot be reached.
+struct UnreachableStore;
+
+impl edge_gateway::core::store::LimitStore for UnreachableStore {
+    async fn take(
+        &self,
+        _scope: &str,
+        _takes: &[edge_gateway::core::limits::Take],
+    ) -> Result<Vec<edge_gateway::core::limits::Decision>, edge_gateway::core::store::StoreError> {
+        Err(edge_gateway::core::store::StoreError("connection refused to 10.9.9.9:6379".into()))
+    }
+}
+
+#[test]
+fn an_unreachable_limit_store_fails_closed_by_default_and_open_when_configured() {
+    let upstream = FakeUpstream::default();
+    let runtime = FakeRuntime::default();
+    let gw = edge_gateway::core::Gateway::new(upstream.clone(), UnreachableStore, runtime.clone());
+    let config = config();
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
+    assert_eq!(status, 500);
+    assert_eq!(error_of(&body)["code"], "internal_error");
+    assert!(!body.contains("10.9.9.9"), "store details stay in the log: {body}");
+    assert!(runtime.logs.borrow().last().unwrap().contains("10.9.9.9"), "and are in the log");
+    assert!(upstream.sent.borrow().is_empty(), "closed: nothing reached the backend");
+
+    let mut vars = vars();
+    vars.insert("GATEWAY_LIMITS_FAIL_OPEN".into(), "true".into());
+    let config = edge_gateway::core::Config::from_lookup(&vars as &dyn edge_gateway::core::Lookup).unwrap();
+    upstream.push(Script::json(200, COMPLETION));
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
+    assert_eq!(status, 200, "open: admitted without a limit");
+    assert_eq!(headers.get("x-ratelimit-remaining-requests"), None);
+}

@@ -36,6 +36,7 @@ pub mod vars {
     pub const MAX_N: &str = "GATEWAY_MAX_N";
     pub const FIRST_BYTE_TIMEOUT_MS: &str = "GATEWAY_FIRST_BYTE_TIMEOUT_MS";
     pub const HEALTH_TIMEOUT_MS: &str = "GATEWAY_HEALTH_TIMEOUT_MS";
+    pub const LIMITS_FAIL_OPEN: &str = "GATEWAY_LIMITS_FAIL_OPEN";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -56,6 +57,9 @@ pub struct Config {
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
+    /// When the limit store cannot be reached: `false` (default) refuses requests with a 500,
+    /// `true` admits them unlimited (and logs it). Closed is the safe default for a GPU budget.
+    pub limits_fail_open: bool,
 }
 
 /// An OpenAI-compatible inference server.
@@ -175,7 +179,8 @@ impl Config {
             first_byte_ms: number(lookup, vars::FIRST_BYTE_TIMEOUT_MS, 60_000, 1, 3_600_000)?,
             health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
         };
-        Ok(Config { backends, api_keys, cors, limits, timeouts })
+        let limits_fail_open = flag(lookup, vars::LIMITS_FAIL_OPEN)?;
+        Ok(Config { backends, api_keys, cors, limits, timeouts, limits_fail_open })
     }
 
     /// Backends that serve `model`, in configured order.
@@ -209,6 +214,14 @@ fn number(lookup: &dyn Lookup, name: &str, default: u64, min: u64, max: u64) -> 
     match raw.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError(format!("{name} must be an integer from {min} to {max}, got {raw:?}"))),
+    }
+}
+
+fn flag(lookup: &dyn Lookup, name: &str) -> Result<bool, ConfigError> {
+    match lookup.get(name).as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ConfigError(format!("{name} must be true or false, got {other:?}"))),
     }
 }
 

@@ -141,7 +141,7 @@ where
             return Err(GatewayError::ModelNotFound { model: chat.model });
         };
 
-        self.admit(caller, limits).await?;
+        self.admit(caller, config.limits_fail_open, limits).await?;
 
         record.backend = Some(backend.name.clone());
         let upstream_req = upstream_request(backend, &chat, &request.headers, &record.request_id);
@@ -196,14 +196,31 @@ where
 
     /// Takes this request from the caller's budgets in the consistent store (one atomic step).
     /// The decisions are kept in `limits` so refused and admitted answers both report them.
-    async fn admit(&self, caller: Authenticated<'_>, limits: &mut Vec<(LimitKind, Decision)>) -> Result<(), GatewayError> {
+    async fn admit(
+        &self,
+        caller: Authenticated<'_>,
+        fail_open: bool,
+        limits: &mut Vec<(LimitKind, Decision)>,
+    ) -> Result<(), GatewayError> {
         let Some(rpm) = caller.key.requests_per_minute else { return Ok(()) };
         let takes = [Take { bucket: "requests".into(), rule: Rule::per_minute(rpm), cost: 1 }];
         let scope = format!("key:{}", caller.key.id);
-        let decisions = self.store.take(&scope, &takes).await.map_err(|e| GatewayError::Internal {
-            message: "The rate-limit store is unavailable; please retry.".into(),
-            detail: format!("limit store: {}", e.0),
-        })?;
+        let decisions = match self.store.take(&scope, &takes).await {
+            Ok(decisions) => decisions,
+            Err(e) if fail_open => {
+                self.runtime.log(&format!(
+                    r#"{{"level":"warn","event":"limit_store_unavailable","admitted":true,"detail":{}}}"#,
+                    serde_json::Value::from(e.0)
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(GatewayError::Internal {
+                    message: "The rate-limit store is unavailable; please retry.".into(),
+                    detail: format!("limit store: {}", e.0),
+                })
+            }
+        };
         limits.extend(decisions.into_iter().map(|d| (LimitKind::Requests, d)));
         if let Some((_, refused)) = limits.iter().find(|(_, d)| !d.allowed) {
             return Err(GatewayError::RateLimited {
