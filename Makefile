@@ -8,6 +8,8 @@ SHELL := /bin/bash
 WORKER_BUILD_VERSION := 0.8.7
 # Must equal the wasm-bindgen version in Cargo.lock (pinned in Cargo.toml).
 WASM_BINDGEN_VERSION := 0.2.130
+# The WASI-HTTP host the Spin component is tested in (50 needs a newer rustc than 1.95).
+WASMTIME_VERSION := 48.0.8
 CARGO_BIN := $(HOME)/.cargo/bin
 export PATH := $(CARGO_BIN):$(PATH)
 
@@ -18,25 +20,28 @@ export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 WORKER_OUT := build/worker/shim.mjs
-RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+SPIN_OUT := target/wasm32-wasip2/release/edge_gateway.wasm
+RUST_SOURCES := $(shell find src -name '*.rs' -o -name '*.lua') Cargo.toml Cargo.lock
 
 DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool node-tools worker dev test test-native test-e2e clean
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools worker spin dev test clean
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
 	@echo "make test   - run every test (native core tests and end-to-end in workerd)"
 	@echo "make worker - build the release Workers bundle into build/"
+	@echo "make spin   - build the release Spin component ($(SPIN_OUT))"
 
 ## Tools ---------------------------------------------------------------------------------------
 
-tools: rust-targets worker-build-tool wasm-bindgen-tool node-tools
+tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 worker-build-tool:
 	@if ! "$(CARGO_BIN)/worker-build" --version 2>/dev/null | grep -q "$(WORKER_BUILD_VERSION)"; then \
@@ -50,6 +55,19 @@ wasm-bindgen-tool:
 		echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (one-time, several minutes)"; \
 		cargo install wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --force; \
 	fi
+
+wasmtime-tool:
+	@if ! "$(CARGO_BIN)/wasmtime" --version 2>/dev/null | grep -q "$(WASMTIME_VERSION)"; then \
+		echo "installing wasmtime-cli $(WASMTIME_VERSION) (one-time, tens of minutes)"; \
+		cargo install wasmtime-cli --version $(WASMTIME_VERSION) --locked; \
+	fi
+
+# The Spin build keeps its limits in Redis; the end-to-end suite starts a real redis-server.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-tool:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server from Debian"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 node-tools: node_modules/.package-lock.json
 
@@ -66,6 +84,13 @@ $(WORKER_OUT): $(RUST_SOURCES) | rust-targets worker-build-tool wasm-bindgen-too
 	@wc -c < build/index_bg.wasm | awk '{print "wasm: " $$1 " bytes raw"}'; \
 		gzip -9c build/index_bg.wasm | wc -c | awk '{print "wasm: " $$1 " bytes gzip"}'
 
+spin: $(SPIN_OUT)
+
+$(SPIN_OUT): $(RUST_SOURCES) | rust-targets
+	cargo build --lib --target wasm32-wasip2 --release --features spin
+	@wc -c < $(SPIN_OUT) | awk '{print "component: " $$1 " bytes raw"}'; \
+		gzip -9c $(SPIN_OUT) | wc -c | awk '{print "component: " $$1 " bytes gzip"}'
+
 target/debug/mock-backend: $(RUST_SOURCES)
 	cargo build --bin mock-backend
 
@@ -76,12 +101,14 @@ dev: worker target/debug/mock-backend
 
 ## Test ----------------------------------------------------------------------------------------
 
-# Native core tests, the mock's tests, then the end-to-end suite against the release bundle in
-# workerd; then lints for the native and the Workers build.
-test: worker
+# Native core tests, the mock's tests, then one end-to-end suite against the release Workers
+# bundle in workerd and the release Spin component in wasmtime serve (with Redis); then lints
+# for the native and both wasm builds.
+test: worker spin wasmtime-tool redis-tool
 	cargo test --features e2e --all-targets
 	cargo clippy --features e2e --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features cloudflare -- -D warnings
+	cargo clippy --lib --target wasm32-wasip2 --features spin -- -D warnings
 
 clean:
 	rm -rf build target .wrangler

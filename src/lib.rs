@@ -5,9 +5,19 @@
 //!
 //! - no feature: the runtime-free [`core`] only (native tests, benchmarks, fuzzing);
 //! - `cloudflare`: the Workers entry point and the rate-limit Durable Object
-//!   (`wasm32-unknown-unknown`, built by `worker-build`).
+//!   (`wasm32-unknown-unknown`, built by `worker-build`);
+//! - `spin`: a WASI 0.3 HTTP component for Fermyon Spin and any WASI-HTTP host, with rate limits
+//!   in Redis (`wasm32-wasip2`, spin-sdk 7).
+//!
+//! The two platform features are exclusive: build each one on its own.
+
+#[cfg(all(feature = "cloudflare", feature = "spin"))]
+compile_error!("features `cloudflare` and `spin` are exclusive: build each platform separately");
 
 pub mod core;
 
 #[cfg(feature = "cloudflare")]
 mod cloudflare;
+
+#[cfg(feature = "spin")]
+mod spin;

@@ -9,6 +9,14 @@ use std::pin::Pin;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyError(pub String);
 
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
 /// A body that arrives (or leaves) in chunks. Not `Send`: JS and WASI handles are not.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, BodyError>>>>;
 

@@ -31,7 +31,8 @@ pub struct Gateway {
     pub primary: MockBackend,
     /// Serves [`SPARE_MODEL`]; the readiness case stops it.
     pub spare: Mutex<Option<MockBackend>>,
-    pub runtime: Proc,
+    /// The runtime and whatever it needs (a limit store), stopped when the test binary exits.
+    pub processes: Vec<Proc>,
 }
 
 /// The configuration variables every runtime gets, as name/value pairs.
@@ -70,7 +71,8 @@ pub fn start_backends() -> (MockBackend, MockBackend) {
 
 /// Spawns `cmd` in its own process group under a watchdog shell that kills the group when this
 /// test binary exits (its stdin pipe closes), so processes held in statics never outlive the run.
-pub fn watched(cmd: &Command, stdout: Stdio) -> Proc {
+/// Its output goes to `log` (stdout and stderr), or is piped when `log` is `None`.
+pub fn watched(cmd: &Command, log: Option<&std::fs::File>) -> Proc {
     let mut wrapper = Command::new("sh");
     wrapper
         .arg("-c")
@@ -88,7 +90,14 @@ pub fn watched(cmd: &Command, stdout: Stdio) -> Proc {
     if let Some(dir) = cmd.get_current_dir() {
         wrapper.current_dir(dir);
     }
-    wrapper.stdout(stdout).stderr(Stdio::inherit());
+    match log {
+        Some(file) => {
+            wrapper.stdout(file.try_clone().expect("log file")).stderr(file.try_clone().expect("log file"));
+        }
+        None => {
+            wrapper.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        }
+    }
     Proc::spawn(wrapper)
 }
 
@@ -96,7 +105,7 @@ pub fn watched(cmd: &Command, stdout: Stdio) -> Proc {
 pub fn watched_mock(args: &[&str]) -> MockBackend {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-backend"));
     cmd.args(["--addr", "127.0.0.1:0"]).args(args);
-    let mut proc = watched(&cmd, Stdio::piped());
+    let mut proc = watched(&cmd, None);
     let stdout = proc.child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -110,4 +119,17 @@ pub fn watched_mock(args: &[&str]) -> MockBackend {
     let base_url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
     let addr = base_url.trim_start_matches("http://").parse().expect("address");
     MockBackend { proc, base_url, addr }
+}
+
+/// Starts a runtime (`cmd`, logging to `log_path`) that serves the gateway on `port`, and waits
+/// until its `/healthz` answers 200; returns the address and the process.
+pub fn serve(name: &str, cmd: &Command, port: u16, log_path: &std::path::Path) -> (String, Proc) {
+    let log = std::fs::File::create(log_path).expect("log file");
+    let runtime = watched(cmd, Some(&log));
+    let addr = format!("127.0.0.1:{port}");
+    let up = crate::support::wait_until(Duration::from_secs(60), || {
+        crate::support::try_request(&addr, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200)
+    });
+    assert!(up, "{name} did not serve /healthz on {addr}; see {}", log_path.display());
+    (addr, runtime)
 }

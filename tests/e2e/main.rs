@@ -1,7 +1,8 @@
 //! End-to-end: the release wasm in its real runtime, over real HTTP, against the mock backend.
 //!
-//! Every case in `cases.rs` runs against each runtime listed here (one list, not copies). Build the
-//! artefacts first (`make test` does): `make worker`.
+//! Every case in `cases.rs` runs against each runtime listed here (one list, not copies): the
+//! Workers bundle in workerd, and the Spin component in a WASI-HTTP host. Build the artefacts
+//! first (`make test` does): `make worker spin`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -9,6 +10,7 @@ mod support;
 
 mod cases;
 mod harness;
+mod wasi;
 mod workerd;
 
 /// The cases, named once; `run_cases!(runtime_module, start_fn)` makes one `#[test]` per case.
@@ -46,3 +48,4 @@ macro_rules! run_cases {
 }
 
 run_cases!(workerd_gateway, crate::workerd::gateway);
+run_cases!(wasi_gateway, crate::wasi::gateway);

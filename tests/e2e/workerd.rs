@@ -4,12 +4,11 @@
 //! Not through `wrangler dev`: its dev proxy answers "worker restarted mid-request" (503) to some
 //! POSTs the worker has already answered, which no deployed worker does. workerd starts in ~0.2 s.
 
-use crate::harness::{start_backends, variables, watched, Gateway};
-use crate::support::{free_port, try_request, wait_until};
+use crate::harness::{serve, start_backends, variables, Gateway};
+use crate::support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 /// Must match `wrangler.toml`.
 const COMPATIBILITY_DATE: &str = "2025-09-01";
@@ -77,14 +76,8 @@ const gateway :Workerd.Worker = (
 
     let mut cmd = Command::new(&workerd);
     cmd.current_dir(&state).args(["serve", "--experimental", "config.capnp"]);
-    let log = std::fs::File::create(state.join("workerd.log")).expect("log file");
-    let runtime = watched(&cmd, log.into());
-    let addr = format!("127.0.0.1:{port}");
-    let up = wait_until(Duration::from_secs(30), || {
-        try_request(&addr, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200)
-    });
-    assert!(up, "workerd did not serve /healthz on {addr}; see {}", state.join("workerd.log").display());
-    Gateway { addr, primary, spare: Mutex::new(Some(spare)), runtime }
+    let (addr, runtime) = serve("workerd", &cmd, port, &state.join("workerd.log"));
+    Gateway { addr, primary, spare: Mutex::new(Some(spare)), processes: vec![runtime] }
 }
 
 /// Keeps this launcher honest: the bindings it declares are the ones `wrangler.toml` deploys.

@@ -1,0 +1,204 @@
+//! Spin adapter (WASI 0.3 HTTP, spin-sdk 7): translates requests and responses, and implements
+//! the core's traits with WASI imports only, so the same component runs on Spin and on any
+//! WASI-HTTP host (`wasmtime serve`).
+//!
+//! - [`Upstream`] with `wasi:http` outbound requests; dropping the body cancels the request;
+//! - [`LimitStore`] with Redis over a plain TCP connection (`wasi:sockets`): one `EVAL` of the
+//!   core's admission script per request, atomic in Redis (see [`crate::core::redis`]);
+//! - [`Runtime`] with `wasi:clocks`, `wasi:random` and stdout;
+//! - configuration from the component's environment (`wasi:cli/environment`), which Spin
+//!   (`environment`, `spin up -e`) and `wasmtime serve --env` both provide.
+//!
+//! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
+
+use crate::core::config::{Config, ConfigError};
+use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
+use crate::core::limits::{Decision, Take};
+use crate::core::redis::{self, RedisTarget, Reply};
+use crate::core::runtime::Runtime;
+use crate::core::store::{LimitStore, StoreError};
+use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::core::Gateway;
+use bytes::Bytes;
+use futures::stream::{Stream, StreamExt, TryStreamExt};
+use http_body_util::{BodyStream as FrameStream, Either, Empty, Full, StreamBody};
+use spin_sdk::http::{HeaderName, HeaderValue, Method};
+use spin_sdk::http_service;
+use spin_sdk::wasip3;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::pin::Pin;
+
+/// The variable naming the Redis that holds rate-limit state.
+pub const REDIS_URL_VAR: &str = "GATEWAY_REDIS_URL";
+
+type Frames = Pin<Box<dyn Stream<Item = Result<http_body::Frame<Bytes>, BodyError>>>>;
+type ResponseBody = Either<Full<Bytes>, StreamBody<Frames>>;
+
+#[http_service]
+async fn handle(request: spin_sdk::http::Request) -> spin_sdk::http::Result<spin_sdk::http::Response<ResponseBody>> {
+    let env: HashMap<String, String> = wasip3::cli::environment::get_environment().into_iter().collect();
+    let config = Config::from_lookup(&env);
+    let redis = match env.get(REDIS_URL_VAR).map(|url| RedisTarget::parse(url)) {
+        Some(Some(target)) => Ok(target),
+        Some(None) => Err(format!("{REDIS_URL_VAR} must be a redis://[:password@]host[:port][/db] URL")),
+        None => Err(format!("{REDIS_URL_VAR} is not set")),
+    };
+    // A bad store address is a configuration error like any other: every request names it.
+    let config = match (config, &redis) {
+        (Ok(config), Ok(_)) => Ok(config),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(message)) => Err(ConfigError(message.clone())),
+    };
+    let gateway = Gateway::new(WasiHttp, RedisStore { target: redis.ok() }, WasiRuntime);
+    let response = gateway.handle(config.as_ref(), to_core_request(request)).await;
+    to_spin_response(response)
+}
+
+fn to_core_request(request: spin_sdk::http::Request) -> Request {
+    let (parts, body) = request.into_parts();
+    let headers = header_pairs(&parts.headers);
+    let body: BodyStream = Box::pin(data_frames(FrameStream::new(body)));
+    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body }
+}
+
+fn header_pairs(headers: &spin_sdk::http::HeaderMap) -> Headers {
+    headers
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+        .collect()
+}
+
+/// The data frames of an HTTP body as a core body stream (trailers are ignored).
+fn data_frames<S, E>(frames: S) -> impl Stream<Item = Result<Vec<u8>, BodyError>>
+where
+    S: Stream<Item = Result<http_body::Frame<Bytes>, E>>,
+    E: std::fmt::Display,
+{
+    frames.filter_map(|frame| async move {
+        match frame {
+            Ok(frame) => frame.into_data().ok().map(|data| Ok(data.to_vec())),
+            Err(e) => Some(Err(BodyError(e.to_string()))),
+        }
+    })
+}
+
+fn to_spin_response(response: Response) -> spin_sdk::http::Result<spin_sdk::http::Response<ResponseBody>> {
+    let mut builder = spin_sdk::http::Response::builder().status(response.status);
+    for (name, value) in response.headers.iter() {
+        builder = builder.header(name, value);
+    }
+    let body = match response.body {
+        Body::Full(bytes) => Either::Left(Full::new(Bytes::from(bytes))),
+        Body::Stream(stream) => {
+            let frames: Frames = Box::pin(stream.map_ok(|chunk| http_body::Frame::data(Bytes::from(chunk))));
+            Either::Right(StreamBody::new(frames))
+        }
+    };
+    Ok(builder.body(body)?)
+}
+
+/// Outbound HTTP through `wasi:http`.
+struct WasiHttp;
+
+impl Upstream for WasiHttp {
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
+        let failed = |e: &dyn std::fmt::Display| ConnectError(e.to_string());
+        let mut builder = spin_sdk::http::Request::builder()
+            .method(Method::from_bytes(request.method.as_bytes()).map_err(|e| failed(&e))?)
+            .uri(&request.url);
+        for (name, value) in request.headers.iter() {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| failed(&e))?;
+            let value = HeaderValue::from_str(value).map_err(|e| failed(&e))?;
+            builder = builder.header(name, value);
+        }
+        let body: Either<Full<Bytes>, Empty<Bytes>> = match request.body {
+            Some(body) => Either::Left(Full::new(Bytes::from(body))),
+            None => Either::Right(Empty::new()),
+        };
+        let outbound = builder.body(body).map_err(|e| failed(&e))?;
+        let response = spin_sdk::http::send(outbound).await.map_err(|e| failed(&e))?;
+        let (parts, body) = response.into_parts();
+        Ok(UpstreamResponse {
+            status: parts.status.as_u16(),
+            headers: header_pairs(&parts.headers),
+            body: Box::pin(data_frames(FrameStream::new(body))),
+        })
+    }
+}
+
+/// Rate-limit state in Redis: one connection and one atomic `EVAL` per admission.
+///
+/// The connection is opened per request: Spin and `wasmtime serve` give every request its own
+/// instance, so there is nothing to pool across requests.
+struct RedisStore {
+    target: Option<RedisTarget>,
+}
+
+impl LimitStore for RedisStore {
+    async fn take(&self, scope: &str, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
+        let target = self.target.as_ref().ok_or_else(|| StoreError("no Redis configured".into()))?;
+        let failed = |e: std::io::Error| StoreError(format!("Redis at {}:{}: {e}", target.host, target.port));
+        let mut connection = std::net::TcpStream::connect((target.host.as_str(), target.port)).map_err(failed)?;
+        let mut buffer = Vec::with_capacity(512);
+        for command in redis::handshake(target) {
+            connection.write_all(&command).map_err(failed)?;
+            match read_reply(&mut connection, &mut buffer).map_err(failed)? {
+                Some(Reply::Error(e)) => return Err(StoreError(format!("Redis refused the login: {e}"))),
+                Some(_) => {}
+                None => return Err(StoreError("Redis closed the connection".into())),
+            }
+        }
+        connection.write_all(&redis::admit_command(scope, takes)).map_err(failed)?;
+        let reply = read_reply(&mut connection, &mut buffer)
+            .map_err(failed)?
+            .ok_or_else(|| StoreError("Redis closed the connection".into()))?;
+        redis::decisions(reply, takes)
+    }
+}
+
+/// Reads one reply, keeping any bytes after it in `buffer`; `None` if the peer closed first.
+fn read_reply(connection: &mut std::net::TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<Reply>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match redis::parse_reply(buffer) {
+            Ok(Some((reply, used))) => {
+                buffer.drain(..used);
+                return Ok(Some(reply));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::other(e.0)),
+        }
+        let read = connection.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Time, randomness and logs from WASI.
+#[derive(Clone, Copy)]
+struct WasiRuntime;
+
+impl Runtime for WasiRuntime {
+    fn now_ms(&self) -> u64 {
+        let now = wasip3::clocks::system_clock::now();
+        (now.seconds.max(0) as u64) * 1000 + u64::from(now.nanoseconds / 1_000_000)
+    }
+
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
+        wasip3::clocks::monotonic_clock::wait_for(ms.saturating_mul(1_000_000))
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) {
+        let bytes = wasip3::random::insecure::get_insecure_random_bytes(buf.len() as u64);
+        for (out, byte) in buf.iter_mut().zip(bytes) {
+            *out = byte;
+        }
+    }
+
+    fn log(&self, line: &str) {
+        println!("{line}");
+    }
+}
