@@ -4,16 +4,17 @@
 //! - [`LimitStore`] with one [`RateLimiter`] Durable Object per scope: a Durable Object runs one
 //!   event at a time and blocks new events while it awaits its storage, so check-and-take is
 //!   atomic and exact across every isolate of the fleet;
-//! - [`Runtime`] with `Date.now`, `setTimeout`, `Math.random` and `console.log`;
+//! - [`Runtime`] with `Date.now`, `setTimeout`, `Math.random`, `console.log` and `waitUntil`;
+//! - the client's address from `CF-Connecting-IP`, which Cloudflare sets (never the client).
 //! - configuration from `[vars]`, `--var`/`.dev.vars` and secrets, validated once per isolate.
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
-use crate::core::limits::{BucketSet, Decision, Take};
+use crate::core::limits::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::runtime::Runtime;
-use crate::core::store::{LimitStore, StoreError, TakeCall, TakeReply};
+use crate::core::store::{LimitStore, StoreCall, StoreError};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::{http::Body, Gateway};
 use futures::stream::{self, Stream, TryStreamExt};
@@ -40,10 +41,11 @@ thread_local! {
 }
 
 #[event(fetch)]
-async fn fetch(req: worker::Request, env: Env, _ctx: worker::Context) -> worker::Result<worker::Response> {
+async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::Result<worker::Response> {
     let config = config(&env);
     let request = to_core_request(req)?;
-    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, WorkersRuntime);
+    let runtime = WorkersRuntime { ctx: Rc::new(ctx) };
+    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime);
     let response = gateway.handle(config.as_ref().as_ref(), request).await;
     to_worker_response(response)
 }
@@ -75,13 +77,17 @@ fn lookup_var(env: &Env, name: &str) -> Option<String> {
     env.object_var::<serde_json::Value>(name).ok().map(|v| v.to_string())
 }
 
+/// The header Cloudflare's edge sets to the client's address, replacing any the client sent.
+const CLIENT_IP_HEADER: &str = "cf-connecting-ip";
+
 fn to_core_request(mut req: worker::Request) -> worker::Result<Request> {
     let headers: Headers = req.headers().entries().collect();
+    let client_ip = headers.get(CLIENT_IP_HEADER).map(str::to_owned);
     let body: BodyStream = match req.stream() {
         Ok(stream) => Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
         Err(_) => Box::pin(stream::empty()),
     };
-    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body })
+    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body, client_ip })
 }
 
 fn to_worker_response(response: Response) -> worker::Result<worker::Response> {
@@ -160,37 +166,49 @@ impl Stream for Guarded {
     }
 }
 
-/// Rate-limit state in [`RateLimiter`] Durable Objects, one per scope (API key, client IP).
+/// Limit state in [`RateLimiter`] Durable Objects, one per scope (API key, client IP).
+#[derive(Clone)]
 struct DurableLimitStore {
     env: Env,
 }
 
-impl LimitStore for DurableLimitStore {
-    async fn take(&self, scope: &str, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
+impl DurableLimitStore {
+    /// Sends one call to the scope's object; its JSON reply.
+    async fn call(&self, scope: &str, call: &StoreCall) -> Result<worker::Response, StoreError> {
         let failed = |e: worker::Error| StoreError(e.to_string());
         let stub = self
             .env
             .durable_object(LIMITER_BINDING)
             .and_then(|ns| ns.id_from_name(scope)?.get_stub())
             .map_err(failed)?;
-        let call = serde_json::to_string(&TakeCall { takes: takes.to_vec() })
-            .map_err(|e| StoreError(e.to_string()))?;
+        let body = serde_json::to_string(call).map_err(|e| StoreError(e.to_string()))?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&call)));
-        let request = worker::Request::new_with_init("https://rate-limiter/take", &init).map_err(failed)?;
-        let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
-        if response.status_code() != 200 {
-            return Err(StoreError(format!("limiter answered {}", response.status_code())));
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+        let request = worker::Request::new_with_init("https://rate-limiter/call", &init).map_err(failed)?;
+        let response = stub.fetch_with_request(request).await.map_err(failed)?;
+        match response.status_code() {
+            200 => Ok(response),
+            status => Err(StoreError(format!("limiter answered {status}"))),
         }
-        let reply: TakeReply = response.json().await.map_err(failed)?;
-        if reply.decisions.len() != takes.len() {
-            return Err(StoreError("limiter answered the wrong number of decisions".into()));
-        }
-        Ok(reply.decisions)
     }
 }
 
-/// The buckets of one scope. The core's GCRA runs here, on this object's clock, so every isolate
+impl LimitStore for DurableLimitStore {
+    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
+        let mut response = self.call(scope, &StoreCall::Admit(admission.clone())).await?;
+        let admitted: Admitted = response.json().await.map_err(|e| StoreError(e.to_string()))?;
+        if admitted.decisions.len() != admission.takes.len() || admitted.lease.is_some() != admission.lease.is_some() {
+            return Err(StoreError("limiter answered the wrong number of decisions".into()));
+        }
+        Ok(admitted)
+    }
+
+    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        self.call(scope, &StoreCall::Settle(settlement.clone())).await.map(|_| ())
+    }
+}
+
+/// The limits of one scope. The core's rules run here, on this object's clock, so every isolate
 /// in the fleet sees one sequence of admissions; state is written through to durable storage so it
 /// survives the object being evicted or restarted.
 #[durable_object(fetch)]
@@ -205,9 +223,9 @@ impl DurableObject for RateLimiter {
     }
 
     async fn fetch(&self, mut req: worker::Request) -> worker::Result<worker::Response> {
-        let call: TakeCall = req.json().await?;
-        // No await between reading and writing the buckets except storage calls, during which the
-        // runtime delivers no other event to this object: the check-and-take is atomic.
+        let call: StoreCall = req.json().await?;
+        // No await between reading and writing the state except storage calls, during which the
+        // runtime delivers no other event to this object: each call is atomic.
         let cached = self.buckets.borrow().clone();
         let mut buckets = match cached {
             Some(buckets) => buckets,
@@ -216,18 +234,23 @@ impl DurableObject for RateLimiter {
                 None => BucketSet::default(),
             },
         };
-        let decisions = buckets.admit(&call.takes, Date::now().as_millis());
+        let reply = call.apply(&mut buckets, Date::now().as_millis());
         // Stored as JSON text: nanosecond timestamps do not fit a JavaScript number.
         let json = serde_json::to_string(&buckets).map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.state.storage().put(BUCKETS_KEY, json).await?;
         *self.buckets.borrow_mut() = Some(buckets);
-        worker::Response::from_json(&TakeReply { decisions })
+        match reply {
+            Some(admitted) => worker::Response::from_json(&admitted),
+            None => worker::Response::from_json(&serde_json::json!({ "settled": true })),
+        }
     }
 }
 
-/// Time, randomness and logs from the Workers runtime.
-#[derive(Clone, Copy)]
-struct WorkersRuntime;
+/// Time, randomness, logs and background work from the Workers runtime.
+#[derive(Clone)]
+struct WorkersRuntime {
+    ctx: Rc<worker::Context>,
+}
 
 impl Runtime for WorkersRuntime {
     fn now_ms(&self) -> u64 {
@@ -246,5 +269,10 @@ impl Runtime for WorkersRuntime {
 
     fn log(&self, line: &str) {
         console_log!("{line}");
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()>>>) {
+        // `waitUntil` keeps the isolate alive for the task after the response has been sent.
+        self.ctx.wait_until(task);
     }
 }

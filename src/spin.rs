@@ -13,7 +13,7 @@
 
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
-use crate::core::limits::{Decision, Take};
+use crate::core::limits::{Admission, Admitted, Settlement};
 use crate::core::redis::{self, RedisTarget, Reply};
 use crate::core::runtime::Runtime;
 use crate::core::store::{LimitStore, StoreError};
@@ -28,6 +28,7 @@ use spin_sdk::wasip3;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::pin::Pin;
+use std::rc::Rc;
 
 /// The variable naming the Redis that holds rate-limit state.
 pub const REDIS_URL_VAR: &str = "GATEWAY_REDIS_URL";
@@ -50,16 +51,24 @@ async fn handle(request: spin_sdk::http::Request) -> spin_sdk::http::Result<spin
         (Err(e), _) => Err(e),
         (Ok(_), Err(message)) => Err(ConfigError(message.clone())),
     };
-    let gateway = Gateway::new(WasiHttp, RedisStore { target: redis.ok() }, WasiRuntime);
+    let gateway = Gateway::new(WasiHttp, RedisStore { target: redis.ok().map(Rc::new) }, WasiRuntime);
     let response = gateway.handle(config.as_ref(), to_core_request(request)).await;
     to_spin_response(response)
 }
 
+/// The header Spin sets to the client's address (`ip:port`), replacing any the client sent.
+const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
+
 fn to_core_request(request: spin_sdk::http::Request) -> Request {
     let (parts, body) = request.into_parts();
-    let headers = header_pairs(&parts.headers);
+    let mut headers = header_pairs(&parts.headers);
+    let client_ip = headers.get(CLIENT_ADDR_HEADER).map(|addr| match addr.rsplit_once(':') {
+        Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => ip.trim_matches(['[', ']']).to_string(),
+        _ => addr.to_string(),
+    });
+    headers.remove(CLIENT_ADDR_HEADER);
     let body: BodyStream = Box::pin(data_frames(FrameStream::new(body)));
-    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body }
+    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body, client_ip }
 }
 
 fn header_pairs(headers: &spin_sdk::http::HeaderMap) -> Headers {
@@ -127,33 +136,44 @@ impl Upstream for WasiHttp {
     }
 }
 
-/// Rate-limit state in Redis: one connection and one atomic `EVAL` per admission.
+/// Limit state in Redis: one connection and one atomic `EVAL` per admission or settlement.
 ///
-/// The connection is opened per request: Spin and `wasmtime serve` give every request its own
+/// The connection is opened per call: Spin and `wasmtime serve` give every request its own
 /// instance, so there is nothing to pool across requests.
+#[derive(Clone)]
 struct RedisStore {
-    target: Option<RedisTarget>,
+    target: Option<Rc<RedisTarget>>,
 }
 
-impl LimitStore for RedisStore {
-    async fn take(&self, scope: &str, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
-        let target = self.target.as_ref().ok_or_else(|| StoreError("no Redis configured".into()))?;
+impl RedisStore {
+    /// Logs in, sends `command`, and returns Redis's reply to it.
+    fn call(&self, command: &[u8]) -> Result<Reply, StoreError> {
+        let target = self.target.as_deref().ok_or_else(|| StoreError("no Redis configured".into()))?;
         let failed = |e: std::io::Error| StoreError(format!("Redis at {}:{}: {e}", target.host, target.port));
         let mut connection = std::net::TcpStream::connect((target.host.as_str(), target.port)).map_err(failed)?;
         let mut buffer = Vec::with_capacity(512);
-        for command in redis::handshake(target) {
-            connection.write_all(&command).map_err(failed)?;
+        for login in redis::handshake(target) {
+            connection.write_all(&login).map_err(failed)?;
             match read_reply(&mut connection, &mut buffer).map_err(failed)? {
                 Some(Reply::Error(e)) => return Err(StoreError(format!("Redis refused the login: {e}"))),
                 Some(_) => {}
                 None => return Err(StoreError("Redis closed the connection".into())),
             }
         }
-        connection.write_all(&redis::admit_command(scope, takes)).map_err(failed)?;
-        let reply = read_reply(&mut connection, &mut buffer)
+        connection.write_all(command).map_err(failed)?;
+        read_reply(&mut connection, &mut buffer)
             .map_err(failed)?
-            .ok_or_else(|| StoreError("Redis closed the connection".into()))?;
-        redis::decisions(reply, takes)
+            .ok_or_else(|| StoreError("Redis closed the connection".into()))
+    }
+}
+
+impl LimitStore for RedisStore {
+    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
+        redis::admitted(self.call(&redis::admit_command(scope, admission))?, admission)
+    }
+
+    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        redis::settled(self.call(&redis::settle_command(scope, settlement))?)
     }
 }
 
@@ -200,5 +220,9 @@ impl Runtime for WasiRuntime {
 
     fn log(&self, line: &str) {
         println!("{line}");
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()>>>) {
+        wasip3::wit_bindgen::spawn(task);
     }
 }

@@ -5,6 +5,8 @@ mod fakes;
 
 use edge_gateway::core::config::ConfigError;
 use edge_gateway::core::http::{BodyError, Request};
+use edge_gateway::core::limits::{Admission, Admitted, Settlement};
+use edge_gateway::core::store::{LimitStore, StoreError};
 use fakes::*;
 use serde_json::json;
 
@@ -375,15 +377,17 @@ fn readyz_reports_backends_by_name_and_503_when_a_model_has_none() {
 }
 
 /// A limit store that cannot be reached.
+
+#[derive(Clone)]
 struct UnreachableStore;
 
-impl edge_gateway::core::store::LimitStore for UnreachableStore {
-    async fn take(
-        &self,
-        _scope: &str,
-        _takes: &[edge_gateway::core::limits::Take],
-    ) -> Result<Vec<edge_gateway::core::limits::Decision>, edge_gateway::core::store::StoreError> {
-        Err(edge_gateway::core::store::StoreError("connection refused to 10.9.9.9:6379".into()))
+impl LimitStore for UnreachableStore {
+    async fn admit(&self, _scope: &str, _admission: &Admission) -> Result<Admitted, StoreError> {
+        Err(StoreError("connection refused to 10.9.9.9:6379".into()))
+    }
+
+    async fn settle(&self, _scope: &str, _settlement: &Settlement) -> Result<(), StoreError> {
+        Err(StoreError("connection refused to 10.9.9.9:6379".into()))
     }
 }
 

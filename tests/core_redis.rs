@@ -1,8 +1,8 @@
 //! The Redis limit store's wire format: commands, replies, URLs, and reading decisions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_gateway::core::limits::{Rule, Take};
-use edge_gateway::core::redis::{admit_command, command, decisions, handshake, parse_reply, RedisTarget, Reply};
+use edge_gateway::core::limits::{Admission, Lease, Rule, Take};
+use edge_gateway::core::redis::{admit_command, admitted, command, handshake, parse_reply, RedisTarget, Reply};
 
 #[test]
 fn encodes_commands_as_resp_arrays_of_bulk_strings() {
@@ -16,8 +16,9 @@ fn admission_is_one_eval_with_a_key_per_bucket() {
         Take { bucket: "requests".into(), rule: Rule::per_minute(10), cost: 1 },
         Take { bucket: "tokens".into(), rule: Rule { limit: 1000, period_ms: 60_000 }, cost: 250 },
     ];
-    let encoded = String::from_utf8(admit_command("key:alpha", &takes)).unwrap();
-    assert!(encoded.starts_with("*11\r\n$4\r\nEVAL\r\n"));
+    let admission = Admission { takes: takes.to_vec(), lease: None };
+    let encoded = String::from_utf8(admit_command("key:alpha", &admission)).unwrap();
+    assert!(encoded.starts_with("*12\r\n$4\r\nEVAL\r\n"));
     for part in ["$1\r\n2\r\n$21\r\ngw:key:alpha:requests", "gw:key:alpha:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
         assert!(encoded.contains(part), "{part:?} missing");
     }
@@ -48,15 +49,20 @@ fn parses_every_reply_type_and_waits_for_more_bytes() {
 
 #[test]
 fn reads_five_integers_per_bucket_as_decisions() {
-    let takes = [Take { bucket: "requests".into(), rule: Rule::per_minute(3), cost: 1 }];
+    let takes = Admission { takes: vec![Take { bucket: "requests".into(), rule: Rule::per_minute(3), cost: 1 }], lease: None };
     let reply = Reply::Array(Some([0, 3, 0, 60_000, 20_000].map(Reply::Integer).to_vec()));
-    let d = decisions(reply, &takes).unwrap()[0];
+    let d = admitted(reply, &takes).unwrap().decisions[0];
     assert!(!d.allowed);
     assert_eq!((d.limit, d.remaining, d.reset_ms, d.retry_after_ms), (3, 0, 60_000, 20_000));
     let never = Reply::Array(Some([0, 3, 0, 0, -1].map(Reply::Integer).to_vec()));
-    assert_eq!(decisions(never, &takes).unwrap()[0].retry_after_ms, u64::MAX);
-    assert!(decisions(Reply::Error("NOSCRIPT".into()), &takes).is_err());
-    assert!(decisions(Reply::Array(Some(vec![Reply::Integer(1)])), &takes).is_err());
+    assert_eq!(admitted(never, &takes).unwrap().decisions[0].retry_after_ms, u64::MAX);
+    assert!(admitted(Reply::Error("NOSCRIPT".into()), &takes).is_err());
+    assert!(admitted(Reply::Array(Some(vec![Reply::Integer(1)])), &takes).is_err());
+    let with_lease = Admission { lease: Some(Lease { bucket: "in_flight".into(), id: "r".into(), max: 2, ttl_ms: 1 }), ..takes };
+    let reply = Reply::Array(Some([1, 3, 2, 20_000, 0, 1, 2, 1, 0, 0].map(Reply::Integer).to_vec()));
+    let a = admitted(reply, &with_lease).unwrap();
+    assert_eq!(a.decisions.len(), 1);
+    assert_eq!(a.lease.unwrap().remaining, 1);
 }
 
 #[test]

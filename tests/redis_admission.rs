@@ -4,8 +4,8 @@
 
 mod support;
 
-use edge_gateway::core::limits::{Decision, Rule, Take};
-use edge_gateway::core::redis::{admit_command, decisions, parse_reply};
+use edge_gateway::core::limits::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
+use edge_gateway::core::redis::{admit_command, admitted, parse_reply, settle_command, settled, Reply};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -28,19 +28,35 @@ fn redis() -> Redis {
     Redis { _proc: proc, addr }
 }
 
-fn admit(addr: &str, scope: &str, takes: &[Take]) -> Vec<Decision> {
+fn call(addr: &str, command: &[u8]) -> Reply {
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.write_all(&admit_command(scope, takes)).unwrap();
+    conn.write_all(command).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
         if let Some((reply, _)) = parse_reply(&buf).unwrap() {
-            return decisions(reply, takes).unwrap();
+            return reply;
         }
         let n = conn.read(&mut chunk).unwrap();
         assert!(n > 0, "redis closed the connection");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+fn admit_all(addr: &str, scope: &str, admission: &Admission) -> Admitted {
+    admitted(call(addr, &admit_command(scope, admission)), admission).unwrap()
+}
+
+fn admit(addr: &str, scope: &str, takes: &[Take]) -> Vec<Decision> {
+    admit_all(addr, scope, &Admission { takes: takes.to_vec(), lease: None }).decisions
+}
+
+fn settle(addr: &str, scope: &str, settlement: &Settlement) {
+    settled(call(addr, &settle_command(scope, settlement))).unwrap();
+}
+
+fn lease(id: &str, max: u32) -> Option<Lease> {
+    Some(Lease { bucket: "in_flight".into(), id: id.into(), max, ttl_ms: 60_000 })
 }
 
 fn requests(limit: u32) -> Take {
@@ -98,4 +114,49 @@ fn a_cost_above_the_limit_is_never_admitted() {
     let d = admit(&r.addr, "key:x", &[Take { bucket: "tokens".into(), rule: Rule::per_minute(10), cost: 11 }])[0];
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ms, u64::MAX);
+}
+
+#[test]
+fn leases_cap_in_flight_requests_until_released_and_refused_ones_take_nothing() {
+    let r = redis();
+    let with = |id: &str| Admission { takes: vec![requests(100)], lease: lease(id, 2) };
+    assert!(admit_all(&r.addr, "key:l", &with("a")).allowed());
+    assert!(admit_all(&r.addr, "key:l", &with("b")).allowed());
+    let refused = admit_all(&r.addr, "key:l", &with("c"));
+    assert!(!refused.allowed());
+    assert_eq!(refused.decisions[0].remaining, 98, "no request budget spent on a refusal");
+    settle(&r.addr, "key:l", &Settlement { release: Some(("in_flight".into(), "a".into())), adjustments: vec![] });
+    let after = admit_all(&r.addr, "key:l", &with("c"));
+    assert!(after.allowed(), "a released slot is free again");
+    assert_eq!(after.lease.unwrap().remaining, 0);
+}
+
+#[test]
+fn concurrent_leases_never_exceed_the_cap() {
+    let r = redis();
+    let addr = r.addr.clone();
+    let threads: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                admit_all(&addr, "key:cap", &Admission { takes: vec![], lease: lease(&format!("r{i}"), 7) }).allowed()
+            })
+        })
+        .collect();
+    let admitted = threads.into_iter().map(|t| t.join().unwrap()).filter(|a| *a).count();
+    println!("100 concurrent leases against a cap of 7: {admitted} admitted");
+    assert_eq!(admitted, 7);
+}
+
+#[test]
+fn settling_refunds_unused_tokens_and_charges_overshoot() {
+    let r = redis();
+    let rule = Rule::per_minute(1_000);
+    let tokens = |cost| Take { bucket: "tokens".into(), rule, cost };
+    assert!(admit(&r.addr, "key:s", &[tokens(600)])[0].allowed);
+    settle(&r.addr, "key:s", &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -500 }] });
+    let d = admit(&r.addr, "key:s", &[tokens(1)])[0];
+    assert!((898..=899).contains(&d.remaining), "{}", d.remaining);
+    settle(&r.addr, "key:s", &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: 2_000 }] });
+    assert!(!admit(&r.addr, "key:s", &[tokens(1)])[0].allowed, "an overshoot refuses the next request");
 }

@@ -3,19 +3,45 @@
 //! Keys are configured as SHA-256 hashes, so a leaked config leaks no key; the presented key is
 //! hashed and compared in constant time against every configured hash.
 
-use super::config::ApiKey;
+use super::config::{ApiKey, Config, LimitPolicy, ModelAccess};
 use super::error::GatewayError;
 use super::http::Headers;
 use sha2::{Digest, Sha256};
 
-/// A caller whose key matched; later steps take this instead of a raw request.
-#[derive(Debug, Clone, Copy)]
-pub struct Authenticated<'a> {
-    pub key: &'a ApiKey,
+/// Who is calling, once authenticated; later steps take this instead of a raw request.
+#[derive(Debug, Clone)]
+pub struct Caller<'a> {
+    /// The key's id, or `anonymous` (for logs).
+    pub id: &'a str,
+    /// Whose budgets the request spends: `key:<id>`, or `ip:<address>` for anonymous callers.
+    pub scope: String,
+    pub models: &'a ModelAccess,
+    pub limits: &'a LimitPolicy,
+}
+
+/// Identifies the caller: a valid key; or, with no credentials at all and the anonymous tier
+/// enabled, the client IP the platform vouches for. Wrong credentials are always a 401.
+pub fn identify<'a>(headers: &Headers, client_ip: Option<&str>, config: &'a Config) -> Result<Caller<'a>, GatewayError> {
+    if presented_key(headers).is_none() && !has_credentials(headers) {
+        if let Some(anonymous) = &config.anonymous {
+            return Ok(Caller {
+                id: "anonymous",
+                scope: format!("ip:{}", client_ip.unwrap_or("unknown")),
+                models: &anonymous.models,
+                limits: &anonymous.limits,
+            });
+        }
+    }
+    let key = authenticate(headers, &config.api_keys)?;
+    Ok(Caller { id: &key.id, scope: format!("key:{}", key.id), models: &key.models, limits: &key.limits })
+}
+
+fn has_credentials(headers: &Headers) -> bool {
+    headers.get("authorization").is_some() || headers.get("api-key").is_some()
 }
 
 /// Finds the key the request presents, or refuses it with 401.
-pub fn authenticate<'a>(headers: &Headers, keys: &'a [ApiKey]) -> Result<Authenticated<'a>, GatewayError> {
+pub fn authenticate<'a>(headers: &Headers, keys: &'a [ApiKey]) -> Result<&'a ApiKey, GatewayError> {
     let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Compare against every key so the time taken does not depend on which one matched.
@@ -25,7 +51,7 @@ pub fn authenticate<'a>(headers: &Headers, keys: &'a [ApiKey]) -> Result<Authent
             found = Some(key);
         }
     }
-    found.map(|key| Authenticated { key }).ok_or(GatewayError::InvalidApiKey)
+    found.ok_or(GatewayError::InvalidApiKey)
 }
 
 /// The key from `Authorization: Bearer <key>` (scheme case-insensitive) or `api-key: <key>`.

@@ -37,6 +37,8 @@ pub mod vars {
     pub const FIRST_BYTE_TIMEOUT_MS: &str = "GATEWAY_FIRST_BYTE_TIMEOUT_MS";
     pub const HEALTH_TIMEOUT_MS: &str = "GATEWAY_HEALTH_TIMEOUT_MS";
     pub const LIMITS_FAIL_OPEN: &str = "GATEWAY_LIMITS_FAIL_OPEN";
+    pub const TOTAL_TIMEOUT_MS: &str = "GATEWAY_TOTAL_TIMEOUT_MS";
+    pub const ANONYMOUS: &str = "GATEWAY_ANONYMOUS";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -54,6 +56,8 @@ impl std::fmt::Display for ConfigError {
 pub struct Config {
     pub backends: Vec<Backend>,
     pub api_keys: Vec<ApiKey>,
+    /// Callers without a key, limited per client IP; `None`: every request needs a key.
+    pub anonymous: Option<Anonymous>,
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
@@ -89,7 +93,34 @@ pub struct ApiKey {
     pub id: String,
     pub sha256: [u8; 32],
     pub models: ModelAccess,
+    pub limits: LimitPolicy,
+}
+
+/// The budgets of one caller (a key, or one client IP of the anonymous tier).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitPolicy {
+    #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Prompt plus completion tokens; admitted on an estimate, settled on real usage.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// Requests (and open streams) at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+}
+
+impl LimitPolicy {
+    pub fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() && self.max_in_flight.is_none()
+    }
+}
+
+/// The anonymous tier: callers without a key, each client IP with its own budgets.
+#[derive(Debug, Clone)]
+pub struct Anonymous {
+    pub models: ModelAccess,
+    pub limits: LimitPolicy,
 }
 
 /// Which models a key may use.
@@ -136,6 +167,8 @@ pub struct Timeouts {
     pub first_byte_ms: u64,
     /// Per backend probe in `/readyz`.
     pub health_ms: u64,
+    /// The whole request, stream included; also how long an in-flight slot can be held.
+    pub total_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -151,14 +184,41 @@ struct RawBackend {
     health_path: Option<String>,
 }
 
+/// A key (`id`, `sha256`) or the anonymous tier (neither): models and budgets.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawApiKey {
-    id: String,
-    sha256: String,
+struct RawCaller {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
     models: Vec<String>,
     #[serde(default)]
     requests_per_minute: Option<u32>,
+    #[serde(default)]
+    tokens_per_minute: Option<u32>,
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+}
+
+impl RawCaller {
+    fn limits(&self, at: &str) -> Result<LimitPolicy, ConfigError> {
+        let policy = LimitPolicy {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            max_in_flight: self.max_in_flight,
+        };
+        for (name, value) in [
+            ("requests_per_minute", policy.requests_per_minute),
+            ("tokens_per_minute", policy.tokens_per_minute),
+            ("max_in_flight", policy.max_in_flight),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError(format!("{at}.{name} must be at least 1")));
+            }
+        }
+        Ok(policy)
+    }
 }
 
 impl Config {
@@ -166,6 +226,7 @@ impl Config {
     pub fn from_lookup(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         let backends = parse_backends(lookup)?;
         let api_keys = parse_api_keys(lookup, &backends)?;
+        let anonymous = parse_anonymous(lookup, &backends)?;
         let cors = parse_cors(lookup)?;
         let limits = RequestLimits {
             max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
@@ -178,9 +239,17 @@ impl Config {
         let timeouts = Timeouts {
             first_byte_ms: number(lookup, vars::FIRST_BYTE_TIMEOUT_MS, 60_000, 1, 3_600_000)?,
             health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
+            total_ms: number(lookup, vars::TOTAL_TIMEOUT_MS, 600_000, 1, 86_400_000)?,
         };
+        if timeouts.first_byte_ms > timeouts.total_ms {
+            return Err(ConfigError(format!(
+                "{} must not be longer than {}",
+                vars::FIRST_BYTE_TIMEOUT_MS,
+                vars::TOTAL_TIMEOUT_MS
+            )));
+        }
         let limits_fail_open = flag(lookup, vars::LIMITS_FAIL_OPEN)?;
-        Ok(Config { backends, api_keys, cors, limits, timeouts, limits_fail_open })
+        Ok(Config { backends, api_keys, anonymous, cors, limits, timeouts, limits_fail_open })
     }
 
     /// Backends that serve `model`, in configured order.
@@ -276,37 +345,57 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
 
 fn parse_api_keys(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Vec<ApiKey>, ConfigError> {
     let name = vars::API_KEYS;
-    let raw: Vec<RawApiKey> = serde_json::from_str(&required(lookup, name)?)
+    let raw: Vec<RawCaller> = serde_json::from_str(&required(lookup, name)?)
         .map_err(|e| ConfigError(format!("{name} is not a valid JSON array of keys: {e}")))?;
     let mut keys: Vec<ApiKey> = Vec::with_capacity(raw.len());
     for (i, k) in raw.into_iter().enumerate() {
         let at = format!("{name}[{i}]");
-        if k.id.trim().is_empty() {
+        let id = k.id.clone().filter(|id| !id.trim().is_empty());
+        let Some(id) = id else {
             return Err(ConfigError(format!("{at}.id must not be empty")));
+        };
+        if keys.iter().any(|o| o.id == id) {
+            return Err(ConfigError(format!("{at}.id `{id}` is used twice")));
         }
-        if keys.iter().any(|o| o.id == k.id) {
-            return Err(ConfigError(format!("{at}.id `{}` is used twice", k.id)));
-        }
-        let sha256 = super::auth::parse_sha256_hex(&k.sha256).ok_or_else(|| {
+        let sha256 = k.sha256.as_deref().and_then(super::auth::parse_sha256_hex).ok_or_else(|| {
             ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))
         })?;
-        let models = if k.models.iter().any(|m| m == "*") {
-            ModelAccess::All
-        } else {
-            if k.models.is_empty() {
-                return Err(ConfigError(format!("{at}.models must list models, or [\"*\"]")));
-            }
-            if let Some(m) = k.models.iter().find(|m| !backends.iter().any(|b| b.serves(m))) {
-                return Err(ConfigError(format!("{at}.models names `{m}`, which no backend serves")));
-            }
-            ModelAccess::Only(k.models)
-        };
-        if k.requests_per_minute == Some(0) {
-            return Err(ConfigError(format!("{at}.requests_per_minute must be at least 1")));
-        }
-        keys.push(ApiKey { id: k.id, sha256, models, requests_per_minute: k.requests_per_minute });
+        let models = model_access(&k.models, backends, &at)?;
+        let limits = k.limits(&at)?;
+        keys.push(ApiKey { id, sha256, models, limits });
     }
     Ok(keys)
+}
+
+/// `["*"]` or model names that some backend serves.
+fn model_access(models: &[String], backends: &[Backend], at: &str) -> Result<ModelAccess, ConfigError> {
+    if models.iter().any(|m| m == "*") {
+        return Ok(ModelAccess::All);
+    }
+    if models.is_empty() {
+        return Err(ConfigError(format!("{at}.models must list models, or [\"*\"]")));
+    }
+    if let Some(m) = models.iter().find(|m| !backends.iter().any(|b| b.serves(m))) {
+        return Err(ConfigError(format!("{at}.models names `{m}`, which no backend serves")));
+    }
+    Ok(ModelAccess::Only(models.to_vec()))
+}
+
+fn parse_anonymous(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<Anonymous>, ConfigError> {
+    let name = vars::ANONYMOUS;
+    let Some(raw) = lookup.get(name).filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let raw: RawCaller = serde_json::from_str(&raw)
+        .map_err(|e| ConfigError(format!("{name} is not a valid JSON object: {e}")))?;
+    if raw.id.is_some() || raw.sha256.is_some() {
+        return Err(ConfigError(format!("{name} describes callers without a key: no id or sha256")));
+    }
+    let models = model_access(&raw.models, backends, name)?;
+    let limits = raw.limits(name)?;
+    if limits.requests_per_minute.is_none() {
+        // An unlimited public tier in front of GPUs is never what anyone meant.
+        return Err(ConfigError(format!("{name}.requests_per_minute is required")));
+    }
+    Ok(Some(Anonymous { models, limits }))
 }
 
 fn parse_cors(lookup: &dyn Lookup) -> Result<Cors, ConfigError> {

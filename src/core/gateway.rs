@@ -1,23 +1,24 @@
 //! The request pipeline, top to bottom: route, CORS, request id, authenticate, read, validate,
 //! admit, proxy, account. Adapters call [`Gateway::handle`] and translate the [`Response`] back.
 
-use super::auth::{authenticate, Authenticated};
+use super::admission::{LimitKind, Plan, Settler};
+use super::auth::{identify, Caller};
 use super::config::{Config, ConfigError};
 use super::cors;
 use super::error::GatewayError;
 use super::health::{healthz_body, readiness};
 use super::http::{read_capped, Body, Request, Response};
-use super::limits::{format_duration, retry_after_seconds, Decision, Rule, Take};
+use super::limits::{format_duration, retry_after_seconds, Decision};
 use super::log::LogRecord;
 use super::openai::ModelList;
-use super::proxy::{send_chat, upstream_request, Relayed, StreamEnd};
+use super::proxy::{send_chat, upstream_request, Deadlines, Relayed, StreamEnd, StreamSummary};
 use super::request_id::request_id;
 use super::route::{route, Route};
 use super::runtime::Runtime;
 use super::store::LimitStore;
 use super::upstream::Upstream;
-use super::validate::validate_chat;
-use std::cell::Cell;
+use super::validate::{validate_chat, ValidatedChat};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// The core, wired to one platform's upstream, limit store and runtime.
@@ -42,7 +43,7 @@ impl Handled {
 impl<U, S, R> Gateway<U, S, R>
 where
     U: Upstream,
-    S: LimitStore,
+    S: LimitStore + Clone + 'static,
     R: Runtime + Clone + 'static,
 {
     pub fn new(upstream: U, store: S, runtime: R) -> Self {
@@ -104,9 +105,9 @@ where
                 Ok(Handled::now(Response::json(readiness.http_status(), body)))
             }
             Route::Models => {
-                let caller = authenticate(&request.headers, &config.api_keys)?;
-                record.key_id = Some(caller.key.id.clone());
-                Ok(Handled::now(list_models(config, caller)))
+                let caller = identify(&request.headers, request.client_ip.as_deref(), config)?;
+                record.key_id = Some(caller.id.to_string());
+                Ok(Handled::now(list_models(config, &caller)))
             }
             Route::ChatCompletions => self.chat_completions(config, request, record, limits).await,
         }
@@ -119,8 +120,8 @@ where
         record: &mut LogRecord,
         limits: &mut Vec<(LimitKind, Decision)>,
     ) -> Result<Handled, GatewayError> {
-        let caller = authenticate(&request.headers, &config.api_keys)?;
-        record.key_id = Some(caller.key.id.clone());
+        let caller = identify(&request.headers, request.client_ip.as_deref(), config)?;
+        record.key_id = Some(caller.id.to_string());
 
         let limit = config.limits.max_body_bytes;
         let body = read_capped(&mut request.body, limit).await.map_err(|e| match e {
@@ -134,14 +135,17 @@ where
         let chat = validate_chat(&body, &config.limits)?;
         record.model = Some(chat.model.clone());
         record.stream = Some(chat.stream);
-        if !caller.key.models.allows(&chat.model) {
+        if !caller.models.allows(&chat.model) {
             return Err(GatewayError::ModelNotFound { model: chat.model });
         }
         let Some(backend) = config.backends_for(&chat.model).next() else {
             return Err(GatewayError::ModelNotFound { model: chat.model });
         };
 
-        self.admit(caller, config.limits_fail_open, limits).await?;
+        // Settled exactly once: by the stream's end, by the completion's usage, or (dropped on
+        // any failure before that) as "nothing used".
+        let settler = self.admit(&caller, &chat, config, &record.request_id, limits).await?;
+        let settler = Rc::new(RefCell::new(settler));
 
         record.backend = Some(backend.name.clone());
         let upstream_req = upstream_request(backend, &chat, &request.headers, &record.request_id);
@@ -151,36 +155,42 @@ where
             let runtime = self.runtime.clone();
             let mut stream_record = record.clone();
             let ttfb = ttfb.clone();
-            Box::new(move |end: StreamEnd, usage| {
+            let settler = settler.clone();
+            Box::new(move |summary: StreamSummary| {
+                if let Some(settler) = settler.borrow_mut().take() {
+                    let used = match summary.usage {
+                        Some(usage) => usage.total_tokens,
+                        None => settler.charge_for_partial_stream(summary.content_events),
+                    };
+                    settler.settle(used);
+                }
                 stream_record.status = 200;
                 stream_record.ttfb_ms = ttfb.get();
-                stream_record.usage = usage;
-                stream_record.stream_end = Some(match end {
+                stream_record.usage = summary.usage;
+                stream_record.stream_end = Some(match summary.end {
                     StreamEnd::Done => "done",
                     StreamEnd::UpstreamError => "upstream_error",
                     StreamEnd::ClientClosed => "client_closed",
                 });
-                if end == StreamEnd::UpstreamError {
+                if summary.end == StreamEnd::UpstreamError {
                     stream_record.error = Some("upstream_error");
                 }
                 stream_record.latency_ms = runtime.now_ms().saturating_sub(stream_record.ts);
                 runtime.log(&stream_record.to_line());
             })
         };
-        let relayed = send_chat(
-            &self.upstream,
-            &self.runtime,
-            upstream_req,
-            &chat,
-            config.timeouts.first_byte_ms,
-            on_end,
-        );
-        let relayed = relayed.await?;
+        let deadlines = Deadlines { first_byte_ms: config.timeouts.first_byte_ms, total_ms: config.timeouts.total_ms };
+        let relayed = send_chat(&self.upstream, &self.runtime, upstream_req, &chat, deadlines, on_end).await?;
         record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(record.ts));
         ttfb.set(record.ttfb_ms);
         let (response, log_deferred) = match relayed {
             Relayed::Completion { body, usage } => {
                 record.usage = usage;
+                if let Some(settler) = settler.borrow_mut().take() {
+                    // A backend that reports no usage is charged the estimate it was admitted on.
+                    let used = usage.map_or(chat.token_estimate(), |u| u.total_tokens);
+                    settler.settle(used);
+                }
                 (Response::json(200, body), false)
             }
             Relayed::Stream { body } => {
@@ -198,21 +208,26 @@ where
     /// The decisions are kept in `limits` so refused and admitted answers both report them.
     async fn admit(
         &self,
-        caller: Authenticated<'_>,
-        fail_open: bool,
+        caller: &Caller<'_>,
+        chat: &ValidatedChat,
+        config: &Config,
+        request_id: &str,
         limits: &mut Vec<(LimitKind, Decision)>,
-    ) -> Result<(), GatewayError> {
-        let Some(rpm) = caller.key.requests_per_minute else { return Ok(()) };
-        let takes = [Take { bucket: "requests".into(), rule: Rule::per_minute(rpm), cost: 1 }];
-        let scope = format!("key:{}", caller.key.id);
-        let decisions = match self.store.take(&scope, &takes).await {
-            Ok(decisions) => decisions,
-            Err(e) if fail_open => {
+    ) -> Result<Option<Settler<S, R>>, GatewayError> {
+        // A slot outlives the longest request by a margin, so only a lost release lets it expire.
+        let lease_ttl_ms = config.timeouts.total_ms.saturating_add(60_000);
+        let plan = Plan::new(caller.limits, chat, request_id, lease_ttl_ms);
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let admitted = match self.store.admit(&caller.scope, &plan.admission).await {
+            Ok(admitted) => admitted,
+            Err(e) if config.limits_fail_open => {
                 self.runtime.log(&format!(
                     r#"{{"level":"warn","event":"limit_store_unavailable","admitted":true,"detail":{}}}"#,
                     serde_json::Value::from(e.0)
                 ));
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
                 return Err(GatewayError::Internal {
@@ -221,29 +236,16 @@ where
                 })
             }
         };
-        limits.extend(decisions.into_iter().map(|d| (LimitKind::Requests, d)));
-        if let Some((_, refused)) = limits.iter().find(|(_, d)| !d.allowed) {
-            return Err(GatewayError::RateLimited {
-                limit: super::error::RateLimitKind::Requests,
-                retry_after_ms: refused.retry_after_ms,
-                // The OpenAI SDKs give up on waits over two minutes; say so rather than make them try.
-                will_refill_soon: refused.retry_after_ms <= 120_000,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Which `x-ratelimit-*` family a decision reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Requests,
-}
-
-impl LimitKind {
-    fn suffix(self) -> &'static str {
-        match self {
-            LimitKind::Requests => "requests",
+        let (decisions, refusal) = plan.outcome(&admitted);
+        limits.extend(decisions);
+        match refusal {
+            Some(error) => Err(error),
+            None => Ok(Some(plan.settler(
+                self.store.clone(),
+                self.runtime.clone(),
+                caller.scope.clone(),
+                chat.prompt_estimate(),
+            ))),
         }
     }
 }
@@ -251,18 +253,18 @@ impl LimitKind {
 /// `x-ratelimit-*` headers, as OpenAI sends them, for every budget the request was checked against.
 fn set_rate_limit_headers(response: &mut Response, decisions: &[(LimitKind, Decision)]) {
     for (kind, d) in decisions {
-        let suffix = kind.suffix();
+        let Some(suffix) = kind.header_suffix() else { continue };
         response.headers.set(&format!("x-ratelimit-limit-{suffix}"), d.limit.to_string());
         response.headers.set(&format!("x-ratelimit-remaining-{suffix}"), d.remaining.to_string());
         response.headers.set(&format!("x-ratelimit-reset-{suffix}"), format_duration(d.reset_ms));
     }
 }
 
-fn list_models(config: &Config, caller: Authenticated<'_>) -> Response {
+fn list_models(config: &Config, caller: &Caller<'_>) -> Response {
     let models = config
         .served_models()
         .into_iter()
-        .filter(|m| caller.key.models.allows(m))
+        .filter(|m| caller.models.allows(m))
         .map(str::to_owned);
     Response::json(200, serde_json::to_vec(&ModelList::new(models)).unwrap_or_default())
 }

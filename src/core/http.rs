@@ -75,6 +75,8 @@ pub struct Request {
     pub path: String,
     pub headers: Headers,
     pub body: BodyStream,
+    /// The client's address as the platform vouches for it (never a header a client can set).
+    pub client_ip: Option<String>,
 }
 
 impl Request {
@@ -86,6 +88,7 @@ impl Request {
             path: path.to_string(),
             headers,
             body: body_from_chunks(chunks),
+            client_ip: None,
         }
     }
 }

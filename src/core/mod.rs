@@ -3,6 +3,7 @@
 //! No `worker::` or `spin_sdk::` type appears here; platforms reach the core through the traits
 //! [`upstream::Upstream`], [`store::LimitStore`], [`runtime::Runtime`] and [`config::Lookup`].
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod cors;

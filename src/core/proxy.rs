@@ -78,8 +78,18 @@ pub enum StreamEnd {
     ClientClosed,
 }
 
-/// Called once when a relayed stream ends, with the usage the scanner saw.
-pub type OnStreamEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>)>;
+/// What is known when a relayed stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub end: StreamEnd,
+    /// The backend's own count, when its usage chunk arrived.
+    pub usage: Option<Usage>,
+    /// Chunks with choices relayed (about one token each), for streams cut short.
+    pub content_events: u64,
+}
+
+/// Called once when a relayed stream ends.
+pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary)>;
 
 /// A backend's successful answer, ready for the client.
 pub enum Relayed {
@@ -87,16 +97,27 @@ pub enum Relayed {
     Stream { body: BodyStream },
 }
 
+/// How long the backend may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From sending to the backend's first body bytes.
+    pub first_byte_ms: u64,
+    /// From sending to the end of the answer (stream included).
+    pub total_ms: u64,
+}
+
 /// Sends `request` and waits (up to `first_byte_ms`) for the backend's first bytes.
-pub async fn send_chat<U: Upstream, R: Runtime>(
+pub async fn send_chat<U: Upstream, R: Runtime + Clone + 'static>(
     upstream: &U,
     runtime: &R,
     request: UpstreamRequest,
     chat: &ValidatedChat,
-    first_byte_ms: u64,
+    deadlines: Deadlines,
     on_end: OnStreamEnd,
 ) -> Result<Relayed, GatewayError> {
+    let first_byte_ms = deadlines.first_byte_ms;
     let started = runtime.now_ms();
+    let deadline_ms = started.saturating_add(deadlines.total_ms);
     let response = match timeout(runtime, first_byte_ms, upstream.send(request)).await {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(_)) => {
@@ -109,9 +130,10 @@ pub async fn send_chat<U: Upstream, R: Runtime>(
         return Err(read_error(runtime, response, left).await);
     }
     if chat.stream {
-        relay_stream(runtime, response, !chat.client_wants_usage, left, on_end).await
+        relay_stream(runtime, response, !chat.client_wants_usage, left, deadline_ms, on_end).await
     } else {
-        read_completion(response).await
+        let left_total = deadline_ms.saturating_sub(runtime.now_ms()).max(1);
+        timeout(runtime, left_total, read_completion(response)).await.unwrap_or(Err(GatewayError::UpstreamTimeout))
     }
 }
 
@@ -135,11 +157,12 @@ async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Gate
     }
 }
 
-async fn relay_stream<R: Runtime>(
+async fn relay_stream<R: Runtime + Clone + 'static>(
     runtime: &R,
     mut response: UpstreamResponse,
     drop_usage_only: bool,
     left_ms: u64,
+    deadline_ms: u64,
     on_end: OnStreamEnd,
 ) -> Result<Relayed, GatewayError> {
     let is_sse = response
@@ -162,31 +185,40 @@ async fn relay_stream<R: Runtime>(
         upstream: response.body,
         scanner: SseScanner::new(drop_usage_only, MAX_EVENT_BYTES),
         first: Some(first),
-        on_end: EndGuard(Some(on_end)),
+        runtime: runtime.clone(),
+        deadline_ms,
+        on_end: EndGuard { on_end: Some(on_end), content_events: 0 },
     };
     Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)) })
 }
 
 /// The state of one relayed stream.
-struct Relay {
+struct Relay<R> {
     upstream: BodyStream,
     scanner: SseScanner,
     /// The chunk read before committing to 200.
     first: Option<Vec<u8>>,
+    runtime: R,
+    /// When the whole answer must be done (ms on the runtime's clock).
+    deadline_ms: u64,
     on_end: EndGuard,
 }
 
 /// Reports the end of a stream exactly once; if dropped first, the client went away.
-struct EndGuard(Option<OnStreamEnd>);
+struct EndGuard {
+    on_end: Option<OnStreamEnd>,
+    /// Kept up to date so a drop can still report what was relayed.
+    content_events: u64,
+}
 
 impl EndGuard {
     fn fired(&self) -> bool {
-        self.0.is_none()
+        self.on_end.is_none()
     }
 
     fn fire(&mut self, end: StreamEnd, usage: Option<Usage>) {
-        if let Some(on_end) = self.0.take() {
-            on_end(end, usage);
+        if let Some(on_end) = self.on_end.take() {
+            on_end(StreamSummary { end, usage, content_events: self.content_events });
         }
     }
 }
@@ -199,27 +231,37 @@ impl Drop for EndGuard {
 
 type Item = Result<Vec<u8>, super::http::BodyError>;
 
-impl Relay {
+impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
-    async fn next(mut self) -> Option<(Item, Relay)> {
+    async fn next(mut self) -> Option<(Item, Relay<R>)> {
         if self.on_end.fired() {
             return None; // already ended (after `[DONE]` or a final error event)
         }
         loop {
             let chunk = match self.first.take() {
                 Some(first) => Some(Ok(first)),
-                None => self.upstream.next().await,
+                None => {
+                    let left = self.deadline_ms.saturating_sub(self.runtime.now_ms()).max(1);
+                    match timeout(&self.runtime, left, self.upstream.next()).await {
+                        Some(chunk) => chunk,
+                        None => return Some(self.fail_with(GatewayError::UpstreamTimeout)),
+                    }
+                }
             };
             match chunk {
                 Some(Ok(chunk)) => match self.scanner.feed(chunk) {
                     Ok(out) if self.scanner.done() => {
                         // `[DONE]` is the end, whether or not the backend closes its side.
+                        self.on_end.content_events = self.scanner.content_events();
                         let usage = self.scanner.usage();
                         self.on_end.fire(StreamEnd::Done, usage);
                         return (!out.is_empty()).then_some((Ok(out), self));
                     }
                     Ok(out) if out.is_empty() => continue,
-                    Ok(out) => return Some((Ok(out), self)),
+                    Ok(out) => {
+                        self.on_end.content_events = self.scanner.content_events();
+                        return Some((Ok(out), self));
+                    }
                     Err(_) => return Some(self.fail("The inference backend sent a malformed stream.")),
                 },
                 Some(Err(_)) => return Some(self.fail("The inference backend failed during the stream.")),
@@ -229,10 +271,14 @@ impl Relay {
     }
 
     /// Ends the stream with one OpenAI-shaped error event.
-    fn fail(mut self, message: &str) -> (Item, Relay) {
+    fn fail(self, message: &str) -> (Item, Relay<R>) {
+        self.fail_with(GatewayError::Upstream { message: message.into() })
+    }
+
+    fn fail_with(mut self, error: GatewayError) -> (Item, Relay<R>) {
+        self.on_end.content_events = self.scanner.content_events();
         let usage = self.scanner.usage();
         self.on_end.fire(StreamEnd::UpstreamError, usage);
-        let event = GatewayError::Upstream { message: message.into() }.to_sse_event();
-        (Ok(event), self)
+        (Ok(error.to_sse_event()), self)
     }
 }

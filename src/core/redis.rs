@@ -5,11 +5,13 @@
 //! Redis: a script runs without any other command interleaved, so concurrent gateways can never
 //! read the same bucket and together pass the limit, and Redis's clock is the only clock.
 
-use super::limits::{Decision, Take};
+use super::limits::{Admission, Admitted, Decision, Settlement};
 use super::store::StoreError;
 
 /// The admission script (see the file for its arguments and reply).
 pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
+/// The settlement script: release a lease, correct token buckets.
+pub const SETTLE_SCRIPT: &str = include_str!("settle.lua");
 
 /// Where the limit state lives and how to log in: `redis://[:password@]host[:port][/db]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -77,18 +79,48 @@ pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
     commands
 }
 
-/// The `EVAL` that admits `takes` for `scope` (keys `gw:{scope}:{bucket}`).
-pub fn admit_command(scope: &str, takes: &[Take]) -> Vec<u8> {
-    let keys: Vec<String> = takes.iter().map(|t| format!("gw:{scope}:{}", t.bucket)).collect();
-    let numbers: Vec<String> = takes
-        .iter()
-        .flat_map(|t| [t.rule.limit.to_string(), t.rule.period_ms.to_string(), t.cost.to_string()])
-        .collect();
+fn key(scope: &str, bucket: &str) -> String {
+    format!("gw:{scope}:{bucket}")
+}
+
+/// The `EVAL` that admits a request for `scope` (keys `gw:{scope}:{bucket}`).
+pub fn admit_command(scope: &str, admission: &Admission) -> Vec<u8> {
+    let mut keys: Vec<String> = admission.takes.iter().map(|t| key(scope, &t.bucket)).collect();
+    let mut numbers: Vec<String> = vec![admission.takes.len().to_string()];
+    numbers.extend(
+        admission
+            .takes
+            .iter()
+            .flat_map(|t| [t.rule.limit.to_string(), t.rule.period_ms.to_string(), t.cost.to_string()]),
+    );
+    if let Some(lease) = &admission.lease {
+        keys.push(key(scope, &lease.bucket));
+        numbers.extend([lease.id.clone(), lease.max.to_string(), lease.ttl_ms.to_string()]);
+    }
+    eval(ADMIT_SCRIPT, &keys, &numbers)
+}
+
+/// The `EVAL` that settles a request for `scope`.
+pub fn settle_command(scope: &str, settlement: &Settlement) -> Vec<u8> {
+    let (lease_bucket, lease_id) = match &settlement.release {
+        Some((bucket, id)) => (bucket.as_str(), id.as_str()),
+        None => ("in_flight", ""),
+    };
+    let mut keys = vec![key(scope, lease_bucket)];
+    let mut args = vec![lease_id.to_string()];
+    for a in &settlement.adjustments {
+        keys.push(key(scope, &a.bucket));
+        args.extend([a.rule.limit.to_string(), a.rule.period_ms.to_string(), a.delta.to_string()]);
+    }
+    eval(SETTLE_SCRIPT, &keys, &args)
+}
+
+fn eval(script: &str, keys: &[String], args: &[String]) -> Vec<u8> {
     let count = keys.len().to_string();
-    let mut args: Vec<&[u8]> = vec![b"EVAL", ADMIT_SCRIPT.as_bytes(), count.as_bytes()];
-    args.extend(keys.iter().map(|k| k.as_bytes()));
-    args.extend(numbers.iter().map(|n| n.as_bytes()));
-    command(&args)
+    let mut parts: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), count.as_bytes()];
+    parts.extend(keys.iter().map(|k| k.as_bytes()));
+    parts.extend(args.iter().map(|a| a.as_bytes()));
+    command(&parts)
 }
 
 /// A RESP2 reply.
@@ -145,10 +177,11 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, StoreError> {
     }
 }
 
-/// Reads the admission script's reply: five integers per take.
-pub fn decisions(reply: Reply, takes: &[Take]) -> Result<Vec<Decision>, StoreError> {
+/// Reads the admission script's reply: five integers per take, then five for the lease.
+pub fn admitted(reply: Reply, admission: &Admission) -> Result<Admitted, StoreError> {
+    let expected = (admission.takes.len() + usize::from(admission.lease.is_some())) * 5;
     let items = match reply {
-        Reply::Array(Some(items)) if items.len() == takes.len() * 5 => items,
+        Reply::Array(Some(items)) if items.len() == expected => items,
         Reply::Error(e) => return Err(StoreError(format!("Redis refused the admission: {e}"))),
         other => return Err(StoreError(format!("unexpected admission reply: {other:?}"))),
     };
@@ -159,7 +192,7 @@ pub fn decisions(reply: Reply, takes: &[Take]) -> Result<Vec<Decision>, StoreErr
             other => Err(StoreError(format!("unexpected admission value: {other:?}"))),
         })
         .collect::<Result<_, _>>()?;
-    Ok(numbers
+    let mut decisions: Vec<Decision> = numbers
         .chunks_exact(5)
         .map(|n| Decision {
             allowed: n[0] == 1,
@@ -168,5 +201,16 @@ pub fn decisions(reply: Reply, takes: &[Take]) -> Result<Vec<Decision>, StoreErr
             reset_ms: n[3].max(0) as u64,
             retry_after_ms: if n[4] < 0 { u64::MAX } else { n[4] as u64 },
         })
-        .collect())
+        .collect();
+    let lease = admission.lease.is_some().then(|| decisions.pop()).flatten();
+    Ok(Admitted { decisions, lease })
+}
+
+/// Checks the settlement script's reply.
+pub fn settled(reply: Reply) -> Result<(), StoreError> {
+    match reply {
+        Reply::Integer(1) => Ok(()),
+        Reply::Error(e) => Err(StoreError(format!("Redis refused the settlement: {e}"))),
+        other => Err(StoreError(format!("unexpected settlement reply: {other:?}"))),
+    }
 }

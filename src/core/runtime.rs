@@ -13,6 +13,9 @@ pub trait Runtime {
     fn fill_random(&self, buf: &mut [u8]);
     /// Writes one structured log line.
     fn log(&self, line: &str);
+    /// Runs `task` after the response, keeping the instance alive until it is done (settling
+    /// limits once a stream has ended).
+    fn spawn(&self, task: std::pin::Pin<Box<dyn Future<Output = ()>>>);
 }
 
 /// Runs `future` for at most `ms`; `None` when the time ran out first (the future is dropped,

@@ -37,6 +37,7 @@ pub struct SseScanner {
     usage: Option<Usage>,
     done: bool,
     events: u64,
+    content_events: u64,
 }
 
 /// Fields of a chunk we look at when it mentions `usage`.
@@ -59,6 +60,7 @@ impl SseScanner {
             usage: None,
             done: false,
             events: 0,
+            content_events: 0,
         }
     }
 
@@ -75,6 +77,13 @@ impl SseScanner {
     /// Complete events seen so far.
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Data events that carried choices (neither `[DONE]` nor usage-only): about one token each
+    /// on the backends we front, which is what a stream cut short is charged when its usage never
+    /// arrived.
+    pub fn content_events(&self) -> u64 {
+        self.content_events
     }
 
     /// Takes the next chunk from the backend; returns the bytes to forward now (complete events,
@@ -166,15 +175,22 @@ impl SseScanner {
             return true;
         }
         if !contains(data, b"\"usage\"") {
+            self.content_events += 1;
             return true;
         }
         match serde_json::from_slice::<ChunkUsage>(data) {
             Ok(ChunkUsage { choices, usage: Some(usage) }) => {
                 self.usage = Some(usage);
-                let usage_only = choices.is_some_and(|c| c.is_empty());
+                let usage_only = choices.as_ref().is_some_and(|c| c.is_empty());
+                if !usage_only {
+                    self.content_events += 1;
+                }
                 !(usage_only && self.drop_usage_only)
             }
-            _ => true,
+            _ => {
+                self.content_events += 1;
+                true
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct ValidatedChat {
     pub client_wants_usage: bool,
     /// The completion budget the backend will honour (client's value or the injected cap).
     pub max_tokens: u32,
+    /// How many choices the backend generates (`n`).
+    pub choices: u32,
     /// Bytes of text across all messages, for token estimates.
     pub content_bytes: usize,
     /// The JSON body to send to the backend.
@@ -48,11 +50,13 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
 
     check_number(&request, "temperature", |t| (0.0..=2.0).contains(&t), "a number from 0 to 2")?;
     check_number(&request, "top_p", |p| p > 0.0 && p <= 1.0, "a number greater than 0 and at most 1")?;
-    if let Some(n) = optional_integer(&request, "n")? {
-        if n < 1 || n > u64::from(limits.max_n) {
-            return Err(GatewayError::invalid("n", format!("n must be an integer from 1 to {}", limits.max_n)));
+    let choices = match optional_integer(&request, "n")? {
+        Some(n) if n < 1 || n > u64::from(limits.max_n) => {
+            return Err(GatewayError::invalid("n", format!("n must be an integer from 1 to {}", limits.max_n)))
         }
-    }
+        Some(n) => n as u32,
+        None => 1,
+    };
 
     let mut max_tokens = None;
     for field in ["max_tokens", "max_completion_tokens"] {
@@ -78,7 +82,20 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
 
     let upstream_body = serde_json::to_vec(&Value::Object(request))
         .map_err(|_| GatewayError::invalid("", "request could not be re-encoded"))?;
-    Ok(ValidatedChat { model, stream, client_wants_usage, max_tokens, content_bytes, upstream_body })
+    Ok(ValidatedChat { model, stream, client_wants_usage, max_tokens, choices, content_bytes, upstream_body })
+}
+
+impl ValidatedChat {
+    /// Prompt tokens, estimated from the text (about four bytes a token) before any tokenizer.
+    pub fn prompt_estimate(&self) -> u64 {
+        (self.content_bytes as u64).div_ceil(4)
+    }
+
+    /// The most this request can cost: its prompt plus every choice at full length. Admission
+    /// takes this from the token budget; settlement gives back what was not used.
+    pub fn token_estimate(&self) -> u64 {
+        self.prompt_estimate() + u64::from(self.max_tokens) * u64::from(self.choices)
+    }
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {

@@ -10,10 +10,17 @@ use edge_gateway::core::{auth::sha256_hex, Gateway};
 use futures::stream;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 pub const KEY: &str = "sk-test-alpha";
 pub const OTHER_KEY: &str = "sk-test-beta";
+/// Limited to 1,000 tokens per minute and one request in flight.
+pub const METERED_KEY: &str = "sk-test-gamma";
+
+/// A background task the gateway spawned.
+pub type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 /// A clock that only moves when told to; sleeps finish at once only when `timeouts_fire` is set.
 #[derive(Clone, Default)]
@@ -21,6 +28,20 @@ pub struct FakeRuntime {
     pub now: Rc<Cell<u64>>,
     pub timeouts_fire: Rc<Cell<bool>>,
     pub logs: Rc<RefCell<Vec<String>>>,
+    /// Background tasks, run by [`FakeRuntime::run_spawned`].
+    pub tasks: Rc<RefCell<Vec<Task>>>,
+}
+
+impl FakeRuntime {
+    /// Runs the tasks spawned so far (settlements), as the platform would after the response.
+    pub fn run_spawned(&self) -> usize {
+        let tasks: Vec<_> = self.tasks.borrow_mut().drain(..).collect();
+        let count = tasks.len();
+        for task in tasks {
+            futures::executor::block_on(task);
+        }
+        count
+    }
 }
 
 impl Runtime for FakeRuntime {
@@ -43,6 +64,10 @@ impl Runtime for FakeRuntime {
 
     fn log(&self, line: &str) {
         self.logs.borrow_mut().push(line.to_string());
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
+        self.tasks.borrow_mut().push(task);
     }
 }
 
@@ -108,16 +133,23 @@ impl Upstream for FakeUpstream {
     }
 }
 
-pub type TestGateway = Gateway<FakeUpstream, MemoryStore<Box<dyn Fn() -> u64>>, FakeRuntime>;
+pub type TestStore = Rc<MemoryStore<Box<dyn Fn() -> u64>>>;
+pub type TestGateway = Gateway<FakeUpstream, TestStore, FakeRuntime>;
 
 /// A gateway over fakes, with the clock shared by runtime and store.
 pub fn gateway() -> (TestGateway, FakeUpstream, FakeRuntime) {
+    let (gw, upstream, runtime, _) = gateway_with_store();
+    (gw, upstream, runtime)
+}
+
+/// [`gateway`], also returning its limit store for inspection.
+pub fn gateway_with_store() -> (TestGateway, FakeUpstream, FakeRuntime, TestStore) {
     let upstream = FakeUpstream::default();
     let runtime = FakeRuntime::default();
     runtime.now.set(1_700_000_000_000);
     let now = runtime.now.clone();
-    let store = MemoryStore::new(Box::new(move || now.get()) as Box<dyn Fn() -> u64>);
-    (Gateway::new(upstream.clone(), store, runtime.clone()), upstream, runtime)
+    let store = Rc::new(MemoryStore::new(Box::new(move || now.get()) as Box<dyn Fn() -> u64>));
+    (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
 }
 
 /// The variables of a typical deployment: two models on two backends, two keys.
@@ -134,9 +166,11 @@ pub fn vars() -> HashMap<String, String> {
         "GATEWAY_API_KEYS".into(),
         format!(
             r#"[{{"id":"alpha","sha256":"{}","models":["*"],"requests_per_minute":3}},
-                {{"id":"beta","sha256":"{}","models":["qwen"]}}]"#,
+                {{"id":"beta","sha256":"{}","models":["qwen"]}},
+                {{"id":"gamma","sha256":"{}","models":["llama"],"tokens_per_minute":1000,"max_in_flight":1}}]"#,
             sha256_hex(KEY),
-            sha256_hex(OTHER_KEY)
+            sha256_hex(OTHER_KEY),
+            sha256_hex(METERED_KEY)
         ),
     );
     vars.insert("GATEWAY_CORS_ORIGINS".into(), "https://app.example.com".into());
@@ -146,6 +180,13 @@ pub fn vars() -> HashMap<String, String> {
 
 pub fn config() -> Config {
     Config::from_lookup(&vars() as &dyn Lookup).expect("test config is valid")
+}
+
+/// [`config`] with one variable changed.
+pub fn config_with(name: &str, value: &str) -> Config {
+    let mut vars = vars();
+    vars.insert(name.into(), value.into());
+    Config::from_lookup(&vars as &dyn Lookup).expect("test config is valid")
 }
 
 pub fn headers(pairs: &[(&str, &str)]) -> Headers {
@@ -168,7 +209,7 @@ pub fn get(path: &str, key: Option<&str>) -> Request {
     if let Some(auth) = auth {
         h.set("authorization", auth);
     }
-    Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]) }
+    Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]), client_ip: None }
 }
 
 /// Runs a future on the current thread.

@@ -1,0 +1,192 @@
+//! Token budgets, in-flight slots and the anonymous tier, through the whole pipeline in-process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fakes;
+
+use edge_gateway::core::http::{BodyError, Request};
+use fakes::*;
+use futures::StreamExt;
+
+/// 10 prompt tokens (40 bytes of text / 4) plus a 100-token budget: admitted as 110.
+const CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"user","content":"Count the tokens in this prompt please!!"}]}"#;
+const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
+const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":300,\"total_tokens\":312}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+fn stream_chat() -> String {
+    CHAT.replace("\"max_tokens\":100", "\"max_tokens\":100,\"stream\":true")
+}
+
+fn tokens_remaining(headers: &edge_gateway::core::http::Headers) -> u32 {
+    headers.get("x-ratelimit-remaining-tokens").unwrap().parse().unwrap()
+}
+
+#[test]
+fn admits_tokens_on_the_estimate_and_settles_on_real_usage() {
+    let (gw, upstream, runtime) = gateway();
+    let config = config();
+    upstream.push(Script::json(200, COMPLETION));
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("x-ratelimit-limit-tokens"), Some("1000"));
+    assert_eq!(tokens_remaining(&headers), 1000 - 110, "admitted on the estimate");
+    assert!(headers.get("x-ratelimit-reset-tokens").is_some());
+    assert_eq!(runtime.run_spawned(), 1, "one settlement");
+
+    upstream.push(Script::json(200, COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    assert_eq!(tokens_remaining(&headers), 1000 - 20 - 110, "the first request was settled at its real 20");
+}
+
+#[test]
+fn a_request_whose_estimate_exceeds_the_budget_is_refused_as_tokens_and_told_not_to_retry() {
+    let (gw, upstream, _) = gateway();
+    let config = config();
+    let (status, headers, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &CHAT.replace("\"max_tokens\":100", "\"max_tokens\":500,\"n\":2")))));
+    assert_eq!(status, 429);
+    let e = error_of(&body);
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("tokens"), Some("rate_limit_exceeded")));
+    assert_eq!(headers.get("x-should-retry"), Some("false"));
+    assert!(headers.get("retry-after").is_some());
+    assert!(upstream.sent.borrow().is_empty());
+}
+
+#[test]
+fn a_stream_that_overshoots_its_estimate_is_charged_its_real_usage() {
+    let (gw, upstream, runtime) = gateway();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, TOKEN, USAGE, DONE]));
+    let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat()))));
+    assert_eq!(status, 200);
+    runtime.run_spawned();
+    // Budget 1000: 312 were really used; admitting another 110 leaves 578.
+    upstream.push(Script::json(200, COMPLETION));
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    assert_eq!(status, 200);
+    assert_eq!(tokens_remaining(&headers), 1000 - 312 - 110);
+}
+
+#[test]
+fn a_stream_cut_short_is_charged_its_prompt_and_what_was_relayed() {
+    let (gw, upstream, runtime, store) = gateway_with_store();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, TOKEN, TOKEN, TOKEN, TOKEN, USAGE, DONE]));
+    let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+    let edge_gateway::core::http::Body::Stream(mut body) = response.body else { panic!("a stream") };
+    run(body.next()).unwrap().unwrap(); // the client reads the first chunk, then goes away
+    drop(body);
+    runtime.run_spawned();
+    assert!(store.state("key:gamma").leases.is_empty(), "the slot was released");
+    upstream.push(Script::json(200, COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    // Charged the prompt estimate (10) and the one chunk relayed, not the 110 it was admitted on.
+    let charged = 1000 - 110 - tokens_remaining(&headers);
+    assert_eq!(charged, 11);
+}
+
+#[test]
+fn an_open_stream_holds_its_in_flight_slot_until_it_ends() {
+    let (gw, upstream, runtime) = gateway();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
+    let first = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+    assert_eq!(first.status, 200);
+
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    assert_eq!(status, 429, "the only slot is held by the open stream");
+    let e = error_of(&body);
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    assert!(e["message"].as_str().unwrap().contains("concurrent"));
+
+    let (_, _, streamed) = text(first);
+    assert!(streamed.ends_with(DONE));
+    runtime.run_spawned();
+    upstream.push(Script::json(200, COMPLETION));
+    assert_eq!(text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0, 200, "released when the stream ended");
+}
+
+#[test]
+fn every_way_a_request_can_end_releases_its_slot() {
+    let endings: Vec<(&str, Script, bool)> = vec![
+        ("backend refused", Script::Refuse, false),
+        ("backend 500", Script::json(500, "{}"), false),
+        ("backend garbage", Script::json(200, "\u{0}"), false),
+        ("completion", Script::json(200, COMPLETION), false),
+        ("stream reset mid-way", Script::Answer {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream")],
+            chunks: vec![Ok(ROLE.into()), Err(BodyError("reset".into()))],
+        }, true),
+        ("stream without [DONE]", Script::sse(&[ROLE, TOKEN]), true),
+    ];
+    for (name, script, stream) in endings {
+        let (gw, upstream, runtime, store) = gateway_with_store();
+        let config = config();
+        upstream.push(script);
+        let body = if stream { stream_chat() } else { CHAT.to_string() };
+        let _ = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
+        runtime.run_spawned();
+        assert!(store.state("key:gamma").leases.is_empty(), "{name}: the slot leaked");
+    }
+}
+
+#[test]
+fn a_failure_before_the_backend_answers_refunds_the_whole_estimate() {
+    let (gw, upstream, runtime) = gateway();
+    let config = config();
+    upstream.push(Script::Refuse);
+    assert_eq!(text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0, 502);
+    runtime.run_spawned();
+    upstream.push(Script::json(200, COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    assert_eq!(tokens_remaining(&headers), 1000 - 110, "nothing was charged for the failed request");
+}
+
+fn anonymous_chat(ip: Option<&str>) -> Request {
+    let mut request = Request::new("POST", "/v1/chat/completions", headers(&[("content-type", "application/json")]), br#"{"model":"qwen","messages":[{"role":"user","content":"hi"}]}"#.to_vec());
+    request.client_ip = ip.map(str::to_owned);
+    request
+}
+
+#[test]
+fn anonymous_callers_are_limited_per_client_ip() {
+    let (gw, upstream, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":2}"#);
+    for _ in 0..2 {
+        upstream.push(Script::json(200, COMPLETION));
+        assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7"))))).0, 200);
+    }
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7")))));
+    assert_eq!(status, 429);
+    assert_eq!(headers.get("x-ratelimit-limit-requests"), Some("2"));
+    upstream.push(Script::json(200, COMPLETION));
+    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.1"))))).0, 200, "another IP has its own budget");
+}
+
+#[test]
+fn the_anonymous_ip_comes_from_the_platform_never_from_a_header() {
+    let (gw, upstream, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":1}"#);
+    upstream.push(Script::json(200, COMPLETION));
+    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7"))))).0, 200);
+    let mut spoofed = anonymous_chat(Some("203.0.113.7"));
+    spoofed.headers.set("x-forwarded-for", "192.0.2.99");
+    spoofed.headers.set("cf-connecting-ip", "192.0.2.99");
+    assert_eq!(text(run(gw.handle(Ok(&config), spoofed))).0, 429, "headers do not buy a fresh budget");
+}
+
+#[test]
+fn anonymous_callers_get_only_their_models_and_wrong_keys_are_still_401() {
+    let (gw, _, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":5}"#);
+    let mut llama = anonymous_chat(Some("203.0.113.7"));
+    llama.body = edge_gateway::core::http::body_from_chunks(vec![CHAT.as_bytes().to_vec()]);
+    assert_eq!(text(run(gw.handle(Ok(&config), llama))).0, 404);
+    let mut wrong = anonymous_chat(Some("203.0.113.7"));
+    wrong.headers.set("authorization", "Bearer sk-wrong");
+    assert_eq!(text(run(gw.handle(Ok(&config), wrong))).0, 401);
+    let without_tier = fakes::config();
+    assert_eq!(text(run(gw.handle(Ok(&without_tier), anonymous_chat(Some("203.0.113.7"))))).0, 401);
+}
