@@ -23,7 +23,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use worker::js_sys::{Math, Uint8Array};
+use crate::core::http::Disconnected;
+use worker::js_sys::{Math, Promise, Uint8Array};
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::wasm_bindgen::JsValue;
 use worker::{
     console_log, durable_object, event, AbortController, Date, Delay, DurableObject, Env, Fetch, Method,
@@ -83,11 +85,29 @@ const CLIENT_IP_HEADER: &str = "cf-connecting-ip";
 fn to_core_request(mut req: worker::Request) -> worker::Result<Request> {
     let headers: Headers = req.headers().entries().collect();
     let client_ip = headers.get(CLIENT_IP_HEADER).map(str::to_owned);
+    let disconnected = Some(client_gone(&req.inner().signal()));
     let body: BodyStream = match req.stream() {
         Ok(stream) => Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
         Err(_) => Box::pin(stream::empty()),
     };
-    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body, client_ip })
+    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body, client_ip, disconnected })
+}
+
+/// Resolves when the incoming request's signal aborts: workerd's word that the client went away
+/// (compatibility flag `enable_request_signal`). A cancelled response is not dropped, only no
+/// longer polled, so without this a stream's end would never be reported.
+fn client_gone(signal: &worker::web_sys::AbortSignal) -> Disconnected {
+    let signal = signal.clone();
+    let aborted = Promise::new(&mut |resolve, _reject| {
+        if signal.aborted() {
+            let _ = resolve.call0(&JsValue::UNDEFINED);
+        } else {
+            signal.set_onabort(Some(&resolve));
+        }
+    });
+    Box::pin(async move {
+        let _ = JsFuture::from(aborted).await;
+    })
 }
 
 fn to_worker_response(response: Response) -> worker::Result<worker::Response> {

@@ -68,7 +68,8 @@ fn to_core_request(request: spin_sdk::http::Request) -> Request {
     });
     headers.remove(CLIENT_ADDR_HEADER);
     let body: BodyStream = Box::pin(data_frames(FrameStream::new(body)));
-    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body, client_ip }
+    // A client that goes away drops the response here, which ends the stream: nothing to watch.
+    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body, client_ip, disconnected: None }
 }
 
 fn header_pairs(headers: &spin_sdk::http::HeaderMap) -> Headers {

@@ -190,3 +190,43 @@ fn anonymous_callers_get_only_their_models_and_wrong_keys_are_still_401() {
     let without_tier = fakes::config();
     assert_eq!(text(run(gw.handle(Ok(&without_tier), anonymous_chat(Some("203.0.113.7"))))).0, 401);
 }
+
+#[test]
+fn a_platform_that_stops_polling_a_cancelled_stream_still_releases_its_slot() {
+    // workerd does not drop a cancelled response; it stops polling it and says so through the
+    // request's signal. The slot must come back all the same.
+    let (gw, upstream, runtime, store) = gateway_with_store();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, TOKEN, TOKEN, USAGE, DONE]));
+    let (gone_tx, gone_rx) = futures::channel::oneshot::channel::<()>();
+    let mut request = post_chat(METERED_KEY, &stream_chat());
+    request.disconnected = Some(Box::pin(async move {
+        let _ = gone_rx.await;
+    }));
+    let response = run(gw.handle(Ok(&config), request));
+    assert_eq!(response.status, 200);
+    assert_eq!(store.state("key:gamma").leases.len(), 1);
+    gone_tx.send(()).unwrap();
+    runtime.run_spawned(); // the watcher
+    runtime.run_spawned(); // the settlement it spawned
+    assert!(store.state("key:gamma").leases.is_empty(), "released although the stream was never dropped");
+    let line = runtime.logs.borrow().last().unwrap().clone();
+    assert!(line.contains(r#""stream_end":"client_closed""#), "{line}");
+    drop(response); // dropping it later reports nothing twice
+    assert_eq!(runtime.run_spawned(), 0);
+}
+
+#[test]
+fn a_stream_that_ends_normally_stops_watching_for_a_disconnect() {
+    let (gw, upstream, runtime, store) = gateway_with_store();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, TOKEN, USAGE, DONE]));
+    let mut request = post_chat(METERED_KEY, &stream_chat());
+    request.disconnected = Some(Box::pin(futures::future::pending()));
+    let (_, _, body) = text(run(gw.handle(Ok(&config), request)));
+    assert!(body.ends_with(DONE));
+    // The watcher finishes (it would otherwise keep a waitUntil open for ever) and the
+    // settlement runs once.
+    assert_eq!(runtime.run_spawned(), 2);
+    assert!(store.state("key:gamma").leases.is_empty());
+}

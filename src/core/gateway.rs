@@ -11,13 +11,14 @@ use super::http::{read_capped, Body, Request, Response};
 use super::limits::{format_duration, retry_after_seconds, Decision};
 use super::log::LogRecord;
 use super::openai::ModelList;
-use super::proxy::{send_chat, upstream_request, Deadlines, Relayed, StreamEnd, StreamSummary};
+use super::proxy::{send_chat, upstream_request, Deadlines, OnStreamEnd, Relayed, StreamEnd, StreamSummary};
 use super::request_id::request_id;
 use super::route::{route, Route};
 use super::runtime::Runtime;
 use super::store::LimitStore;
 use super::upstream::Upstream;
 use super::validate::{validate_chat, ValidatedChat};
+use futures::future::{select, Either};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -151,12 +152,12 @@ where
         let upstream_req = upstream_request(backend, &chat, &request.headers, &record.request_id);
         // Known only once the backend answers, but needed when the stream (created before) ends.
         let ttfb = Rc::new(Cell::new(None));
-        let on_end = {
+        let finish = {
             let runtime = self.runtime.clone();
             let mut stream_record = record.clone();
             let ttfb = ttfb.clone();
             let settler = settler.clone();
-            Box::new(move |summary: StreamSummary| {
+            move |summary: StreamSummary| {
                 if let Some(settler) = settler.borrow_mut().take() {
                     let used = match summary.usage {
                         Some(usage) => usage.total_tokens,
@@ -177,6 +178,19 @@ where
                 }
                 stream_record.latency_ms = runtime.now_ms().saturating_sub(stream_record.ts);
                 runtime.log(&stream_record.to_line());
+            }
+        };
+        // The stream's end is reported once, by whichever comes first: the relay itself, or the
+        // platform saying the client left (when it stops polling instead of dropping the stream).
+        let finish: Rc<RefCell<Option<OnStreamEnd>>> = Rc::new(RefCell::new(Some(Box::new(finish))));
+        let (ended_tx, ended_rx) = futures::channel::oneshot::channel::<()>();
+        let on_end = {
+            let finish = finish.clone();
+            Box::new(move |summary: StreamSummary| {
+                let _ = ended_tx.send(());
+                if let Some(finish) = finish.borrow_mut().take() {
+                    finish(summary);
+                }
             })
         };
         let deadlines = Deadlines { first_byte_ms: config.timeouts.first_byte_ms, total_ms: config.timeouts.total_ms };
@@ -193,7 +207,18 @@ where
                 }
                 (Response::json(200, body), false)
             }
-            Relayed::Stream { body } => {
+            Relayed::Stream { body, relayed } => {
+                if let Some(disconnected) = request.disconnected.take() {
+                    self.runtime.spawn(Box::pin(async move {
+                        if let Either::Left(_) = select(disconnected, ended_rx).await {
+                            let summary = StreamSummary { end: StreamEnd::ClientClosed, usage: None, content_events: relayed.get() };
+                            let finish = finish.borrow_mut().take();
+                            if let Some(finish) = finish {
+                                finish(summary);
+                            }
+                        }
+                    }));
+                }
                 let mut response = Response { status: 200, headers: Default::default(), body: Body::Stream(body) };
                 response.headers.set("content-type", "text/event-stream");
                 response.headers.set("cache-control", "no-cache");

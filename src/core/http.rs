@@ -77,7 +77,13 @@ pub struct Request {
     pub body: BodyStream,
     /// The client's address as the platform vouches for it (never a header a client can set).
     pub client_ip: Option<String>,
+    /// Resolves if the client goes away, on platforms that say so without dropping the response
+    /// (workerd stops polling a cancelled response instead of dropping it).
+    pub disconnected: Option<Disconnected>,
 }
+
+/// A future that resolves when the client has gone away.
+pub type Disconnected = Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 impl Request {
     /// A request with an in-memory body (tests, probes).
@@ -89,6 +95,7 @@ impl Request {
             headers,
             body: body_from_chunks(chunks),
             client_ip: None,
+            disconnected: None,
         }
     }
 }

@@ -15,6 +15,8 @@ use super::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
 use super::upstream_error::normalise;
 use super::validate::ValidatedChat;
 use futures::stream::{self, StreamExt};
+use std::cell::Cell;
+use std::rc::Rc;
 
 /// Largest non-stream answer we accept from a backend.
 const MAX_COMPLETION_BYTES: usize = 32 << 20;
@@ -94,7 +96,8 @@ pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary)>;
 /// A backend's successful answer, ready for the client.
 pub enum Relayed {
     Completion { body: Vec<u8>, usage: Option<Usage> },
-    Stream { body: BodyStream },
+    /// `relayed` counts the content chunks sent so far, readable while the stream runs.
+    Stream { body: BodyStream, relayed: Rc<Cell<u64>> },
 }
 
 /// How long the backend may take.
@@ -187,9 +190,10 @@ async fn relay_stream<R: Runtime + Clone + 'static>(
         first: Some(first),
         runtime: runtime.clone(),
         deadline_ms,
-        on_end: EndGuard { on_end: Some(on_end), content_events: 0 },
+        on_end: EndGuard { on_end: Some(on_end), content_events: Rc::new(Cell::new(0)) },
     };
-    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)) })
+    let relayed = relay.on_end.content_events.clone();
+    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)), relayed })
 }
 
 /// The state of one relayed stream.
@@ -208,7 +212,7 @@ struct Relay<R> {
 struct EndGuard {
     on_end: Option<OnStreamEnd>,
     /// Kept up to date so a drop can still report what was relayed.
-    content_events: u64,
+    content_events: Rc<Cell<u64>>,
 }
 
 impl EndGuard {
@@ -218,7 +222,7 @@ impl EndGuard {
 
     fn fire(&mut self, end: StreamEnd, usage: Option<Usage>) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(StreamSummary { end, usage, content_events: self.content_events });
+            on_end(StreamSummary { end, usage, content_events: self.content_events.get() });
         }
     }
 }
@@ -252,14 +256,14 @@ impl<R: Runtime> Relay<R> {
                 Some(Ok(chunk)) => match self.scanner.feed(chunk) {
                     Ok(out) if self.scanner.done() => {
                         // `[DONE]` is the end, whether or not the backend closes its side.
-                        self.on_end.content_events = self.scanner.content_events();
+                        self.on_end.content_events.set(self.scanner.content_events());
                         let usage = self.scanner.usage();
                         self.on_end.fire(StreamEnd::Done, usage);
                         return (!out.is_empty()).then_some((Ok(out), self));
                     }
                     Ok(out) if out.is_empty() => continue,
                     Ok(out) => {
-                        self.on_end.content_events = self.scanner.content_events();
+                        self.on_end.content_events.set(self.scanner.content_events());
                         return Some((Ok(out), self));
                     }
                     Err(_) => return Some(self.fail("The inference backend sent a malformed stream.")),
@@ -276,7 +280,7 @@ impl<R: Runtime> Relay<R> {
     }
 
     fn fail_with(mut self, error: GatewayError) -> (Item, Relay<R>) {
-        self.on_end.content_events = self.scanner.content_events();
+        self.on_end.content_events.set(self.scanner.content_events());
         let usage = self.scanner.usage();
         self.on_end.fire(StreamEnd::UpstreamError, usage);
         (Ok(error.to_sse_event()), self)

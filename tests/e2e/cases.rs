@@ -26,6 +26,13 @@ fn chat(extra: Value) -> Value {
     body
 }
 
+/// Opens a chat stream and returns once its response head has arrived.
+fn open_stream(gw: &Gateway, key: &str, body: &Value) -> crate::support::StreamingResponse {
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(body).unwrap()))
+}
+
 /// Checks the OpenAI error shape and returns the `error` object.
 fn error_of(response: &HttpResponse) -> Value {
     assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.text());
@@ -65,7 +72,7 @@ pub fn lists_models_for_the_key(gw: &Gateway) {
         assert_eq!(r.status, 200);
         r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().into()).collect()
     };
-    assert_eq!(ids(KEY), [MODEL, SPARE_MODEL]);
+    assert_eq!(ids(KEY), [MODEL, SPARE_MODEL, SLOW_MODEL]);
     assert_eq!(ids(NARROW_KEY), [SPARE_MODEL]);
     let r = post(gw, Some(NARROW_KEY), &chat(json!({})));
     assert_eq!(r.status, 404);
@@ -101,10 +108,8 @@ pub fn proxies_a_completion_with_the_backend_credential(gw: &Gateway) {
 }
 
 pub fn streams_chunks_as_they_arrive(gw: &Gateway) {
-    let body = serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 5, "delay_ms": 300}}))).unwrap();
-    let auth = format!("Bearer {KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+    let body = chat(json!({"stream": true, "mock": {"chunks": 5, "delay_ms": 300}}));
+    let mut stream = open_stream(gw, KEY, &body);
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("content-type"), Some("text/event-stream"));
     assert_eq!(stream.header("cache-control"), Some("no-cache"));
@@ -134,11 +139,9 @@ pub fn streams_chunks_as_they_arrive(gw: &Gateway) {
 }
 
 pub fn a_client_disconnect_closes_the_backend_stream(gw: &Gateway) {
-    let body = serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 50, "delay_ms": 200}}))).unwrap();
-    let auth = format!("Bearer {KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let body = chat(json!({"stream": true, "mock": {"chunks": 50, "delay_ms": 200}}));
     let before = gw.primary.stat("client_disconnects");
-    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+    let mut stream = open_stream(gw, KEY, &body);
     assert_eq!(stream.status, 200);
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("tok1 ") {
@@ -295,4 +298,124 @@ pub fn readyz_is_200_then_503_once_a_backend_stops(gw: &Gateway) {
     assert_eq!(request(&gw.addr, "GET", "/healthz", &[], None).status, 200);
     assert!(wait_until(Duration::from_secs(5), || try_request(&gw.addr, "GET", "/healthz", &[], None).is_ok()));
     assert_eq!(post(gw, Some(KEY), &chat(json!({"mock": {"chunks": 1}}))).status, 200);
+}
+
+/// Sends `count` requests at once, each on its own connection; their statuses.
+fn concurrently(gw: &Gateway, count: usize, key: &'static str, body: Value) -> Vec<u16> {
+    let body = std::sync::Arc::new(serde_json::to_vec(&body).unwrap());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (addr, body, barrier) = (gw.addr.clone(), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {key}");
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+                barrier.wait();
+                try_request(&addr, "POST", "/v1/chat/completions", &headers, Some(&body)).map_or(0, |r| r.status)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+pub fn admits_exactly_the_limit_of_1000_concurrent_requests(gw: &Gateway) {
+    let started = std::time::Instant::now();
+    let statuses = concurrently(gw, 1000, BURST_KEY, chat(json!({"mock": {"chunks": 1}})));
+    let elapsed = started.elapsed();
+    let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
+    // The bucket refills one request every 60 s / limit while the burst is being served: those
+    // refills are the only admissions allowed beyond the limit.
+    let refills = (elapsed.as_millis() / u128::from(60_000 / BURST_RPM)) as usize;
+    println!(
+        "1000 concurrent requests against {BURST_RPM}/min: {ok} admitted (200), {limited} refused (429), {} other, in {elapsed:?} ({refills} refills due)",
+        1000 - ok - limited
+    );
+    assert!(ok >= BURST_RPM as usize, "the whole burst is admitted: {ok}");
+    assert!(ok <= BURST_RPM as usize + refills, "{ok} admitted: more than the limit plus the {refills} refills");
+    assert_eq!(ok + limited, 1000, "every other request is a 429");
+}
+
+pub fn in_flight_streams_never_exceed_the_cap(gw: &Gateway) {
+    let slow_stream = json!({"model": SLOW_MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 15, "delay_ms": 100}});
+    let statuses = concurrently(gw, 12, IN_FLIGHT_KEY, slow_stream.clone());
+    let max_open = gw.slow.stat("max_open_streams");
+    println!("12 parallel slow streams against a cap of {IN_FLIGHT_MAX}: {} admitted, {} refused; at most {max_open} open at the backend", count(&statuses, 200), count(&statuses, 429));
+    assert!(max_open <= u64::from(IN_FLIGHT_MAX), "{max_open} streams were open at the backend at once");
+    assert_eq!(count(&statuses, 200), IN_FLIGHT_MAX as usize, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 12 - IN_FLIGHT_MAX as usize);
+    // Every slot comes back once the streams have ended.
+    let all_free = wait_until(Duration::from_secs(5), || {
+        concurrently(gw, IN_FLIGHT_MAX as usize, IN_FLIGHT_KEY, json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}))
+            .iter()
+            .all(|s| *s == 200)
+    });
+    assert!(all_free, "slots were not released after the streams ended");
+}
+
+pub fn a_client_disconnect_releases_its_in_flight_slot(gw: &Gateway) {
+    let body = chat(json!({"stream": true, "mock": {"chunks": 100, "delay_ms": 100}}));
+    let mut stream = open_stream(gw, SINGLE_KEY, &body);
+    assert_eq!(stream.status, 200);
+    stream.next_chunk().expect("first chunk");
+    assert_eq!(post(gw, Some(SINGLE_KEY), &chat(json!({}))).status, 429, "the open stream holds the only slot");
+    stream.disconnect();
+    let released = wait_until(Duration::from_secs(5), || post(gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200);
+    assert!(released, "the slot leaked when the client went away");
+}
+
+pub fn settles_tokens_on_real_usage(gw: &Gateway) {
+    // "Say hello" is 9 bytes: an estimate of 3 prompt tokens + max_tokens 100.
+    let body = chat(json!({"max_tokens": 100, "mock": {"chunks": 5}}));
+    let r = post(gw, Some(METERED_KEY), &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("1000"));
+    let remaining: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
+    assert_eq!(remaining, 1000 - 103, "admitted on the estimate");
+    let used = r.json()["usage"]["total_tokens"].as_u64().unwrap() as u32;
+    // The settlement runs after the response; the next admission sees it.
+    // Without settlement a 4-token request would leave 1000 - 103 - 4; settled, 1000 - used - 4.
+    let settled = wait_until(Duration::from_secs(5), || {
+        let r = post(gw, Some(METERED_KEY), &chat(json!({"max_tokens": 1, "mock": {"chunks": 1}})));
+        let now: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
+        now > 1000 - 103 - 4
+    });
+    assert!(settled, "the first request was not settled on its real usage ({used})");
+    let r = post(gw, Some(METERED_KEY), &chat(json!({"max_tokens": 256, "n": 4})));
+    assert_eq!(r.status, 429, "an estimate above the whole budget");
+    assert_eq!(error_of(&r)["type"], "tokens");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+}
+
+pub fn limits_anonymous_callers_per_client_ip(launch: fn(&[(&str, &str)]) -> Gateway) {
+    let anonymous = format!(r#"{{"models":["{MODEL}"],"requests_per_minute":2}}"#);
+    let gw = launch(&[("GATEWAY_ANONYMOUS", anonymous.as_str())]);
+    let body = serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap();
+    let from = |ip: &str| {
+        let headers = [("content-type", "application/json"), (gw.client_ip_header, ip)];
+        request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body))
+    };
+    assert_eq!(from("203.0.113.7").status, 200);
+    assert_eq!(from("203.0.113.7").status, 200);
+    let r = from("203.0.113.7");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(from("198.51.100.1").status, 200, "another client IP has its own budget");
+    let wrong = request(&gw.addr, "POST", "/v1/chat/completions", &[("authorization", "Bearer sk-nope")], Some(&body));
+    assert_eq!(wrong.status, 401, "a wrong key is never treated as anonymous");
+}
+
+pub fn limit_state_survives_a_runtime_restart(launch: fn(&[(&str, &str)]) -> Gateway) {
+    let mut gw = launch(&[]);
+    for _ in 0..LIMITED_RPM {
+        assert_eq!(post(&gw, Some(LIMITED_KEY), &chat(json!({"mock": {"chunks": 1}}))).status, 200);
+    }
+    assert_eq!(post(&gw, Some(LIMITED_KEY), &chat(json!({}))).status, 429);
+    gw.restart_runtime();
+    let r = post(&gw, Some(LIMITED_KEY), &chat(json!({})));
+    assert_eq!(r.status, 429, "a restart must not hand out a fresh budget");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
 }

@@ -6,6 +6,7 @@ use crate::support::{MockBackend, Proc};
 use edge_gateway::core::auth::sha256_hex;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,33 +24,130 @@ pub const SPARE_MODEL: &str = "spare-model";
 pub const MAX_BODY_BYTES: usize = 65_536;
 pub const ALLOWED_ORIGIN: &str = "https://app.example.com";
 
+/// A key limited to [`BURST_RPM`] requests per minute, for the concurrency case.
+pub const BURST_KEY: &str = "sk-e2e-burst";
+pub const BURST_RPM: u32 = 100;
+/// A key limited to [`IN_FLIGHT_MAX`] requests at once, on the slow backend only.
+pub const IN_FLIGHT_KEY: &str = "sk-e2e-inflight";
+pub const IN_FLIGHT_MAX: u32 = 3;
+/// A key limited to one request at once, on the primary backend.
+pub const SINGLE_KEY: &str = "sk-e2e-single";
+/// A key limited to [`METERED_TPM`] tokens per minute.
+pub const METERED_KEY: &str = "sk-e2e-metered";
+pub const METERED_TPM: u32 = 1_000;
+/// Served only by the slow backend, whose open-stream count belongs to one case.
+pub const SLOW_MODEL: &str = "slow-model";
+
+/// A runtime that can serve the gateway: workerd for the Workers bundle, a WASI-HTTP host for
+/// the Spin component.
+pub trait Host: Sync {
+    fn name(&self) -> &'static str;
+    /// The header through which this platform vouches for the client's address (set by the
+    /// platform in production; the tests play the platform).
+    fn client_ip_header(&self) -> &'static str;
+    /// Starts what the runtime needs besides itself (a limit store); extra variables for it.
+    fn services(&self, state: &Path) -> (Vec<(String, String)>, Vec<Proc>);
+    /// The command that serves the gateway with `vars` on `port`, keeping state under `state`.
+    fn command(&self, vars: &[(String, String)], port: u16, state: &Path) -> Command;
+}
+
 /// A running gateway under test.
 pub struct Gateway {
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    pub client_ip_header: &'static str,
     /// Serves [`MODEL`] and requires [`BACKEND_CREDENTIAL`].
     pub primary: MockBackend,
     /// Serves [`SPARE_MODEL`]; the readiness case stops it.
     pub spare: Mutex<Option<MockBackend>>,
-    /// The runtime and whatever it needs (a limit store), stopped when the test binary exits.
-    pub processes: Vec<Proc>,
+    /// Serves [`SLOW_MODEL`] for the in-flight case alone.
+    pub slow: MockBackend,
+    /// The runtime first, then what it needs (a limit store); stopped when the test binary exits.
+    processes: Vec<Proc>,
+    host: &'static dyn Host,
+    vars: Vec<(String, String)>,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Gateway {
+    /// Stops the runtime and starts it again on the same state and address (the limit store
+    /// keeps running), as a redeploy or an evicted instance would.
+    pub fn restart_runtime(&mut self) {
+        self.processes[0].kill();
+        let (_, runtime) = serve(self.host, &self.vars, self.port, &self.state);
+        self.processes[0] = runtime;
+    }
+}
+
+/// Starts the mock backends, the host's services and the gateway with the shared configuration
+/// plus `extra` variables, in a fresh state directory.
+pub fn launch(host: &'static dyn Host, extra: &[(&str, &str)]) -> Gateway {
+    static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let state = std::env::temp_dir().join(format!("edge-gateway-e2e-{}-{}-{n}", host.name(), std::process::id()));
+    std::fs::create_dir_all(&state).expect("state dir");
+    let primary = watched_mock(&["--model", MODEL, "--api-key", BACKEND_CREDENTIAL]);
+    let spare = watched_mock(&["--model", SPARE_MODEL]);
+    let slow = watched_mock(&["--model", SLOW_MODEL]);
+    let (mut vars, services) = host.services(&state);
+    vars.extend(variables(&primary, &spare, &slow));
+    for (name, value) in extra {
+        vars.retain(|(n, _)| n != name);
+        vars.push((name.to_string(), value.to_string()));
+    }
+    let port = crate::support::free_port();
+    let (addr, runtime) = serve(host, &vars, port, &state);
+    let mut processes = vec![runtime];
+    processes.extend(services);
+    Gateway {
+        addr,
+        client_ip_header: host.client_ip_header(),
+        primary,
+        spare: Mutex::new(Some(spare)),
+        slow,
+        processes,
+        host,
+        vars,
+        port,
+        state,
+    }
+}
+
+/// Starts the runtime and waits until its `/healthz` answers 200.
+fn serve(host: &dyn Host, vars: &[(String, String)], port: u16, state: &Path) -> (String, Proc) {
+    let log_path = state.join(format!("{}.log", host.name()));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+    let runtime = watched(&host.command(vars, port, state), Some(&log));
+    let addr = format!("127.0.0.1:{port}");
+    let up = crate::support::wait_until(Duration::from_secs(60), || {
+        crate::support::try_request(&addr, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200)
+    });
+    assert!(up, "{} did not serve /healthz on {addr}; see {}", host.name(), log_path.display());
+    (addr, runtime)
 }
 
 /// The configuration variables every runtime gets, as name/value pairs.
-pub fn variables(primary: &MockBackend, spare: &MockBackend) -> Vec<(String, String)> {
+fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend) -> Vec<(String, String)> {
     let backends = format!(
-        r#"[{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}},{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}}]"#,
-        primary.base_url, spare.base_url
+        r#"[{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}},{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}},{{"name":"slow","url":"{}","models":["{SLOW_MODEL}"]}}]"#,
+        primary.base_url, spare.base_url, slow.base_url
     );
-    let keys = format!(
-        r#"[{{"id":"open","sha256":"{}","models":["*"]}},{{"id":"limited","sha256":"{}","models":["{MODEL}"],"requests_per_minute":{LIMITED_RPM}}},{{"id":"narrow","sha256":"{}","models":["{SPARE_MODEL}"]}}]"#,
-        sha256_hex(KEY),
-        sha256_hex(LIMITED_KEY),
-        sha256_hex(NARROW_KEY)
-    );
+    let key = |id: &str, key: &str, models: &str, limits: &str| {
+        format!(r#"{{"id":"{id}","sha256":"{}","models":{models}{limits}}}"#, sha256_hex(key))
+    };
+    let keys = [
+        key("open", KEY, r#"["*"]"#, ""),
+        key("limited", LIMITED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{LIMITED_RPM}"#)),
+        key("narrow", NARROW_KEY, &format!(r#"["{SPARE_MODEL}"]"#), ""),
+        key("burst", BURST_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{BURST_RPM}"#)),
+        key("inflight", IN_FLIGHT_KEY, &format!(r#"["{SLOW_MODEL}"]"#), &format!(r#","max_in_flight":{IN_FLIGHT_MAX}"#)),
+        key("single", SINGLE_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":1"#),
+        key("metered", METERED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
+    ];
     [
         ("GATEWAY_BACKENDS", backends),
-        ("GATEWAY_API_KEYS", keys),
+        ("GATEWAY_API_KEYS", format!("[{}]", keys.join(","))),
         ("PRIMARY_BACKEND_KEY", BACKEND_CREDENTIAL.to_string()),
         ("GATEWAY_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string()),
         ("GATEWAY_MAX_TOKENS", "256".to_string()),
@@ -60,13 +158,6 @@ pub fn variables(primary: &MockBackend, spare: &MockBackend) -> Vec<(String, Str
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// Starts the two mock backends.
-pub fn start_backends() -> (MockBackend, MockBackend) {
-    let primary = watched_mock(&["--model", MODEL, "--api-key", BACKEND_CREDENTIAL]);
-    let spare = watched_mock(&["--model", SPARE_MODEL]);
-    (primary, spare)
 }
 
 /// Spawns `cmd` in its own process group under a watchdog shell that kills the group when this
@@ -119,17 +210,4 @@ pub fn watched_mock(args: &[&str]) -> MockBackend {
     let base_url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
     let addr = base_url.trim_start_matches("http://").parse().expect("address");
     MockBackend { proc, base_url, addr }
-}
-
-/// Starts a runtime (`cmd`, logging to `log_path`) that serves the gateway on `port`, and waits
-/// until its `/healthz` answers 200; returns the address and the process.
-pub fn serve(name: &str, cmd: &Command, port: u16, log_path: &std::path::Path) -> (String, Proc) {
-    let log = std::fs::File::create(log_path).expect("log file");
-    let runtime = watched(cmd, Some(&log));
-    let addr = format!("127.0.0.1:{port}");
-    let up = crate::support::wait_until(Duration::from_secs(60), || {
-        crate::support::try_request(&addr, "GET", "/healthz", &[], None).is_ok_and(|r| r.status == 200)
-    });
-    assert!(up, "{name} did not serve /healthz on {addr}; see {}", log_path.display());
-    (addr, runtime)
 }

@@ -13,10 +13,16 @@ mod harness;
 mod wasi;
 mod workerd;
 
-/// The cases, named once; `run_cases!(runtime_module, start_fn)` makes one `#[test]` per case.
+/// The cases, named once; `run_cases!(runtime_module, shared_gateway, dedicated_gateway)` makes
+/// one `#[test]` per case. Most share one gateway; a few launch their own (to restart or
+/// reconfigure it).
 macro_rules! run_cases {
-    ($runtime:ident, $start:path) => {
+    ($runtime:ident, $start:path, $dedicated:path) => {
         mod $runtime {
+            run_cases!(@dedicated $dedicated;
+                limits_anonymous_callers_per_client_ip,
+                limit_state_survives_a_runtime_restart,
+            );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,
                 rejects_missing_and_wrong_keys_with_401,
@@ -34,8 +40,20 @@ macro_rules! run_cases {
                 a_backend_reset_mid_stream_ends_with_an_error_event,
                 answers_cors_preflight_for_allowed_origins,
                 readyz_is_200_then_503_once_a_backend_stops,
+                admits_exactly_the_limit_of_1000_concurrent_requests,
+                in_flight_streams_never_exceed_the_cap,
+                a_client_disconnect_releases_its_in_flight_slot,
+                settles_tokens_on_real_usage,
             );
         }
+    };
+    (@dedicated $launch:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                crate::cases::$case($launch);
+            }
+        )*
     };
     (@each $start:path; $($case:ident),* $(,)?) => {
         $(
@@ -47,5 +65,5 @@ macro_rules! run_cases {
     };
 }
 
-run_cases!(workerd_gateway, crate::workerd::gateway);
-run_cases!(wasi_gateway, crate::wasi::gateway);
+run_cases!(workerd_gateway, crate::workerd::gateway, crate::workerd::dedicated);
+run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);

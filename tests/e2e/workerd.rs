@@ -4,46 +4,65 @@
 //! Not through `wrangler dev`: its dev proxy answers "worker restarted mid-request" (503) to some
 //! POSTs the worker has already answered, which no deployed worker does. workerd starts in ~0.2 s.
 
-use crate::harness::{serve, start_backends, variables, Gateway};
-use crate::support::free_port;
-use std::path::{Path, PathBuf};
+use crate::harness::{launch, Gateway, Host};
+use crate::support::Proc;
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// Must match `wrangler.toml`.
 const COMPATIBILITY_DATE: &str = "2025-09-01";
 const LIMITER_BINDING: &str = "RATE_LIMITER";
 const LIMITER_CLASS: &str = "RateLimiter";
+const COMPATIBILITY_FLAG: &str = "enable_request_signal";
+
+/// The Workers runtime.
+pub struct Workerd;
 
 /// One gateway per test binary, started on first use.
 pub fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
-    GATEWAY.get_or_init(start)
+    GATEWAY.get_or_init(|| launch(&Workerd, &[]))
 }
 
-fn start() -> Gateway {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workerd = root.join("node_modules/.bin/workerd");
-    let bundle = ["build/worker/shim.mjs", "build/index.js", "build/index_bg.wasm"].map(|p| root.join(p));
-    assert!(
-        workerd.exists() && bundle.iter().all(|p| p.exists()),
-        "the Workers bundle or workerd is missing: run `make worker` first (`make test` does)"
-    );
-    check_wrangler_toml(root);
-    let (primary, spare) = start_backends();
-    let state = std::env::temp_dir().join(format!("edge-gateway-e2e-workerd-{}", std::process::id()));
-    std::fs::create_dir_all(state.join("worker")).expect("state dir");
-    std::fs::create_dir_all(state.join("durable-objects")).expect("storage dir");
-    for (from, to) in bundle.iter().zip(["worker/shim.mjs", "index.js", "index_bg.wasm"]) {
-        std::fs::copy(from, state.join(to)).expect("copy bundle");
+/// A gateway of its own, with `extra` configuration (for cases that restart or reconfigure it).
+pub fn dedicated(extra: &[(&str, &str)]) -> Gateway {
+    launch(&Workerd, extra)
+}
+
+impl Host for Workerd {
+    fn name(&self) -> &'static str {
+        "workerd"
     }
-    let port = free_port();
-    let bindings: Vec<String> = variables(&primary, &spare)
-        .into_iter()
-        .map(|(name, value)| format!("(name = {}, text = {})", capnp_text(&name), capnp_text(&value)))
-        .collect();
-    let config = format!(
-        r#"using Workerd = import "/workerd/workerd.capnp";
+
+    fn client_ip_header(&self) -> &'static str {
+        "cf-connecting-ip"
+    }
+
+    fn services(&self, state: &Path) -> (Vec<(String, String)>, Vec<Proc>) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundle = ["build/worker/shim.mjs", "build/index.js", "build/index_bg.wasm"].map(|p| root.join(p));
+        assert!(
+            root.join("node_modules/.bin/workerd").exists() && bundle.iter().all(|p| p.exists()),
+            "the Workers bundle or workerd is missing: run `make worker` first (`make test` does)"
+        );
+        check_wrangler_toml(root);
+        std::fs::create_dir_all(state.join("worker")).expect("state dir");
+        std::fs::create_dir_all(state.join("durable-objects")).expect("storage dir");
+        for (from, to) in bundle.iter().zip(["worker/shim.mjs", "index.js", "index_bg.wasm"]) {
+            std::fs::copy(from, state.join(to)).expect("copy bundle");
+        }
+        // The Durable Objects live inside workerd, with their storage on disk under `state`.
+        (Vec::new(), Vec::new())
+    }
+
+    fn command(&self, vars: &[(String, String)], port: u16, state: &Path) -> Command {
+        let bindings: Vec<String> = vars
+            .iter()
+            .map(|(name, value)| format!("(name = {}, text = {})", capnp_text(name), capnp_text(value)))
+            .collect();
+        let config = format!(
+            r#"using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
     (name = "gateway", worker = .gateway),
@@ -59,6 +78,7 @@ const gateway :Workerd.Worker = (
     (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
   ],
   compatibilityDate = "{COMPATIBILITY_DATE}",
+  compatibilityFlags = ["{COMPATIBILITY_FLAG}"],
   bindings = [
     (name = "{LIMITER_BINDING}", durableObjectNamespace = "{LIMITER_CLASS}"),
     {bindings},
@@ -68,16 +88,15 @@ const gateway :Workerd.Worker = (
   globalOutbound = "internet",
 );
 "#,
-        storage = capnp_text(&state.join("durable-objects").display().to_string()),
-        bindings = bindings.join(",\n    "),
-    );
-    let config_path: PathBuf = state.join("config.capnp");
-    std::fs::write(&config_path, config).expect("workerd config");
-
-    let mut cmd = Command::new(&workerd);
-    cmd.current_dir(&state).args(["serve", "--experimental", "config.capnp"]);
-    let (addr, runtime) = serve("workerd", &cmd, port, &state.join("workerd.log"));
-    Gateway { addr, primary, spare: Mutex::new(Some(spare)), processes: vec![runtime] }
+            storage = capnp_text(&state.join("durable-objects").display().to_string()),
+            bindings = bindings.join(",\n    "),
+        );
+        std::fs::write(state.join("config.capnp"), config).expect("workerd config");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut cmd = Command::new(root.join("node_modules/.bin/workerd"));
+        cmd.current_dir(state).args(["serve", "--experimental", "config.capnp"]);
+        cmd
+    }
 }
 
 /// Keeps this launcher honest: the bindings it declares are the ones `wrangler.toml` deploys.
@@ -85,6 +104,7 @@ fn check_wrangler_toml(root: &Path) {
     let toml = std::fs::read_to_string(root.join("wrangler.toml")).expect("wrangler.toml");
     for expected in [
         format!("compatibility_date = \"{COMPATIBILITY_DATE}\""),
+        format!("compatibility_flags = [\"{COMPATIBILITY_FLAG}\"]"),
         format!("name = \"{LIMITER_BINDING}\""),
         format!("class_name = \"{LIMITER_CLASS}\""),
         "main = \"build/worker/shim.mjs\"".to_string(),

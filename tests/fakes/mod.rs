@@ -209,7 +209,7 @@ pub fn get(path: &str, key: Option<&str>) -> Request {
     if let Some(auth) = auth {
         h.set("authorization", auth);
     }
-    Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]), client_ip: None }
+    Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]), client_ip: None, disconnected: None }
 }
 
 /// Runs a future on the current thread.
