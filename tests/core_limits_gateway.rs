@@ -120,10 +120,12 @@ fn every_way_a_request_can_end_releases_its_slot() {
             chunks: vec![Ok(ROLE.into()), Err(BodyError("reset".into()))],
         }, true),
         ("stream without [DONE]", Script::sse(&[ROLE, TOKEN]), true),
+        ("backend never answers (timeout)", Script::Hang, true),
     ];
     for (name, script, stream) in endings {
         let (gw, upstream, runtime, store) = gateway_with_store();
         let config = config();
+        runtime.timeouts_fire.set(matches!(script, Script::Hang));
         upstream.push(script);
         let body = if stream { stream_chat() } else { CHAT.to_string() };
         let _ = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
