@@ -10,6 +10,7 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
+use crate::core::balance::HealthBook;
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, BucketSet, Settlement};
@@ -40,6 +41,9 @@ const BUCKETS_KEY: &str = "buckets";
 thread_local! {
     /// The validated configuration of this isolate; vars and secrets do not change within one.
     static CONFIG: RefCell<Option<Rc<Result<Config, ConfigError>>>> = const { RefCell::new(None) };
+    /// Passive backend health as this isolate has seen it (each isolate keeps its own view, as
+    /// each proxy does in outlier detection).
+    static HEALTH: Rc<HealthBook> = Rc::new(HealthBook::default());
 }
 
 #[event(fetch)]
@@ -47,7 +51,8 @@ async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::
     let config = config(&env);
     let request = to_core_request(req)?;
     let runtime = WorkersRuntime { ctx: Rc::new(ctx) };
-    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime);
+    let health = HEALTH.with(Rc::clone);
+    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime).with_health(health);
     let response = gateway.handle(config.as_ref().as_ref(), request).await;
     to_worker_response(response)
 }

@@ -9,6 +9,9 @@
 //! - configuration from the component's environment (`wasi:cli/environment`), which Spin
 //!   (`environment`, `spin up -e`) and `wasmtime serve --env` both provide.
 //!
+//! Spin runs every request in a fresh instance, so passive backend health lives only as long as
+//! one request: failover works, but an ejection is not remembered by the next request.
+//!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
 use crate::core::config::{Config, ConfigError};

@@ -216,6 +216,17 @@ fn a_failure_after_the_first_byte_ends_the_stream_with_one_error_event() {
 }
 
 #[test]
+fn a_malformed_event_ends_the_stream_with_an_error_event() {
+    let (gw, upstream, _) = gateway();
+    let config = config();
+    upstream.push(Script::sse(&[ROLE, "data: {not json\n\n", DONE]));
+    let (_, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+    let (before, last) = body.rsplit_once("data: ").unwrap();
+    assert_eq!(before, ROLE);
+    assert!(error_of(last.trim())["message"].as_str().unwrap().contains("malformed"));
+}
+
+#[test]
 fn a_stream_that_stops_without_done_ends_with_an_error_event() {
     let (gw, upstream, _) = gateway();
     let config = config();

@@ -125,3 +125,12 @@ fn memory_stays_flat_over_a_long_stream() {
     assert_eq!(scanner.finish(), Vec::<u8>::new());
     assert_eq!(scanner.events(), 100_000);
 }
+
+#[test]
+fn flags_a_data_event_that_is_not_a_json_object_and_relays_nothing_after_it() {
+    let mut scanner = SseScanner::new(false, 1 << 20);
+    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {not json\n\ndata: [DONE]\n\n".to_vec()).unwrap();
+    assert_eq!(out, b"data: {\"a\":1}\n\n");
+    assert!(scanner.malformed());
+    assert!(!scanner.done(), "the [DONE] after it is not relayed either");
+}

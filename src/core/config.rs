@@ -38,6 +38,11 @@ pub mod vars {
     pub const HEALTH_TIMEOUT_MS: &str = "GATEWAY_HEALTH_TIMEOUT_MS";
     pub const LIMITS_FAIL_OPEN: &str = "GATEWAY_LIMITS_FAIL_OPEN";
     pub const TOTAL_TIMEOUT_MS: &str = "GATEWAY_TOTAL_TIMEOUT_MS";
+    pub const CONNECT_TIMEOUT_MS: &str = "GATEWAY_CONNECT_TIMEOUT_MS";
+    pub const IDLE_TIMEOUT_MS: &str = "GATEWAY_IDLE_TIMEOUT_MS";
+    pub const MAX_ATTEMPTS: &str = "GATEWAY_MAX_ATTEMPTS";
+    pub const EJECT_AFTER_FAILURES: &str = "GATEWAY_EJECT_AFTER_FAILURES";
+    pub const EJECT_FOR_MS: &str = "GATEWAY_EJECT_FOR_MS";
     pub const ANONYMOUS: &str = "GATEWAY_ANONYMOUS";
 }
 
@@ -61,6 +66,10 @@ pub struct Config {
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
+    /// Backends tried for one request (the first and its failovers), at most.
+    pub max_attempts: u32,
+    /// When a failing backend is ejected, and for how long.
+    pub breaker: super::balance::Breaker,
     /// When the limit store cannot be reached: `false` (default) refuses requests with a 500,
     /// `true` admits them unlimited (and logs it). Closed is the safe default for a GPU budget.
     pub limits_fail_open: bool,
@@ -78,6 +87,10 @@ pub struct Backend {
     pub api_key: Option<Secret<String>>,
     /// Path probed by `/readyz`, e.g. `/health` (vLLM, TGI, llama.cpp) or `/v1/models`.
     pub health_path: String,
+    /// Tried in ascending order: 0 is the primary tier, higher numbers are fallbacks.
+    pub priority: u32,
+    /// Share of traffic among healthy backends of the same priority.
+    pub weight: u32,
 }
 
 impl Backend {
@@ -163,8 +176,12 @@ pub struct RequestLimits {
 /// How long the gateway waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
-    /// From sending the request to the backend's response headers and first body bytes.
+    /// From sending the request to the backend's response headers.
+    pub connect_ms: u64,
+    /// From sending the request to the backend's first body bytes (time to first token).
     pub first_byte_ms: u64,
+    /// Between two chunks of a stream.
+    pub idle_ms: u64,
     /// Per backend probe in `/readyz`.
     pub health_ms: u64,
     /// The whole request, stream included; also how long an in-flight slot can be held.
@@ -182,6 +199,14 @@ struct RawBackend {
     api_key_secret: Option<String>,
     #[serde(default)]
     health_path: Option<String>,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// A key (`id`, `sha256`) or the anonymous tier (neither): models and budgets.
@@ -237,7 +262,9 @@ impl Config {
             max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,
         };
         let timeouts = Timeouts {
+            connect_ms: number(lookup, vars::CONNECT_TIMEOUT_MS, 10_000, 1, 3_600_000)?,
             first_byte_ms: number(lookup, vars::FIRST_BYTE_TIMEOUT_MS, 60_000, 1, 3_600_000)?,
+            idle_ms: number(lookup, vars::IDLE_TIMEOUT_MS, 30_000, 1, 3_600_000)?,
             health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
             total_ms: number(lookup, vars::TOTAL_TIMEOUT_MS, 600_000, 1, 86_400_000)?,
         };
@@ -249,7 +276,12 @@ impl Config {
             )));
         }
         let limits_fail_open = flag(lookup, vars::LIMITS_FAIL_OPEN)?;
-        Ok(Config { backends, api_keys, anonymous, cors, limits, timeouts, limits_fail_open })
+        let max_attempts = number(lookup, vars::MAX_ATTEMPTS, 3, 1, 10)? as u32;
+        let breaker = super::balance::Breaker {
+            eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
+            eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
+        };
+        Ok(Config { backends, api_keys, anonymous, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
     }
 
     /// Backends that serve `model`, in configured order.
@@ -338,7 +370,18 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
         if !health_path.starts_with('/') {
             return Err(ConfigError(format!("{at}.health_path must start with /")));
         }
-        backends.push(Backend { name: b.name, base_url: url.to_string(), models: b.models, api_key, health_path });
+        if b.weight == 0 {
+            return Err(ConfigError(format!("{at}.weight must be at least 1")));
+        }
+        backends.push(Backend {
+            name: b.name,
+            base_url: url.to_string(),
+            models: b.models,
+            api_key,
+            health_path,
+            priority: b.priority,
+            weight: b.weight,
+        });
     }
     Ok(backends)
 }

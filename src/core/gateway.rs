@@ -11,7 +11,9 @@ use super::http::{read_capped, Body, Request, Response};
 use super::limits::{format_duration, retry_after_seconds, Decision};
 use super::log::LogRecord;
 use super::openai::ModelList;
-use super::proxy::{send_chat, upstream_request, Deadlines, OnStreamEnd, Relayed, StreamEnd, StreamSummary};
+use super::balance::{attempt_order, HealthBook};
+use super::config::Backend;
+use super::proxy::{send_chat, upstream_request, Attempts, Deadlines, OnStreamEnd, Relayed, StreamEnd, StreamSummary};
 use super::request_id::request_id;
 use super::route::{route, Route};
 use super::runtime::Runtime;
@@ -27,6 +29,8 @@ pub struct Gateway<U, S, R> {
     pub upstream: U,
     pub store: S,
     pub runtime: R,
+    /// Passive backend health; share one across requests for as long as the instance lives.
+    pub health: Rc<HealthBook>,
 }
 
 /// What a handler produced; a streamed answer logs itself when its stream ends.
@@ -48,7 +52,13 @@ where
     R: Runtime + Clone + 'static,
 {
     pub fn new(upstream: U, store: S, runtime: R) -> Self {
-        Gateway { upstream, store, runtime }
+        Gateway { upstream, store, runtime, health: Rc::new(HealthBook::default()) }
+    }
+
+    /// Uses `health` (kept by the adapter across requests) instead of a fresh book.
+    pub fn with_health(mut self, health: Rc<HealthBook>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Answers one request. Never panics; every failure is an OpenAI-shaped error.
@@ -101,7 +111,7 @@ where
             Route::Preflight => Ok(Handled::now(cors::preflight(&config.cors, &request.headers, &request.path))),
             Route::Healthz => Ok(Handled::now(Response::json(200, healthz_body()))),
             Route::Readyz => {
-                let readiness = readiness(config, &self.upstream, &self.runtime).await;
+                let readiness = readiness(config, &self.upstream, &self.runtime, &self.health).await;
                 let body = serde_json::to_vec(&readiness).unwrap_or_default();
                 Ok(Handled::now(Response::json(readiness.http_status(), body)))
             }
@@ -139,23 +149,26 @@ where
         if !caller.models.allows(&chat.model) {
             return Err(GatewayError::ModelNotFound { model: chat.model });
         }
-        let Some(backend) = config.backends_for(&chat.model).next() else {
-            return Err(GatewayError::ModelNotFound { model: chat.model });
-        };
+        let mut random = [0u8; 8];
+        self.runtime.fill_random(&mut random);
+        let now = self.runtime.now_ms();
+        let backends = attempt_order(config, &chat.model, &self.health, now, u64::from_le_bytes(random))?;
 
         // Settled exactly once: by the stream's end, by the completion's usage, or (dropped on
         // any failure before that) as "nothing used".
         let settler = self.admit(&caller, &chat, config, &record.request_id, limits).await?;
         let settler = Rc::new(RefCell::new(settler));
 
-        record.backend = Some(backend.name.clone());
-        let upstream_req = upstream_request(backend, &chat, &request.headers, &record.request_id);
+        let request_id = record.request_id.clone();
+        let build = |backend: &Backend| upstream_request(backend, &chat, &request.headers, &request_id);
         // Known only once the backend answers, but needed when the stream (created before) ends.
         let ttfb = Rc::new(Cell::new(None));
+        let served_by: Rc<RefCell<(Option<String>, Option<u32>)>> = Rc::default();
         let finish = {
             let runtime = self.runtime.clone();
             let mut stream_record = record.clone();
             let ttfb = ttfb.clone();
+            let served_by = served_by.clone();
             let settler = settler.clone();
             move |summary: StreamSummary| {
                 if let Some(settler) = settler.borrow_mut().take() {
@@ -167,6 +180,7 @@ where
                 }
                 stream_record.status = 200;
                 stream_record.ttfb_ms = ttfb.get();
+                (stream_record.backend, stream_record.attempts) = served_by.borrow().clone();
                 stream_record.usage = summary.usage;
                 stream_record.stream_end = Some(match summary.end {
                     StreamEnd::Done => "done",
@@ -193,8 +207,20 @@ where
                 }
             })
         };
-        let deadlines = Deadlines { first_byte_ms: config.timeouts.first_byte_ms, total_ms: config.timeouts.total_ms };
-        let relayed = send_chat(&self.upstream, &self.runtime, upstream_req, &chat, deadlines, on_end).await?;
+        let timeouts = &config.timeouts;
+        let deadlines = Deadlines {
+            connect_ms: timeouts.connect_ms,
+            first_byte_ms: timeouts.first_byte_ms,
+            idle_ms: timeouts.idle_ms,
+            total_ms: timeouts.total_ms,
+        };
+        let attempts =
+            Attempts { backends: &backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
+        let (relayed, backend, tried) =
+            send_chat(&self.upstream, &self.runtime, attempts, &build, &chat, deadlines, on_end).await?;
+        record.backend = Some(backend.name.clone());
+        record.attempts = Some(tried);
+        *served_by.borrow_mut() = (record.backend.clone(), record.attempts);
         record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(record.ts));
         ttfb.set(record.ttfb_ms);
         let (response, log_deferred) = match relayed {

@@ -3,6 +3,7 @@
 //! Readiness probes each backend's own health path with a short timeout — never a generation,
 //! which would cost GPU time — and reports backends by name only, never by URL.
 
+use super::balance::HealthBook;
 use super::config::{Backend, Config};
 use super::http::Headers;
 use super::runtime::{timeout, Runtime};
@@ -40,10 +41,19 @@ impl Readiness {
     }
 }
 
-/// Probes every backend concurrently.
-pub async fn readiness<U: Upstream, R: Runtime>(config: &Config, upstream: &U, runtime: &R) -> Readiness {
+/// Probes every backend concurrently; what they say feeds the passive health book (a failed probe
+/// ejects the backend, a good one reinstates it).
+pub async fn readiness<U: Upstream, R: Runtime>(config: &Config, upstream: &U, runtime: &R, health: &HealthBook) -> Readiness {
     let probes = config.backends.iter().map(|b| probe(b, upstream, runtime, config.timeouts.health_ms));
     let backends = futures::future::join_all(probes).await;
+    let now = runtime.now_ms();
+    for backend in &backends {
+        if backend.status == "ok" {
+            health.record_success(&backend.name);
+        } else {
+            health.eject(&backend.name, now, config.breaker);
+        }
+    }
     let ready = config.served_models().iter().all(|model| {
         backends.iter().any(|b| b.status == "ok" && b.models.iter().any(|m| m == model))
     });

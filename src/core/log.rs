@@ -17,6 +17,8 @@ pub struct LogRecord {
     pub model: Option<String>,
     pub stream: Option<bool>,
     pub backend: Option<String>,
+    /// Backends tried (more than one after a failover).
+    pub attempts: Option<u32>,
     pub status: u16,
     /// The OpenAI error code when the request failed (or its stream ended in an error).
     pub error: Option<&'static str>,

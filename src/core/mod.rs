@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod balance;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -1,10 +1,12 @@
-//! Sends a validated chat request to a backend and relays its answer.
+//! Sends a validated chat request to a backend — failing over to the next before the client has
+//! received anything — and relays its answer.
 //!
 //! Non-stream answers are read whole (they are small), checked to be JSON and scanned for usage.
 //! Streams are relayed chunk by chunk through the [`SseScanner`]; the gateway commits to `200` only
 //! once the backend's first bytes have arrived, so failures before that are ordinary HTTP errors
 //! and failures after it become one final `data: {"error":…}` event.
 
+use super::balance::{Breaker, HealthBook};
 use super::config::Backend;
 use super::error::GatewayError;
 use super::http::{read_capped, BodyStream, Headers};
@@ -103,41 +105,153 @@ pub enum Relayed {
 /// How long the backend may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
+    /// From sending to the backend's response headers.
+    pub connect_ms: u64,
     /// From sending to the backend's first body bytes.
     pub first_byte_ms: u64,
-    /// From sending to the end of the answer (stream included).
+    /// Between two chunks of a stream.
+    pub idle_ms: u64,
+    /// From the first attempt to the end of the answer (stream included), failovers included.
     pub total_ms: u64,
 }
 
-/// Sends `request` and waits (up to `first_byte_ms`) for the backend's first bytes.
-pub async fn send_chat<U: Upstream, R: Runtime + Clone + 'static>(
+/// Where to send a request, and what to do when a backend fails.
+pub struct Attempts<'a, 'b> {
+    /// In the order to try them (see [`super::balance::attempt_order`]).
+    pub backends: &'b [&'a Backend],
+    /// Backends tried at most.
+    pub max: u32,
+    pub health: &'b HealthBook,
+    pub breaker: Breaker,
+}
+
+/// One attempt that did not produce an answer.
+struct Failed {
+    /// What the client is told if no other backend answers.
+    error: GatewayError,
+    /// Whether another backend may be tried (not for a request the backend found invalid).
+    failover: bool,
+    /// Whether it counts against the backend's health (a busy backend is not a broken one).
+    unhealthy: bool,
+}
+
+impl Failed {
+    fn broken(error: GatewayError) -> Self {
+        Failed { error, failover: true, unhealthy: true }
+    }
+}
+
+/// Sends the request to the first backend that answers, failing over on connection errors,
+/// timeouts, 5xx and 429 — but only before the client has received a byte. Returns the answer
+/// and the backend that gave it.
+pub async fn send_chat<'a, U: Upstream, R: Runtime + Clone + 'static>(
+    upstream: &U,
+    runtime: &R,
+    attempts: Attempts<'a, '_>,
+    build: &dyn Fn(&Backend) -> UpstreamRequest,
+    chat: &ValidatedChat,
+    deadlines: Deadlines,
+    on_end: OnStreamEnd,
+) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
+    let deadline_ms = runtime.now_ms().saturating_add(deadlines.total_ms);
+    let mut on_end = Some(on_end);
+    let mut last = None;
+    let mut tried = 0;
+    for backend in attempts.backends.iter().copied().take(attempts.max as usize) {
+        if runtime.now_ms() >= deadline_ms {
+            last = Some(GatewayError::UpstreamTimeout);
+            break;
+        }
+        tried += 1;
+        match attempt(upstream, runtime, build(backend), chat, deadlines, deadline_ms, &mut on_end).await {
+            Ok(relayed) => {
+                attempts.health.record_success(&backend.name);
+                return Ok((relayed, backend, tried));
+            }
+            Err(failed) => {
+                if failed.unhealthy {
+                    attempts.health.record_failure(&backend.name, runtime.now_ms(), attempts.breaker);
+                }
+                last = Some(failed.error);
+                if !failed.failover {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or(GatewayError::ServiceUnavailable {
+        message: "No inference backend is available for this model.".into(),
+    }))
+}
+
+/// One backend, up to its first bytes (streams) or its whole answer (completions).
+async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     upstream: &U,
     runtime: &R,
     request: UpstreamRequest,
     chat: &ValidatedChat,
     deadlines: Deadlines,
-    on_end: OnStreamEnd,
-) -> Result<Relayed, GatewayError> {
-    let first_byte_ms = deadlines.first_byte_ms;
-    let started = runtime.now_ms();
-    let deadline_ms = started.saturating_add(deadlines.total_ms);
-    let response = match timeout(runtime, first_byte_ms, upstream.send(request)).await {
-        None => return Err(GatewayError::UpstreamTimeout),
+    deadline_ms: u64,
+    on_end: &mut Option<OnStreamEnd>,
+) -> Result<Relayed, Failed> {
+    let sent = runtime.now_ms();
+    let first_byte_by = sent.saturating_add(deadlines.first_byte_ms).min(deadline_ms);
+    let headers_by = sent.saturating_add(deadlines.connect_ms).min(first_byte_by);
+    let left = |by: u64| by.saturating_sub(runtime.now_ms()).max(1);
+    let mut response = match timeout(runtime, left(headers_by), upstream.send(request)).await {
+        None => return Err(Failed::broken(GatewayError::UpstreamTimeout)),
         Some(Err(_)) => {
-            return Err(GatewayError::Upstream { message: "The inference backend could not be reached.".into() })
+            let message = "The inference backend could not be reached.".into();
+            return Err(Failed::broken(GatewayError::Upstream { message }));
         }
         Some(Ok(response)) => response,
     };
-    let left = first_byte_ms.saturating_sub(runtime.now_ms().saturating_sub(started)).max(1);
     if !(200..300).contains(&response.status) {
-        return Err(read_error(runtime, response, left).await);
+        let status = response.status;
+        let error = read_error(runtime, response, left(first_byte_by)).await;
+        return Err(match status {
+            429 => Failed { error, failover: true, unhealthy: false },
+            400 | 413 | 422 => Failed { error, failover: false, unhealthy: false },
+            _ => Failed::broken(error),
+        });
     }
-    if chat.stream {
-        relay_stream(runtime, response, !chat.client_wants_usage, left, deadline_ms, on_end).await
-    } else {
-        let left_total = deadline_ms.saturating_sub(runtime.now_ms()).max(1);
-        timeout(runtime, left_total, read_completion(response)).await.unwrap_or(Err(GatewayError::UpstreamTimeout))
+    if !chat.stream {
+        return match timeout(runtime, left(deadline_ms), read_completion(response)).await {
+            None => Err(Failed::broken(GatewayError::UpstreamTimeout)),
+            Some(result) => result.map_err(Failed::broken),
+        };
     }
+    let is_sse = response
+        .headers
+        .get("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    if !is_sse {
+        let message = "The inference backend did not answer with a stream.".into();
+        return Err(Failed::broken(GatewayError::Upstream { message }));
+    }
+    let first = match timeout(runtime, left(first_byte_by), response.body.next()).await {
+        None => return Err(Failed::broken(GatewayError::UpstreamTimeout)),
+        Some(Some(Ok(chunk))) => chunk,
+        Some(_) => {
+            let message = "The inference backend closed the stream before sending anything.".into();
+            return Err(Failed::broken(GatewayError::Upstream { message }));
+        }
+    };
+    let Some(on_end) = on_end.take() else {
+        let message = "internal: a stream was committed twice".into();
+        return Err(Failed { error: GatewayError::Upstream { message }, failover: false, unhealthy: false });
+    };
+    let relay = Relay {
+        upstream: response.body,
+        scanner: SseScanner::new(!chat.client_wants_usage, MAX_EVENT_BYTES),
+        first: Some(first),
+        runtime: runtime.clone(),
+        idle_ms: deadlines.idle_ms,
+        deadline_ms,
+        on_end: EndGuard { on_end: Some(on_end), content_events: Rc::new(Cell::new(0)) },
+    };
+    let relayed = relay.on_end.content_events.clone();
+    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)), relayed })
 }
 
 async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> GatewayError {
@@ -160,42 +274,6 @@ async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Gate
     }
 }
 
-async fn relay_stream<R: Runtime + Clone + 'static>(
-    runtime: &R,
-    mut response: UpstreamResponse,
-    drop_usage_only: bool,
-    left_ms: u64,
-    deadline_ms: u64,
-    on_end: OnStreamEnd,
-) -> Result<Relayed, GatewayError> {
-    let is_sse = response
-        .headers
-        .get("content-type")
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
-    if !is_sse {
-        return Err(GatewayError::Upstream { message: "The inference backend did not answer with a stream.".into() });
-    }
-    let first = match timeout(runtime, left_ms, response.body.next()).await {
-        None => return Err(GatewayError::UpstreamTimeout),
-        Some(Some(Ok(chunk))) => chunk,
-        Some(_) => {
-            return Err(GatewayError::Upstream {
-                message: "The inference backend closed the stream before sending anything.".into(),
-            })
-        }
-    };
-    let relay = Relay {
-        upstream: response.body,
-        scanner: SseScanner::new(drop_usage_only, MAX_EVENT_BYTES),
-        first: Some(first),
-        runtime: runtime.clone(),
-        deadline_ms,
-        on_end: EndGuard { on_end: Some(on_end), content_events: Rc::new(Cell::new(0)) },
-    };
-    let relayed = relay.on_end.content_events.clone();
-    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)), relayed })
-}
-
 /// The state of one relayed stream.
 struct Relay<R> {
     upstream: BodyStream,
@@ -203,6 +281,8 @@ struct Relay<R> {
     /// The chunk read before committing to 200.
     first: Option<Vec<u8>>,
     runtime: R,
+    /// The longest wait for the next chunk.
+    idle_ms: u64,
     /// When the whole answer must be done (ms on the runtime's clock).
     deadline_ms: u64,
     on_end: EndGuard,
@@ -245,7 +325,7 @@ impl<R: Runtime> Relay<R> {
             let chunk = match self.first.take() {
                 Some(first) => Some(Ok(first)),
                 None => {
-                    let left = self.deadline_ms.saturating_sub(self.runtime.now_ms()).max(1);
+                    let left = self.deadline_ms.saturating_sub(self.runtime.now_ms()).min(self.idle_ms).max(1);
                     match timeout(&self.runtime, left, self.upstream.next()).await {
                         Some(chunk) => chunk,
                         None => return Some(self.fail_with(GatewayError::UpstreamTimeout)),
@@ -254,6 +334,18 @@ impl<R: Runtime> Relay<R> {
             };
             match chunk {
                 Some(Ok(chunk)) => match self.scanner.feed(chunk) {
+                    Ok(out) if self.scanner.malformed() => {
+                        // Relay what came before the bad event, then end with the error.
+                        if !out.is_empty() {
+                            let (error, relay) = self.fail("The inference backend sent a malformed stream.");
+                            let mut bytes = out;
+                            if let Ok(error) = error {
+                                bytes.extend_from_slice(&error);
+                            }
+                            return Some((Ok(bytes), relay));
+                        }
+                        return Some(self.fail("The inference backend sent a malformed stream."));
+                    }
                     Ok(out) if self.scanner.done() => {
                         // `[DONE]` is the end, whether or not the backend closes its side.
                         self.on_end.content_events.set(self.scanner.content_events());

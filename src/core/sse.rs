@@ -38,6 +38,7 @@ pub struct SseScanner {
     done: bool,
     events: u64,
     content_events: u64,
+    malformed: bool,
 }
 
 /// Fields of a chunk we look at when it mentions `usage`.
@@ -61,6 +62,7 @@ impl SseScanner {
             done: false,
             events: 0,
             content_events: 0,
+            malformed: false,
         }
     }
 
@@ -72,6 +74,12 @@ impl SseScanner {
     /// Whether `data: [DONE]` has been seen.
     pub fn done(&self) -> bool {
         self.done
+    }
+
+    /// Whether a data event was neither `[DONE]` nor a JSON object (checked by its first and
+    /// last bytes only: a full parse of every chunk would cost more than the relay itself).
+    pub fn malformed(&self) -> bool {
+        self.malformed
     }
 
     /// Complete events seen so far.
@@ -169,10 +177,18 @@ impl SseScanner {
     /// Notes what one complete event says; returns whether to forward it.
     fn inspect(&mut self, event: &[u8]) -> bool {
         self.events += 1;
+        if self.malformed {
+            return false; // nothing after a malformed event is relayed
+        }
         let Some(data) = event_data(event) else { return true };
-        if data.trim_ascii() == b"[DONE]" {
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
             self.done = true;
             return true;
+        }
+        if !(data.first() == Some(&b'{') && data.last() == Some(&b'}')) {
+            self.malformed = true;
+            return false;
         }
         if !contains(data, b"\"usage\"") {
             self.content_events += 1;

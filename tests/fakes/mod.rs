@@ -7,7 +7,7 @@ use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::store::MemoryStore;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use edge_gateway::core::{auth::sha256_hex, Gateway};
-use futures::stream;
+use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -79,6 +79,8 @@ pub enum Script {
     Refuse,
     /// Never answers.
     Hang,
+    /// Answers a stream that sends these events, then goes silent without closing.
+    StreamThenStall(Vec<&'static str>),
 }
 
 impl Script {
@@ -111,6 +113,11 @@ impl FakeUpstream {
         self.scripts.borrow_mut().push_back(script);
     }
 
+    /// The backends (by URL host) requests were sent to, in order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.sent.borrow().iter().map(|r| r.url.split('/').nth(2).unwrap_or("").to_string()).collect()
+    }
+
     pub fn last_body(&self) -> serde_json::Value {
         let sent = self.sent.borrow();
         serde_json::from_slice(sent.last().unwrap().body.as_ref().unwrap()).unwrap()
@@ -124,6 +131,11 @@ impl Upstream for FakeUpstream {
         match script {
             Script::Refuse => Err(ConnectError("connection refused".into())),
             Script::Hang => futures::future::pending().await,
+            Script::StreamThenStall(events) => Ok(UpstreamResponse {
+                status: 200,
+                headers: [("content-type".to_string(), "text/event-stream".to_string())].into_iter().collect(),
+                body: Box::pin(stream::iter(events.into_iter().map(|e| Ok(e.as_bytes().to_vec()))).chain(stream::pending())),
+            }),
             Script::Answer { status, headers, chunks } => Ok(UpstreamResponse {
                 status,
                 headers: headers.into_iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),

@@ -47,6 +47,13 @@ impl MockControls {
             }
             Some(_) => return Err("`mock.fault` must be a string".to_owned()),
         };
+        // `fault_on` aims the fault at one named instance; the others answer normally.
+        match fields.get("fault_on") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(target)) if config.name.as_deref() == Some(target) => {}
+            Some(Value::String(_)) => controls.fault = None,
+            Some(_) => return Err("`mock.fault_on` must be a string".to_owned()),
+        }
         Ok(controls)
     }
 }

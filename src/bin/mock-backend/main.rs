@@ -51,7 +51,9 @@
 //! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
 //! the terminating chunk; non-streams: half of the body), `garbage` (200 with
 //! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
-//! and `plain_text_500` (500 with a `text/plain` body).
+//! and `plain_text_500` (500 with a `text/plain` body). With `"fault_on": "NAME"`, only
+//! the instance started with `--name NAME` applies the fault; the others answer normally
+//! (to fail one backend and not its failover).
 //!
 //! A client that goes away while a stream is being written (a failed write, or the
 //! peer closing during a pause) stops generation and counts as a client disconnect;
@@ -93,7 +95,7 @@ use peer::POLL_SLICE;
 use state::State;
 
 const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--api-key KEY] [--verbose]";
+                     [--chunk-delay-ms D] [--api-key KEY] [--name NAME] [--verbose]";
 pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
 
 /// Settings from the command line.
@@ -103,6 +105,9 @@ pub(crate) struct Config {
     pub(crate) chunks: u64,
     pub(crate) chunk_delay: Duration,
     pub(crate) api_key: Option<String>,
+    /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
+    /// failover test can break one backend and not its replacement.
+    pub(crate) name: Option<String>,
     pub(crate) verbose: bool,
 }
 
@@ -118,6 +123,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError
         chunks: 8,
         chunk_delay: Duration::ZERO,
         api_key: None,
+        name: None,
         verbose: false,
     };
     let mut args = args.into_iter();
@@ -143,6 +149,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError
                     Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
             }
             "--api-key" => config.api_key = Some(value()?),
+            "--name" => config.name = Some(value()?),
             "--verbose" | "-v" => config.verbose = true,
             "--help" | "-h" => return Err(CliError::Help),
             other => return Err(CliError::Invalid(format!("unknown argument `{other}`"))),

@@ -1,0 +1,127 @@
+//! Which backend serves a request, and in which order the others are tried if it fails.
+//!
+//! Lower `priority` first (a fallback tier); within a priority, a weighted random order, so
+//! `weight` shares traffic. Passive health: a backend that fails `eject_after` times in a row —
+//! or whose `/readyz` probe fails — is ejected for `eject_for_ms` and skipped meanwhile.
+//! The book lives as long as the adapter keeps it (a Workers isolate); no instance shares it, as
+//! with any proxy's outlier detection.
+
+use super::config::{Backend, Config};
+use super::error::GatewayError;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// When to eject a failing backend, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    pub eject_after: u32,
+    pub eject_for_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Health {
+    consecutive_failures: u32,
+    ejected_until_ms: u64,
+}
+
+/// Passive health of every backend, by name.
+#[derive(Debug, Default)]
+pub struct HealthBook {
+    backends: RefCell<HashMap<String, Health>>,
+}
+
+impl HealthBook {
+    pub fn is_ejected(&self, backend: &str, now_ms: u64) -> bool {
+        self.backends.borrow().get(backend).is_some_and(|h| h.ejected_until_ms > now_ms)
+    }
+
+    /// The backend answered well: its failure streak ends, and any ejection with it.
+    pub fn record_success(&self, backend: &str) {
+        self.backends.borrow_mut().remove(backend);
+    }
+
+    /// The backend failed; ejects it once the streak reaches the breaker's threshold.
+    /// Returns whether it is ejected now.
+    pub fn record_failure(&self, backend: &str, now_ms: u64, breaker: Breaker) -> bool {
+        let mut backends = self.backends.borrow_mut();
+        let health = backends.entry(backend.to_string()).or_default();
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        if health.consecutive_failures >= breaker.eject_after {
+            health.ejected_until_ms = now_ms.saturating_add(breaker.eject_for_ms);
+            health.consecutive_failures = 0;
+        }
+        health.ejected_until_ms > now_ms
+    }
+
+    /// Ejects at once (a failed readiness probe).
+    pub fn eject(&self, backend: &str, now_ms: u64, breaker: Breaker) {
+        let mut backends = self.backends.borrow_mut();
+        let health = backends.entry(backend.to_string()).or_default();
+        health.ejected_until_ms = health.ejected_until_ms.max(now_ms.saturating_add(breaker.eject_for_ms));
+    }
+
+    fn ejected_until(&self, backend: &str) -> u64 {
+        self.backends.borrow().get(backend).map_or(0, |h| h.ejected_until_ms)
+    }
+}
+
+/// The backends to try for `model`, in order: every healthy one, lowest priority first, weighted
+/// random within a priority (`random` seeds the shuffle). A 503 when every backend serving the
+/// model is ejected; a 404 when none serves it.
+pub fn attempt_order<'a>(
+    config: &'a Config,
+    model: &str,
+    health: &HealthBook,
+    now_ms: u64,
+    random: u64,
+) -> Result<Vec<&'a Backend>, GatewayError> {
+    let serving: Vec<&Backend> = config.backends.iter().filter(|b| b.serves(model)).collect();
+    if serving.is_empty() {
+        return Err(GatewayError::ModelNotFound { model: model.to_string() });
+    }
+    let mut healthy: Vec<&Backend> = serving.iter().copied().filter(|b| !health.is_ejected(&b.name, now_ms)).collect();
+    if healthy.is_empty() {
+        let back_at = serving.iter().map(|b| health.ejected_until(&b.name)).min().unwrap_or(now_ms);
+        return Err(GatewayError::ServiceUnavailable {
+            message: format!("Every backend for `{model}` is failing; retry in {}s.", (back_at - now_ms).div_ceil(1000).max(1)),
+        });
+    }
+    healthy.sort_by_key(|b| b.priority);
+    let mut rng = XorShift(random | 1);
+    let mut order = Vec::with_capacity(healthy.len());
+    for tier in healthy.chunk_by(|a, b| a.priority == b.priority) {
+        let mut left: Vec<&Backend> = tier.to_vec();
+        while !left.is_empty() {
+            let total: u64 = left.iter().map(|b| u64::from(b.weight)).sum();
+            let mut pick = rng.next() % total.max(1);
+            let index = left
+                .iter()
+                .position(|b| {
+                    let w = u64::from(b.weight);
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            order.push(left.remove(index));
+        }
+    }
+    Ok(order)
+}
+
+/// A tiny PRNG for shuffling (not for anything secret).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
