@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use crate::support::{request, request_streaming, sse_events, try_request, wait_until, HttpResponse};
+use crate::harness::Setup;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -390,9 +391,12 @@ pub fn settles_tokens_on_real_usage(gw: &Gateway) {
     assert_eq!(r.header("x-should-retry"), Some("false"));
 }
 
-pub fn limits_anonymous_callers_per_client_ip(launch: fn(&[(&str, &str)]) -> Gateway) {
+/// Starts a gateway of its own for a case (see [`Setup`]).
+type Launch = fn(Setup<'_>) -> Gateway;
+
+pub fn limits_anonymous_callers_per_client_ip(launch: Launch) {
     let anonymous = format!(r#"{{"models":["{MODEL}"],"requests_per_minute":2}}"#);
-    let gw = launch(&[("GATEWAY_ANONYMOUS", anonymous.as_str())]);
+    let gw = launch(Setup { vars: &[("GATEWAY_ANONYMOUS", anonymous.as_str())], ..Setup::default() });
     let body = serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap();
     let from = |ip: &str| {
         let headers = [("content-type", "application/json"), (gw.client_ip_header, ip)];
@@ -408,8 +412,8 @@ pub fn limits_anonymous_callers_per_client_ip(launch: fn(&[(&str, &str)]) -> Gat
     assert_eq!(wrong.status, 401, "a wrong key is never treated as anonymous");
 }
 
-pub fn limit_state_survives_a_runtime_restart(launch: fn(&[(&str, &str)]) -> Gateway) {
-    let mut gw = launch(&[]);
+pub fn limit_state_survives_a_runtime_restart(launch: Launch) {
+    let mut gw = launch(Setup::default());
     for _ in 0..LIMITED_RPM {
         assert_eq!(post(&gw, Some(LIMITED_KEY), &chat(json!({"mock": {"chunks": 1}}))).status, 200);
     }
@@ -418,4 +422,123 @@ pub fn limit_state_survives_a_runtime_restart(launch: fn(&[(&str, &str)]) -> Gat
     let r = post(&gw, Some(LIMITED_KEY), &chat(json!({})));
     assert_eq!(r.status, 429, "a restart must not hand out a fresh budget");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+}
+
+/// What a fault must lead to, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// An OpenAI error with this status and code, before any byte of an answer.
+    Error(u16, &'static str),
+    /// A complete answer (a stream ending in `[DONE]`), from whichever backend could give it.
+    Complete,
+    /// A stream that had started, ended by one error event with this code.
+    ErrorEvent(&'static str),
+}
+
+pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(launch: Launch) {
+    use Outcome::*;
+    let flaky = crate::harness::watched_mock(&["--name", "flaky", "--model", "ha-model", "--model", "solo-model"]);
+    let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model", "--model", "dead-ha-model"]);
+    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let backends = [
+        format!(r#"{{"name":"flaky","url":"{}","models":["ha-model","solo-model"]}}"#, flaky.base_url),
+        format!(r#"{{"name":"steady","url":"{}","models":["ha-model","dead-ha-model"],"priority":1}}"#, steady.base_url),
+        format!(r#"{{"name":"dead","url":"{dead}","models":["dead-model","dead-ha-model"],"health_path":"/health"}}"#),
+    ];
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    // The shared configuration never ejects: every row meets the faulty backend itself.
+    let gw = launch(Setup { backends: &backends, ..Setup::default() });
+
+    // (fault, stream, without failover, with failover); `refuse` is the dead backend.
+    let table: Vec<(&str, bool, Outcome, Outcome)> = vec![
+        ("refuse", false, Error(502, "upstream_error"), Complete),
+        ("refuse", true, Error(502, "upstream_error"), Complete),
+        ("hang", false, Error(504, "upstream_timeout"), Complete),
+        ("hang", true, Error(504, "upstream_timeout"), Complete),
+        ("500", false, Error(502, "upstream_error"), Complete),
+        ("500", true, Error(502, "upstream_error"), Complete),
+        ("plain_text_500", false, Error(502, "upstream_error"), Complete),
+        ("429", false, Error(429, "rate_limit_exceeded"), Complete),
+        ("garbage", false, Error(502, "upstream_error"), Complete),
+        ("reset", false, Error(502, "upstream_error"), Complete),
+        ("reset", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
+        ("malformed_sse", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
+        ("slow_drip", true, Complete, Complete),
+        ("drip_past_idle_timeout", true, ErrorEvent("upstream_timeout"), ErrorEvent("upstream_timeout")),
+    ];
+    let rows: Vec<_> = table
+        .into_iter()
+        .flat_map(|(fault, stream, alone, with)| [(fault, stream, false, alone), (fault, stream, true, with)])
+        .collect();
+    let addr = gw.addr.clone();
+    let results: Vec<_> = rows
+        .into_iter()
+        .map(|(fault, stream, failover, expected)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let model = match (fault, failover) {
+                    ("refuse", false) => "dead-model",
+                    ("refuse", true) => "dead-ha-model",
+                    (_, false) => "solo-model",
+                    (_, true) => "ha-model",
+                };
+                let mock = match fault {
+                    "slow_drip" => json!({"chunks": 5, "delay_ms": 300}),
+                    "drip_past_idle_timeout" => json!({"chunks": 3, "delay_ms": FAULT_TIMEOUT_MS + 1_000}),
+                    "refuse" => json!({}),
+                    fault => json!({"fault": fault, "fault_on": "flaky", "chunks": 3}),
+                };
+                let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
+                let auth = format!("Bearer {KEY}");
+                let started = std::time::Instant::now();
+                let response = try_request(
+                    &addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", &auth), ("content-type", "application/json")],
+                    Some(&serde_json::to_vec(&body).unwrap()),
+                );
+                (fault, stream, failover, expected, response, started.elapsed())
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+
+    let bound = Duration::from_millis(3 * FAULT_TIMEOUT_MS + 2_000);
+    for (fault, stream, failover, expected, response, elapsed) in results {
+        let row = format!("{fault:<24} stream={stream:<5} failover={failover:<5}");
+        let response = response.unwrap_or_else(|e| panic!("{row}: the gateway did not answer: {e}"));
+        let outcome = if response.status != 200 {
+            Error(response.status, static_code(&error_of(&response)["code"]))
+        } else if stream {
+            let events = sse_events(&response.body);
+            match events.last().map(String::as_str) {
+                Some("[DONE]") => Complete,
+                Some(last) => ErrorEvent(static_code(&serde_json::from_str::<Value>(last).unwrap()["error"]["code"])),
+                None => panic!("{row}: an empty stream"),
+            }
+        } else {
+            assert_eq!(response.json()["object"], "chat.completion", "{row}");
+            Complete
+        };
+        println!("{row} -> {outcome:?} in {elapsed:?}");
+        assert_eq!(outcome, expected, "{row}: {}", response.text());
+        assert!(elapsed < bound, "{row}: took {elapsed:?}, over its bound of {bound:?}");
+        if expected == Error(429, "rate_limit_exceeded") {
+            assert!(response.header("retry-after").is_some(), "{row}");
+        }
+        let text = response.text();
+        assert!(!text.contains("/srv/secret") && !text.contains("exploded"), "{row} leaked: {text}");
+    }
+}
+
+/// The error code as one of the static strings the table uses.
+fn static_code(code: &Value) -> &'static str {
+    match code.as_str() {
+        Some("upstream_error") => "upstream_error",
+        Some("upstream_timeout") => "upstream_timeout",
+        Some("rate_limit_exceeded") => "rate_limit_exceeded",
+        Some("service_unavailable") => "service_unavailable",
+        other => panic!("unexpected error code {other:?}"),
+    }
 }

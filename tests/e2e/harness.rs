@@ -35,6 +35,8 @@ pub const SINGLE_KEY: &str = "sk-e2e-single";
 /// A key limited to [`METERED_TPM`] tokens per minute.
 pub const METERED_KEY: &str = "sk-e2e-metered";
 pub const METERED_TPM: u32 = 1_000;
+/// How long the gateway under test waits for a backend's headers, first byte, or next chunk.
+pub const FAULT_TIMEOUT_MS: u64 = 2_000;
 /// Served only by the slow backend, whose open-stream count belongs to one case.
 pub const SLOW_MODEL: &str = "slow-model";
 
@@ -80,9 +82,18 @@ impl Gateway {
     }
 }
 
+/// What a dedicated gateway adds to the shared configuration.
+#[derive(Default, Clone, Copy)]
+pub struct Setup<'a> {
+    /// Variables to set (replacing shared ones of the same name).
+    pub vars: &'a [(&'a str, &'a str)],
+    /// More backends (JSON objects) for `GATEWAY_BACKENDS`.
+    pub backends: &'a [&'a str],
+}
+
 /// Starts the mock backends, the host's services and the gateway with the shared configuration
-/// plus `extra` variables, in a fresh state directory.
-pub fn launch(host: &'static dyn Host, extra: &[(&str, &str)]) -> Gateway {
+/// plus `setup`, in a fresh state directory.
+pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
     static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let state = std::env::temp_dir().join(format!("edge-gateway-e2e-{}-{}-{n}", host.name(), std::process::id()));
@@ -91,8 +102,8 @@ pub fn launch(host: &'static dyn Host, extra: &[(&str, &str)]) -> Gateway {
     let spare = watched_mock(&["--model", SPARE_MODEL]);
     let slow = watched_mock(&["--model", SLOW_MODEL]);
     let (mut vars, services) = host.services(&state);
-    vars.extend(variables(&primary, &spare, &slow));
-    for (name, value) in extra {
+    vars.extend(variables(&primary, &spare, &slow, setup.backends));
+    for (name, value) in setup.vars {
         vars.retain(|(n, _)| n != name);
         vars.push((name.to_string(), value.to_string()));
     }
@@ -128,11 +139,14 @@ fn serve(host: &dyn Host, vars: &[(String, String)], port: u16, state: &Path) ->
 }
 
 /// The configuration variables every runtime gets, as name/value pairs.
-fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend) -> Vec<(String, String)> {
-    let backends = format!(
-        r#"[{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}},{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}},{{"name":"slow","url":"{}","models":["{SLOW_MODEL}"]}}]"#,
-        primary.base_url, spare.base_url, slow.base_url
-    );
+fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend, extra: &[&str]) -> Vec<(String, String)> {
+    let mut backends = vec![
+        format!(r#"{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}}"#, primary.base_url),
+        format!(r#"{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}}"#, spare.base_url),
+        format!(r#"{{"name":"slow","url":"{}","models":["{SLOW_MODEL}"]}}"#, slow.base_url),
+    ];
+    backends.extend(extra.iter().map(|b| b.to_string()));
+    let backends = format!("[{}]", backends.join(","));
     let key = |id: &str, key: &str, models: &str, limits: &str| {
         format!(r#"{{"id":"{id}","sha256":"{}","models":{models}{limits}}}"#, sha256_hex(key))
     };
@@ -153,7 +167,12 @@ fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend) -> 
         ("GATEWAY_MAX_TOKENS", "256".to_string()),
         ("GATEWAY_CORS_ORIGINS", ALLOWED_ORIGIN.to_string()),
         ("GATEWAY_HEALTH_TIMEOUT_MS", "1000".to_string()),
-        ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "10000".to_string()),
+        ("GATEWAY_CONNECT_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
+        ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
+        ("GATEWAY_IDLE_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
+        // Cases share backends and provoke faults on purpose: no case may eject a backend that
+        // another relies on (ejection itself is pinned by the core's tests).
+        ("GATEWAY_EJECT_AFTER_FAILURES", "1000000".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

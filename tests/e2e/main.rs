@@ -22,6 +22,7 @@ macro_rules! run_cases {
             run_cases!(@dedicated $dedicated;
                 limits_anonymous_callers_per_client_ip,
                 limit_state_survives_a_runtime_restart,
+                every_backend_fault_has_its_defined_outcome_with_and_without_failover,
             );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,

@@ -4,7 +4,7 @@
 //! The Spin CLI is not on the package registries; `wasmtime serve` hosts the same component
 //! unmodified because it only imports WASI interfaces (see `src/spin.rs`).
 
-use crate::harness::{launch, watched, Gateway, Host};
+use crate::harness::{launch, watched, Gateway, Host, Setup};
 use crate::support::{free_port, wait_until, Proc};
 use std::path::Path;
 use std::process::Command;
@@ -17,12 +17,12 @@ pub struct WasmtimeServe;
 /// One gateway per test binary, started on first use.
 pub fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
-    GATEWAY.get_or_init(|| launch(&WasmtimeServe, &[]))
+    GATEWAY.get_or_init(|| launch(&WasmtimeServe, Setup::default()))
 }
 
-/// A gateway of its own, with `extra` configuration (for cases that restart or reconfigure it).
-pub fn dedicated(extra: &[(&str, &str)]) -> Gateway {
-    launch(&WasmtimeServe, extra)
+/// A gateway of its own, with more configuration (for cases that restart or reconfigure it).
+pub fn dedicated(setup: Setup<'_>) -> Gateway {
+    launch(&WasmtimeServe, setup)
 }
 
 /// `WASMTIME`, or `wasmtime` from `~/.cargo/bin` (`make tools` installs it).

@@ -4,7 +4,7 @@
 //! Not through `wrangler dev`: its dev proxy answers "worker restarted mid-request" (503) to some
 //! POSTs the worker has already answered, which no deployed worker does. workerd starts in ~0.2 s.
 
-use crate::harness::{launch, Gateway, Host};
+use crate::harness::{launch, Gateway, Host, Setup};
 use crate::support::Proc;
 use std::path::Path;
 use std::process::Command;
@@ -22,12 +22,12 @@ pub struct Workerd;
 /// One gateway per test binary, started on first use.
 pub fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
-    GATEWAY.get_or_init(|| launch(&Workerd, &[]))
+    GATEWAY.get_or_init(|| launch(&Workerd, Setup::default()))
 }
 
-/// A gateway of its own, with `extra` configuration (for cases that restart or reconfigure it).
-pub fn dedicated(extra: &[(&str, &str)]) -> Gateway {
-    launch(&Workerd, extra)
+/// A gateway of its own, with more configuration (for cases that restart or reconfigure it).
+pub fn dedicated(setup: Setup<'_>) -> Gateway {
+    launch(&Workerd, setup)
 }
 
 impl Host for Workerd {
