@@ -27,7 +27,7 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools worker spin dev test clean
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools worker spin dev test clean fuzz fuzz-tool
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
@@ -112,3 +112,21 @@ test: worker spin wasmtime-tool redis-tool
 
 clean:
 	rm -rf build target .wrangler
+
+## Fuzz ----------------------------------------------------------------------------------------
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := chat_request sse_scanner config redis_reply
+
+# libFuzzer through cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP enables its -Z flags).
+# Each target runs for FUZZ_SECONDS from the committed seed corpus; findings land in fuzz/artifacts.
+fuzz-tool:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+
+fuzz: fuzz-tool
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$target && cp -n fuzz/corpus/$$target/* target/fuzz-corpus/$$target/ 2>/dev/null; \
+		echo "== $$target ($(FUZZ_SECONDS)s)"; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir . $$target ../target/fuzz-corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 2>&1 | grep -E "^#[0-9]+.*DONE|^Done|ERROR|panicked|SUMMARY") || exit 1; \
+	done

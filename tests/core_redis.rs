@@ -44,6 +44,9 @@ fn parses_every_reply_type_and_waits_for_more_bytes() {
         assert_eq!(parse_reply(&with_tail).unwrap(), Some((expected, bytes.len())));
     }
     assert!(parse_reply(b"?what\r\n").is_err());
+    // Found by fuzzing: an element that starts with an empty line used to panic.
+    assert!(parse_reply(b"*10\r\n\r\n:2\r\n").is_err());
+    assert!(parse_reply(b"$9223372036854775807\r\nx").is_err(), "a length past memory is malformed");
     assert!(parse_reply(b":notanumber\r\n").is_err());
 }
 

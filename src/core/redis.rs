@@ -123,6 +123,9 @@ fn eval(script: &str, keys: &[String], args: &[String]) -> Vec<u8> {
     command(&parts)
 }
 
+/// Redis's own limit on one bulk string (`proto-max-bulk-len`).
+const MAX_BULK_BYTES: i64 = 512 << 20;
+
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -138,7 +141,8 @@ pub enum Reply {
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, StoreError> {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
     let bad = || StoreError("malformed reply from Redis".into());
-    let line = std::str::from_utf8(&buf[1..line_end]).map_err(|_| bad())?;
+    let line = buf.get(1..line_end).ok_or_else(bad)?; // an empty line has no type byte
+    let line = std::str::from_utf8(line).map_err(|_| bad())?;
     let after = line_end + 2;
     match buf.first() {
         Some(b'+') => Ok(Some((Reply::Simple(line.to_string()), after))),
@@ -149,8 +153,11 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, StoreError> {
             if len < 0 {
                 return Ok(Some((Reply::Bulk(None), after)));
             }
-            let end = after + len as usize;
-            if buf.len() < end + 2 {
+            if len > MAX_BULK_BYTES {
+                return Err(bad()); // Redis itself never sends more
+            }
+            let end = usize::try_from(len).ok().and_then(|len| after.checked_add(len)).ok_or_else(bad)?;
+            if buf.len() < end.saturating_add(2) {
                 return Ok(None);
             }
             Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
