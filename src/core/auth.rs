@@ -4,6 +4,8 @@
 //! hashed and compared in constant time against every configured hash.
 
 use super::config::{ApiKey, Config, LimitPolicy, ModelAccess};
+use super::jwt::looks_like_jwt;
+use std::borrow::Cow;
 use super::error::GatewayError;
 use super::http::Headers;
 use sha2::{Digest, Sha256};
@@ -11,29 +13,53 @@ use sha2::{Digest, Sha256};
 /// Who is calling, once authenticated; later steps take this instead of a raw request.
 #[derive(Debug, Clone)]
 pub struct Caller<'a> {
-    /// The key's id, or `anonymous` (for logs).
-    pub id: &'a str,
-    /// Whose budgets the request spends: `key:<id>`, or `ip:<address>` for anonymous callers.
+    /// The key's id, `jwt:<sub>`, or `anonymous` (for logs).
+    pub id: Cow<'a, str>,
+    /// Whose budgets the request spends: `key:<id>`, `jwt:<sub>`, or `ip:<address>`.
     pub scope: String,
-    pub models: &'a ModelAccess,
+    pub models: Cow<'a, ModelAccess>,
     pub limits: &'a LimitPolicy,
 }
 
-/// Identifies the caller: a valid key; or, with no credentials at all and the anonymous tier
-/// enabled, the client IP the platform vouches for. Wrong credentials are always a 401.
-pub fn identify<'a>(headers: &Headers, client_ip: Option<&str>, config: &'a Config) -> Result<Caller<'a>, GatewayError> {
-    if presented_key(headers).is_none() && !has_credentials(headers) {
+/// Identifies the caller: a valid API key, or a valid token when JWTs are enabled; or, with no
+/// credentials at all and the anonymous tier enabled, the client IP the platform vouches for.
+/// Wrong credentials are always a 401. `now_ms` checks token expiry.
+pub fn identify<'a>(
+    headers: &Headers,
+    client_ip: Option<&str>,
+    config: &'a Config,
+    now_ms: u64,
+) -> Result<Caller<'a>, GatewayError> {
+    let presented = presented_key(headers);
+    if presented.is_none() && !has_credentials(headers) {
         if let Some(anonymous) = &config.anonymous {
             return Ok(Caller {
-                id: "anonymous",
+                id: Cow::Borrowed("anonymous"),
                 scope: format!("ip:{}", client_ip.unwrap_or("unknown")),
-                models: &anonymous.models,
+                models: Cow::Borrowed(&anonymous.models),
                 limits: &anonymous.limits,
             });
         }
     }
+    if let (Some(token), Some(jwt)) = (presented, &config.jwt) {
+        if looks_like_jwt(token) {
+            let claims = jwt.verifier.verify(token, now_ms / 1000).map_err(|_| GatewayError::InvalidApiKey)?;
+            let models = match claims.models {
+                // The token narrows what the configuration allows; it never widens it.
+                Some(named) => Cow::Owned(ModelAccess::Only(named.into_iter().filter(|m| jwt.models.allows(m)).collect())),
+                None => Cow::Borrowed(&jwt.models),
+            };
+            let id = format!("jwt:{}", claims.subject);
+            return Ok(Caller { scope: id.clone(), id: Cow::Owned(id), models, limits: &jwt.limits });
+        }
+    }
     let key = authenticate(headers, &config.api_keys)?;
-    Ok(Caller { id: &key.id, scope: format!("key:{}", key.id), models: &key.models, limits: &key.limits })
+    Ok(Caller {
+        id: Cow::Borrowed(&key.id),
+        scope: format!("key:{}", key.id),
+        models: Cow::Borrowed(&key.models),
+        limits: &key.limits,
+    })
 }
 
 fn has_credentials(headers: &Headers) -> bool {

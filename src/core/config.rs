@@ -44,6 +44,7 @@ pub mod vars {
     pub const EJECT_AFTER_FAILURES: &str = "GATEWAY_EJECT_AFTER_FAILURES";
     pub const EJECT_FOR_MS: &str = "GATEWAY_EJECT_FOR_MS";
     pub const ANONYMOUS: &str = "GATEWAY_ANONYMOUS";
+    pub const JWT: &str = "GATEWAY_JWT";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -63,6 +64,8 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// Callers without a key, limited per client IP; `None`: every request needs a key.
     pub anonymous: Option<Anonymous>,
+    /// Signed tokens (for browsers) accepted beside API keys; `None`: keys only.
+    pub jwt: Option<JwtAuth>,
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
@@ -127,6 +130,15 @@ impl LimitPolicy {
     pub fn is_unlimited(&self) -> bool {
         self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() && self.max_in_flight.is_none()
     }
+}
+
+/// Token holders: identified by the token's `sub`, each subject with its own budgets.
+#[derive(Debug, Clone)]
+pub struct JwtAuth {
+    pub verifier: super::jwt::JwtVerifier,
+    /// Models any token may use; a token's `models` claim narrows it further.
+    pub models: ModelAccess,
+    pub limits: LimitPolicy,
 }
 
 /// The anonymous tier: callers without a key, each client IP with its own budgets.
@@ -252,6 +264,7 @@ impl Config {
         let backends = parse_backends(lookup)?;
         let api_keys = parse_api_keys(lookup, &backends)?;
         let anonymous = parse_anonymous(lookup, &backends)?;
+        let jwt = parse_jwt(lookup, &backends)?;
         let cors = parse_cors(lookup)?;
         let limits = RequestLimits {
             max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
@@ -281,7 +294,7 @@ impl Config {
             eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
             eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
         };
-        Ok(Config { backends, api_keys, anonymous, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
+        Ok(Config { backends, api_keys, anonymous, jwt, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
     }
 
     /// Backends that serve `model`, in configured order.
@@ -439,6 +452,98 @@ fn parse_anonymous(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<A
         return Err(ConfigError(format!("{name}.requests_per_minute is required")));
     }
     Ok(Some(Anonymous { models, limits }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
+    /// Name of the secret holding the HS256 key.
+    #[serde(default)]
+    hs256_secret: Option<String>,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default = "default_leeway")]
+    leeway_s: u64,
+    #[serde(default = "default_models_claim")]
+    models_claim: String,
+    #[serde(default = "all_models")]
+    models: Vec<String>,
+    #[serde(default)]
+    requests_per_minute: Option<u32>,
+    #[serde(default)]
+    tokens_per_minute: Option<u32>,
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+fn default_models_claim() -> String {
+    "models".into()
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth>, ConfigError> {
+    let name = vars::JWT;
+    let Some(raw) = lookup.get(name).filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let raw: RawJwt =
+        serde_json::from_str(&raw).map_err(|e| ConfigError(format!("{name} is not a valid JSON object: {e}")))?;
+    let hs256 = match &raw.hs256_secret {
+        None => None,
+        Some(secret_name) => match lookup.get(secret_name) {
+            Some(v) if v.len() >= 32 => Some(Secret::new(v.into_bytes())),
+            Some(_) => return Err(ConfigError(format!("{secret_name} (the hs256_secret of {name}) must be at least 32 bytes"))),
+            None => return Err(ConfigError(format!("{secret_name} (the hs256_secret of {name}) is not set"))),
+        },
+    };
+    let keys = match &raw.jwks {
+        None => Vec::new(),
+        Some(jwks) => {
+            let list = jwks.get("keys").and_then(serde_json::Value::as_array).ok_or_else(|| {
+                ConfigError(format!("{name}.jwks must be a JWKS object with a `keys` array"))
+            })?;
+            list.iter()
+                .enumerate()
+                .map(|(i, jwk)| super::jwt::parse_jwk(jwk).map_err(|e| ConfigError(format!("{name}.jwks.keys[{i}]: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    if hs256.is_none() && keys.is_empty() {
+        return Err(ConfigError(format!("{name} needs an hs256_secret or jwks keys")));
+    }
+    if raw.audience.is_none() {
+        // Without an audience any token from the issuer, minted for any service, would do.
+        return Err(ConfigError(format!("{name}.audience is required")));
+    }
+    let caller = RawCaller {
+        id: None,
+        sha256: None,
+        models: raw.models.clone(),
+        requests_per_minute: raw.requests_per_minute,
+        tokens_per_minute: raw.tokens_per_minute,
+        max_in_flight: raw.max_in_flight,
+    };
+    Ok(Some(JwtAuth {
+        verifier: super::jwt::JwtVerifier {
+            hs256,
+            keys,
+            issuer: raw.issuer,
+            audience: raw.audience,
+            leeway_s: raw.leeway_s.min(600),
+            models_claim: raw.models_claim,
+        },
+        models: model_access(&raw.models, backends, name)?,
+        limits: caller.limits(name)?,
+    }))
 }
 
 fn parse_cors(lookup: &dyn Lookup) -> Result<Cors, ConfigError> {

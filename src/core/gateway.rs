@@ -116,7 +116,7 @@ where
                 Ok(Handled::now(Response::json(readiness.http_status(), body)))
             }
             Route::Models => {
-                let caller = identify(&request.headers, request.client_ip.as_deref(), config)?;
+                let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
                 record.key_id = Some(caller.id.to_string());
                 Ok(Handled::now(list_models(config, &caller)))
             }
@@ -131,7 +131,7 @@ where
         record: &mut LogRecord,
         limits: &mut Vec<(LimitKind, Decision)>,
     ) -> Result<Handled, GatewayError> {
-        let caller = identify(&request.headers, request.client_ip.as_deref(), config)?;
+        let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
         record.key_id = Some(caller.id.to_string());
 
         let limit = config.limits.max_body_bytes;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod jwt;
 pub mod limits;
 pub mod log;
 pub mod openai;

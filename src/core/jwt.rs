@@ -1,0 +1,215 @@
+//! JSON Web Tokens for browsers, where no long-lived API key can live: HS256 with a shared secret,
+//! ES256 and RS256 with keys from a JWKS given inline in the configuration.
+//!
+//! The key decides the algorithm, never the token: an HS256 token is checked only against the
+//! HMAC secret, an ES256/RS256 one only against a JWKS key of that type (and that `alg`, when the
+//! key says), so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`, `iss`
+//! and `aud` are checked with a small clock-skew allowance.
+
+use super::secret::Secret;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Why a token was refused; for logs only (clients get one generic 401).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtError(pub &'static str);
+
+/// The verification keys and the claims required of every token.
+#[derive(Debug, Clone)]
+pub struct JwtVerifier {
+    pub hs256: Option<Secret<Vec<u8>>>,
+    pub keys: Vec<PublicKey>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: u64,
+    /// The claim listing the models a token may use (`models` by default).
+    pub models_claim: String,
+}
+
+/// A JWKS key, parsed once at configuration time.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pub kid: Option<String>,
+    pub kind: KeyKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeyKind {
+    Es256(p256::ecdsa::VerifyingKey),
+    Rs256(rsa::RsaPublicKey),
+}
+
+impl KeyKind {
+    fn alg(&self) -> &'static str {
+        match self {
+            KeyKind::Es256(_) => "ES256",
+            KeyKind::Rs256(_) => "RS256",
+        }
+    }
+}
+
+/// The verified identity a token carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub subject: String,
+    /// The models the token names, if it names any.
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Whether a bearer credential is shaped like a JWT (three base64url parts, a JSON header).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+impl JwtVerifier {
+    /// Verifies `token` at `now_s` (Unix seconds) and returns its identity.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, JwtError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError("not three parts"));
+        };
+        let decode = |part: &str, what: &'static str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError(what));
+        let header: Header =
+            serde_json::from_slice(&decode(header_b64, "header is not base64url")?).map_err(|_| JwtError("bad header"))?;
+        let signature = decode(signature_b64, "signature is not base64url")?;
+        let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        self.check_signature(&header, signed, &signature)?;
+        let claims: Value =
+            serde_json::from_slice(&decode(payload_b64, "payload is not base64url")?).map_err(|_| JwtError("bad payload"))?;
+        self.check_claims(&claims, now_s)
+    }
+
+    fn check_signature(&self, header: &Header, signed: &[u8], signature: &[u8]) -> Result<(), JwtError> {
+        match header.alg.as_str() {
+            "HS256" => {
+                let secret = self.hs256.as_ref().ok_or(JwtError("HS256 is not accepted"))?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose()).map_err(|_| JwtError("bad HMAC key"))?;
+                mac.update(signed);
+                mac.verify_slice(signature).map_err(|_| JwtError("bad signature"))
+            }
+            "ES256" | "RS256" => {
+                let key = self.key_for(&header.alg, header.kid.as_deref())?;
+                match &key.kind {
+                    KeyKind::Es256(key) => {
+                        use p256::ecdsa::signature::Verifier;
+                        let signature =
+                            p256::ecdsa::Signature::from_slice(signature).map_err(|_| JwtError("bad signature"))?;
+                        key.verify(signed, &signature).map_err(|_| JwtError("bad signature"))
+                    }
+                    KeyKind::Rs256(key) => {
+                        use rsa::signature::Verifier;
+                        let verifier = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key.clone());
+                        let signature =
+                            rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| JwtError("bad signature"))?;
+                        verifier.verify(signed, &signature).map_err(|_| JwtError("bad signature"))
+                    }
+                }
+            }
+            _ => Err(JwtError("algorithm not accepted")),
+        }
+    }
+
+    /// The key of the token's `kid` (or the only key of its type), which must be of the type the
+    /// token's `alg` names.
+    fn key_for(&self, alg: &str, kid: Option<&str>) -> Result<&PublicKey, JwtError> {
+        let of_alg = |k: &&PublicKey| k.kind.alg() == alg;
+        let key = match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).ok_or(JwtError("unknown kid"))?,
+            None => {
+                let mut candidates = self.keys.iter().filter(of_alg);
+                match (candidates.next(), candidates.next()) {
+                    (Some(key), None) => key,
+                    _ => return Err(JwtError("no kid and no single key for the algorithm")),
+                }
+            }
+        };
+        if of_alg(&key) {
+            Ok(key)
+        } else {
+            Err(JwtError("key type does not match the algorithm"))
+        }
+    }
+
+    fn check_claims(&self, claims: &Value, now_s: u64) -> Result<Claims, JwtError> {
+        let number = |name: &str| claims.get(name).and_then(Value::as_f64).map(|n| n.max(0.0) as u64);
+        let exp = number("exp").ok_or(JwtError("no exp"))?;
+        if now_s >= exp.saturating_add(self.leeway_s) {
+            return Err(JwtError("expired"));
+        }
+        if number("nbf").is_some_and(|nbf| now_s.saturating_add(self.leeway_s) < nbf) {
+            return Err(JwtError("not yet valid"));
+        }
+        if let Some(issuer) = &self.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+                return Err(JwtError("wrong issuer"));
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let matches = match claims.get("aud") {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !matches {
+                return Err(JwtError("wrong audience"));
+            }
+        }
+        let subject = match claims.get("sub").and_then(Value::as_str) {
+            Some(sub) if !sub.is_empty() && sub.len() <= 256 => sub.to_string(),
+            _ => return Err(JwtError("no sub")),
+        };
+        let models = match claims.get(&self.models_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(models)) => Some(models.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+            Some(Value::String(models)) => Some(models.split_whitespace().map(str::to_owned).collect()),
+            Some(_) => return Err(JwtError("models claim is neither a list nor a string")),
+        };
+        Ok(Claims { subject, models })
+    }
+}
+
+/// Parses one JWKS key: `{"kty":"EC","crv":"P-256","x","y"}` or `{"kty":"RSA","n","e"}`, with an
+/// optional `kid`, and an optional `alg` that must agree with the key type.
+pub fn parse_jwk(jwk: &Value) -> Result<PublicKey, String> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let bytes = |name: &str| -> Result<Vec<u8>, String> {
+        URL_SAFE_NO_PAD.decode(field(name).ok_or(format!("no `{name}`"))?).map_err(|_| format!("`{name}` is not base64url"))
+    };
+    let kind = match (field("kty"), field("crv")) {
+        (Some("EC"), Some("P-256")) => {
+            let mut point = vec![4u8];
+            point.extend(bytes("x")?);
+            point.extend(bytes("y")?);
+            KeyKind::Es256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "not a P-256 point".to_string())?)
+        }
+        (Some("RSA"), _) => {
+            let n = rsa::BigUint::from_bytes_be(&bytes("n")?);
+            let e = rsa::BigUint::from_bytes_be(&bytes("e")?);
+            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("not an RSA key: {e}"))?;
+            if rsa::traits::PublicKeyParts::size(&key) < 256 {
+                return Err("RSA keys under 2048 bits are refused".into());
+            }
+            KeyKind::Rs256(key)
+        }
+        _ => return Err("only EC P-256 and RSA keys are supported".into()),
+    };
+    if let Some(alg) = field("alg") {
+        if alg != kind.alg() {
+            return Err(format!("`alg` {alg} does not match the key type"));
+        }
+    }
+    Ok(PublicKey { kid: field("kid").map(str::to_owned), kind })
+}
