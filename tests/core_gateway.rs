@@ -423,3 +423,28 @@ fn an_unreachable_limit_store_fails_closed_by_default_and_open_when_configured()
     assert_eq!(status, 200, "open: admitted without a limit");
     assert_eq!(headers.get("x-ratelimit-remaining-requests"), None);
 }
+
+#[test]
+fn serves_the_playground_under_a_strict_content_security_policy() {
+    for (path, content_type) in [("/", "text/html"), ("/playground.js", "text/javascript"), ("/playground.css", "text/css")] {
+        let (status, headers, body) = handle(get(path, None));
+        assert_eq!(status, 200, "{path}");
+        assert!(headers.get("content-type").unwrap().starts_with(content_type), "{path}");
+        let csp = headers.get("content-security-policy").unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+        assert_eq!(headers.get("x-content-type-options"), Some("nosniff"));
+        assert_eq!(headers.get("x-frame-options"), Some("DENY"));
+        assert!(!body.is_empty());
+    }
+    let (_, _, page) = handle(get("/", None));
+    assert!(page.contains(r#"<script src="/playground.js">"#) && !page.contains("<script>"), "no inline script");
+    assert!(!page.contains("http://") && !page.contains("https://"), "nothing from a CDN");
+}
+
+#[test]
+fn the_playground_can_be_switched_off() {
+    let (gw, _, _) = gateway();
+    let config = config_with("GATEWAY_PLAYGROUND", "false");
+    assert_eq!(text(run(gw.handle(Ok(&config), get("/", None)))).0, 404);
+    assert_eq!(text(run(gw.handle(Ok(&config), get("/playground.js", None)))).0, 404);
+}

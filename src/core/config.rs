@@ -45,6 +45,7 @@ pub mod vars {
     pub const EJECT_FOR_MS: &str = "GATEWAY_EJECT_FOR_MS";
     pub const ANONYMOUS: &str = "GATEWAY_ANONYMOUS";
     pub const JWT: &str = "GATEWAY_JWT";
+    pub const PLAYGROUND: &str = "GATEWAY_PLAYGROUND";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -66,6 +67,8 @@ pub struct Config {
     pub anonymous: Option<Anonymous>,
     /// Signed tokens (for browsers) accepted beside API keys; `None`: keys only.
     pub jwt: Option<JwtAuth>,
+    /// Whether `GET /` serves the browser playground.
+    pub playground: bool,
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
@@ -294,7 +297,8 @@ impl Config {
             eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
             eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
         };
-        Ok(Config { backends, api_keys, anonymous, jwt, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
+        let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
+        Ok(Config { backends, api_keys, anonymous, jwt, playground, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
     }
 
     /// Backends that serve `model`, in configured order.

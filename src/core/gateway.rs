@@ -110,6 +110,8 @@ where
         match route(&request.method, &request.path)? {
             Route::Preflight => Ok(Handled::now(cors::preflight(&config.cors, &request.headers, &request.path))),
             Route::Healthz => Ok(Handled::now(Response::json(200, healthz_body()))),
+            Route::Playground(asset) if config.playground => Ok(Handled::now(asset.response())),
+            Route::Playground(_) => Err(GatewayError::NotFound { path: request.path.clone() }),
             Route::Readyz => {
                 let readiness = readiness(config, &self.upstream, &self.runtime, &self.health).await;
                 let body = serde_json::to_vec(&readiness).unwrap_or_default();

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod limits;
 pub mod log;
 pub mod openai;
+pub mod playground;
 pub mod proxy;
 pub mod redis;
 pub mod request_id;

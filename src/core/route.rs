@@ -11,6 +11,8 @@ pub enum Route {
     Readyz,
     /// A CORS preflight (or plain `OPTIONS`) for a known path.
     Preflight,
+    /// The browser playground's page, script or style.
+    Playground(super::playground::Asset),
 }
 
 const ENDPOINTS: &[(&str, &str, Route)] = &[
@@ -18,6 +20,9 @@ const ENDPOINTS: &[(&str, &str, Route)] = &[
     ("/v1/models", "GET", Route::Models),
     ("/healthz", "GET", Route::Healthz),
     ("/readyz", "GET", Route::Readyz),
+    ("/", "GET", Route::Playground(super::playground::Asset::Page)),
+    ("/playground.js", "GET", Route::Playground(super::playground::Asset::Script)),
+    ("/playground.css", "GET", Route::Playground(super::playground::Asset::Style)),
 ];
 
 /// Routes by path, then method.
