@@ -10,6 +10,9 @@ WORKER_BUILD_VERSION := 0.8.7
 WASM_BINDGEN_VERSION := 0.2.130
 # The WASI-HTTP host the Spin component is tested in (50 needs a newer rustc than 1.95).
 WASMTIME_VERSION := 48.0.8
+# The official OpenAI Python SDK the end-to-end suite drives (the Node one is in package.json).
+OPENAI_PY_VERSION := 3.54.0
+SDK_VENV := .venv-sdk
 CARGO_BIN := $(HOME)/.cargo/bin
 export PATH := $(CARGO_BIN):$(PATH)
 
@@ -27,7 +30,7 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools worker spin dev test clean fuzz fuzz-tool
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
@@ -37,7 +40,7 @@ help:
 
 ## Tools ---------------------------------------------------------------------------------------
 
-tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools
+tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools browser-tool sdk-tool
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -68,6 +71,19 @@ redis-tool:
 	@command -v redis-server >/dev/null || { \
 		echo "installing redis-server from Debian"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# Debian's Chromium for the browser tests (playwright-core drives it; it never downloads one).
+browser-tool:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium from Debian"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+sdk-tool: $(SDK_VENV)/.openai-$(OPENAI_PY_VERSION)
+
+$(SDK_VENV)/.openai-$(OPENAI_PY_VERSION):
+	python3 -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install -q openai==$(OPENAI_PY_VERSION)
+	@touch $@
 
 node-tools: node_modules/.package-lock.json
 
@@ -102,9 +118,10 @@ dev: worker target/debug/mock-backend
 ## Test ----------------------------------------------------------------------------------------
 
 # Native core tests, the mock's tests, then one end-to-end suite against the release Workers
-# bundle in workerd and the release Spin component in wasmtime serve (with Redis); then lints
-# for the native and both wasm builds.
-test: worker spin wasmtime-tool redis-tool
+# bundle in workerd and the release Spin component in wasmtime serve (with Redis) — including
+# the official Python and Node SDKs and a real Chromium; then lints for the native and both wasm
+# builds.
+test: worker spin wasmtime-tool redis-tool browser-tool sdk-tool
 	cargo test --features e2e --all-targets
 	cargo clippy --features e2e --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features cloudflare -- -D warnings

@@ -545,3 +545,71 @@ fn static_code(code: &Value) -> &'static str {
         other => panic!("unexpected error code {other:?}"),
     }
 }
+
+/// An HS256 token for `sub`, as a browser's identity provider would issue it.
+fn browser_token(sub: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::Mac;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = json!({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": sub, "exp": exp});
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(JWT_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// Runs a client program from the repository root; its output is printed, its failure fails.
+fn run_client(program: &str, args: &[&str], env: &[(&str, String)]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // A path is the repository's (a virtualenv); a bare name comes from PATH (node).
+    let program_path = if program.contains('/') { root.join(program) } else { program.into() };
+    let output = std::process::Command::new(program_path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (`make tools` installs it): {e}"));
+    println!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{program} {args:?} failed:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+}
+
+pub fn accepts_a_jwt_beside_api_keys(gw: &Gateway) {
+    let token = browser_token("e2e-browser");
+    let r = post(gw, Some(&token), &chat(json!({"mock": {"chunks": 2}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-ratelimit-limit-tokens").is_some(), "the token's own budget applies");
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(post(gw, Some(&forged), &chat(json!({}))).status, 401);
+}
+
+pub fn the_official_python_sdk_works_unmodified(gw: &Gateway) {
+    let env = [
+        ("GATEWAY_URL", format!("http://{}/v1", gw.addr)),
+        ("KEY", KEY.to_string()),
+        ("RATE_KEY", SDK_PY_KEY.to_string()),
+        ("MODEL", MODEL.to_string()),
+    ];
+    run_client(".venv-sdk/bin/python", &["tests/sdk/python_sdk.py"], &env);
+}
+
+pub fn the_official_node_sdk_works_unmodified(gw: &Gateway) {
+    let env = [
+        ("GATEWAY_URL", format!("http://{}/v1", gw.addr)),
+        ("KEY", KEY.to_string()),
+        ("RATE_KEY", SDK_JS_KEY.to_string()),
+        ("MODEL", MODEL.to_string()),
+    ];
+    run_client("node", &["tests/sdk/node_sdk.mjs"], &env);
+}
+
+pub fn a_real_browser_streams_in_the_playground_and_cors_refuses_other_origins(gw: &Gateway) {
+    let env = [
+        ("GATEWAY_URL", format!("http://{}", gw.addr)),
+        ("TOKEN", browser_token("e2e-playground")),
+        ("MODEL", MODEL.to_string()),
+        ("ALLOWED_PORT", gw.page_port.to_string()),
+    ];
+    run_client("node", &["tests/browser/playground.mjs"], &env);
+}

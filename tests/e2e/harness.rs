@@ -37,6 +37,13 @@ pub const METERED_KEY: &str = "sk-e2e-metered";
 pub const METERED_TPM: u32 = 1_000;
 /// How long the gateway under test waits for a backend's headers, first byte, or next chunk.
 pub const FAULT_TIMEOUT_MS: u64 = 2_000;
+/// Keys limited to 60 requests per minute, one per SDK script (which spends its budget).
+pub const SDK_PY_KEY: &str = "sk-e2e-sdk-py";
+pub const SDK_JS_KEY: &str = "sk-e2e-sdk-js";
+/// The HS256 secret browsers' tokens are signed with.
+pub const JWT_SECRET: &str = "e2e-jwt-secret-that-is-at-least-32-bytes";
+pub const JWT_ISSUER: &str = "https://auth.example.com";
+pub const JWT_AUDIENCE: &str = "edge-gateway";
 /// Served only by the slow backend, whose open-stream count belongs to one case.
 pub const SLOW_MODEL: &str = "slow-model";
 
@@ -64,6 +71,8 @@ pub struct Gateway {
     pub spare: Mutex<Option<MockBackend>>,
     /// Serves [`SLOW_MODEL`] for the in-flight case alone.
     pub slow: MockBackend,
+    /// A port whose `http://127.0.0.1:PORT` origin CORS allows (for a page the browser case serves).
+    pub page_port: u16,
     /// The runtime first, then what it needs (a limit store); stopped when the test binary exits.
     processes: Vec<Proc>,
     host: &'static dyn Host,
@@ -102,7 +111,8 @@ pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
     let spare = watched_mock(&["--model", SPARE_MODEL]);
     let slow = watched_mock(&["--model", SLOW_MODEL]);
     let (mut vars, services) = host.services(&state);
-    vars.extend(variables(&primary, &spare, &slow, setup.backends));
+    let page_port = crate::support::free_port();
+    vars.extend(variables(&primary, &spare, &slow, setup.backends, page_port));
     for (name, value) in setup.vars {
         vars.retain(|(n, _)| n != name);
         vars.push((name.to_string(), value.to_string()));
@@ -117,6 +127,7 @@ pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
         primary,
         spare: Mutex::new(Some(spare)),
         slow,
+        page_port,
         processes,
         host,
         vars,
@@ -139,7 +150,13 @@ fn serve(host: &dyn Host, vars: &[(String, String)], port: u16, state: &Path) ->
 }
 
 /// The configuration variables every runtime gets, as name/value pairs.
-fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend, extra: &[&str]) -> Vec<(String, String)> {
+fn variables(
+    primary: &MockBackend,
+    spare: &MockBackend,
+    slow: &MockBackend,
+    extra: &[&str],
+    page_port: u16,
+) -> Vec<(String, String)> {
     let mut backends = vec![
         format!(r#"{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}}"#, primary.base_url),
         format!(r#"{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}}"#, spare.base_url),
@@ -158,14 +175,21 @@ fn variables(primary: &MockBackend, spare: &MockBackend, slow: &MockBackend, ext
         key("inflight", IN_FLIGHT_KEY, &format!(r#"["{SLOW_MODEL}"]"#), &format!(r#","max_in_flight":{IN_FLIGHT_MAX}"#)),
         key("single", SINGLE_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":1"#),
         key("metered", METERED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
+        key("sdk-py", SDK_PY_KEY, &format!(r#"["{MODEL}"]"#), r#","requests_per_minute":60"#),
+        key("sdk-js", SDK_JS_KEY, &format!(r#"["{MODEL}"]"#), r#","requests_per_minute":60"#),
     ];
+    let jwt = format!(
+        r#"{{"issuer":"{JWT_ISSUER}","audience":"{JWT_AUDIENCE}","hs256_secret":"JWT_SECRET","tokens_per_minute":100000}}"#
+    );
     [
         ("GATEWAY_BACKENDS", backends),
         ("GATEWAY_API_KEYS", format!("[{}]", keys.join(","))),
         ("PRIMARY_BACKEND_KEY", BACKEND_CREDENTIAL.to_string()),
         ("GATEWAY_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string()),
         ("GATEWAY_MAX_TOKENS", "256".to_string()),
-        ("GATEWAY_CORS_ORIGINS", ALLOWED_ORIGIN.to_string()),
+        ("GATEWAY_CORS_ORIGINS", format!("{ALLOWED_ORIGIN},http://127.0.0.1:{page_port}")),
+        ("GATEWAY_JWT", jwt),
+        ("JWT_SECRET", JWT_SECRET.to_string()),
         ("GATEWAY_HEALTH_TIMEOUT_MS", "1000".to_string()),
         ("GATEWAY_CONNECT_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
         ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),

@@ -45,6 +45,10 @@ macro_rules! run_cases {
                 in_flight_streams_never_exceed_the_cap,
                 a_client_disconnect_releases_its_in_flight_slot,
                 settles_tokens_on_real_usage,
+                accepts_a_jwt_beside_api_keys,
+                the_official_python_sdk_works_unmodified,
+                the_official_node_sdk_works_unmodified,
+                a_real_browser_streams_in_the_playground_and_cors_refuses_other_origins,
             );
         }
     };

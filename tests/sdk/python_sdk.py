@@ -1,0 +1,85 @@
+"""The official OpenAI Python SDK, unmodified, against the gateway.
+
+Run by the end-to-end suite with GATEWAY_URL (ending in /v1), KEY, RATE_KEY (60 requests per
+minute, for this script alone) and MODEL in the environment. Exits non-zero on any failure.
+"""
+import os
+import time
+
+import openai
+from openai import OpenAI
+
+BASE_URL = os.environ["GATEWAY_URL"]
+MODEL = os.environ["MODEL"]
+client = OpenAI(base_url=BASE_URL, api_key=os.environ["KEY"], max_retries=0, timeout=30)
+
+
+def expected(n):
+    return "".join(f"tok{i} " for i in range(n))
+
+
+# Non-stream: a typed ChatCompletion with usage.
+completion = client.chat.completions.create(
+    model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"mock": {"chunks": 4}}
+)
+assert completion.choices[0].message.content == expected(4), completion
+assert completion.usage.completion_tokens == 4, completion.usage
+print("non-stream: ok")
+
+# Stream: the reassembled text equals what the backend sent; usage when asked for.
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "hi"}],
+    stream=True,
+    stream_options={"include_usage": True},
+    extra_body={"mock": {"chunks": 6}},
+)
+text, usage = "", None
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage
+assert text == expected(6), text
+assert usage is not None and usage.completion_tokens == 6, usage
+print("stream: ok")
+
+# Typed errors.
+try:
+    OpenAI(base_url=BASE_URL, api_key="sk-wrong", max_retries=0).models.list()
+    raise AssertionError("a wrong key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and e.code == "invalid_api_key", e
+print("401 AuthenticationError: ok")
+
+try:
+    client.chat.completions.create(model=MODEL, messages=[])
+    raise AssertionError("empty messages were accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.param == "messages", e
+print("400 BadRequestError: ok")
+
+# 429: spend the budget, see the typed error, then let the SDK retry after our retry-after.
+limited = OpenAI(base_url=BASE_URL, api_key=os.environ["RATE_KEY"], max_retries=0)
+for attempt in range(100):
+    try:
+        limited.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"mock": {"chunks": 1}})
+    except openai.RateLimitError as e:
+        assert e.status_code == 429 and e.code == "rate_limit_exceeded", e
+        retry_after_ms = int(e.response.headers["retry-after-ms"])
+        assert 0 < retry_after_ms <= 2000, retry_after_ms
+        break
+else:
+    raise AssertionError("never rate limited")
+print(f"429 RateLimitError after {attempt} requests (retry-after-ms {retry_after_ms}): ok")
+
+retrying = OpenAI(base_url=BASE_URL, api_key=os.environ["RATE_KEY"], max_retries=3)
+started = time.monotonic()
+retried = retrying.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"mock": {"chunks": 2}})
+waited = time.monotonic() - started
+assert retried.choices[0].message.content == expected(2), retried
+# The budget refills after retry-after-ms (minus the moments since the 429): the SDK must have
+# waited about that long and then succeeded.
+assert waited >= retry_after_ms / 1000 - 0.15, f"the SDK did not wait for retry-after ({waited:.2f}s < {retry_after_ms}ms)"
+print(f"429 retried by the SDK after {waited:.2f}s: ok")
+print("python sdk: all ok")
