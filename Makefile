@@ -133,7 +133,7 @@ clean:
 ## Fuzz ----------------------------------------------------------------------------------------
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := chat_request sse_scanner config redis_reply
+FUZZ_TARGETS := chat_request sse_scanner config redis_reply jwt
 
 # libFuzzer through cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP enables its -Z flags).
 # Each target runs for FUZZ_SECONDS from the committed seed corpus; findings land in fuzz/artifacts.
