@@ -102,23 +102,24 @@ impl SseScanner {
             let buf = std::mem::take(&mut self.pending);
             return self.forward_complete(&buf, self.searched);
         }
-        // Fast path: a chunk of whole events that keeps every event is forwarded as it came.
-        let mut kept = Vec::new();
-        let mut all_kept = true;
+        // Fast path: a chunk of whole events that keeps every event is forwarded as it came;
+        // only dropped events (rare: the usage chunk, a malformed tail) are noted.
+        let mut dropped: Vec<std::ops::Range<usize>> = Vec::new();
         let end = self.scan_events(&chunk, 0, &mut |range, keep| {
-            if keep {
-                kept.push(range);
-            } else {
-                all_kept = false;
+            if !keep {
+                dropped.push(range);
             }
         });
-        if end == chunk.len() && all_kept {
+        if end == chunk.len() && dropped.is_empty() {
             return Ok(chunk);
         }
         let mut out = Vec::with_capacity(end);
-        for range in kept {
-            out.extend_from_slice(&chunk[range]);
+        let mut at = 0;
+        for range in dropped {
+            out.extend_from_slice(&chunk[at..range.start]);
+            at = range.end;
         }
+        out.extend_from_slice(&chunk[at..end]);
         self.hold(&chunk[end..])?;
         Ok(out)
     }
@@ -190,7 +191,7 @@ impl SseScanner {
             self.malformed = true;
             return false;
         }
-        if !contains(data, b"\"usage\"") {
+        if !carries_usage(data) {
             self.content_events += 1;
             return true;
         }
@@ -215,7 +216,7 @@ impl SseScanner {
 fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {
-        let nl = i + buf[i..].iter().position(|&b| b == b'\n')?;
+        let nl = i + find_byte(&buf[i..], b'\n')?;
         // An event ends with "\n\n" or "\n\r\n".
         match buf.get(nl + 1) {
             Some(b'\n') => return Some(nl + 2),
@@ -230,7 +231,7 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
 fn event_data(event: &[u8]) -> Option<&[u8]> {
     let mut rest = event;
     while !rest.is_empty() {
-        let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line_end = find_byte(rest, b'\n').unwrap_or(rest.len());
         let line = &rest[..line_end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(value) = line.strip_prefix(b"data:") {
@@ -241,15 +242,43 @@ fn event_data(event: &[u8]) -> Option<&[u8]> {
     None
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else { return true };
+/// Whether a chunk's `usage` is an object (worth parsing). vLLM writes `"usage":null` on every
+/// content chunk once usage is requested, so that ending is checked first without a search.
+fn carries_usage(data: &[u8]) -> bool {
+    if data.ends_with(b"\"usage\":null}") {
+        return false;
+    }
     let mut i = 0;
-    while let Some(p) = haystack[i..].iter().position(|&b| b == first) {
+    while let Some(p) = find_byte(&data[i..], b'"') {
         let at = i + p;
-        if haystack[at + 1..].starts_with(rest) {
-            return true;
+        if data[at..].starts_with(b"\"usage\"") {
+            let value = data[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'));
+            if value.is_some_and(|v| data[at + 7 + v] == b'{') {
+                return true;
+            }
         }
         i = at + 1;
     }
     false
+}
+
+/// The first `needle` in `haystack`, eight bytes at a time (SWAR: no SIMD crate needed, and the
+/// same code on every target).
+fn find_byte(haystack: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = haystack.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks.remainder().iter().position(|&b| b == needle).map(|p| offset + p)
 }
