@@ -9,11 +9,12 @@
 //! - configuration from the component's environment (`wasi:cli/environment`), which Spin
 //!   (`environment`, `spin up -e`) and `wasmtime serve --env` both provide.
 //!
-//! Spin runs every request in a fresh instance, so passive backend health lives only as long as
-//! one request: failover works, but an ejection is not remembered by the next request.
+//! Spin runs every request in a fresh instance, so passive backend health is loaded from Redis
+//! at the start of a request and what changed is written back (one atomic script) at its end.
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
+use crate::core::balance::HealthBook;
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, Settlement};
@@ -54,8 +55,17 @@ async fn handle(request: spin_sdk::http::Request) -> spin_sdk::http::Result<spin
         (Err(e), _) => Err(e),
         (Ok(_), Err(message)) => Err(ConfigError(message.clone())),
     };
-    let gateway = Gateway::new(WasiHttp, RedisStore { target: redis.ok().map(Rc::new) }, WasiRuntime);
+    let store = RedisStore { target: redis.ok().map(Rc::new) };
+    // Each request runs in a fresh instance: passive backend health is shared through Redis.
+    let health = Rc::new(HealthBook::shared(store.call(&redis::health_load_command()).map(redis::health_entries).unwrap_or_default()));
+    let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime).with_health(health.clone());
     let response = gateway.handle(config.as_ref(), to_core_request(request)).await;
+    let events = health.take_journal();
+    if let (false, Ok(config)) = (events.is_empty(), config.as_ref()) {
+        if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker)) {
+            println!("{}", serde_json::json!({ "level": "warn", "event": "health_write_failed", "detail": e.0 }));
+        }
+    }
     to_spin_response(response)
 }
 

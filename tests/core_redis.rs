@@ -83,3 +83,12 @@ fn parses_redis_urls_and_never_prints_the_password() {
         assert_eq!(RedisTarget::parse(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn reads_the_shared_health_book_and_skips_malformed_entries() {
+    use edge_gateway::core::redis::health_entries;
+    let bulk = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
+    let reply = Reply::Array(Some(vec![bulk("a"), bulk("2:0"), bulk("b"), bulk("0:1700000030000"), bulk("c"), bulk("junk")]));
+    assert_eq!(health_entries(reply), [("a".to_string(), 2, 0), ("b".to_string(), 0, 1_700_000_030_000)]);
+    assert!(health_entries(Reply::Error("NOAUTH".into())).is_empty(), "health is advice: an error reads as healthy");
+}

@@ -244,3 +244,24 @@ fn readiness_probes_feed_passive_health() {
     text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
     assert_eq!(upstream.hosts(), ["b.internal"], "the failed probe ejected `a`");
 }
+
+#[test]
+fn a_shared_book_journals_only_what_changed() {
+    let breaker = Breaker { eject_after: 2, eject_for_ms: 1_000 };
+    let book = HealthBook::shared(vec![("a".to_string(), 1, 0)]);
+    book.record_success("b"); // healthy before, healthy after: nothing to write
+    assert!(book.take_journal().is_empty());
+    assert!(book.record_failure("a", T0, breaker), "the loaded streak counts: this is the second failure");
+    book.record_success("a");
+    book.eject("c", T0, breaker);
+    use edge_gateway::core::balance::HealthEvent::*;
+    assert_eq!(
+        book.take_journal(),
+        [
+            Failed { backend: "a".into(), at_ms: T0 },
+            Recovered { backend: "a".into() },
+            Ejected { backend: "c".into(), until_ms: T0 + 1_000 }
+        ]
+    );
+    assert!(HealthBook::default().take_journal().is_empty(), "an isolate's own book keeps no journal");
+}

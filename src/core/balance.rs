@@ -3,8 +3,9 @@
 //! Lower `priority` first (a fallback tier); within a priority, a weighted random order, so
 //! `weight` shares traffic. Passive health: a backend that fails `eject_after` times in a row —
 //! or whose `/readyz` probe fails — is ejected for `eject_for_ms` and skipped meanwhile.
-//! The book lives as long as the adapter keeps it (a Workers isolate); no instance shares it, as
-//! with any proxy's outlier detection.
+//! On Workers the book lives as long as the isolate (each isolate its own view, as with any
+//! proxy's outlier detection). Where instances live for one request (Spin), the adapter loads the
+//! book from a shared store and writes back the book's journal of what happened.
 
 use super::config::{Backend, Config};
 use super::error::GatewayError;
@@ -24,25 +25,61 @@ struct Health {
     ejected_until_ms: u64,
 }
 
+/// Something that changed a backend's health, for a shared store to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// The backend answered well after failing: its streak and ejection end.
+    Recovered { backend: String },
+    Failed { backend: String, at_ms: u64 },
+    Ejected { backend: String, until_ms: u64 },
+}
+
 /// Passive health of every backend, by name.
 #[derive(Debug, Default)]
 pub struct HealthBook {
     backends: RefCell<HashMap<String, Health>>,
+    /// What changed since loading, when the book is shared through a store.
+    journal: Option<RefCell<Vec<HealthEvent>>>,
 }
 
 impl HealthBook {
+    /// A book loaded from a shared store: `(backend, consecutive failures, ejected until ms)`;
+    /// it keeps a journal of changes to write back.
+    pub fn shared(entries: impl IntoIterator<Item = (String, u32, u64)>) -> Self {
+        let backends = entries
+            .into_iter()
+            .map(|(name, consecutive_failures, ejected_until_ms)| (name, Health { consecutive_failures, ejected_until_ms }))
+            .collect();
+        HealthBook { backends: RefCell::new(backends), journal: Some(RefCell::new(Vec::new())) }
+    }
+
+    /// The changes since loading (empty for a book that is not shared).
+    pub fn take_journal(&self) -> Vec<HealthEvent> {
+        self.journal.as_ref().map(|j| std::mem::take(&mut *j.borrow_mut())).unwrap_or_default()
+    }
+
+    fn note(&self, event: HealthEvent) {
+        if let Some(journal) = &self.journal {
+            journal.borrow_mut().push(event);
+        }
+    }
+
     pub fn is_ejected(&self, backend: &str, now_ms: u64) -> bool {
         self.backends.borrow().get(backend).is_some_and(|h| h.ejected_until_ms > now_ms)
     }
 
     /// The backend answered well: its failure streak ends, and any ejection with it.
     pub fn record_success(&self, backend: &str) {
-        self.backends.borrow_mut().remove(backend);
+        // Only a change is journaled: the common path (a healthy backend) writes nothing.
+        if self.backends.borrow_mut().remove(backend).is_some() {
+            self.note(HealthEvent::Recovered { backend: backend.to_string() });
+        }
     }
 
     /// The backend failed; ejects it once the streak reaches the breaker's threshold.
     /// Returns whether it is ejected now.
     pub fn record_failure(&self, backend: &str, now_ms: u64, breaker: Breaker) -> bool {
+        self.note(HealthEvent::Failed { backend: backend.to_string(), at_ms: now_ms });
         let mut backends = self.backends.borrow_mut();
         let health = backends.entry(backend.to_string()).or_default();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
@@ -55,6 +92,7 @@ impl HealthBook {
 
     /// Ejects at once (a failed readiness probe).
     pub fn eject(&self, backend: &str, now_ms: u64, breaker: Breaker) {
+        self.note(HealthEvent::Ejected { backend: backend.to_string(), until_ms: now_ms.saturating_add(breaker.eject_for_ms) });
         let mut backends = self.backends.borrow_mut();
         let health = backends.entry(backend.to_string()).or_default();
         health.ejected_until_ms = health.ejected_until_ms.max(now_ms.saturating_add(breaker.eject_for_ms));

@@ -12,6 +12,49 @@ use super::store::StoreError;
 pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
 /// The settlement script: release a lease, correct token buckets.
 pub const SETTLE_SCRIPT: &str = include_str!("settle.lua");
+/// The passive-health script: replay a request's health events.
+pub const HEALTH_SCRIPT: &str = include_str!("health.lua");
+/// The hash holding the shared passive-health book.
+const HEALTH_KEY: &str = "gw:health";
+
+/// Reads the shared passive-health book.
+pub fn health_load_command() -> Vec<u8> {
+    command(&[b"HGETALL", HEALTH_KEY.as_bytes()])
+}
+
+/// The book's entries: `(backend, consecutive failures, ejected until ms)`; malformed ones are
+/// skipped (health is advice, never a reason to fail a request).
+pub fn health_entries(reply: Reply) -> Vec<(String, u32, u64)> {
+    let Reply::Array(Some(items)) = reply else { return Vec::new() };
+    let text = |r: &Reply| match r {
+        Reply::Bulk(Some(b)) => String::from_utf8(b.clone()).ok(),
+        _ => None,
+    };
+    items
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let name = text(&pair[0])?;
+            let value = text(&pair[1])?;
+            let (failures, until) = value.split_once(':')?;
+            Some((name, failures.parse().ok()?, until.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `EVAL` that replays `events` into the shared book.
+pub fn health_record_command(events: &[super::balance::HealthEvent], breaker: super::balance::Breaker) -> Vec<u8> {
+    use super::balance::HealthEvent;
+    let mut args = vec![breaker.eject_after.to_string(), breaker.eject_for_ms.to_string()];
+    for event in events {
+        let (kind, backend, ms) = match event {
+            HealthEvent::Recovered { backend } => ("r", backend, 0),
+            HealthEvent::Failed { backend, at_ms } => ("f", backend, *at_ms),
+            HealthEvent::Ejected { backend, until_ms } => ("e", backend, *until_ms),
+        };
+        args.extend([kind.to_string(), backend.clone(), ms.to_string()]);
+    }
+    eval(HEALTH_SCRIPT, &[HEALTH_KEY.to_string()], &args)
+}
 
 /// Where the limit state lives and how to log in: `redis://[:password@]host[:port][/db]`.
 #[derive(Clone, PartialEq, Eq)]

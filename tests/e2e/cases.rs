@@ -613,3 +613,31 @@ pub fn a_real_browser_streams_in_the_playground_and_cors_refuses_other_origins(g
     ];
     run_client("node", &["tests/browser/playground.mjs"], &env);
 }
+
+pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
+    let hanger = crate::harness::watched_mock(&["--name", "hanger", "--model", "ha-model"]);
+    let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model"]);
+    let backends = [
+        format!(r#"{{"name":"hanger","url":"{}","models":["ha-model"]}}"#, hanger.base_url),
+        format!(r#"{{"name":"steady","url":"{}","models":["ha-model"],"priority":1}}"#, steady.base_url),
+    ];
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_EJECT_FOR_MS", "60000")],
+        backends: &backends,
+    });
+    let body = json!({"model": "ha-model", "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "hang", "fault_on": "hanger"}});
+    let timed = || {
+        let started = std::time::Instant::now();
+        let r = post(&gw, Some(KEY), &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        started.elapsed()
+    };
+    // Each of the first two requests waits out the hanging backend's timeout, then fails over.
+    let first = [timed(), timed()];
+    assert!(first.iter().all(|t| *t >= Duration::from_millis(FAULT_TIMEOUT_MS)), "{first:?}");
+    // Two failures in a row eject it: later requests — each in its own instance on Spin — skip it.
+    let after = timed();
+    println!("with the hanging backend: {first:?}; once ejected: {after:?}");
+    assert!(after < Duration::from_millis(FAULT_TIMEOUT_MS / 2), "still waited on the ejected backend: {after:?}");
+}

@@ -23,6 +23,7 @@ macro_rules! run_cases {
                 limits_anonymous_callers_per_client_ip,
                 limit_state_survives_a_runtime_restart,
                 every_backend_fault_has_its_defined_outcome_with_and_without_failover,
+                a_backend_that_keeps_failing_is_ejected_across_requests,
             );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,
