@@ -13,6 +13,8 @@ WASMTIME_VERSION := 48.0.8
 # The official OpenAI Python SDK the end-to-end suite drives (the Node one is in package.json).
 OPENAI_PY_VERSION := 3.54.0
 SDK_VENV := .venv-sdk
+# The LiteLLM proxy `make bench-peers` measures.
+LITELLM_VERSION := 1.106.2
 CARGO_BIN := $(HOME)/.cargo/bin
 export PATH := $(CARGO_BIN):$(PATH)
 
@@ -30,7 +32,7 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
@@ -147,3 +149,33 @@ fuzz: fuzz-tool
 		(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir . $$target ../target/fuzz-corpus/$$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 2>&1 | grep -E "^#[0-9]+.*DONE|^Done|ERROR|panicked|SUMMARY") || exit 1; \
 	done
+
+## Benchmarks ----------------------------------------------------------------------------------
+
+BENCH_SECONDS ?= 10
+
+# wrk from Debian: the one load tool for every target.
+bench-tool:
+	@command -v wrk >/dev/null || { \
+		echo "installing wrk from Debian"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+
+# The core's microbenchmarks, then the gateway side by side with direct, a bare JS worker and the
+# Spin build (see benches/bench.py and BENCHMARKS.md). Prints numbers; never fails on them.
+bench: worker spin bench-tool redis-tool
+	cargo build --release --bin mock-backend
+	cargo bench --bench core
+	BENCH_SECONDS=$(BENCH_SECONDS) python3 benches/bench.py
+
+# The same, plus Portkey's gateway (npm) and LiteLLM proxy (PyPI), installed on first use.
+bench-peers: worker spin bench-tool redis-tool benches/peers/node_modules/.package-lock.json .venv-litellm/bin/litellm
+	cargo build --release --bin mock-backend
+	BENCH_SECONDS=$(BENCH_SECONDS) python3 benches/bench.py --peers
+
+benches/peers/node_modules/.package-lock.json: benches/peers/package.json benches/peers/package-lock.json
+	cd benches/peers && npm ci --no-audit --no-fund
+	@touch $@
+
+.venv-litellm/bin/litellm:
+	python3 -m venv .venv-litellm
+	.venv-litellm/bin/pip install -q "litellm[proxy]==$(LITELLM_VERSION)"

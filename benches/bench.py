@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""`make bench`: what the edge costs, measured side by side on 127.0.0.1 with one load tool.
+
+Targets (each in front of the same native mock backend):
+  direct      the mock itself (the physical limit)
+  worker      our Workers bundle, served by workerd from a workerd config (no wrangler proxy)
+  bare-js     a hand-written JavaScript pass-through worker on the same workerd
+  spin        our Spin component under `wasmtime serve`
+  portkey     Portkey's gateway (npm), with --peers
+  litellm     LiteLLM proxy (PyPI), with --peers
+
+The runtime under test is pinned to CPU 1, the load tool (wrk) and the mock to CPU 0. For each
+target: non-stream throughput and p50/p99 latency at concurrency 1 and 32, the runtime's CPU time
+per request, time to first byte and total time of 100-chunk streams, and its memory over one
+100,000-chunk stream. Prints a Markdown table (also written to target/bench/results.md). Numbers
+only: nothing here fails a build.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench-model"
+KEY = "sk-bench-key"
+COMPLETION_TOKENS = 16
+STREAM_CHUNKS = 100
+LONG_STREAM_CHUNKS = 100_000
+TICKS = os.sysconf("SC_CLK_TCK")
+processes = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, cpu, env=None, cwd=None, log=None):
+    """Starts a process pinned to `cpu`, in its own process group (stopped at exit)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), *args], env=env, cwd=cwd, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    processes.append(proc)
+    return proc
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except Exception:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
+def wait_http(url, headers=None, timeout=60, body=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def descendants(pid):
+    """pid and every process below it (workerd and node may fork helpers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            children = []
+        todo.extend(int(c) for c in children)
+    return out
+
+
+def cpu_ticks(pid):
+    total = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pid):
+    total = 0
+    for p in descendants(pid):
+        try:
+            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+            total += int(m.group(1)) if m else 0
+        except OSError:
+            pass
+    return total
+
+
+def chat_body(stream=False, chunks=COMPLETION_TOKENS):
+    return json.dumps({"model": MODEL, "stream": stream, "max_tokens": max(chunks, 1),
+                       "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": chunks}})
+
+
+def wrk(url, headers, connections, seconds):
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write('wrk.method = "POST"\nwrk.body = %s\n' % json.dumps(chat_body()))
+    for k, v in {"Content-Type": "application/json", **headers}.items():
+        script.write(f'wrk.headers["{k}"] = "{v}"\n')
+    script.close()
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(["taskset", "-c", "0", "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
+                          "--latency", "-s", script.name, url], capture_output=True, text=True).stdout
+    os.unlink(script.name)
+    def latency(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency(50), "p99": latency(99),
+            "requests": int(total.group(1)) if total else 0, "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def stream_once(host, port, path, headers, chunks):
+    """One streamed completion over a raw socket: (time to first body byte, time to the end of the
+    chunked body) in ms. The end is the terminating chunk, not the connection's close."""
+    body = chat_body(stream=True, chunks=chunks).encode()
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+            f"Content-Length: {len(body)}", "Connection: close"] + [f"{k}: {v}" for k, v in headers.items()]
+    sock = socket.create_connection((host, port))
+    started = time.perf_counter()
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    head_buf, first, tail = b"", None, b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        if first is None:
+            head_buf += data
+            if b"\r\n\r\n" in head_buf and len(head_buf) > head_buf.index(b"\r\n\r\n") + 4:
+                first = time.perf_counter()
+                status = head_buf.split(b" ", 2)[1]
+                if status != b"200":
+                    raise RuntimeError(f"stream answered {status.decode()}: {head_buf[:300]!r}")
+                data = head_buf[head_buf.index(b"\r\n\r\n") + 4:]
+            else:
+                continue
+        tail = (tail + data)[-16:]
+        if tail.endswith(b"\r\n0\r\n\r\n") or tail == b"0\r\n\r\n":
+            break
+    total = time.perf_counter()
+    sock.close()
+    return ((first or total) - started) * 1000, (total - started) * 1000
+
+
+def measure(name, url, headers, pid, seconds):
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    port = int(port)
+    path = "/v1/chat/completions"
+    full = f"http://{host}:{port}{path}"
+    wrk(full, headers, 8, 2)  # warm up
+    result = {"name": name}
+    for c in (1, 32):
+        before = cpu_ticks(pid) if pid else 0
+        r = wrk(full, headers, c, seconds)
+        after = cpu_ticks(pid) if pid else 0
+        result[f"c{c}"] = r
+        if pid and r["requests"]:
+            result[f"cpu_us_c{c}"] = (after - before) / TICKS / r["requests"] * 1e6
+    ttfb, totals = [], []
+    for _ in range(20):
+        a, b = stream_once(host, port, path, headers, STREAM_CHUNKS)
+        ttfb.append(a)
+        totals.append(b)
+    result["stream_ttfb_ms"] = statistics.median(ttfb)
+    result["stream_total_ms"] = statistics.median(totals)
+    if pid:
+        samples = []
+        import threading
+        done = threading.Event()
+        def sample():
+            while not done.is_set():
+                samples.append(rss_kib(pid))
+                time.sleep(0.1)
+        t = threading.Thread(target=sample)
+        idle = rss_kib(pid)
+        t.start()
+        _, long_ms = stream_once(host, port, path, headers, LONG_STREAM_CHUNKS)
+        done.set()
+        t.join()
+        result["rss_idle_mib"] = idle / 1024
+        result["rss_max_mib"] = max(samples) / 1024 if samples else float("nan")
+        result["long_stream_s"] = long_ms / 1000
+    return result
+
+
+def workerd_config(state, port, modules, bindings, outbound=True):
+    def text(s):
+        return json.dumps(s)
+    binding_lines = ",\n    ".join(f"(name = {text(k)}, text = {text(v)})" for k, v in bindings.items())
+    mods = ",\n    ".join(f'(name = {text(n)}, {kind} = embed {text(f)})' for n, kind, f in modules)
+    do = ""
+    services = '(name = "gateway", worker = .gateway),\n    (name = "internet", network = (allow = ["public", "private", "local"]))'
+    extra = ""
+    if any(n == "index_bg.wasm" for n, _, _ in modules):
+        services += f',\n    (name = "do-storage", disk = (path = {text(str(state / "do"))}, writable = true))'
+        (state / "do").mkdir(exist_ok=True)
+        binding_lines = '(name = "RATE_LIMITER", durableObjectNamespace = "RateLimiter"),\n    ' + binding_lines
+        extra = ('  durableObjectNamespaces = [(className = "RateLimiter", uniqueKey = "bench-RateLimiter", enableSql = true)],\n'
+                 '  durableObjectStorage = (localDisk = "do-storage"),\n'
+                 '  compatibilityFlags = ["enable_request_signal"],\n')
+    config = f'''using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [
+    {services},
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "gateway")],
+);
+const gateway :Workerd.Worker = (
+  modules = [
+    {mods},
+  ],
+  compatibilityDate = "2025-09-01",
+  bindings = [
+    {binding_lines},
+  ],
+{extra}  globalOutbound = "internet",
+);
+'''
+    (state / "config.capnp").write_text(config)
+
+
+def gateway_vars(mock_url):
+    import hashlib
+    sha = hashlib.sha256(KEY.encode()).hexdigest()
+    return {
+        "GATEWAY_BACKENDS": json.dumps([{"name": "mock", "url": mock_url, "models": [MODEL]}]),
+        "GATEWAY_API_KEYS": json.dumps([{"id": "bench", "sha256": sha, "models": ["*"]}]),
+        "GATEWAY_PLAYGROUND": "false",
+        "GATEWAY_MAX_TOKENS": str(LONG_STREAM_CHUNKS * 2),
+    }
+
+
+def launch(target, state, mock_url, auth):
+    """Starts `target` in front of the mock; returns (url, headers, process to measure)."""
+    port = free_port()
+    proc, headers = None, auth
+    if target == "direct":
+        url, headers = mock_url, {}
+    elif target in ("worker", "bare-js"):
+        d = state / target
+        d.mkdir()
+        if target == "worker":
+            (d / "worker").mkdir()
+            shutil.copy(ROOT / "build/worker/shim.mjs", d / "worker/shim.mjs")
+            shutil.copy(ROOT / "build/index.js", d / "index.js")
+            shutil.copy(ROOT / "build/index_bg.wasm", d / "index_bg.wasm")
+            modules = [("worker/shim.mjs", "esModule", "worker/shim.mjs"), ("index.js", "esModule", "index.js"),
+                       ("index_bg.wasm", "wasm", "index_bg.wasm")]
+            bindings = gateway_vars(mock_url)
+        else:
+            shutil.copy(ROOT / "benches/bare-worker.js", d / "worker.js")
+            modules = [("worker.js", "esModule", "worker.js")]
+            bindings = {"BACKEND_URL": mock_url}
+        workerd_config(d, port, modules, bindings)
+        proc = start([str(ROOT / "node_modules/.bin/workerd"), "serve", "--experimental", "config.capnp"], cpu=1, cwd=d,
+                     log=d / "workerd.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
+    elif target == "spin":
+        redis_port = free_port()
+        start(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no"], cpu=0)
+        env_args = []
+        for k, v in {**gateway_vars(mock_url), "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}"}.items():
+            env_args += ["--env", f"{k}={v}"]
+        proc = start([str(Path.home() / ".cargo/bin/wasmtime"), "serve", "--addr", f"127.0.0.1:{port}", "-Scli", "-Sp3",
+                      "-Shttp", "-Sinherit-network", "-Wcomponent-model-async", *env_args,
+                      str(ROOT / "target/wasm32-wasip2/release/edge_gateway.wasm")], cpu=1, log=state / "wasmtime.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
+    elif target == "portkey":
+        gateway = ROOT / "benches/peers/node_modules/@portkey-ai/gateway/build/start-server.js"
+        proc = start(["node", str(gateway), f"--port={port}", "--headless"], cpu=1, log=state / "portkey.log")
+        headers = {**auth, "x-portkey-provider": "openai", "x-portkey-custom-host": f"{mock_url}/v1"}
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
+    elif target == "litellm":
+        cfg = state / "litellm.yaml"
+        cfg.write_text(f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+                       f"      api_base: {mock_url}/v1\n      api_key: sk-mock\n"
+                       f"general_settings:\n  master_key: {KEY}\n")
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        proc = start([str(ROOT / ".venv-litellm/bin/litellm"), "--config", str(cfg), "--host", "127.0.0.1",
+                      "--port", str(port)], cpu=1, env=env, log=state / "litellm.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/v1/chat/completions", headers, timeout=120, body=chat_body().encode())
+    return url, headers, proc
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", action="store_true", help="also measure Portkey and LiteLLM")
+    parser.add_argument("--only", nargs="*", help="targets to measure")
+    parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "10")))
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="edge-gateway-bench-"))
+    results = []
+    try:
+        mock_port = free_port()
+        start([str(ROOT / "target/release/mock-backend"), "--addr", f"127.0.0.1:{mock_port}", "--model", MODEL], cpu=0)
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        wait_http(f"{mock_url}/health")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        targets = ["direct", "worker", "bare-js", "spin"] + (["portkey", "litellm"] if args.peers else [])
+        for target in targets:
+            if args.only and target not in args.only:
+                continue
+            print(f"== {target}", file=sys.stderr, flush=True)
+            try:
+                url, headers, proc = launch(target, state, mock_url, auth)
+            except Exception as e:  # one target that will not start must not lose the others
+                print(f"   {target} did not start: {e}", file=sys.stderr)
+                continue
+            try:
+                results.append(measure(target, url, headers, proc.pid if proc else None, args.seconds))
+            except Exception as e:  # one broken target must not lose the others' numbers
+                print(f"   {target} failed: {e}", file=sys.stderr)
+            if proc:
+                stop(proc)
+    finally:
+        for p in processes:
+            stop(p)
+    report(results)
+
+
+def report(results):
+    by = {r["name"]: r for r in results}
+    direct, bare = by.get("direct"), by.get("bare-js")
+    def ratio(r, base, key):
+        return f"{r[key]['rps'] / base[key]['rps']:.0%}" if base and base[key]["rps"] else "–"
+    lines = ["| target | c=1 req/s | c=1 p50 / p99 ms | c=32 req/s | c=32 p50 / p99 ms | c=32 vs direct | c=32 vs bare JS | CPU µs/req (c=32) | stream TTFB / total ms | RSS idle → max over 100k-chunk stream |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c1, c32 = r["c1"], r["c32"]
+        cpu = f"{r['cpu_us_c32']:.0f}" if "cpu_us_c32" in r else "–"
+        mem = f"{r['rss_idle_mib']:.0f} → {r['rss_max_mib']:.0f} MiB ({r['long_stream_s']:.1f} s)" if "rss_max_mib" in r else "–"
+        err = f" ({c32['errors']} non-2xx)" if c32["errors"] else ""
+        lines.append(f"| {r['name']} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c32['rps']:.0f}{err} | "
+                     f"{c32['p50']:.2f} / {c32['p99']:.2f} | {ratio(r, direct, 'c32')} | {ratio(r, bare, 'c32')} | {cpu} | "
+                     f"{r['stream_ttfb_ms']:.2f} / {r['stream_total_ms']:.1f} | {mem} |")
+    if direct:
+        lines.append("")
+        for r in results:
+            if r["name"] == "direct":
+                continue
+            lines.append(f"- {r['name']}: added latency over direct at c=32: p50 +{r['c32']['p50'] - direct['c32']['p50']:.2f} ms, "
+                         f"p99 +{r['c32']['p99'] - direct['c32']['p99']:.2f} ms; stream TTFB +{r['stream_ttfb_ms'] - direct['stream_ttfb_ms']:.2f} ms")
+    for name, path in [("worker", ROOT / "build/index_bg.wasm"), ("spin", ROOT / "target/wasm32-wasip2/release/edge_gateway.wasm")]:
+        if path.exists():
+            raw = path.read_bytes()
+            import gzip
+            lines.append(f"- {name} wasm: {len(raw) / 1024:.0f} KiB raw, {len(gzip.compress(raw, 9)) / 1024:.0f} KiB gzip")
+    text = "\n".join(lines)
+    print(text)
+    out = ROOT / "target/bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
