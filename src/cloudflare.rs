@@ -49,7 +49,13 @@ thread_local! {
 #[event(fetch)]
 async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::Result<worker::Response> {
     let config = config(&env);
-    let request = to_core_request(req)?;
+    // A body is read in one call only when it fits the cap; otherwise it streams and is refused
+    // at the cap without being buffered.
+    let one_call_max = match config.as_ref() {
+        Ok(config) => WHOLE_BODY_MAX_BYTES.min(config.limits.max_body_bytes as u64),
+        Err(_) => 0,
+    };
+    let request = to_core_request(req, one_call_max)?;
     let runtime = WorkersRuntime { ctx: Rc::new(ctx) };
     let health = HEALTH.with(Rc::clone);
     let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime).with_health(health);
@@ -87,15 +93,30 @@ fn lookup_var(env: &Env, name: &str) -> Option<String> {
 /// The header Cloudflare's edge sets to the client's address, replacing any the client sent.
 const CLIENT_IP_HEADER: &str = "cf-connecting-ip";
 
-fn to_core_request(mut req: worker::Request) -> worker::Result<Request> {
+/// Bodies of known length up to this size are read in one call rather than through a stream
+/// reader; anything larger or of unknown length streams (so a body over the cap is refused
+/// without being buffered).
+const WHOLE_BODY_MAX_BYTES: u64 = 1 << 20;
+
+fn known_length_at_most(headers: &Headers, max: u64) -> bool {
+    headers.get("content-length").and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n <= max)
+}
+
+fn to_core_request(mut req: worker::Request, one_call_max: u64) -> worker::Result<Request> {
     let headers: Headers = req.headers().entries().collect();
     let client_ip = headers.get(CLIENT_IP_HEADER).map(str::to_owned);
     let disconnected = Some(client_gone(&req.inner().signal()));
-    let body: BodyStream = match req.stream() {
-        Ok(stream) => Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
-        Err(_) => Box::pin(stream::empty()),
+    let (method, path) = (req.method().to_string(), req.path());
+    let body: BodyStream = if known_length_at_most(&headers, one_call_max) {
+        // Read in one call, and only when the core asks for the body.
+        Box::pin(stream::once(async move { req.bytes().await.map_err(|e| BodyError(e.to_string())) }))
+    } else {
+        match req.stream() {
+            Ok(stream) => Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
+            Err(_) => Box::pin(stream::empty()),
+        }
     };
-    Ok(Request { method: req.method().to_string(), path: req.path(), headers, body, client_ip, disconnected })
+    Ok(Request { method, path, headers, body, client_ip, disconnected })
 }
 
 /// Resolves when the incoming request's signal aborts: workerd's word that the client went away
@@ -154,6 +175,14 @@ impl Upstream for WorkersFetch {
         }
         .map_err(failed)?;
         let headers: Headers = response.headers().entries().collect();
+        // A small answer of known length is read in one call: a stream reader costs a promise
+        // round trip per chunk, which measured ~75 us per request (BENCHMARKS.md).
+        let is_sse = headers.get("content-type").is_some_and(|t| t.starts_with("text/event-stream"));
+        if !is_sse && known_length_at_most(&headers, WHOLE_BODY_MAX_BYTES) {
+            let bytes = response.bytes().await.map_err(failed)?;
+            let body = crate::core::http::body_from_chunks(vec![bytes]);
+            return Ok(UpstreamResponse { status: response.status_code(), headers, body });
+        }
         let body: BodyStream = match response.stream() {
             Ok(stream) => Box::pin(Guarded {
                 inner: Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
