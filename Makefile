@@ -21,6 +21,7 @@ export PATH := $(CARGO_BIN):$(PATH)
 # worker-build downloads nothing when these point at local binaries.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
 export ESBUILD_BIN := $(CURDIR)/node_modules/@esbuild/linux-x64/bin/esbuild
+export WASM_OPT_BIN := $(CURDIR)/node_modules/binaryen/bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
@@ -98,7 +99,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 worker: $(WORKER_OUT)
 
 $(WORKER_OUT): $(RUST_SOURCES) | rust-targets worker-build-tool wasm-bindgen-tool node-tools
-	worker-build --release --no-opt --features cloudflare
+	worker-build --release --features cloudflare
 	@wc -c < build/index_bg.wasm | awk '{print "wasm: " $$1 " bytes raw"}'; \
 		gzip -9c build/index_bg.wasm | wc -c | awk '{print "wasm: " $$1 " bytes gzip"}'
 
