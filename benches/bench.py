@@ -323,7 +323,11 @@ def main():
     parser.add_argument("--peers", action="store_true", help="also measure Portkey and LiteLLM")
     parser.add_argument("--only", nargs="*", help="targets to measure")
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "10")))
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of measuring, profile the worker in workerd (V8 sampling profiler) under c=32 load")
     args = parser.parse_args()
+    if args.profile:
+        return profile_worker(args.seconds)
     state = Path(tempfile.mkdtemp(prefix="edge-gateway-bench-"))
     results = []
     try:
@@ -352,6 +356,38 @@ def main():
         for p in processes:
             stop(p)
     report(results)
+
+
+def profile_worker(seconds):
+    """Runs the worker under wrk at c=32 with workerd's inspector on, and prints where its CPU goes."""
+    state = Path(tempfile.mkdtemp(prefix="edge-gateway-profile-"))
+    try:
+        mock_port = free_port()
+        start([str(ROOT / "target/release/mock-backend"), "--addr", f"127.0.0.1:{mock_port}", "--model", MODEL], cpu=0)
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        wait_http(f"{mock_url}/health")
+        port, inspector = free_port(), free_port()
+        d = state / "worker"
+        (d / "worker").mkdir(parents=True)
+        shutil.copy(ROOT / "build/worker/shim.mjs", d / "worker/shim.mjs")
+        shutil.copy(ROOT / "build/index.js", d / "index.js")
+        shutil.copy(ROOT / "build/index_bg.wasm", d / "index_bg.wasm")
+        modules = [("worker/shim.mjs", "esModule", "worker/shim.mjs"), ("index.js", "esModule", "index.js"),
+                   ("index_bg.wasm", "wasm", "index_bg.wasm")]
+        workerd_config(d, port, modules, gateway_vars(mock_url))
+        start([str(ROOT / "node_modules/.bin/workerd"), "serve", "--experimental", f"--inspector-addr=127.0.0.1:{inspector}",
+               "config.capnp"], cpu=1, cwd=d, log=d / "workerd.log")
+        url = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        wait_http(f"{url}/v1/chat/completions", auth, body=chat_body().encode())
+        load = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benches')!r}); import bench; "
+                                 f"bench.wrk({url + '/v1/chat/completions'!r}, {auth!r}, 32, {seconds + 2})"])
+        time.sleep(1)
+        subprocess.run(["node", "--experimental-websocket", str(ROOT / "benches/profile.mjs"), str(inspector), str(seconds)], check=True)
+        load.wait()
+    finally:
+        for p in processes:
+            stop(p)
 
 
 def report(results):
