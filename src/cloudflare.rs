@@ -124,14 +124,15 @@ fn to_core_request(mut req: worker::Request, one_call_max: u64) -> worker::Resul
 /// longer polled, so without this a stream's end would never be reported.
 fn client_gone(signal: &worker::web_sys::AbortSignal) -> Disconnected {
     let signal = signal.clone();
-    let aborted = Promise::new(&mut |resolve, _reject| {
-        if signal.aborted() {
-            let _ = resolve.call0(&JsValue::UNDEFINED);
-        } else {
-            signal.set_onabort(Some(&resolve));
-        }
-    });
+    // The promise is made on first poll: only a stream's watcher ever waits on it.
     Box::pin(async move {
+        let aborted = Promise::new(&mut |resolve, _reject| {
+            if signal.aborted() {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+            } else {
+                signal.set_onabort(Some(&resolve));
+            }
+        });
         let _ = JsFuture::from(aborted).await;
     })
 }

@@ -15,7 +15,7 @@
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
 use crate::core::balance::HealthBook;
-use crate::core::config::{Config, ConfigError};
+use crate::core::config::{vars, Config, ConfigError};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, Settlement};
 use crate::core::redis::{self, RedisTarget, Reply};
@@ -32,10 +32,8 @@ use spin_sdk::wasip3;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::pin::Pin;
+use std::cell::RefCell;
 use std::rc::Rc;
-
-/// The variable naming the Redis that holds rate-limit state.
-pub const REDIS_URL_VAR: &str = "GATEWAY_REDIS_URL";
 
 type Frames = Pin<Box<dyn Stream<Item = Result<http_body::Frame<Bytes>, BodyError>>>>;
 type ResponseBody = Either<Full<Bytes>, StreamBody<Frames>>;
@@ -43,21 +41,18 @@ type ResponseBody = Either<Full<Bytes>, StreamBody<Frames>>;
 #[http_service]
 async fn handle(request: spin_sdk::http::Request) -> spin_sdk::http::Result<spin_sdk::http::Response<ResponseBody>> {
     let env: HashMap<String, String> = wasip3::cli::environment::get_environment().into_iter().collect();
-    let config = Config::from_lookup(&env);
-    let redis = match env.get(REDIS_URL_VAR).map(|url| RedisTarget::parse(url)) {
-        Some(Some(target)) => Ok(target),
-        Some(None) => Err(format!("{REDIS_URL_VAR} must be a redis://[:password@]host[:port][/db] URL")),
-        None => Err(format!("{REDIS_URL_VAR} is not set")),
-    };
-    // A bad store address is a configuration error like any other: every request names it.
-    let config = match (config, &redis) {
-        (Ok(config), Ok(_)) => Ok(config),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(message)) => Err(ConfigError(message.clone())),
-    };
-    let store = RedisStore { target: redis.ok().map(Rc::new) };
-    // Each request runs in a fresh instance: passive backend health is shared through Redis.
-    let health = Rc::new(HealthBook::shared(store.call(&redis::health_load_command()).map(redis::health_entries).unwrap_or_default()));
+    // This build has no store of its own: Redis is required, and its absence a configuration error.
+    let config = Config::from_lookup(&env).and_then(|config| match config.redis {
+        Some(_) => Ok(config),
+        None => Err(ConfigError(format!("{} is not set (the Spin build keeps limit state in Redis)", vars::REDIS_URL))),
+    });
+    let store = RedisStore::new(config.as_ref().ok().and_then(|c| c.redis.clone()));
+    // Each request runs in a fresh instance: passive backend health is shared through Redis,
+    // read only if the request gets as far as choosing a backend.
+    let loader = store.clone();
+    let health = Rc::new(HealthBook::shared(Box::new(move || {
+        loader.call(&redis::health_load_command()).map(redis::health_entries).unwrap_or_default()
+    })));
     let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime).with_health(health.clone());
     let response = gateway.handle(config.as_ref(), to_core_request(request)).await;
     let events = health.take_journal();
@@ -150,35 +145,80 @@ impl Upstream for WasiHttp {
     }
 }
 
-/// Limit state in Redis: one connection and one atomic `EVAL` per admission or settlement.
+/// Limit state and backend health in Redis: one connection per request (opened on first use and
+/// reused for every command of that request), one atomic `EVAL` per admission or settlement.
 ///
-/// The connection is opened per call: Spin and `wasmtime serve` give every request its own
-/// instance, so there is nothing to pool across requests.
+/// Nothing is pooled across requests: Spin and `wasmtime serve` give each its own instance.
 #[derive(Clone)]
 struct RedisStore {
     target: Option<Rc<RedisTarget>>,
+    connection: Rc<RefCell<Option<Connection>>>,
+}
+
+struct Connection {
+    stream: std::net::TcpStream,
+    /// Bytes read past the last reply.
+    buffer: Vec<u8>,
 }
 
 impl RedisStore {
-    /// Logs in, sends `command`, and returns Redis's reply to it.
+    fn new(target: Option<RedisTarget>) -> Self {
+        RedisStore { target: target.map(Rc::new), connection: Rc::default() }
+    }
+
+    /// Sends `command` on the request's connection and returns Redis's reply to it. A failed
+    /// connection is dropped, so the next command starts afresh.
     fn call(&self, command: &[u8]) -> Result<Reply, StoreError> {
         let target = self.target.as_deref().ok_or_else(|| StoreError("no Redis configured".into()))?;
         let failed = |e: std::io::Error| StoreError(format!("Redis at {}:{}: {e}", target.host, target.port));
-        let mut connection = std::net::TcpStream::connect((target.host.as_str(), target.port)).map_err(failed)?;
-        let mut buffer = Vec::with_capacity(512);
-        for login in redis::handshake(target) {
-            connection.write_all(&login).map_err(failed)?;
-            match read_reply(&mut connection, &mut buffer).map_err(failed)? {
-                Some(Reply::Error(e)) => return Err(StoreError(format!("Redis refused the login: {e}"))),
-                Some(_) => {}
-                None => return Err(StoreError("Redis closed the connection".into())),
+        let mut slot = self.connection.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(connect(target).map_err(|e| match e {
+                LoginError::Io(e) => failed(e),
+                LoginError::Refused(e) => e,
+            })?);
+        }
+        let result = match slot.as_mut() {
+            Some(connection) => exchange(connection, command),
+            None => Ok(None),
+        };
+        match result {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                *slot = None;
+                Err(StoreError("Redis closed the connection".into()))
+            }
+            Err(e) => {
+                *slot = None;
+                Err(failed(e))
             }
         }
-        connection.write_all(command).map_err(failed)?;
-        read_reply(&mut connection, &mut buffer)
-            .map_err(failed)?
-            .ok_or_else(|| StoreError("Redis closed the connection".into()))
     }
+}
+
+enum LoginError {
+    Io(std::io::Error),
+    Refused(StoreError),
+}
+
+/// Opens a connection and logs in (`AUTH`, `SELECT`).
+fn connect(target: &RedisTarget) -> Result<Connection, LoginError> {
+    let stream = std::net::TcpStream::connect((target.host.as_str(), target.port)).map_err(LoginError::Io)?;
+    let mut connection = Connection { stream, buffer: Vec::with_capacity(512) };
+    for login in redis::handshake(target) {
+        match exchange(&mut connection, &login).map_err(LoginError::Io)? {
+            Some(Reply::Error(e)) => return Err(LoginError::Refused(StoreError(format!("Redis refused the login: {e}")))),
+            Some(_) => {}
+            None => return Err(LoginError::Refused(StoreError("Redis closed the connection".into()))),
+        }
+    }
+    Ok(connection)
+}
+
+/// Writes one command and reads its reply; `None` if the peer closed first.
+fn exchange(connection: &mut Connection, command: &[u8]) -> std::io::Result<Option<Reply>> {
+    connection.stream.write_all(command)?;
+    read_reply(&mut connection.stream, &mut connection.buffer)
 }
 
 impl LimitStore for RedisStore {

@@ -30,6 +30,7 @@ fn parses_a_typical_deployment() {
     assert_eq!(config.api_keys[2].limits.max_in_flight, Some(1));
     assert!(config.anonymous.is_none(), "no anonymous tier unless configured");
     assert_eq!(config.timeouts.total_ms, 600_000);
+    assert!(config.redis.is_none(), "Redis is optional in the core; the Spin build requires it");
     assert_eq!(config.limits.max_tokens, 512);
     assert_eq!(config.limits.max_body_bytes, 1 << 20, "default");
     assert_eq!(config.cors, Cors::Origins(vec!["https://app.example.com".into()]));
@@ -59,6 +60,7 @@ fn every_error_names_its_variable() {
         ("GATEWAY_ANONYMOUS.models names `nope`", Box::new(|v| { v.insert("GATEWAY_ANONYMOUS".into(), r#"{"models":["nope"],"requests_per_minute":1}"#.into()); })),
         ("GATEWAY_API_KEYS[0].max_in_flight must be at least 1", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"max_in_flight":0}}]"#, "0".repeat(64))); })),
         ("GATEWAY_FIRST_BYTE_TIMEOUT_MS must not be longer than GATEWAY_TOTAL_TIMEOUT_MS", Box::new(|v| { v.insert("GATEWAY_TOTAL_TIMEOUT_MS".into(), "1000".into()); })),
+        ("GATEWAY_REDIS_URL must be a redis://", Box::new(|v| { v.insert("GATEWAY_REDIS_URL".into(), "localhost:6379".into()); })),
         ("GATEWAY_LIMITS_FAIL_OPEN must be true or false", Box::new(|v| { v.insert("GATEWAY_LIMITS_FAIL_OPEN".into(), "maybe".into()); })),
         ("GATEWAY_CORS_ORIGINS", Box::new(|v| { v.insert("GATEWAY_CORS_ORIGINS".into(), "app.example.com".into()); })),
     ];

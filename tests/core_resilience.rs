@@ -248,7 +248,13 @@ fn readiness_probes_feed_passive_health() {
 #[test]
 fn a_shared_book_journals_only_what_changed() {
     let breaker = Breaker { eject_after: 2, eject_for_ms: 1_000 };
-    let book = HealthBook::shared(vec![("a".to_string(), 1, 0)]);
+    let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counter = reads.clone();
+    let book = HealthBook::shared(Box::new(move || {
+        counter.set(counter.get() + 1);
+        vec![("a".to_string(), 1, 0)]
+    }));
+    assert_eq!(reads.get(), 0, "nothing is read until the book is consulted");
     book.record_success("b"); // healthy before, healthy after: nothing to write
     assert!(book.take_journal().is_empty());
     assert!(book.record_failure("a", T0, breaker), "the loaded streak counts: this is the second failure");
@@ -263,5 +269,6 @@ fn a_shared_book_journals_only_what_changed() {
             Ejected { backend: "c".into(), until_ms: T0 + 1_000 }
         ]
     );
+    assert_eq!(reads.get(), 1, "the store is read once");
     assert!(HealthBook::default().take_journal().is_empty(), "an isolate's own book keeps no journal");
 }

@@ -34,23 +34,40 @@ pub enum HealthEvent {
     Ejected { backend: String, until_ms: u64 },
 }
 
+/// Reads a shared book's entries: `(backend, consecutive failures, ejected until ms)`.
+pub type HealthLoader = Box<dyn FnOnce() -> Vec<(String, u32, u64)>>;
+
 /// Passive health of every backend, by name.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct HealthBook {
     backends: RefCell<HashMap<String, Health>>,
     /// What changed since loading, when the book is shared through a store.
     journal: Option<RefCell<Vec<HealthEvent>>>,
+    /// A shared book is read on first use, so requests that never pick a backend
+    /// (`/healthz`, `/v1/models`, refusals) never read the store.
+    loader: RefCell<Option<HealthLoader>>,
 }
 
 impl HealthBook {
-    /// A book loaded from a shared store: `(backend, consecutive failures, ejected until ms)`;
-    /// it keeps a journal of changes to write back.
-    pub fn shared(entries: impl IntoIterator<Item = (String, u32, u64)>) -> Self {
-        let backends = entries
-            .into_iter()
-            .map(|(name, consecutive_failures, ejected_until_ms)| (name, Health { consecutive_failures, ejected_until_ms }))
-            .collect();
-        HealthBook { backends: RefCell::new(backends), journal: Some(RefCell::new(Vec::new())) }
+    /// A book kept in a shared store, read by `loader` on first use; it keeps a journal of changes
+    /// to write back.
+    pub fn shared(loader: HealthLoader) -> Self {
+        HealthBook {
+            backends: RefCell::default(),
+            journal: Some(RefCell::new(Vec::new())),
+            loader: RefCell::new(Some(loader)),
+        }
+    }
+
+    /// Reads the shared store, once, before the book is first consulted.
+    fn load(&self) {
+        let loader = self.loader.borrow_mut().take();
+        if let Some(loader) = loader {
+            let entries = loader().into_iter().map(|(name, consecutive_failures, ejected_until_ms)| {
+                (name, Health { consecutive_failures, ejected_until_ms })
+            });
+            self.backends.borrow_mut().extend(entries);
+        }
     }
 
     /// The changes since loading (empty for a book that is not shared).
@@ -65,11 +82,13 @@ impl HealthBook {
     }
 
     pub fn is_ejected(&self, backend: &str, now_ms: u64) -> bool {
+        self.load();
         self.backends.borrow().get(backend).is_some_and(|h| h.ejected_until_ms > now_ms)
     }
 
     /// The backend answered well: its failure streak ends, and any ejection with it.
     pub fn record_success(&self, backend: &str) {
+        self.load();
         // Only a change is journaled: the common path (a healthy backend) writes nothing.
         if self.backends.borrow_mut().remove(backend).is_some() {
             self.note(HealthEvent::Recovered { backend: backend.to_string() });
@@ -79,6 +98,7 @@ impl HealthBook {
     /// The backend failed; ejects it once the streak reaches the breaker's threshold.
     /// Returns whether it is ejected now.
     pub fn record_failure(&self, backend: &str, now_ms: u64, breaker: Breaker) -> bool {
+        self.load();
         self.note(HealthEvent::Failed { backend: backend.to_string(), at_ms: now_ms });
         let mut backends = self.backends.borrow_mut();
         let health = backends.entry(backend.to_string()).or_default();
@@ -92,6 +112,7 @@ impl HealthBook {
 
     /// Ejects at once (a failed readiness probe).
     pub fn eject(&self, backend: &str, now_ms: u64, breaker: Breaker) {
+        self.load();
         self.note(HealthEvent::Ejected { backend: backend.to_string(), until_ms: now_ms.saturating_add(breaker.eject_for_ms) });
         let mut backends = self.backends.borrow_mut();
         let health = backends.entry(backend.to_string()).or_default();
@@ -99,6 +120,7 @@ impl HealthBook {
     }
 
     fn ejected_until(&self, backend: &str) -> u64 {
+        self.load();
         self.backends.borrow().get(backend).map_or(0, |h| h.ejected_until_ms)
     }
 }

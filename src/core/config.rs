@@ -46,6 +46,7 @@ pub mod vars {
     pub const ANONYMOUS: &str = "GATEWAY_ANONYMOUS";
     pub const JWT: &str = "GATEWAY_JWT";
     pub const PLAYGROUND: &str = "GATEWAY_PLAYGROUND";
+    pub const REDIS_URL: &str = "GATEWAY_REDIS_URL";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -69,6 +70,9 @@ pub struct Config {
     pub jwt: Option<JwtAuth>,
     /// Whether `GET /` serves the browser playground.
     pub playground: bool,
+    /// Where a platform without its own consistent store keeps limit state and backend health
+    /// (the Spin build requires it; Workers use Durable Objects instead).
+    pub redis: Option<super::redis::RedisTarget>,
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
@@ -127,12 +131,6 @@ pub struct LimitPolicy {
     /// Requests (and open streams) at once.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
-}
-
-impl LimitPolicy {
-    pub fn is_unlimited(&self) -> bool {
-        self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() && self.max_in_flight.is_none()
-    }
 }
 
 /// Token holders: identified by the token's `sub`, each subject with its own budgets.
@@ -297,13 +295,14 @@ impl Config {
             eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
             eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
         };
+        let redis = match lookup.get(vars::REDIS_URL).filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(url) => Some(super::redis::RedisTarget::parse(&url).ok_or_else(|| {
+                ConfigError(format!("{} must be a redis://[:password@]host[:port][/db] URL", vars::REDIS_URL))
+            })?),
+        };
         let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
-        Ok(Config { backends, api_keys, anonymous, jwt, playground, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
-    }
-
-    /// Backends that serve `model`, in configured order.
-    pub fn backends_for<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
-        self.backends.iter().filter(move |b| b.serves(model))
+        Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
     }
 
     /// Every model some backend serves, each once, in configured order.
@@ -458,6 +457,8 @@ fn parse_anonymous(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<A
     Ok(Some(Anonymous { models, limits }))
 }
 
+/// Repeats `RawCaller`'s budget fields rather than flattening them: serde cannot combine
+/// `flatten` with `deny_unknown_fields`, and a typo must stay an error.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {

@@ -5,17 +5,6 @@
 
 use serde::Serialize;
 
-/// Which side of the proxy a failure came from (for logs and retry decisions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorSource {
-    /// The client sent something we refuse.
-    Client,
-    /// The inference backend failed or misbehaved.
-    Upstream,
-    /// The gateway itself (configuration, limit store).
-    Internal,
-}
-
 /// A failure, with enough detail to render an OpenAI-shaped error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -126,19 +115,6 @@ impl GatewayError {
             GatewayError::InvalidRequest { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound { .. } => Some("model"),
             _ => None,
-        }
-    }
-
-    /// Where the failure came from.
-    pub fn source(&self) -> ErrorSource {
-        match self {
-            GatewayError::Upstream { .. }
-            | GatewayError::UpstreamBusy { .. }
-            | GatewayError::UpstreamRejected { .. }
-            | GatewayError::UpstreamTimeout
-            | GatewayError::ServiceUnavailable { .. } => ErrorSource::Upstream,
-            GatewayError::Config { .. } | GatewayError::Internal { .. } => ErrorSource::Internal,
-            _ => ErrorSource::Client,
         }
     }
 

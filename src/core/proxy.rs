@@ -336,15 +336,9 @@ impl<R: Runtime> Relay<R> {
                 Some(Ok(chunk)) => match self.scanner.feed(chunk) {
                     Ok(out) if self.scanner.malformed() => {
                         // Relay what came before the bad event, then end with the error.
-                        if !out.is_empty() {
-                            let (error, relay) = self.fail("The inference backend sent a malformed stream.");
-                            let mut bytes = out;
-                            if let Ok(error) = error {
-                                bytes.extend_from_slice(&error);
-                            }
-                            return Some((Ok(bytes), relay));
-                        }
-                        return Some(self.fail("The inference backend sent a malformed stream."));
+                        let (error, relay) = self.fail("The inference backend sent a malformed stream.");
+                        let bytes = error.map(|error| [out, error].concat());
+                        return Some((bytes, relay));
                     }
                     Ok(out) if self.scanner.done() => {
                         // `[DONE]` is the end, whether or not the backend closes its side.
