@@ -72,7 +72,8 @@ fn decision_for_a_2kb_request(bencher: Bencher) {
         n += 1;
         let caller = identify(&headers, None, &config, 1_700_000_000_000).unwrap();
         let chat = validate_chat(black_box(&body), &config.limits).unwrap();
-        let plan = Plan::new(caller.limits, &chat, &format!("req_{n}"), 60_000);
+        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.limits.max_tokens);
+        let plan = Plan::new(caller.limits, estimate, &format!("lease_{n}"), 60_000);
         let admitted = futures::executor::block_on(store.admit(&caller.scope, &plan.admission)).unwrap();
         black_box(admitted)
     });
@@ -116,6 +117,22 @@ fn sse_scanner_event_per_chunk(bencher: Bencher) {
     let data = stream();
     let events = data.split_inclusive(|b| *b == b'\n').collect::<Vec<_>>().chunks(2).map(|c| c.concat()).collect();
     scan(bencher, data.len(), events);
+}
+
+/// One 4 MiB event dripped one byte at a time: the scanner's work stays linear in what it is fed
+/// (it appends to the held tail instead of re-copying it per chunk).
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn sse_scanner_4mib_event_one_byte_at_a_time(bencher: Bencher) {
+    let payload = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(4 << 20));
+    let bytes = payload.into_bytes();
+    bencher.counter(BytesCount::new(bytes.len())).bench_local(|| {
+        let mut scanner = SseScanner::new(false, 8 << 20);
+        let mut forwarded = 0;
+        for byte in &bytes {
+            forwarded += scanner.feed(vec![*byte]).unwrap().len();
+        }
+        black_box(forwarded)
+    });
 }
 
 /// Scanning a stream that arrives in 16 KiB reads that cut events anywhere.

@@ -12,6 +12,7 @@
 
 use crate::core::balance::HealthBook;
 use crate::core::config::{Config, ConfigError};
+use crate::core::health::MemoryProbeCache;
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::runtime::Runtime;
@@ -44,6 +45,8 @@ thread_local! {
     /// Passive backend health as this isolate has seen it (each isolate keeps its own view, as
     /// each proxy does in outlier detection).
     static HEALTH: Rc<HealthBook> = Rc::new(HealthBook::default());
+    /// This isolate's last `/readyz` probe round (probes are shared per isolate, as health is).
+    static PROBES: Rc<MemoryProbeCache> = Rc::default();
 }
 
 #[event(fetch)]
@@ -58,7 +61,9 @@ async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::
     let request = to_core_request(req, one_call_max)?;
     let runtime = WorkersRuntime { ctx: Rc::new(ctx) };
     let health = HEALTH.with(Rc::clone);
-    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime).with_health(health);
+    let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime)
+        .with_health(health)
+        .with_probes(PROBES.with(Rc::clone));
     let response = gateway.handle(config.as_ref().as_ref(), request).await;
     to_worker_response(response)
 }
@@ -179,7 +184,7 @@ impl Upstream for WorkersFetch {
         let headers: Headers = response.headers().entries().collect();
         // A small answer of known length is read with one arrayBuffer() call: a stream reader
         // costs a promise round trip per chunk (profile in BENCHMARKS.md).
-        let is_sse = headers.get("content-type").is_some_and(|t| t.starts_with("text/event-stream"));
+        let is_sse = crate::core::http::is_event_stream(&headers);
         if !is_sse && known_length_at_most(&headers, WHOLE_BODY_MAX_BYTES) {
             let raw: worker::web_sys::Response = response.into();
             let buffer = raw.array_buffer().map_err(|e| ConnectError(format!("{e:?}")))?;

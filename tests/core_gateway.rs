@@ -7,6 +7,7 @@ use edge_gateway::core::config::ConfigError;
 use edge_gateway::core::http::{BodyError, Request};
 use edge_gateway::core::limits::{Admission, Admitted, Settlement};
 use edge_gateway::core::store::{LimitStore, StoreError};
+use edge_gateway::core::request_id::is_uuid;
 use fakes::*;
 use serde_json::json;
 
@@ -29,7 +30,7 @@ fn healthz_answers_without_auth_or_backend() {
     let (status, headers, body) = handle(get("/healthz", None));
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "ok");
-    assert!(headers.get("x-request-id").unwrap().starts_with("req_"));
+    assert!(is_uuid(headers.get("x-request-id").unwrap()), "generated ids are UUIDs");
 }
 
 #[test]
@@ -120,18 +121,23 @@ fn refuses_a_body_over_the_cap_with_413_without_reading_the_rest() {
 use futures::StreamExt;
 
 #[test]
-fn proxies_non_stream_with_backend_credential_and_without_client_secrets() {
+fn proxies_non_stream_with_backend_credential_and_an_allow_list_of_headers() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
     upstream.push(Script::json(200, COMPLETION));
     let mut request = post_chat(KEY, CHAT);
-    for (n, v) in [("cookie", "session=1"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("cf-connecting-ip", "1.2.3.4"), ("x-custom", "kept"), ("x-request-id", "client-id-1")] {
+    let hostile = [
+        ("cookie", "session=1"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("cf-connecting-ip", "1.2.3.4"),
+        ("x-custom", "dropped"), ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil"), ("x-envoy-original-path", "/admin"),
+        ("spin-full-url", "http://x"), ("proxy-authorization", "Basic eA=="), ("content-encoding", "gzip"), ("expect", "100-continue"),
+        ("http2-settings", "AAA"), ("digest", "sha-256=x"), ("transfer-encoding", "chunked"), ("te", "trailers"), ("forwarded", "for=1.1.1.1"),
+    ];
+    for (n, v) in hostile {
         request.headers.append(n, v);
     }
     let (status, headers, body) = text(run(gw.handle(Ok(&config), request)));
     assert_eq!(status, 200);
     assert_eq!(body, COMPLETION, "the backend's bytes, unchanged");
-    assert_eq!(headers.get("x-request-id"), Some("client-id-1"), "a sane incoming id is kept");
     assert_eq!(headers.get("x-ratelimit-limit-requests"), Some("3"));
     assert_eq!(headers.get("x-ratelimit-remaining-requests"), Some("2"));
     assert_eq!(headers.get("x-ratelimit-reset-requests"), Some("20s"));
@@ -139,12 +145,10 @@ fn proxies_non_stream_with_backend_credential_and_without_client_secrets() {
     let sent = upstream.sent.borrow();
     let sent = &sent[0];
     assert_eq!(sent.url, "http://10.0.0.1:8000/v1/chat/completions");
+    let mut names: Vec<&str> = sent.headers.iter().map(|(n, _)| n).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["accept", "authorization", "content-type", "traceparent", "x-request-id"], "only the allow-list");
     assert_eq!(sent.headers.get("authorization"), Some("Bearer backend-secret-a"));
-    assert_eq!(sent.headers.get("x-custom"), Some("kept"));
-    assert_eq!(sent.headers.get("x-request-id"), Some("client-id-1"));
-    for stripped in ["cookie", "connection", "x-hop", "cf-connecting-ip", "api-key"] {
-        assert_eq!(sent.headers.get(stripped), None, "{stripped} must not be forwarded");
-    }
     assert!(!sent.headers.iter().any(|(_, v)| v.contains(KEY)), "the client's key never leaves");
 
     let logs = runtime.logs.borrow();
@@ -161,7 +165,113 @@ fn replaces_an_insane_request_id() {
     let mut request = get("/healthz", None);
     request.headers.set("x-request-id", "bad id\u{7f}with spaces");
     let (_, headers, _) = handle(request);
-    assert!(headers.get("x-request-id").unwrap().starts_with("req_"));
+    assert!(is_uuid(headers.get("x-request-id").unwrap()));
+}
+
+#[test]
+fn backends_only_ever_get_a_uuid_request_id() {
+    // llama-cpp-python answers an empty 400 to any x-request-id that is not a UUID.
+    let client_uuid = "0b7c4f52-7a1e-4c1a-9d5e-3f3c2b1a0e9d";
+    for (sent_by_client, returned, forwarded_as_is) in [
+        (None, None, true),
+        (Some("client-id-1"), Some("client-id-1"), false),
+        (Some(client_uuid), Some(client_uuid), true),
+    ] {
+        let (gw, upstream, runtime) = gateway();
+        upstream.push(Script::json(200, COMPLETION));
+        let mut request = post_chat(KEY, CHAT);
+        if let Some(id) = sent_by_client {
+            request.headers.set("x-request-id", id);
+        }
+        let (status, headers, _) = text(run(gw.handle(Ok(&config()), request)));
+        assert_eq!(status, 200);
+        let to_client = headers.get("x-request-id").unwrap().to_string();
+        if let Some(returned) = returned {
+            assert_eq!(to_client, returned, "the client's sane id is returned");
+        }
+        let to_backend = upstream.last_headers().get("x-request-id").unwrap().to_string();
+        assert!(is_uuid(&to_backend), "{to_backend}");
+        assert_eq!(to_backend == to_client, forwarded_as_is, "{sent_by_client:?}");
+        let line = runtime.records().pop().unwrap();
+        assert_eq!(line["request_id"], to_client.as_str());
+        if !forwarded_as_is {
+            assert_eq!(line["upstream_request_id"], to_backend.as_str(), "both ids are logged");
+        }
+    }
+}
+
+#[test]
+fn joins_a_valid_trace_and_replaces_a_malformed_one() {
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let valid = format!("00-{trace}-b7ad6b7169203331-01");
+    let (gw, upstream, runtime) = gateway();
+    upstream.push(Script::json(200, COMPLETION));
+    let mut request = post_chat(KEY, CHAT);
+    request.headers.set("traceparent", &valid);
+    request.headers.set("tracestate", "vendor=opaque");
+    let (_, headers, _) = text(run(gw.handle(Ok(&config()), request)));
+    let to_backend = upstream.last_headers().get("traceparent").unwrap().to_string();
+    let parts: Vec<&str> = to_backend.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"), "same trace, same flags");
+    assert_ne!(parts[2], "b7ad6b7169203331", "the gateway's own span is the backend's parent");
+    assert_eq!(upstream.last_headers().get("tracestate"), Some("vendor=opaque"));
+    assert_eq!(headers.get("traceparent"), Some(to_backend.as_str()), "the client learns the trace");
+    let line = runtime.records().pop().unwrap();
+    assert_eq!((line["trace_id"].as_str(), line["span_id"].as_str()), (Some(trace), Some(parts[2])));
+
+    for malformed in [
+        format!("01-{trace}-b7ad6b7169203331-01"),                  // unknown version
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01".into(), // all-zero trace id
+        format!("00-{trace}-0000000000000000-01"),                  // all-zero span id
+        format!("00-{}-b7ad6b7169203331-01", trace.to_uppercase()), // not lowercase hex
+        format!("00-{trace}-b7ad6b716920333-01"),                   // wrong length
+        format!("00-{trace}-b7ad6b7169203331-01-extra"),            // extra part
+        "00-xyz-b7ad6b7169203331-01".into(),                         // bad hex
+    ] {
+        let (gw, upstream, _) = gateway();
+        upstream.push(Script::json(200, COMPLETION));
+        let mut request = post_chat(KEY, CHAT);
+        request.headers.set("traceparent", &malformed);
+        request.headers.set("tracestate", "vendor=opaque");
+        text(run(gw.handle(Ok(&config()), request)));
+        let to_backend = upstream.last_headers().get("traceparent").unwrap().to_string();
+        assert!(!to_backend.contains(trace) && !to_backend.contains("b7ad6b7169203331"), "{malformed} -> {to_backend}");
+        assert!(edge_gateway::core::trace::parse_traceparent(&to_backend).is_some(), "a new, valid trace");
+        assert_eq!(upstream.last_headers().get("tracestate"), None, "{malformed}: its state is dropped with it");
+    }
+}
+
+#[test]
+fn accepts_exactly_one_readable_credential() {
+    let (gw, upstream, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["llama"],"requests_per_minute":100}"#);
+    let bearer = format!("Bearer {KEY}");
+    let refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("authorization", &bearer), ("authorization", &bearer)],
+        vec![("authorization", &bearer), ("api-key", KEY)],
+        vec![("api-key", KEY), ("x-api-key", KEY)],
+        vec![("authorization", "Bearer café")],
+        vec![("authorization", "Bearer sk-test-alpha, Bearer sk-test-alpha")],
+        vec![("authorization", "Bearer ")],
+        vec![("authorization", "Basic c2stdGVzdA==")],
+        vec![("api-key", "key with spaces")],
+    ];
+    for pairs in refused {
+        let mut request = Request::new("POST", "/v1/chat/completions", headers(&pairs), CHAT.as_bytes().to_vec());
+        request.client_ip = Some("203.0.113.9".into());
+        let (status, _, body) = text(run(gw.handle(Ok(&config), request)));
+        assert_eq!(status, 401, "{pairs:?} is never anonymous: {body}");
+        assert_eq!(error_of(&body)["code"], "invalid_api_key");
+    }
+    for (name, value) in [("authorization", bearer.as_str()), ("api-key", KEY), ("x-api-key", KEY)] {
+        upstream.push(Script::json(200, COMPLETION));
+        let request = Request::new("POST", "/v1/chat/completions", headers(&[(name, value)]), CHAT.as_bytes().to_vec());
+        let (status, _, _) = text(run(gw.handle(Ok(&config), request)));
+        assert_eq!(status, 200, "{name}");
+        let sent = upstream.last_headers();
+        assert_eq!(sent.get("authorization"), Some("Bearer backend-secret-a"), "{name}");
+        assert!(sent.get("api-key").is_none() && sent.get("x-api-key").is_none(), "{name} is stripped");
+    }
 }
 
 #[test]
@@ -201,7 +311,8 @@ fn a_failure_after_the_first_byte_ends_the_stream_with_one_error_event() {
     upstream.push(Script::Answer {
         status: 200,
         headers: vec![("content-type", "text/event-stream")],
-        chunks: vec![Ok(ROLE.into()), Ok(TOKEN.into()), Err(BodyError("reset".into()))],
+        after_ms: 0,
+        chunks: vec![(0, Ok(ROLE.into())), (0, Ok(TOKEN.into())), (0, Err(BodyError("reset".into())))],
     });
     let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
     assert_eq!(status, 200);
@@ -242,7 +353,7 @@ fn maps_backend_failures_before_the_first_byte_to_openai_errors() {
     let cases: Vec<(Script, u16, &str, bool)> = vec![
         (Script::Refuse, 502, "upstream_error", true),
         (Script::json(500, vllm_500), 502, "upstream_error", true),
-        (Script::Answer { status: 503, headers: vec![("content-type", "text/plain")], chunks: vec![Ok(b"upstream exploded".to_vec())] }, 502, "upstream_error", true),
+        (Script::Answer { status: 503, headers: vec![("content-type", "text/plain")], after_ms: 0, chunks: vec![(0, Ok(b"upstream exploded".to_vec()))] }, 502, "upstream_error", true),
         (Script::json(400, vllm_400), 400, "upstream_error", false),
         (Script::json(429, r#"{"error":"busy"}"#), 429, "rate_limit_exceeded", true),
         (Script::json(200, "\u{0}not json"), 502, "upstream_error", true),
@@ -268,8 +379,8 @@ fn a_backend_that_does_not_answer_in_time_is_504() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
     upstream.push(Script::Hang);
-    runtime.timeouts_fire.set(true);
     let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+    assert_eq!(runtime.now() - T0, 10_000, "the default connect timeout");
     assert_eq!(status, 504);
     assert_eq!(error_of(&body)["code"], "upstream_timeout");
 }
@@ -285,7 +396,7 @@ fn a_stream_request_answered_with_json_is_a_502() {
 
 #[test]
 fn refuses_over_the_request_limit_with_429_and_retry_headers() {
-    let (gw, upstream, runtime) = gateway();
+    let (gw, upstream, _) = gateway();
     let config = config();
     for _ in 0..3 {
         upstream.push(Script::json(200, COMPLETION));
@@ -301,7 +412,7 @@ fn refuses_over_the_request_limit_with_429_and_retry_headers() {
     assert_eq!(headers.get("x-should-retry"), None, "refills within two minutes");
     assert_eq!(upstream.sent.borrow().len(), 3, "the refused request never reached the backend");
 
-    runtime.now.set(runtime.now.get() + 20_000);
+    advance(20_000);
     upstream.push(Script::json(200, COMPLETION));
     assert_eq!(text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT)))).0, 200, "refilled after retry-after");
 }
@@ -384,7 +495,7 @@ fn readyz_reports_backends_by_name_and_503_when_a_model_has_none() {
     assert_eq!(status, 503);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "unavailable");
-    assert_eq!(v["backends"][1], json!({"name": "gpu-b", "status": "unhealthy", "models": ["qwen"]}));
+    assert_eq!(v["backends"][1], json!({"name": "gpu-b", "status": "unhealthy"}));
 }
 
 /// A limit store that cannot be reached.
@@ -447,4 +558,47 @@ fn the_playground_can_be_switched_off() {
     let config = config_with("GATEWAY_PLAYGROUND", "false");
     assert_eq!(text(run(gw.handle(Ok(&config), get("/", None)))).0, 404);
     assert_eq!(text(run(gw.handle(Ok(&config), get("/playground.js", None)))).0, 404);
+}
+
+#[test]
+fn a_backends_error_event_mid_stream_becomes_the_gateways_one_final_error() {
+    let vllm_error = "data: {\"error\": {\"message\": \"CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)\", \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}\n\n";
+    let (gw, upstream, runtime) = gateway();
+    upstream.push(Script::sse(&[ROLE, TOKEN, vllm_error, DONE]));
+    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, STREAM))));
+    assert_eq!(status, 200);
+    let (before, last) = body.rsplit_once("data: ").unwrap();
+    assert_eq!(before, format!("{ROLE}{TOKEN}"), "the backend's own event is not relayed, nor its [DONE]");
+    let e = error_of(last.trim());
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("api_error"), Some("upstream_error")));
+    let message = e["message"].as_str().unwrap();
+    assert!(message.starts_with("CUDA error: an illegal memory access at"), "{message}");
+    assert!(!body.contains("/srv/secret") && !body.contains("10.1.2.3") && !body.contains("BadRequestError"), "{body}");
+    let line = runtime.records().pop().unwrap();
+    assert_eq!((line["stream_end"].as_str(), line["error"].as_str()), (Some("upstream_error"), Some("upstream_error")));
+}
+
+#[test]
+fn vary_origin_on_every_answer_when_cors_is_configured_and_null_is_never_granted() {
+    for origin in [Some("https://app.example.com"), Some("https://evil.example.com"), None] {
+        let mut request = get("/healthz", None);
+        if let Some(origin) = origin {
+            request.headers.set("origin", origin);
+        }
+        let (_, headers, _) = handle(request);
+        assert_eq!(headers.get("vary"), Some("Origin"), "{origin:?}: a shared cache must key on Origin");
+    }
+    let (gw, _, _) = gateway();
+    let any = config_with("GATEWAY_CORS_ORIGINS", "*");
+    for path in ["/healthz", "/v1/chat/completions"] {
+        let method = if path == "/healthz" { "GET" } else { "OPTIONS" };
+        let request = Request::new(method, path, headers(&[("origin", "null"), ("access-control-request-method", "POST")]), vec![]);
+        let (_, headers, _) = text(run(gw.handle(Ok(&any), request)));
+        assert_eq!(headers.get("access-control-allow-origin"), None, "{path}: `null` is anyone's origin");
+        assert_eq!(headers.get("vary"), Some("Origin"));
+    }
+    let off = config_with("GATEWAY_CORS_ORIGINS", "");
+    let (gw, _, _) = gateway();
+    let (_, headers, _) = text(run(gw.handle(Ok(&off), get("/healthz", None))));
+    assert_eq!(headers.get("vary"), None, "no CORS, nothing varies by origin");
 }

@@ -60,7 +60,7 @@ fn chat(token: &str, model: &str) -> Request {
 
 fn status(config: &Config, request: Request) -> (u16, String) {
     let (gw, upstream, runtime) = gateway();
-    runtime.now.set(NOW_MS);
+    runtime.clock.now.set(NOW_MS);
     upstream.push(Script::json(200, COMPLETION));
     let (status, _, _) = text(run(gw.handle(Ok(config), request)));
     let log = runtime.logs.borrow().last().cloned().unwrap_or_default();
@@ -98,7 +98,7 @@ fn refuses_every_forged_or_mismatched_token_with_401() {
         "hs256_with_rsa_modulus_as_secret",
     ] {
         let (gw, _, runtime) = gateway();
-        runtime.now.set(NOW_MS);
+        runtime.clock.now.set(NOW_MS);
         let (code, _, body) = text(run(gw.handle(Ok(&config), chat(&token(name), "llama"))));
         assert_eq!(code, 401, "{name}");
         assert_eq!(error_of(&body)["code"], "invalid_api_key", "{name}");
@@ -149,7 +149,7 @@ fn the_models_claim_narrows_what_the_token_may_use() {
 fn each_subject_has_its_own_budget_and_api_keys_still_work() {
     let config = jwt_config(json!({}));
     let (gw, upstream, runtime) = gateway();
-    runtime.now.set(NOW_MS);
+    runtime.clock.now.set(NOW_MS);
     let alice = hs256(claims("alice"), HS_SECRET);
     for expected in [200, 200, 429] {
         upstream.push(Script::json(200, COMPLETION));
@@ -179,4 +179,66 @@ fn configuration_errors_name_the_variable() {
     vars.insert("GATEWAY_JWT".into(), json!({"audience": "a", "hs256_secret": "JWT_SECRET"}).to_string());
     vars.insert("JWT_SECRET".into(), "short".into());
     assert!(Config::from_lookup(&vars as &dyn edge_gateway::core::Lookup).unwrap_err().0.contains("at least 32 bytes"));
+}
+
+/// Signs `claims` with HS256 under a header of our choosing.
+fn hs256_with_header(header: Value, claims: Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HS_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{header}.{payload}").as_bytes());
+    format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn time_claims_must_be_numbers_when_present() {
+    let config = jwt_config(json!({}));
+    let now = NOW_MS / 1000;
+    for (claim, value) in [("nbf", json!((now + 3600).to_string())), ("nbf", json!(null)), ("iat", json!("yesterday")), ("exp", json!((now + 600).to_string()))] {
+        let mut c = claims("times");
+        c[claim] = value.clone();
+        assert_eq!(status(&config, chat(&hs256(c, HS_SECRET), "llama")).0, 401, "{claim}: {value}");
+    }
+    let mut c = claims("times");
+    c["iat"] = json!(now - 5);
+    c["nbf"] = json!(now - 5);
+    assert_eq!(status(&config, chat(&hs256(c, HS_SECRET), "llama")).0, 200);
+}
+
+#[test]
+fn refuses_critical_extensions_and_types_that_are_not_access_tokens() {
+    let config = jwt_config(json!({}));
+    let sign = |header: Value| hs256_with_header(header, claims("typed"));
+    assert_eq!(status(&config, chat(&sign(json!({"alg": "HS256", "crit": ["exp"]})), "llama")).0, 401, "crit");
+    for typ in [json!(null), json!("JWT"), json!("at+jwt"), json!("application/at+JWT")] {
+        let mut header = json!({"alg": "HS256"});
+        if !typ.is_null() {
+            header["typ"] = typ.clone();
+        }
+        assert_eq!(status(&config, chat(&sign(header), "llama")).0, 200, "default accepts {typ}");
+    }
+    for typ in ["id+jwt", "logout+jwt", "dpop+jwt"] {
+        assert_eq!(status(&config, chat(&sign(json!({"alg": "HS256", "typ": typ})), "llama")).0, 401, "{typ}");
+    }
+    // An operator whose identity provider marks access tokens (RFC 9068) refuses everything else,
+    // such as an ID token of the same issuer and audience.
+    let strict = jwt_config(json!({"typ": ["at+jwt"]}));
+    assert_eq!(status(&strict, chat(&sign(json!({"alg": "HS256", "typ": "at+jwt"})), "llama")).0, 200);
+    assert_eq!(status(&strict, chat(&sign(json!({"alg": "HS256", "typ": "JWT"})), "llama")).0, 401);
+    assert_eq!(status(&strict, chat(&sign(json!({"alg": "HS256"})), "llama")).0, 401);
+}
+
+#[test]
+fn refuses_the_high_s_twin_of_a_valid_es256_signature() {
+    use p256::ecdsa::Signature;
+    let config = jwt_config(json!({}));
+    let valid = token("es256_valid");
+    let (signed, signature) = valid.rsplit_once('.').unwrap();
+    let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    let (r, s) = signature.split_scalars();
+    let twin = Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    assert!(twin.normalize_s().is_some(), "the twin is high-S");
+    let malleated = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()));
+    assert_eq!(status(&config, chat(&valid, "llama")).0, 200);
+    assert_eq!(status(&config, chat(&malleated, "llama")).0, 401);
 }

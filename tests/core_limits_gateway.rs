@@ -117,7 +117,8 @@ fn every_way_a_request_can_end_releases_its_slot() {
         ("stream reset mid-way", Script::Answer {
             status: 200,
             headers: vec![("content-type", "text/event-stream")],
-            chunks: vec![Ok(ROLE.into()), Err(BodyError("reset".into()))],
+            after_ms: 0,
+            chunks: vec![(0, Ok(ROLE.into())), (0, Err(BodyError("reset".into())))],
         }, true),
         ("stream without [DONE]", Script::sse(&[ROLE, TOKEN]), true),
         ("backend never answers (timeout)", Script::Hang, true),
@@ -125,7 +126,6 @@ fn every_way_a_request_can_end_releases_its_slot() {
     for (name, script, stream) in endings {
         let (gw, upstream, runtime, store) = gateway_with_store();
         let config = config();
-        runtime.timeouts_fire.set(matches!(script, Script::Hang));
         upstream.push(script);
         let body = if stream { stream_chat() } else { CHAT.to_string() };
         let _ = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
@@ -231,4 +231,101 @@ fn a_stream_that_ends_normally_stops_watching_for_a_disconnect() {
     // settlement runs once.
     assert_eq!(runtime.run_spawned(), 2);
     assert!(store.state("key:gamma").leases.is_empty());
+}
+
+#[test]
+fn concurrent_requests_sharing_one_request_id_each_need_their_own_slot() {
+    // The lease is named by the gateway, never by the caller's x-request-id: six streams with one
+    // id against max_in_flight 1 must not all get in, nor free each other's slot.
+    let (gw, upstream, runtime, store) = gateway_with_store();
+    let config = config();
+    let with_id = |body: &str| {
+        let mut request = post_chat(METERED_KEY, body);
+        request.headers.set("x-request-id", "same-id");
+        request
+    };
+    upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
+    let open = run(gw.handle(Ok(&config), with_id(&stream_chat())));
+    assert_eq!(open.status, 200);
+    for _ in 0..5 {
+        upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
+        assert_eq!(run(gw.handle(Ok(&config), with_id(&stream_chat()))).status, 429);
+    }
+    let leases = store.state("key:gamma").leases;
+    let held: Vec<&String> = leases.values().flat_map(|l| l.keys()).collect();
+    assert_eq!(held.len(), 1);
+    assert_ne!(held[0], "same-id", "the lease id is the gateway's own");
+    drop(open);
+    runtime.run_spawned();
+    assert!(store.state("key:gamma").leases.is_empty());
+}
+
+/// A request whose client goes away after `ms` of virtual time.
+fn leaving_after(ms: u64, body: &str) -> Request {
+    let mut request = post_chat(METERED_KEY, body);
+    request.disconnected = Some(Box::pin(sleep(ms)));
+    request
+}
+
+#[test]
+fn a_client_that_leaves_while_the_backend_works_aborts_it_and_frees_its_budget() {
+    let thinking_stream = Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks: vec![(50_000, Ok(ROLE.into()))] };
+    let cases: Vec<(&str, Script, String)> = vec![
+        ("a long non-stream generation", Script::json(200, COMPLETION).after(50_000), CHAT.to_string()),
+        ("a stream before its first byte", thinking_stream, stream_chat()),
+        ("a backend that has not answered at all", Script::Hang, CHAT.to_string()),
+    ];
+    for (name, script, body) in cases {
+        let (gw, upstream, runtime, store) = gateway_with_store();
+        let config = config();
+        upstream.push(script);
+        let response = run(gw.handle(Ok(&config), leaving_after(100, &body)));
+        assert_eq!(response.status, 499, "{name}");
+        assert_eq!(runtime.now() - T0, 100, "{name}: handled the moment the client left");
+        assert_eq!(upstream.closed.get(), 1, "{name}: the backend request was aborted");
+        runtime.run_spawned();
+        assert!(store.state("key:gamma").leases.is_empty(), "{name}: the slot is free at once");
+        let line = runtime.records().pop().unwrap();
+        assert_eq!((line["status"].as_u64(), line["error"].as_str()), (Some(499), Some("client_closed")), "{name}");
+        // Charged the prompt the backend may have read (10 tokens, of which 100 ms of refill at
+        // 1000/min gave back 1.7), not the 110 it was admitted on.
+        upstream.push(Script::json(200, COMPLETION));
+        let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+        assert_eq!(status, 200, "{name}: the key's next request is admitted");
+        assert_eq!(1000 - 110 - tokens_remaining(&headers), 9, "{name}");
+    }
+}
+
+#[test]
+fn anonymous_ipv6_callers_share_a_budget_per_64_and_mapped_ipv4_is_ipv4() {
+    let (gw, upstream, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":2}"#);
+    let statuses: Vec<u16> = ["2001:db8:1:2::1", "2001:db8:1:2::2", "[2001:db8:1:2:ffff::3]", "2001:0db8:0001:0002:aaaa::9", "2001:db8:1:2::5"]
+        .into_iter()
+        .map(|ip| {
+            upstream.push(Script::json(200, COMPLETION));
+            text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip))))).0
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429], "one /64, one budget");
+    upstream.push(Script::json(200, COMPLETION));
+    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("2001:db8:1:3::1"))))).0, 200, "the next /64 is someone else");
+
+    for ip in ["198.51.100.4", "::ffff:198.51.100.4"] {
+        upstream.push(Script::json(200, COMPLETION));
+        text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip)))));
+    }
+    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.4"))))).0, 429, "a mapped address is the same caller");
+}
+
+#[test]
+fn an_anonymous_caller_without_a_platform_address_is_refused_not_pooled() {
+    let (gw, upstream, _) = gateway();
+    let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":100}"#);
+    for ip in [None, Some("unknown"), Some("")] {
+        upstream.push(Script::json(200, COMPLETION));
+        let (status, _, body) = text(run(gw.handle(Ok(&config), anonymous_chat(ip))));
+        assert_eq!(status, 401, "{ip:?}: {body}");
+    }
+    assert!(upstream.sent.borrow().is_empty());
 }

@@ -1,7 +1,7 @@
 //! The SSE scanner: same results for a recorded stream split at every byte offset.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_gateway::core::sse::{SseScanner, Usage};
+use edge_gateway::core::sse::{SseScanner, Stop, Usage};
 
 const RECORDED: &str = include_str!("fixtures/vllm_stream_with_usage.sse");
 const USAGE_EVENT_START: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"llama\",\"choices\":[],";
@@ -116,14 +116,62 @@ fn refuses_an_event_larger_than_the_cap() {
 fn memory_stays_flat_over_a_long_stream() {
     let event = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"}}]}\n\n";
     let mut scanner = SseScanner::new(true, 1 << 10);
+    let (mut fed, mut forwarded) = (0usize, 0usize);
     for i in 0..100_000 {
         // Feed each event in two halves so the scanner must hold a tail every time.
         let (a, b) = event.split_at(20 + i % 30);
-        scanner.feed(a.to_vec()).unwrap();
-        assert_eq!(scanner.feed(b.to_vec()).unwrap().len() % event.len(), 0);
+        for piece in [a, b] {
+            fed += piece.len();
+            forwarded += scanner.feed(piece.to_vec()).unwrap().len();
+            assert!(scanner.buffered() < event.len(), "holds at most the one incomplete event");
+        }
+        assert_eq!(forwarded, fed, "every byte fed is forwarded once its event is complete");
     }
     assert_eq!(scanner.finish(), Vec::<u8>::new());
     assert_eq!(scanner.events(), 100_000);
+}
+
+#[test]
+fn a_large_event_dripped_one_byte_at_a_time_is_scanned_in_linear_time() {
+    // 1 MiB in one event, fed byte by byte: re-copying the held tail per byte would be ~500 GB of
+    // copying (the old scanner never finished this); amortised appends keep it to a few MiB.
+    // `make bench` times the 4 MiB case.
+    let payload = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(1 << 20));
+    let mut scanner = SseScanner::new(false, 8 << 20);
+    let mut out = Vec::new();
+    let mut peak = 0;
+    for byte in payload.as_bytes() {
+        out.extend(scanner.feed(vec![*byte]).unwrap());
+        peak = peak.max(scanner.buffered());
+    }
+    assert_eq!(out, payload.as_bytes());
+    assert!(peak < payload.len());
+    assert_eq!(scanner.buffered(), 0);
+}
+
+#[test]
+fn stops_at_the_backends_error_event_and_keeps_its_cleaned_message() {
+    let vllm = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\": {\"message\": \"CUDA error at /srv/model.py:42 (http://10.1.2.3:8000)\", \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}\n\ndata: [DONE]\n\n";
+    let legacy = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"object\":\"error\",\"message\":\"engine died\",\"type\":\"InternalServerError\",\"param\":null,\"code\":500}\n\ndata: [DONE]\n\n";
+    for (stream, expected) in [(&vllm[..], "CUDA error at [redacted] [redacted]"), (&legacy[..], "engine died")] {
+        let whole = scan(&[stream], false);
+        for cut in 0..=stream.len() {
+            let (out, scanner) = scan(&[&stream[..cut], &stream[cut..]], false);
+            assert_eq!(out, whole.0, "cut at {cut}");
+            assert_eq!(out, b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", "nothing from the error on is relayed");
+            assert_eq!(scanner.stopped(), Some(&Stop::BackendError(Some(expected.to_string()))), "cut at {cut}");
+            assert!(!scanner.done(), "the [DONE] after it is not relayed");
+        }
+    }
+}
+
+#[test]
+fn the_word_error_in_content_or_finish_reason_is_not_an_error_event() {
+    let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"error\"},\"finish_reason\":\"error\"}],\"error\":null}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"an \\\"error\\\" here\"}}]}\n\ndata: [DONE]\n\n";
+    let (out, scanner) = scan(&[stream], false);
+    assert_eq!(out, stream);
+    assert_eq!(scanner.stopped(), None);
+    assert!(scanner.done());
 }
 
 #[test]

@@ -2,20 +2,38 @@
 //! JSON object the backend can parse, with the caps it promised.
 #![no_main]
 
-use edge_gateway::core::config::RequestLimits;
+use edge_gateway::core::config::{Backend, RequestLimits};
 use edge_gateway::core::validate::validate_chat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = RequestLimits { max_body_bytes: 1 << 20, max_messages: 8, max_content_bytes: 4096, max_tokens: 512, max_n: 2 };
+    let limits = RequestLimits { max_body_bytes: 1 << 20, max_messages: 8, max_content_bytes: 4096, max_tokens: 512, max_n: 2, allow_remote_media: false };
+    let backend = |max_model_len| Backend {
+        name: "b".into(),
+        base_url: "http://b".into(),
+        models: vec![],
+        api_key: None,
+        health_path: "/health".into(),
+        priority: 0,
+        weight: 1,
+        max_model_len,
+    };
     if let Ok(chat) = validate_chat(data, &limits) {
-        let sent: serde_json::Value = serde_json::from_slice(&chat.upstream_body).expect("upstream body is JSON");
-        assert!(sent.is_object());
-        assert!(chat.max_tokens >= 1 && chat.max_tokens <= 512);
-        assert!(chat.choices >= 1 && chat.choices <= 2);
-        assert!(chat.content_bytes <= 4096);
-        if chat.stream {
-            assert_eq!(sent["stream_options"]["include_usage"], true);
+        for context in [None, Some(64), Some(4096)] {
+            let sent: serde_json::Value = serde_json::from_slice(&chat.upstream_body(&backend(context), 512)).expect("upstream body is JSON");
+            assert!(sent.is_object());
+            if chat.stream {
+                assert_eq!(sent["stream_options"]["include_usage"], true);
+            }
+            // Whatever is sent stays within the cap, and the estimate covers it.
+            let sent_max = ["max_tokens", "max_completion_tokens"].iter().filter_map(|f| sent[*f].as_u64()).max();
+            if let Some(m) = sent_max {
+                assert!(m >= 1 && m <= 512);
+            }
+            let estimate = chat.token_estimate([&backend(context)], 512);
+            assert!(estimate >= chat.prompt_estimate() + sent_max.unwrap_or(0) * u64::from(chat.choices));
         }
+        assert!(chat.choices >= 1 && chat.choices <= 2);
+        assert!(chat.text_bytes <= 4096);
     }
 });

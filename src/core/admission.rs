@@ -11,68 +11,41 @@ use super::error::{GatewayError, RateLimitKind};
 use super::limits::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
 use super::runtime::Runtime;
 use super::store::LimitStore;
-use super::validate::ValidatedChat;
 
 pub const REQUESTS: &str = "requests";
 pub const TOKENS: &str = "tokens";
 pub const IN_FLIGHT: &str = "in_flight";
 
-/// Which budget a decision is about (and which `x-ratelimit-*` family reports it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Requests,
-    Tokens,
-    InFlight,
-}
-
-impl LimitKind {
-    /// The `x-ratelimit-*-{suffix}` family, if OpenAI has one for this budget.
-    pub fn header_suffix(self) -> Option<&'static str> {
-        match self {
-            LimitKind::Requests => Some("requests"),
-            LimitKind::Tokens => Some("tokens"),
-            LimitKind::InFlight => None,
-        }
-    }
-
-    fn error_kind(self) -> RateLimitKind {
-        match self {
-            LimitKind::Requests => RateLimitKind::Requests,
-            LimitKind::Tokens => RateLimitKind::Tokens,
-            LimitKind::InFlight => RateLimitKind::Concurrency,
-        }
-    }
-}
-
 /// What one request asks of its caller's limits.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub admission: Admission,
-    kinds: Vec<LimitKind>,
+    kinds: Vec<RateLimitKind>,
     token_rule: Option<Rule>,
     estimate: u64,
 }
 
 impl Plan {
-    /// The takes and lease for `chat` under `policy`; the lease (named after the request id)
-    /// expires after `lease_ttl_ms` if never released.
-    pub fn new(policy: &LimitPolicy, chat: &ValidatedChat, request_id: &str, lease_ttl_ms: u64) -> Plan {
-        let estimate = chat.token_estimate();
+    /// The takes and lease for a request that may cost `estimate` tokens under `policy`. The lease
+    /// is named `lease_id` — random, made by the gateway: a caller-chosen id (its `x-request-id`)
+    /// would let concurrent requests share one slot — and expires after `lease_ttl_ms` if never
+    /// released.
+    pub fn new(policy: &LimitPolicy, estimate: u64, lease_id: &str, lease_ttl_ms: u64) -> Plan {
         let mut takes = Vec::new();
         let mut kinds = Vec::new();
         if let Some(rpm) = policy.requests_per_minute {
             takes.push(Take { bucket: REQUESTS.into(), rule: Rule::per_minute(rpm), cost: 1 });
-            kinds.push(LimitKind::Requests);
+            kinds.push(RateLimitKind::Requests);
         }
         let token_rule = policy.tokens_per_minute.map(Rule::per_minute);
         if let Some(rule) = token_rule {
             let cost = u32::try_from(estimate).unwrap_or(u32::MAX);
             takes.push(Take { bucket: TOKENS.into(), rule, cost });
-            kinds.push(LimitKind::Tokens);
+            kinds.push(RateLimitKind::Tokens);
         }
         let lease = policy.max_in_flight.map(|max| Lease {
             bucket: IN_FLIGHT.into(),
-            id: request_id.to_string(),
+            id: lease_id.to_string(),
             max,
             ttl_ms: lease_ttl_ms,
         });
@@ -84,17 +57,17 @@ impl Plan {
     }
 
     /// Pairs the store's decisions with their budgets, and the 429 if any refused.
-    pub fn outcome(&self, admitted: &Admitted) -> (Vec<(LimitKind, Decision)>, Option<GatewayError>) {
-        let mut decisions: Vec<(LimitKind, Decision)> =
+    pub fn outcome(&self, admitted: &Admitted) -> (Vec<(RateLimitKind, Decision)>, Option<GatewayError>) {
+        let mut decisions: Vec<(RateLimitKind, Decision)> =
             self.kinds.iter().copied().zip(admitted.decisions.iter().copied()).collect();
         if let Some(lease) = admitted.lease {
-            decisions.push((LimitKind::InFlight, lease));
+            decisions.push((RateLimitKind::Concurrency, lease));
         }
         let refusal = decisions.iter().find(|(_, d)| !d.allowed).map(|(kind, d)| {
             // A cost above the whole limit can never be admitted: say so instead of "wait".
             let never = d.retry_after_ms == u64::MAX;
             GatewayError::RateLimited {
-                limit: kind.error_kind(),
+                limit: *kind,
                 retry_after_ms: if never { 60_000 } else { d.retry_after_ms },
                 // The OpenAI SDKs give up on waits over two minutes; say so rather than make them try.
                 will_refill_soon: !never && d.retry_after_ms <= 120_000,
@@ -116,13 +89,15 @@ impl Plan {
             release: self.admission.lease.as_ref().map(|l| (l.bucket.clone(), l.id.clone())),
             tokens: self.token_rule.map(|rule| (rule, self.estimate)),
             prompt_estimate,
+            sent: false,
             settled: false,
         }
     }
 }
 
 /// Settles an admitted request exactly once: explicitly with what it used, or — if dropped
-/// first, because the request failed before the backend produced anything — with nothing used.
+/// first — with nothing used, or its prompt when it was dropped after reaching a backend (the
+/// client left while the backend was working).
 pub struct Settler<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> {
     store: S,
     runtime: R,
@@ -130,13 +105,21 @@ pub struct Settler<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static
     release: Option<(String, String)>,
     tokens: Option<(Rule, u64)>,
     prompt_estimate: u64,
+    /// Whether the request reached a backend, which may then have spent GPU time on its prompt.
+    sent: bool,
     settled: bool,
 }
 
 impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R> {
-    /// The request used `tokens` (prompt plus completion) in total.
+    /// The request used `tokens` (prompt plus completion) in total; 0 for one that failed
+    /// before a backend generated anything.
     pub fn settle(mut self, tokens: u64) {
         self.settle_once(tokens);
+    }
+
+    /// The request is about to reach a backend: from now on a drop charges its prompt.
+    pub fn sent(&mut self) {
+        self.sent = true;
     }
 
     /// What a stream cut short is charged when its usage never arrived: the prompt estimate plus
@@ -179,7 +162,9 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
 
 impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Drop for Settler<S, R> {
     fn drop(&mut self) {
-        // Not settled explicitly: the request failed before the backend produced anything.
-        self.settle_once(0);
+        // Not settled explicitly: the request was abandoned (the client left), before or while a
+        // backend worked on it.
+        let used = if self.sent { self.prompt_estimate } else { 0 };
+        self.settle_once(used);
     }
 }

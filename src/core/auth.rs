@@ -1,14 +1,16 @@
-//! Who is calling: API keys from `Authorization: Bearer …` or `api-key:`, checked against hashes.
+//! Who is calling: one API key (`Authorization: Bearer …`, `api-key:` or `x-api-key:`) checked
+//! against hashes, a signed token, or — for the anonymous tier — the client's network.
 //!
 //! Keys are configured as SHA-256 hashes, so a leaked config leaks no key; the presented key is
 //! hashed and compared in constant time against every configured hash.
 
 use super::config::{ApiKey, Config, LimitPolicy, ModelAccess};
-use super::jwt::looks_like_jwt;
-use std::borrow::Cow;
 use super::error::GatewayError;
 use super::http::Headers;
+use super::jwt::looks_like_jwt;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// Who is calling, once authenticated; later steps take this instead of a raw request.
 #[derive(Debug, Clone)]
@@ -22,28 +24,32 @@ pub struct Caller<'a> {
 }
 
 /// Identifies the caller: a valid API key, or a valid token when JWTs are enabled; or, with no
-/// credentials at all and the anonymous tier enabled, the client IP the platform vouches for.
-/// Wrong credentials are always a 401. `now_ms` checks token expiry.
+/// credentials at all and the anonymous tier enabled, the client address the platform vouches for
+/// (IPv4 by address, IPv6 by its /64, which one subscriber usually holds whole). Wrong, unreadable
+/// or several credentials are always a 401, and so is an anonymous caller whose address the
+/// platform did not give. `now_ms` checks token expiry.
 pub fn identify<'a>(
     headers: &Headers,
     client_ip: Option<&str>,
     config: &'a Config,
     now_ms: u64,
 ) -> Result<Caller<'a>, GatewayError> {
-    let presented = presented_key(headers);
-    if presented.is_none() && !has_credentials(headers) {
-        if let Some(anonymous) = &config.anonymous {
+    let presented = match presented_credential(headers)? {
+        Some(credential) => credential,
+        None => {
+            let anonymous = config.anonymous.as_ref().ok_or(GatewayError::InvalidApiKey)?;
+            let network = client_ip.and_then(client_network).ok_or(GatewayError::InvalidApiKey)?;
             return Ok(Caller {
                 id: Cow::Borrowed("anonymous"),
-                scope: format!("ip:{}", client_ip.unwrap_or("unknown")),
+                scope: format!("ip:{network}"),
                 models: Cow::Borrowed(&anonymous.models),
                 limits: &anonymous.limits,
             });
         }
-    }
-    if let (Some(token), Some(jwt)) = (presented, &config.jwt) {
-        if looks_like_jwt(token) {
-            let claims = jwt.verifier.verify(token, now_ms / 1000).map_err(|_| GatewayError::InvalidApiKey)?;
+    };
+    if let Some(jwt) = &config.jwt {
+        if looks_like_jwt(presented) {
+            let claims = jwt.verifier.verify(presented, now_ms / 1000).map_err(|_| GatewayError::InvalidApiKey)?;
             let models = match claims.models {
                 // The token narrows what the configuration allows; it never widens it.
                 Some(named) => Cow::Owned(ModelAccess::Only(named.into_iter().filter(|m| jwt.models.allows(m)).collect())),
@@ -53,7 +59,7 @@ pub fn identify<'a>(
             return Ok(Caller { scope: id.clone(), id: Cow::Owned(id), models, limits: &jwt.limits });
         }
     }
-    let key = authenticate(headers, &config.api_keys)?;
+    let key = find_key(presented, &config.api_keys)?;
     Ok(Caller {
         id: Cow::Borrowed(&key.id),
         scope: format!("key:{}", key.id),
@@ -62,13 +68,49 @@ pub fn identify<'a>(
     })
 }
 
-fn has_credentials(headers: &Headers) -> bool {
-    headers.get("authorization").is_some() || headers.get("api-key").is_some()
+/// Headers that carry a caller's credential: `Authorization: Bearer`, Azure's `api-key`,
+/// Anthropic's `x-api-key`.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+
+/// The one credential the request presents; `None` when it presents none at all. More than one
+/// credential header (or one header twice), a scheme other than Bearer, or a value that is not a
+/// token (RFC 6750's `b64token`: letters, digits, `-._~+/`, trailing `=`) is refused, so every
+/// platform judges the same bytes the same way.
+fn presented_credential(headers: &Headers) -> Result<Option<&str>, GatewayError> {
+    let mut found = None;
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            if found.is_some() {
+                return Err(GatewayError::InvalidApiKey);
+            }
+            let value = value.trim();
+            let token = if name == "authorization" {
+                let (scheme, rest) = value.split_once(' ').ok_or(GatewayError::InvalidApiKey)?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(GatewayError::InvalidApiKey);
+                }
+                rest.trim()
+            } else {
+                value
+            };
+            if !is_token(token) {
+                return Err(GatewayError::InvalidApiKey);
+            }
+            found = Some(token);
+        }
+    }
+    Ok(found)
 }
 
-/// Finds the key the request presents, or refuses it with 401.
-pub fn authenticate<'a>(headers: &Headers, keys: &'a [ApiKey]) -> Result<&'a ApiKey, GatewayError> {
-    let presented = presented_key(headers).ok_or(GatewayError::InvalidApiKey)?;
+fn is_token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && token.len() <= 8192
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// The key whose hash matches, compared against every key in constant time.
+fn find_key<'a>(presented: &str, keys: &'a [ApiKey]) -> Result<&'a ApiKey, GatewayError> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Compare against every key so the time taken does not depend on which one matched.
     let mut found = None;
@@ -80,14 +122,21 @@ pub fn authenticate<'a>(headers: &Headers, keys: &'a [ApiKey]) -> Result<&'a Api
     found.ok_or(GatewayError::InvalidApiKey)
 }
 
-/// The key from `Authorization: Bearer <key>` (scheme case-insensitive) or `api-key: <key>`.
-fn presented_key(headers: &Headers) -> Option<&str> {
-    if let Some(value) = headers.get("authorization") {
-        let value = value.trim();
-        let (scheme, rest) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|k| !k.is_empty());
-    }
-    headers.get("api-key").map(str::trim).filter(|k| !k.is_empty())
+/// The network an anonymous caller is limited as: an IPv4 address, or the /64 of an IPv6 one
+/// (an IPv4-mapped IPv6 address is its IPv4 address). `None` if the platform's value is not an
+/// address.
+pub fn client_network(ip: &str) -> Option<String> {
+    let ip: IpAddr = ip.trim().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    })
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -1,8 +1,9 @@
 //! Which backend serves a request, and in which order the others are tried if it fails.
 //!
 //! Lower `priority` first (a fallback tier); within a priority, a weighted random order, so
-//! `weight` shares traffic. Passive health: a backend that fails `eject_after` times in a row —
-//! or whose `/readyz` probe fails — is ejected for `eject_for_ms` and skipped meanwhile.
+//! `weight` shares traffic. Passive health: a backend that fails `eject_after` times in a row is
+//! ejected for `eject_for_ms` and skipped meanwhile. Only real traffic counts: `/readyz` probes
+//! neither eject nor reinstate (see [`super::health`]).
 //! On Workers the book lives as long as the isolate (each isolate its own view, as with any
 //! proxy's outlier detection). Where instances live for one request (Spin), the adapter loads the
 //! book from a shared store and writes back the book's journal of what happened.
@@ -110,15 +111,6 @@ impl HealthBook {
         health.ejected_until_ms > now_ms
     }
 
-    /// Ejects at once (a failed readiness probe).
-    pub fn eject(&self, backend: &str, now_ms: u64, breaker: Breaker) {
-        self.load();
-        self.note(HealthEvent::Ejected { backend: backend.to_string(), until_ms: now_ms.saturating_add(breaker.eject_for_ms) });
-        let mut backends = self.backends.borrow_mut();
-        let health = backends.entry(backend.to_string()).or_default();
-        health.ejected_until_ms = health.ejected_until_ms.max(now_ms.saturating_add(breaker.eject_for_ms));
-    }
-
     fn ejected_until(&self, backend: &str) -> u64 {
         self.load();
         self.backends.borrow().get(backend).map_or(0, |h| h.ejected_until_ms)
@@ -142,8 +134,10 @@ pub fn attempt_order<'a>(
     let mut healthy: Vec<&Backend> = serving.iter().copied().filter(|b| !health.is_ejected(&b.name, now_ms)).collect();
     if healthy.is_empty() {
         let back_at = serving.iter().map(|b| health.ejected_until(&b.name)).min().unwrap_or(now_ms);
+        let wait_ms = back_at.saturating_sub(now_ms).max(1);
         return Err(GatewayError::ServiceUnavailable {
-            message: format!("Every backend for `{model}` is failing; retry in {}s.", (back_at - now_ms).div_ceil(1000).max(1)),
+            message: format!("Every backend for `{model}` is failing; retry in {}s.", wait_ms.div_ceil(1000)),
+            retry_after_ms: Some(wait_ms),
         });
     }
     healthy.sort_by_key(|b| b.priority);

@@ -47,6 +47,8 @@ pub mod vars {
     pub const JWT: &str = "GATEWAY_JWT";
     pub const PLAYGROUND: &str = "GATEWAY_PLAYGROUND";
     pub const REDIS_URL: &str = "GATEWAY_REDIS_URL";
+    pub const ALLOW_REMOTE_MEDIA: &str = "GATEWAY_ALLOW_REMOTE_MEDIA";
+    pub const READYZ_CACHE_MS: &str = "GATEWAY_READYZ_CACHE_MS";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -101,6 +103,9 @@ pub struct Backend {
     pub priority: u32,
     /// Share of traffic among healthy backends of the same priority.
     pub weight: u32,
+    /// The backend's context length (vLLM's `--max-model-len`), when declared: a `max_tokens`
+    /// the gateway injects is kept within it (see [`super::validate::ValidatedChat::injection`]).
+    pub max_model_len: Option<u32>,
 }
 
 impl Backend {
@@ -184,6 +189,8 @@ pub struct RequestLimits {
     /// Upper bound for `max_tokens`/`max_completion_tokens`; injected when the client sends none.
     pub max_tokens: u32,
     pub max_n: u32,
+    /// Whether media parts may name `http(s)` URLs, which the backend would fetch itself.
+    pub allow_remote_media: bool,
 }
 
 /// How long the gateway waits.
@@ -199,6 +206,8 @@ pub struct Timeouts {
     pub health_ms: u64,
     /// The whole request, stream included; also how long an in-flight slot can be held.
     pub total_ms: u64,
+    /// How long a `/readyz` probe round is reused before backends are probed again.
+    pub readyz_cache_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +225,8 @@ struct RawBackend {
     priority: u32,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default)]
+    max_model_len: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -274,6 +285,7 @@ impl Config {
                 as usize,
             max_tokens: number(lookup, vars::MAX_TOKENS, 4096, 1, 10_000_000)? as u32,
             max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,
+            allow_remote_media: flag(lookup, vars::ALLOW_REMOTE_MEDIA)?,
         };
         let timeouts = Timeouts {
             connect_ms: number(lookup, vars::CONNECT_TIMEOUT_MS, 10_000, 1, 3_600_000)?,
@@ -281,6 +293,7 @@ impl Config {
             idle_ms: number(lookup, vars::IDLE_TIMEOUT_MS, 30_000, 1, 3_600_000)?,
             health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
             total_ms: number(lookup, vars::TOTAL_TIMEOUT_MS, 600_000, 1, 86_400_000)?,
+            readyz_cache_ms: number(lookup, vars::READYZ_CACHE_MS, 5_000, 0, 3_600_000)?,
         };
         if timeouts.first_byte_ms > timeouts.total_ms {
             return Err(ConfigError(format!(
@@ -303,6 +316,11 @@ impl Config {
         };
         let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
         Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
+    }
+
+    /// The backends that serve `model`.
+    pub fn backends_serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
+        self.backends.iter().filter(move |b| b.serves(model))
     }
 
     /// Every model some backend serves, each once, in configured order.
@@ -389,6 +407,9 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
         if b.weight == 0 {
             return Err(ConfigError(format!("{at}.weight must be at least 1")));
         }
+        if b.max_model_len == Some(0) {
+            return Err(ConfigError(format!("{at}.max_model_len must be at least 1")));
+        }
         backends.push(Backend {
             name: b.name,
             base_url: url.to_string(),
@@ -397,6 +418,7 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
             health_path,
             priority: b.priority,
             weight: b.weight,
+            max_model_len: b.max_model_len,
         });
     }
     Ok(backends)
@@ -483,6 +505,9 @@ struct RawJwt {
     tokens_per_minute: Option<u32>,
     #[serde(default)]
     max_in_flight: Option<u32>,
+    /// Accepted `typ` header values; absent: none, `JWT` or `at+jwt`.
+    #[serde(default)]
+    typ: Option<Vec<String>>,
 }
 
 fn default_leeway() -> u64 {
@@ -545,6 +570,7 @@ fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth
             audience: raw.audience,
             leeway_s: raw.leeway_s.min(600),
             models_claim: raw.models_claim,
+            accepted_types: raw.typ,
         },
         models: model_access(&raw.models, backends, name)?,
         limits: caller.limits(name)?,

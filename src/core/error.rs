@@ -1,8 +1,10 @@
-//! Every failure the gateway can answer with, and the one place that renders it.
+//! Every failure the gateway can answer with, and the one place that renders it: status, OpenAI
+//! `type`/`code`, message, and the headers that go with it (`retry-after`, `allow`).
 //!
 //! Each variant knows its HTTP status and its OpenAI `type`/`code`, so handlers only say *what*
 //! went wrong. Messages never carry a secret, a backend URL or a backend's raw error body.
 
+use super::http::Response;
 use serde::Serialize;
 
 /// A failure, with enough detail to render an OpenAI-shaped error.
@@ -22,16 +24,16 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     /// A rate limit refused the request; `retry_after_ms` says when it may succeed.
     RateLimited { limit: RateLimitKind, retry_after_ms: u64, will_refill_soon: bool },
-    /// The backend answered 429 itself.
+    /// The backend answered 429 itself; its `Retry-After`, clamped (see [`MAX_RETRY_AFTER_S`]).
     UpstreamBusy { retry_after_s: Option<u64> },
     /// The backend could not be reached, or answered with an error or garbage.
     Upstream { message: String },
-    /// The backend rejected the request as invalid; its message is safe to show.
+    /// The backend refused the request as the caller's fault (a 4xx); its cleaned message.
     UpstreamRejected { status: u16, message: String },
-    /// No backend is configured or healthy for this model.
-    ServiceUnavailable { message: String },
-    /// The backend did not answer in time.
-    UpstreamTimeout,
+    /// No backend is configured or healthy for this model; when one is expected back, how soon.
+    ServiceUnavailable { message: String, retry_after_ms: Option<u64> },
+    /// The backend did not get as far as `phase` in time.
+    UpstreamTimeout { phase: TimeoutPhase },
     /// A configuration variable is missing or invalid; the message names it.
     Config { message: String },
     /// Something inside the gateway failed (e.g. the limit store); `detail` is logged, never sent.
@@ -45,6 +47,46 @@ pub enum RateLimitKind {
     Tokens,
     Concurrency,
 }
+
+impl RateLimitKind {
+    /// The `x-ratelimit-*-{suffix}` family, if OpenAI has one for this budget.
+    pub fn header_suffix(self) -> Option<&'static str> {
+        match self {
+            RateLimitKind::Requests => Some("requests"),
+            RateLimitKind::Tokens => Some("tokens"),
+            RateLimitKind::Concurrency => None,
+        }
+    }
+}
+
+/// The phase of a backend call that took too long (see README "Timeouts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// A stream's response headers (`GATEWAY_CONNECT_TIMEOUT_MS`): the backend never took the request.
+    Connect,
+    /// A stream's first bytes (`GATEWAY_FIRST_BYTE_TIMEOUT_MS`): time to first token.
+    FirstByte,
+    /// The gap between two chunks of a stream (`GATEWAY_IDLE_TIMEOUT_MS`).
+    Idle,
+    /// The whole answer (`GATEWAY_TOTAL_TIMEOUT_MS`): a non-stream completion, or a stream's end.
+    Total,
+}
+
+impl TimeoutPhase {
+    /// For the log line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstByte => "first_byte",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Total => "total",
+        }
+    }
+}
+
+/// Longest wait we pass on from a backend's `Retry-After`: beyond it a client had better look
+/// elsewhere than sleep.
+pub const MAX_RETRY_AFTER_S: u64 = 3600;
 
 impl GatewayError {
     /// Shorthand for a 400 about one JSON path.
@@ -68,7 +110,7 @@ impl GatewayError {
             GatewayError::Upstream { .. } => 502,
             GatewayError::UpstreamRejected { status, .. } => *status,
             GatewayError::ServiceUnavailable { .. } => 503,
-            GatewayError::UpstreamTimeout => 504,
+            GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Config { .. } | GatewayError::Internal { .. } => 500,
         }
     }
@@ -80,14 +122,14 @@ impl GatewayError {
             GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => "requests",
             GatewayError::Upstream { .. }
             | GatewayError::ServiceUnavailable { .. }
-            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamTimeout { .. }
             | GatewayError::Config { .. }
             | GatewayError::Internal { .. } => "api_error",
             _ => "invalid_request_error",
         }
     }
 
-    /// OpenAI's error `code`, when it has one.
+    /// OpenAI's error `code`, when it has one (also the low-cardinality label in logs).
     pub fn code(&self) -> Option<&'static str> {
         match self {
             GatewayError::InvalidApiKey => Some("invalid_api_key"),
@@ -103,7 +145,7 @@ impl GatewayError {
                 Some("upstream_error")
             }
             GatewayError::ServiceUnavailable { .. } => Some("service_unavailable"),
-            GatewayError::UpstreamTimeout => Some("upstream_timeout"),
+            GatewayError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             GatewayError::Config { .. } => Some("configuration_error"),
             GatewayError::Internal { .. } => Some("internal_error"),
         }
@@ -122,7 +164,7 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::InvalidApiKey => {
-                "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.".into()
+                "Incorrect or missing API key. Send one key as `Authorization: Bearer <key>`.".into()
             }
             GatewayError::ModelNotFound { model } => {
                 format!("The model `{model}` does not exist or you do not have access to it.")
@@ -130,7 +172,7 @@ impl GatewayError {
             GatewayError::InvalidRequest { message, .. }
             | GatewayError::Upstream { message }
             | GatewayError::UpstreamRejected { message, .. }
-            | GatewayError::ServiceUnavailable { message }
+            | GatewayError::ServiceUnavailable { message, .. }
             | GatewayError::Config { message }
             | GatewayError::Internal { message, .. } => message.clone(),
             GatewayError::RequestTooLarge { limit_bytes } => {
@@ -154,14 +196,33 @@ impl GatewayError {
             GatewayError::UpstreamBusy { .. } => {
                 "The inference backend is at capacity. Please retry shortly.".into()
             }
-            GatewayError::UpstreamTimeout => "The inference backend did not answer in time.".into(),
+            GatewayError::UpstreamTimeout { phase } => match phase {
+                TimeoutPhase::Connect => "The inference backend did not accept the request in time.",
+                TimeoutPhase::FirstByte => "The inference backend did not start answering in time.",
+                TimeoutPhase::Idle => "The inference backend stopped sending the stream in time.",
+                TimeoutPhase::Total => "The inference backend did not finish the answer in time.",
+            }
+            .into(),
         }
     }
 
     /// What operators should see in the log beyond the client's message.
-    pub fn detail(&self) -> Option<&str> {
+    pub fn detail(&self) -> Option<String> {
         match self {
-            GatewayError::Internal { detail, .. } => Some(detail),
+            GatewayError::Internal { detail, .. } => Some(detail.clone()),
+            GatewayError::UpstreamTimeout { phase } => Some(format!("timeout: {}", phase.name())),
+            _ => None,
+        }
+    }
+
+    /// How long a client should wait before trying again, when that is known.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            GatewayError::UpstreamBusy { retry_after_s } => {
+                Some(retry_after_s.unwrap_or(1).clamp(1, MAX_RETRY_AFTER_S) * 1000)
+            }
+            GatewayError::ServiceUnavailable { retry_after_ms, .. } => *retry_after_ms,
             _ => None,
         }
     }
@@ -192,6 +253,28 @@ impl GatewayError {
             r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#
                 .into()
         })
+    }
+
+    /// The whole HTTP answer: status, body and the headers clients act on. `retry-after`
+    /// (seconds) and `retry-after-ms` are what the OpenAI SDKs back off on; `x-should-retry:
+    /// false` tells them not to wait for a budget that will not refill soon.
+    pub fn render(&self) -> Response {
+        let mut response = Response::json(self.status(), self.to_json());
+        if let Some(ms) = self.retry_after_ms() {
+            let headers = &mut response.headers;
+            headers.set("retry-after", crate::core::limits::retry_after_seconds(ms).to_string());
+            headers.set("retry-after-ms", ms.to_string());
+        }
+        match self {
+            GatewayError::RateLimited { will_refill_soon: false, .. } => {
+                response.headers.set("x-should-retry", "false");
+            }
+            GatewayError::MethodNotAllowed { path, .. } => {
+                response.headers.set("allow", super::route::allowed_methods(path));
+            }
+            _ => {}
+        }
+        response
     }
 
     /// The same error as one SSE event, for failures after the stream has started.

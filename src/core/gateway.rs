@@ -1,47 +1,61 @@
-//! The request pipeline, top to bottom: route, CORS, request id, authenticate, read, validate,
-//! admit, proxy, account. Adapters call [`Gateway::handle`] and translate the [`Response`] back.
+//! The request pipeline, top to bottom: route, CORS, request id and trace, authenticate, read,
+//! validate, admit, route upstream, proxy, account. Adapters call [`Gateway::handle`] and
+//! translate the [`Response`] back.
 
-use super::admission::{LimitKind, Plan, Settler};
+use super::account::{settle_completion, StreamAccount};
+use super::admission::{Plan, Settler};
 use super::auth::{identify, Caller};
+use super::balance::{attempt_order, HealthBook};
 use super::config::{Config, ConfigError};
 use super::cors;
-use super::error::GatewayError;
-use super::health::{healthz_body, readiness};
-use super::http::{read_capped, Body, Request, Response};
-use super::limits::{format_duration, retry_after_seconds, Decision};
+use super::error::{GatewayError, RateLimitKind};
+use super::health::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
+use super::http::{read_capped, Body, Headers, ReadError, Request, Response};
+use super::limits::{format_duration, Decision};
 use super::log::LogRecord;
 use super::openai::ModelList;
-use super::balance::{attempt_order, HealthBook};
-use super::config::Backend;
-use super::proxy::{send_chat, upstream_request, Attempts, Deadlines, OnStreamEnd, Relayed, StreamEnd, StreamSummary};
-use super::request_id::request_id;
+use super::proxy::{self, Attempts, Exchange, Forwarded, Relayed, StreamEnd, StreamEnding};
+use super::request_id::{hex, RequestIds};
 use super::route::{route, Route};
 use super::runtime::Runtime;
 use super::store::LimitStore;
+use super::trace::TraceContext;
 use super::upstream::Upstream;
-use super::validate::{validate_chat, ValidatedChat};
+use super::validate::validate_chat;
 use futures::future::{select, Either};
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// The core, wired to one platform's upstream, limit store and runtime.
-pub struct Gateway<U, S, R> {
+/// The core, wired to one platform's upstream, limit store, runtime and probe cache.
+pub struct Gateway<U, S, R, P = Rc<MemoryProbeCache>> {
     pub upstream: U,
     pub store: S,
     pub runtime: R,
     /// Passive backend health; share one across requests for as long as the instance lives.
     pub health: Rc<HealthBook>,
+    /// Where `/readyz` keeps its last probe round.
+    pub probes: P,
+}
+
+/// What one request is, as every step sees it.
+struct Context {
+    ids: RequestIds,
+    trace: TraceContext,
+    /// Names the request's in-flight lease: random, never the caller's request id.
+    lease_id: String,
+    record: LogRecord,
+    /// Every budget the request was checked against, for the `x-ratelimit-*` headers.
+    decisions: Vec<(RateLimitKind, Decision)>,
 }
 
 /// What a handler produced; a streamed answer logs itself when its stream ends.
 struct Handled {
     response: Response,
-    log_deferred: bool,
+    stream: Option<StreamEnding>,
 }
 
-impl Handled {
-    fn now(response: Response) -> Self {
-        Handled { response, log_deferred: false }
+impl From<Response> for Handled {
+    fn from(response: Response) -> Self {
+        Handled { response, stream: None }
     }
 }
 
@@ -52,224 +66,222 @@ where
     R: Runtime + Clone + 'static,
 {
     pub fn new(upstream: U, store: S, runtime: R) -> Self {
-        Gateway { upstream, store, runtime, health: Rc::new(HealthBook::default()) }
+        Gateway { upstream, store, runtime, health: Rc::new(HealthBook::default()), probes: Rc::default() }
     }
+}
 
+impl<U, S, R, P> Gateway<U, S, R, P>
+where
+    U: Upstream,
+    S: LimitStore + Clone + 'static,
+    R: Runtime + Clone + 'static,
+    P: ProbeCache,
+{
     /// Uses `health` (kept by the adapter across requests) instead of a fresh book.
     pub fn with_health(mut self, health: Rc<HealthBook>) -> Self {
         self.health = health;
         self
     }
 
-    /// Answers one request. Never panics; every failure is an OpenAI-shaped error.
-    pub async fn handle(&self, config: Result<&Config, &ConfigError>, request: Request) -> Response {
-        let mut random = [0u8; 16];
+    /// Keeps `/readyz` probe rounds in `probes` (an isolate's memory, or a shared store).
+    pub fn with_probes<Q: ProbeCache>(self, probes: Q) -> Gateway<U, S, R, Q> {
+        let Gateway { upstream, store, runtime, health, .. } = self;
+        Gateway { upstream, store, runtime, health, probes }
+    }
+
+    /// Answers one request. Never panics; every failure is an OpenAI-shaped error. If the client
+    /// goes away first (the platform's `disconnected`), everything under way is dropped at once —
+    /// the backend request aborted, the in-flight slot released.
+    pub async fn handle(&self, config: Result<&Config, &ConfigError>, mut request: Request) -> Response {
+        let mut random = [0u8; 56];
         self.runtime.fill_random(&mut random);
-        let mut record = LogRecord {
+        let (id_random, rest) = random.split_at(16);
+        let (trace_random, lease_random) = rest.split_at(24);
+        let ids = RequestIds::new(&request.headers, id_random.try_into().unwrap_or_default());
+        let trace = TraceContext::new(&request.headers, trace_random.try_into().unwrap_or([1; 24]));
+        let record = LogRecord {
             ts: self.runtime.now_ms(),
-            request_id: request_id(&request.headers, random),
+            request_id: ids.client.clone(),
+            upstream_request_id: ids.upstream_if_different().map(str::to_owned),
+            trace_id: trace.trace_id.clone(),
+            span_id: trace.span_id.clone(),
             method: request.method.clone(),
             path: request.path.chars().take(200).collect(),
             ..LogRecord::default()
         };
-        let origin = request.headers.get("origin").map(str::to_owned);
-        let mut limits = Vec::new();
+        let mut cx = Context { ids, trace, lease_id: hex(lease_random), record, decisions: Vec::new() };
+        let cors_request: Headers =
+            request.headers.get("origin").map(|o| ("origin".to_string(), o.to_string())).into_iter().collect();
+        let disconnected = request.disconnected.take();
 
-        let handled = match config {
-            Err(e) => Handled::now(error_response(&GatewayError::Config { message: e.0.clone() }, &mut record)),
-            Ok(config) => match self.dispatch(config, request, &mut record, &mut limits).await {
-                Ok(handled) => handled,
-                Err(e) => Handled::now(error_response(&e, &mut record)),
+        let handling = Box::pin(async {
+            match config {
+                Err(e) => Err(GatewayError::Config { message: e.0.clone() }),
+                Ok(config) => self.dispatch(config, request, &mut cx).await,
+            }
+        });
+        let (handled, disconnected) = match disconnected {
+            None => (Some(handling.await), None),
+            Some(gone) => match select(handling, gone).await {
+                Either::Left((handled, gone)) => (Some(handled), Some(gone)),
+                // The handler is dropped here, which aborts the backend call and settles the budgets.
+                Either::Right(_) => (None, None),
             },
         };
-
-        let mut response = handled.response;
-        response.headers.set("x-request-id", record.request_id.clone());
-        set_rate_limit_headers(&mut response, &limits);
-        if let (Ok(config), Some(origin)) = (config, origin.as_deref()) {
-            let request_headers = [("origin".to_string(), origin.to_string())].into_iter().collect();
-            if let Some(origin) = cors::allowed_origin(&config.cors, &request_headers) {
-                cors::grant(&mut response.headers, origin);
+        let Some(handled) = handled else {
+            cx.record.status = 499;
+            cx.record.error = Some("client_closed");
+            self.log(&mut cx.record);
+            return Response::empty(499);
+        };
+        let Handled { mut response, stream } = match handled {
+            Ok(handled) => handled,
+            Err(error) => {
+                cx.record.error = error.code();
+                cx.record.detail = error.detail();
+                error.render().into()
             }
+        };
+
+        let headers = &mut response.headers;
+        headers.set("x-request-id", cx.ids.client.clone());
+        headers.set("traceparent", cx.trace.traceparent());
+        set_rate_limit_headers(headers, &cx.decisions);
+        if let Ok(config) = config {
+            cors::apply(&config.cors, &cors_request, headers);
         }
-        if !handled.log_deferred {
-            record.status = response.status;
-            record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
-            self.runtime.log(&record.to_line());
+        match stream {
+            None => {
+                cx.record.status = response.status;
+                self.log(&mut cx.record);
+            }
+            // The stream logs itself when it ends; on platforms that stop polling a response
+            // whose client left instead of dropping it (workerd), the platform's word ends it.
+            Some(ending) => {
+                if let Some(gone) = disconnected {
+                    let ended = ending.ended();
+                    self.runtime.spawn(Box::pin(async move {
+                        if let Either::Left(_) = select(gone, Box::pin(ended)).await {
+                            ending.fire(StreamEnd::ClientClosed, None);
+                        }
+                    }));
+                }
+            }
         }
         response
     }
 
-    async fn dispatch(
-        &self,
-        config: &Config,
-        request: Request,
-        record: &mut LogRecord,
-        limits: &mut Vec<(LimitKind, Decision)>,
-    ) -> Result<Handled, GatewayError> {
+    fn log(&self, record: &mut LogRecord) {
+        record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
+        self.runtime.log(&record.to_line());
+    }
+
+    async fn dispatch(&self, config: &Config, request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
         match route(&request.method, &request.path)? {
-            Route::Preflight => Ok(Handled::now(cors::preflight(&config.cors, &request.headers, &request.path))),
-            Route::Healthz => Ok(Handled::now(Response::json(200, healthz_body()))),
-            Route::Playground(asset) if config.playground => Ok(Handled::now(asset.response())),
+            Route::Preflight => Ok(cors::preflight(&config.cors, &request.headers, &request.path).into()),
+            Route::Healthz => Ok(Response::json(200, healthz_body()).into()),
+            Route::Playground(asset) if config.playground => Ok(asset.response().into()),
             Route::Playground(_) => Err(GatewayError::NotFound { path: request.path.clone() }),
             Route::Readyz => {
-                let readiness = readiness(config, &self.upstream, &self.runtime, &self.health).await;
+                let readiness = readiness(config, &self.upstream, &self.runtime, &self.health, &self.probes).await;
                 let body = serde_json::to_vec(&readiness).unwrap_or_default();
-                Ok(Handled::now(Response::json(readiness.http_status(), body)))
+                Ok(Response::json(readiness.http_status(), body).into())
             }
             Route::Models => {
-                let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
-                record.key_id = Some(caller.id.to_string());
-                Ok(Handled::now(list_models(config, &caller)))
+                let caller = self.authenticate(config, &request, cx)?;
+                Ok(list_models(config, &caller).into())
             }
-            Route::ChatCompletions => self.chat_completions(config, request, record, limits).await,
+            Route::ChatCompletions => self.chat_completions(config, request, cx).await,
         }
     }
 
-    async fn chat_completions(
-        &self,
-        config: &Config,
-        mut request: Request,
-        record: &mut LogRecord,
-        limits: &mut Vec<(LimitKind, Decision)>,
-    ) -> Result<Handled, GatewayError> {
+    fn authenticate<'c>(&self, config: &'c Config, request: &Request, cx: &mut Context) -> Result<Caller<'c>, GatewayError> {
         let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
-        record.key_id = Some(caller.id.to_string());
+        cx.record.key_id = Some(caller.id.to_string());
+        Ok(caller)
+    }
 
-        let limit = config.limits.max_body_bytes;
-        let body = read_capped(&mut request.body, limit).await.map_err(|e| match e {
-            None => GatewayError::RequestTooLarge { limit_bytes: limit },
-            Some(_) => GatewayError::InvalidRequest {
-                message: "The request body could not be read.".into(),
-                param: None,
-                code: None,
-            },
-        })?;
+    async fn chat_completions(&self, config: &Config, mut request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
+        let caller = self.authenticate(config, &request, cx)?;
+        let body = read_body(&mut request, config.limits.max_body_bytes).await?;
         let chat = validate_chat(&body, &config.limits)?;
-        record.model = Some(chat.model.clone());
-        record.stream = Some(chat.stream);
-        if !caller.models.allows(&chat.model) {
+        cx.record.model = Some(chat.model.clone());
+        cx.record.stream = Some(chat.stream);
+        if !caller.models.allows(&chat.model) || config.backends_serving(&chat.model).next().is_none() {
             return Err(GatewayError::ModelNotFound { model: chat.model });
         }
-        let mut random = [0u8; 8];
-        self.runtime.fill_random(&mut random);
+        let cap = config.limits.max_tokens;
+        let estimate = chat.token_estimate(config.backends_serving(&chat.model), cap);
+
+        // Settled exactly once: by the stream's end, by the completion's usage, or when dropped.
+        let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
         let now = self.runtime.now_ms();
-        let backends = attempt_order(config, &chat.model, &self.health, now, u64::from_le_bytes(random))?;
+        let backends = attempt_order(config, &chat.model, &self.health, now, random_u64(&self.runtime))?;
 
-        // Settled exactly once: by the stream's end, by the completion's usage, or (dropped on
-        // any failure before that) as "nothing used".
-        let settler = self.admit(&caller, &chat, config, &record.request_id, limits).await?;
-        let settler = Rc::new(RefCell::new(settler));
-
-        let request_id = record.request_id.clone();
-        let build = |backend: &Backend| upstream_request(backend, &chat, &request.headers, &request_id);
-        // Known only once the backend answers, but needed when the stream (created before) ends.
-        let ttfb = Rc::new(Cell::new(None));
-        let served_by: Rc<RefCell<(Option<String>, Option<u32>)>> = Rc::default();
-        let finish = {
-            let runtime = self.runtime.clone();
-            let mut stream_record = record.clone();
-            let ttfb = ttfb.clone();
-            let served_by = served_by.clone();
-            let settler = settler.clone();
-            move |summary: StreamSummary| {
-                if let Some(settler) = settler.borrow_mut().take() {
-                    let used = match summary.usage {
-                        Some(usage) => usage.total_tokens,
-                        None => settler.charge_for_partial_stream(summary.content_events),
-                    };
-                    settler.settle(used);
-                }
-                stream_record.status = 200;
-                stream_record.ttfb_ms = ttfb.get();
-                (stream_record.backend, stream_record.attempts) = served_by.borrow().clone();
-                stream_record.usage = summary.usage;
-                stream_record.stream_end = Some(match summary.end {
-                    StreamEnd::Done => "done",
-                    StreamEnd::UpstreamError => "upstream_error",
-                    StreamEnd::ClientClosed => "client_closed",
-                });
-                if summary.end == StreamEnd::UpstreamError {
-                    stream_record.error = Some("upstream_error");
-                }
-                stream_record.latency_ms = runtime.now_ms().saturating_sub(stream_record.ts);
-                runtime.log(&stream_record.to_line());
-            }
+        let traceparent = cx.trace.traceparent();
+        let forwarded = Forwarded {
+            request_id: &cx.ids.upstream,
+            traceparent: Some(&traceparent),
+            tracestate: cx.trace.tracestate.as_deref(),
         };
-        // The stream's end is reported once, by whichever comes first: the relay itself, or the
-        // platform saying the client left (when it stops polling instead of dropping the stream).
-        let finish: Rc<RefCell<Option<OnStreamEnd>>> = Rc::new(RefCell::new(Some(Box::new(finish))));
-        let (ended_tx, ended_rx) = futures::channel::oneshot::channel::<()>();
-        let on_end = {
-            let finish = finish.clone();
-            Box::new(move |summary: StreamSummary| {
-                let _ = ended_tx.send(());
-                if let Some(finish) = finish.borrow_mut().take() {
-                    finish(summary);
-                }
-            })
-        };
-        let timeouts = &config.timeouts;
-        let deadlines = Deadlines {
-            connect_ms: timeouts.connect_ms,
-            first_byte_ms: timeouts.first_byte_ms,
-            idle_ms: timeouts.idle_ms,
-            total_ms: timeouts.total_ms,
+        let build = |backend: &super::config::Backend| {
+            let body = chat.upstream_body(backend, cap);
+            proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
         };
         let attempts =
             Attempts { backends: &backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
-        let (relayed, backend, tried) =
-            send_chat(&self.upstream, &self.runtime, attempts, &build, &chat, deadlines, on_end).await?;
+        let exchange = Exchange { stream: chat.stream, client_wants_usage: chat.client_wants_usage };
+        let ending = StreamEnding::new();
+        if let Some(settler) = settler.as_mut() {
+            settler.sent();
+        }
+        let sent = proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, (&config.timeouts).into(), ending.clone()).await;
+        let (relayed, backend, tried) = match sent {
+            Ok(sent) => sent,
+            Err(error) => {
+                // Nothing was generated for the client: its budgets are given back.
+                if let Some(settler) = settler {
+                    settler.settle(0);
+                }
+                return Err(error);
+            }
+        };
+        let record = &mut cx.record;
         record.backend = Some(backend.name.clone());
         record.attempts = Some(tried);
-        *served_by.borrow_mut() = (record.backend.clone(), record.attempts);
         record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(record.ts));
-        ttfb.set(record.ttfb_ms);
-        let (response, log_deferred) = match relayed {
+        match relayed {
             Relayed::Completion { body, usage } => {
                 record.usage = usage;
-                if let Some(settler) = settler.borrow_mut().take() {
-                    // A backend that reports no usage is charged the estimate it was admitted on.
-                    let used = usage.map_or(chat.token_estimate(), |u| u.total_tokens);
-                    settler.settle(used);
-                }
-                (Response::json(200, body), false)
+                settle_completion(settler, usage, estimate);
+                Ok(Response::json(200, body).into())
             }
-            Relayed::Stream { body, relayed } => {
-                if let Some(disconnected) = request.disconnected.take() {
-                    self.runtime.spawn(Box::pin(async move {
-                        if let Either::Left(_) = select(disconnected, ended_rx).await {
-                            let summary = StreamSummary { end: StreamEnd::ClientClosed, usage: None, content_events: relayed.get() };
-                            let finish = finish.borrow_mut().take();
-                            if let Some(finish) = finish {
-                                finish(summary);
-                            }
-                        }
-                    }));
-                }
-                let mut response = Response { status: 200, headers: Default::default(), body: Body::Stream(body) };
+            Relayed::Stream { body } => {
+                let mut account = StreamAccount { settler, record: record.clone(), runtime: self.runtime.clone() };
+                account.record.status = 200;
+                ending.on_end(Box::new(move |summary| account.ended(summary)));
+                let mut response = Response { status: 200, headers: Headers::new(), body: Body::Stream(body) };
                 response.headers.set("content-type", "text/event-stream");
                 response.headers.set("cache-control", "no-cache");
                 response.headers.set("x-accel-buffering", "no");
-                (response, true)
+                Ok(Handled { response, stream: Some(ending) })
             }
-        };
-        Ok(Handled { response, log_deferred })
+        }
     }
 
     /// Takes this request from the caller's budgets in the consistent store (one atomic step).
-    /// The decisions are kept in `limits` so refused and admitted answers both report them.
+    /// The decisions are kept so refused and admitted answers both report them.
     async fn admit(
         &self,
         caller: &Caller<'_>,
-        chat: &ValidatedChat,
+        estimate: u64,
+        prompt_estimate: u64,
         config: &Config,
-        request_id: &str,
-        limits: &mut Vec<(LimitKind, Decision)>,
+        cx: &mut Context,
     ) -> Result<Option<Settler<S, R>>, GatewayError> {
         // A slot outlives the longest request by a margin, so only a lost release lets it expire.
         let lease_ttl_ms = config.timeouts.total_ms.saturating_add(60_000);
-        let plan = Plan::new(caller.limits, chat, request_id, lease_ttl_ms);
+        let plan = Plan::new(caller.limits, estimate, &cx.lease_id, lease_ttl_ms);
         if plan.is_empty() {
             return Ok(None);
         }
@@ -290,26 +302,39 @@ where
             }
         };
         let (decisions, refusal) = plan.outcome(&admitted);
-        limits.extend(decisions);
+        cx.decisions.extend(decisions);
         match refusal {
             Some(error) => Err(error),
-            None => Ok(Some(plan.settler(
-                self.store.clone(),
-                self.runtime.clone(),
-                caller.scope.clone(),
-                chat.prompt_estimate(),
-            ))),
+            None => Ok(Some(plan.settler(self.store.clone(), self.runtime.clone(), caller.scope.clone(), prompt_estimate))),
         }
     }
 }
 
+/// Reads the body, refusing it as soon as it passes the cap.
+async fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, GatewayError> {
+    read_capped(&mut request.body, limit).await.map_err(|e| match e {
+        ReadError::TooLarge => GatewayError::RequestTooLarge { limit_bytes: limit },
+        ReadError::Broken(_) => GatewayError::InvalidRequest {
+            message: "The request body could not be read.".into(),
+            param: None,
+            code: None,
+        },
+    })
+}
+
+fn random_u64<R: Runtime>(runtime: &R) -> u64 {
+    let mut random = [0u8; 8];
+    runtime.fill_random(&mut random);
+    u64::from_le_bytes(random)
+}
+
 /// `x-ratelimit-*` headers, as OpenAI sends them, for every budget the request was checked against.
-fn set_rate_limit_headers(response: &mut Response, decisions: &[(LimitKind, Decision)]) {
+fn set_rate_limit_headers(headers: &mut Headers, decisions: &[(RateLimitKind, Decision)]) {
     for (kind, d) in decisions {
         let Some(suffix) = kind.header_suffix() else { continue };
-        response.headers.set(&format!("x-ratelimit-limit-{suffix}"), d.limit.to_string());
-        response.headers.set(&format!("x-ratelimit-remaining-{suffix}"), d.remaining.to_string());
-        response.headers.set(&format!("x-ratelimit-reset-{suffix}"), format_duration(d.reset_ms));
+        headers.set(&format!("x-ratelimit-limit-{suffix}"), d.limit.to_string());
+        headers.set(&format!("x-ratelimit-remaining-{suffix}"), d.remaining.to_string());
+        headers.set(&format!("x-ratelimit-reset-{suffix}"), format_duration(d.reset_ms));
     }
 }
 
@@ -320,30 +345,4 @@ fn list_models(config: &Config, caller: &Caller<'_>) -> Response {
         .filter(|m| caller.models.allows(m))
         .map(str::to_owned);
     Response::json(200, serde_json::to_vec(&ModelList::new(models)).unwrap_or_default())
-}
-
-/// Renders an error and notes it in the log record.
-fn error_response(error: &GatewayError, record: &mut LogRecord) -> Response {
-    record.error = error.code();
-    record.detail = error.detail().map(str::to_owned);
-    let mut response = Response::json(error.status(), error.to_json());
-    match error {
-        GatewayError::RateLimited { retry_after_ms, will_refill_soon, .. } => {
-            response.headers.set("retry-after", retry_after_seconds(*retry_after_ms).to_string());
-            response.headers.set("retry-after-ms", retry_after_ms.to_string());
-            if !will_refill_soon {
-                response.headers.set("x-should-retry", "false");
-            }
-        }
-        GatewayError::UpstreamBusy { retry_after_s } => {
-            let seconds = retry_after_s.unwrap_or(1).max(1);
-            response.headers.set("retry-after", seconds.to_string());
-            response.headers.set("retry-after-ms", (seconds * 1000).to_string());
-        }
-        GatewayError::MethodNotAllowed { path, .. } => {
-            response.headers.set("allow", super::route::allowed_methods(path));
-        }
-        _ => {}
-    }
-    response
 }

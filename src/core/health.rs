@@ -1,14 +1,21 @@
 //! `/healthz` (the edge itself) and `/readyz` (can we serve every configured model right now?).
 //!
 //! Readiness probes each backend's own health path with a short timeout — never a generation,
-//! which would cost GPU time — and reports backends by name only, never by URL.
+//! which would cost GPU time — at most once per `GATEWAY_READYZ_CACHE_MS`: the endpoint needs no
+//! credentials, so its answer is a cached round (per isolate on Workers, shared through Redis on
+//! Spin, where every request is a fresh instance) and anyone calling it often costs the backends
+//! nothing more. Probes only report: they never eject a backend, and never clear an ejection that
+//! real traffic earned (a backend whose `/health` passes can still be failing requests); an ejected
+//! backend is reported as such. The answer names backends and their status only — no URL, and no
+//! model, since it is the same for everyone.
 
 use super::balance::HealthBook;
 use super::config::{Backend, Config};
 use super::http::Headers;
 use super::runtime::{timeout, Runtime};
 use super::upstream::{Upstream, UpstreamRequest};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
 
 /// The gateway's version, reported by `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -18,13 +25,12 @@ pub fn healthz_body() -> String {
     format!(r#"{{"status":"ok","version":"{VERSION}"}}"#)
 }
 
-/// One backend's probe result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One backend in the `/readyz` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendHealth {
     pub name: String,
-    /// `ok`, `unhealthy` (non-2xx), `timeout` or `unreachable`.
-    pub status: &'static str,
-    pub models: Vec<String>,
+    /// `ok`, `unhealthy` (non-2xx), `timeout`, `unreachable`, or `ejected` (failing real traffic).
+    pub status: String,
 }
 
 /// The `/readyz` answer.
@@ -41,23 +47,120 @@ impl Readiness {
     }
 }
 
-/// Probes every backend concurrently; what they say feeds the passive health book (a failed probe
-/// ejects the backend, a good one reinstates it).
-pub async fn readiness<U: Upstream, R: Runtime>(config: &Config, upstream: &U, runtime: &R, health: &HealthBook) -> Readiness {
+/// One round of probes: when it was taken and what each backend answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRound {
+    pub at_ms: u64,
+    pub backends: Vec<BackendHealth>,
+}
+
+impl ProbeRound {
+    /// Whether the round was taken for exactly these backends.
+    fn covers(&self, config: &Config) -> bool {
+        self.backends.len() == config.backends.len()
+            && self.backends.iter().zip(&config.backends).all(|(seen, b)| seen.name == b.name)
+    }
+}
+
+/// Where the last probe round is kept between requests, and who takes the next one.
+#[allow(async_fn_in_trait)]
+pub trait ProbeCache {
+    /// The last stored round, if any.
+    async fn last_round(&self) -> Option<ProbeRound>;
+    /// Claims the next round for `hold_ms`: `true` when this request should probe, `false` when
+    /// another is already probing.
+    async fn claim(&self, now_ms: u64, hold_ms: u64) -> bool;
+    async fn store(&self, round: &ProbeRound);
+}
+
+/// A probe cache in one instance's memory (per isolate on Workers; tests).
+#[derive(Default)]
+pub struct MemoryProbeCache {
+    round: RefCell<Option<ProbeRound>>,
+    claimed_until: Cell<u64>,
+}
+
+impl ProbeCache for MemoryProbeCache {
+    async fn last_round(&self) -> Option<ProbeRound> {
+        self.round.borrow().clone()
+    }
+
+    async fn claim(&self, now_ms: u64, hold_ms: u64) -> bool {
+        if self.claimed_until.get() > now_ms {
+            return false;
+        }
+        self.claimed_until.set(now_ms.saturating_add(hold_ms));
+        true
+    }
+
+    async fn store(&self, round: &ProbeRound) {
+        *self.round.borrow_mut() = Some(round.clone());
+        self.claimed_until.set(0);
+    }
+}
+
+impl<P: ProbeCache> ProbeCache for std::rc::Rc<P> {
+    async fn last_round(&self) -> Option<ProbeRound> {
+        self.as_ref().last_round().await
+    }
+
+    async fn claim(&self, now_ms: u64, hold_ms: u64) -> bool {
+        self.as_ref().claim(now_ms, hold_ms).await
+    }
+
+    async fn store(&self, round: &ProbeRound) {
+        self.as_ref().store(round).await
+    }
+}
+
+/// Answers `/readyz`: the cached probe round while it is fresh, else a new one (unless another
+/// request is taking it, then the last one), with traffic's ejections on top.
+pub async fn readiness<U: Upstream, R: Runtime, P: ProbeCache>(
+    config: &Config,
+    upstream: &U,
+    runtime: &R,
+    health: &HealthBook,
+    cache: &P,
+) -> Readiness {
+    let now = runtime.now_ms();
+    let last = cache.last_round().await.filter(|r| r.covers(config));
+    let round = match last {
+        Some(round) if now.saturating_sub(round.at_ms) < config.timeouts.readyz_cache_ms => round,
+        last => {
+            let hold = config.timeouts.health_ms.saturating_add(1_000);
+            match (cache.claim(now, hold).await, last) {
+                (false, Some(stale)) => stale, // another request is refreshing it
+                (claimed, _) => {
+                    let round = probe_all(config, upstream, runtime).await;
+                    if claimed {
+                        cache.store(&round).await;
+                    }
+                    round
+                }
+            }
+        }
+    };
+    let now = runtime.now_ms();
+    let backends: Vec<BackendHealth> = round
+        .backends
+        .into_iter()
+        .map(|b| match health.is_ejected(&b.name, now) {
+            true => BackendHealth { status: "ejected".into(), ..b },
+            false => b,
+        })
+        .collect();
+    let serving = |model: &str| {
+        config.backends.iter().zip(&backends).any(|(backend, seen)| seen.status == "ok" && backend.serves(model))
+    };
+    let ready = config.served_models().into_iter().all(serving);
+    Readiness { status: if ready { "ready" } else { "unavailable" }, backends }
+}
+
+/// Probes every backend concurrently.
+async fn probe_all<U: Upstream, R: Runtime>(config: &Config, upstream: &U, runtime: &R) -> ProbeRound {
     let probes = config.backends.iter().map(|b| probe(b, upstream, runtime, config.timeouts.health_ms));
     let backends = futures::future::join_all(probes).await;
-    let now = runtime.now_ms();
-    for backend in &backends {
-        if backend.status == "ok" {
-            health.record_success(&backend.name);
-        } else {
-            health.eject(&backend.name, now, config.breaker);
-        }
-    }
-    let ready = config.served_models().iter().all(|model| {
-        backends.iter().any(|b| b.status == "ok" && b.models.iter().any(|m| m == model))
-    });
-    Readiness { status: if ready { "ready" } else { "unavailable" }, backends }
+    ProbeRound { at_ms: runtime.now_ms(), backends }
 }
 
 async fn probe<U: Upstream, R: Runtime>(backend: &Backend, upstream: &U, runtime: &R, ms: u64) -> BackendHealth {
@@ -78,5 +181,5 @@ async fn probe<U: Upstream, R: Runtime>(backend: &Backend, upstream: &U, runtime
         Some(Ok(r)) if (200..300).contains(&r.status) => "ok",
         Some(Ok(_)) => "unhealthy",
     };
-    BackendHealth { name: backend.name.clone(), status, models: backend.models.clone() }
+    BackendHealth { name: backend.name.clone(), status: status.into() }
 }

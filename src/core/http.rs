@@ -42,6 +42,11 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     /// Adds a field, keeping any existing ones of the same name.
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.0.push((name.into(), value.into()));
@@ -143,18 +148,32 @@ impl Response {
     }
 }
 
-/// Reads a request body, refusing it as soon as it passes `limit` bytes.
-///
-/// Returns `Err(None)` when the cap was passed (the rest is never read) and `Err(Some(e))` when
-/// the client's stream failed.
-pub async fn read_capped(body: &mut BodyStream, limit: usize) -> Result<Vec<u8>, Option<BodyError>> {
+/// Why a capped read stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The body passed the cap (the rest was never read).
+    TooLarge,
+    /// The stream failed.
+    Broken(BodyError),
+}
+
+/// Reads a body whole, refusing it as soon as it passes `limit` bytes.
+pub async fn read_capped(body: &mut BodyStream, limit: usize) -> Result<Vec<u8>, ReadError> {
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(Some)?;
+        let chunk = chunk.map_err(ReadError::Broken)?;
         if out.len() + chunk.len() > limit {
-            return Err(None);
+            return Err(ReadError::TooLarge);
         }
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// Whether `headers` announce a server-sent event stream (`text/event-stream`, any parameters).
+pub fn is_event_stream(headers: &Headers) -> bool {
+    headers.get("content-type").is_some_and(|t| {
+        let essence = t.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("text/event-stream")
+    })
 }

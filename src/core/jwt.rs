@@ -28,6 +28,9 @@ pub struct JwtVerifier {
     pub leeway_s: u64,
     /// The claim listing the models a token may use (`models` by default).
     pub models_claim: String,
+    /// Accepted `typ` header values (compared case-insensitively, `application/` prefix ignored);
+    /// `None`: absent, `JWT` or `at+jwt`.
+    pub accepted_types: Option<Vec<String>>,
 }
 
 /// A JWKS key, parsed once at configuration time.
@@ -65,6 +68,10 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<Value>,
+    #[serde(default)]
+    crit: Option<Value>,
 }
 
 /// Whether a bearer credential is shaped like a JWT (three base64url parts, a JSON header).
@@ -84,6 +91,10 @@ impl JwtVerifier {
         let decode = |part: &str, what: &'static str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError(what));
         let header: Header =
             serde_json::from_slice(&decode(header_b64, "header is not base64url")?).map_err(|_| JwtError("bad header"))?;
+        if header.crit.is_some() {
+            return Err(JwtError("crit is not supported"));
+        }
+        self.check_type(header.typ.as_ref())?;
         let signature = decode(signature_b64, "signature is not base64url")?;
         let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
         self.check_signature(&header, signed, &signature)?;
@@ -107,6 +118,9 @@ impl JwtVerifier {
                         use p256::ecdsa::signature::Verifier;
                         let signature =
                             p256::ecdsa::Signature::from_slice(signature).map_err(|_| JwtError("bad signature"))?;
+                        if signature.normalize_s().is_some() {
+                            return Err(JwtError("high-S signature"));
+                        }
                         key.verify(signed, &signature).map_err(|_| JwtError("bad signature"))
                     }
                     KeyKind::Rs256(key) => {
@@ -119,6 +133,32 @@ impl JwtVerifier {
                 }
             }
             _ => Err(JwtError("algorithm not accepted")),
+        }
+    }
+
+    fn check_type(&self, typ: Option<&Value>) -> Result<(), JwtError> {
+        let typ = match typ {
+            None => None,
+            Some(Value::String(t)) => {
+                let t = t.trim();
+                Some(t.get(..12).filter(|p| p.eq_ignore_ascii_case("application/")).map_or(t, |_| &t[12..]))
+            }
+            Some(_) => return Err(JwtError("typ is not a string")),
+        };
+        let accepted = match (&self.accepted_types, typ) {
+            (None, None) => true,
+            (None, Some(t)) => t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt"),
+            (Some(_), None) => false,
+            (Some(list), Some(t)) => list.iter().any(|a| {
+                let a = a.trim();
+                let a = a.get(..12).filter(|p| p.eq_ignore_ascii_case("application/")).map_or(a, |_| &a[12..]);
+                a.eq_ignore_ascii_case(t)
+            }),
+        };
+        if accepted {
+            Ok(())
+        } else {
+            Err(JwtError("typ not accepted"))
         }
     }
 
@@ -144,12 +184,20 @@ impl JwtVerifier {
     }
 
     fn check_claims(&self, claims: &Value, now_s: u64) -> Result<Claims, JwtError> {
-        let number = |name: &str| claims.get(name).and_then(Value::as_f64).map(|n| n.max(0.0) as u64);
-        let exp = number("exp").ok_or(JwtError("no exp"))?;
+        // NumericDate claims: a number when present (a string `nbf` must not be skipped).
+        let number = |name: &'static str| -> Result<Option<u64>, JwtError> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64().map(|n| n.max(0.0) as u64)),
+                Some(_) => Err(JwtError("a time claim is not a number")),
+            }
+        };
+        let exp = number("exp")?.ok_or(JwtError("no exp"))?;
+        number("iat")?;
         if now_s >= exp.saturating_add(self.leeway_s) {
             return Err(JwtError("expired"));
         }
-        if number("nbf").is_some_and(|nbf| now_s.saturating_add(self.leeway_s) < nbf) {
+        if number("nbf")?.is_some_and(|nbf| now_s.saturating_add(self.leeway_s) < nbf) {
             return Err(JwtError("not yet valid"));
         }
         if let Some(issuer) = &self.issuer {

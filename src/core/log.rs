@@ -10,7 +10,14 @@ use serde::Serialize;
 pub struct LogRecord {
     /// Unix time in ms when the request arrived.
     pub ts: u64,
+    /// The id the client got in `x-request-id`.
     pub request_id: String,
+    /// The id the backend got, when the client's was not a UUID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
+    /// W3C trace context: the trace, and the gateway's span in it.
+    pub trace_id: String,
+    pub span_id: String,
     pub method: String,
     pub path: String,
     pub key_id: Option<String>,
@@ -24,7 +31,7 @@ pub struct LogRecord {
     pub error: Option<&'static str>,
     /// What went wrong inside, for operators only (never sent to the client).
     pub detail: Option<String>,
-    /// Why a stream ended: `done`, `client_closed`, `upstream_error`.
+    /// Why a stream ended: `done`, `client_closed`, `upstream_error`, `timeout`.
     pub stream_end: Option<&'static str>,
     pub latency_ms: u64,
     /// From arrival to the backend's first body bytes.

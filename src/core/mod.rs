@@ -3,6 +3,7 @@
 //! No `worker::` or `spin_sdk::` type appears here; platforms reach the core through the traits
 //! [`upstream::Upstream`], [`store::LimitStore`], [`runtime::Runtime`] and [`config::Lookup`].
 
+pub mod account;
 pub mod admission;
 pub mod auth;
 pub mod balance;
@@ -25,6 +26,7 @@ pub mod runtime;
 pub mod secret;
 pub mod sse;
 pub mod store;
+pub mod trace;
 pub mod upstream;
 pub mod upstream_error;
 pub mod validate;

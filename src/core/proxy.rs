@@ -1,5 +1,16 @@
-//! Sends a validated chat request to a backend — failing over to the next before the client has
-//! received anything — and relays its answer.
+//! Sends a validated chat request to a backend — failing over to the next only when the failure
+//! was the backend's and nothing can have been generated — and relays its answer.
+//!
+//! Timeouts, per phase (README "Timeouts"):
+//! - a **stream** must send its response headers within the connect timeout (a server that
+//!   streams answers with headers as soon as it takes the request, so none means nothing started:
+//!   fail over, count it), its first bytes within the first-byte timeout (time to first token:
+//!   the backend may be generating, so a 504 — no failover, no ejection), each next chunk within
+//!   the idle timeout and the whole stream within the total timeout (after the first byte, an
+//!   error event);
+//! - a **non-stream** answer's headers come only after its last token (vLLM, SGLang, TGI,
+//!   llama.cpp), so it is waited for up to the total timeout, and a timeout is a 504 that is
+//!   neither failed over nor held against the backend.
 //!
 //! Non-stream answers are read whole (they are small), checked to be JSON and scanned for usage.
 //! Streams are relayed chunk by chunk through the [`SseScanner`]; the gateway commits to `200` only
@@ -8,16 +19,16 @@
 
 use super::balance::{Breaker, HealthBook};
 use super::config::Backend;
-use super::error::GatewayError;
-use super::http::{read_capped, BodyStream, Headers};
+use super::error::{GatewayError, TimeoutPhase};
+use super::http::{read_capped, BodyStream, Headers, ReadError};
 use super::openai::CompletionUsage;
 use super::runtime::{timeout, Runtime};
-use super::sse::{SseScanner, Usage};
+use super::sse::{SseScanner, Stop, Usage};
 use super::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
-use super::upstream_error::normalise;
-use super::validate::ValidatedChat;
+use super::upstream_error::{classify, Blame};
+use futures::channel::oneshot;
 use futures::stream::{self, StreamExt};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Largest non-stream answer we accept from a backend.
@@ -27,59 +38,57 @@ const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Largest single SSE event we hold while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 << 20;
 
-/// Request headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), the client's credentials,
-/// its cookies, the platform's own (`cf-*`), and ones we set ourselves.
-const NOT_FORWARDED: &[&str] = &[
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
-    "api-key", "cookie", "accept-encoding", "content-type", "accept", "x-request-id",
-    "x-forwarded-for", "x-real-ip", "forwarded", "true-client-ip",
-];
+/// What the backend is sent besides its own credential and the body: an allow-list, so no
+/// credential, cookie, forwarding or hop-by-hop header of the caller's ever reaches it.
+pub struct Forwarded<'a> {
+    /// The backend's `x-request-id` (always a UUID, see [`super::request_id`]).
+    pub request_id: &'a str,
+    /// The W3C trace context for the backend's span, already validated.
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
 
-/// Builds the backend request: the client's end-to-end headers, the backend's credential.
-pub fn upstream_request(
-    backend: &Backend,
-    chat: &ValidatedChat,
-    client_headers: &Headers,
-    request_id: &str,
-) -> UpstreamRequest {
-    let listed_in_connection: Vec<String> = client_headers
-        .get("connection")
-        .map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()).collect())
-        .unwrap_or_default();
-    let mut headers: Headers = client_headers
-        .iter()
-        .filter(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            !NOT_FORWARDED.contains(&name.as_str())
-                && !name.starts_with("cf-")
-                && !listed_in_connection.contains(&name)
-        })
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+/// Builds the backend request: the allow-listed headers, the backend's credential, the body.
+pub fn upstream_request(backend: &Backend, path: &str, stream: bool, body: Vec<u8>, forwarded: &Forwarded<'_>) -> UpstreamRequest {
+    let mut headers = Headers::new();
     headers.set("content-type", "application/json");
-    headers.set("accept", if chat.stream { "text/event-stream" } else { "application/json" });
-    headers.set("x-request-id", request_id);
+    headers.set("accept", if stream { "text/event-stream" } else { "application/json" });
+    headers.set("x-request-id", forwarded.request_id);
+    if let Some(traceparent) = forwarded.traceparent {
+        headers.set("traceparent", traceparent);
+    }
+    if let Some(tracestate) = forwarded.tracestate {
+        headers.set("tracestate", tracestate);
+    }
     if let Some(key) = &backend.api_key {
         headers.set("authorization", format!("Bearer {}", key.expose()));
     }
-    UpstreamRequest {
-        method: "POST",
-        url: format!("{}/v1/chat/completions", backend.base_url),
-        headers,
-        body: Some(chat.upstream_body.clone()),
-    }
+    UpstreamRequest { method: "POST", url: format!("{}{path}", backend.base_url), headers, body: Some(body) }
 }
 
 /// How a relayed stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
-    /// The backend sent `[DONE]` and closed.
+    /// The backend sent `[DONE]`.
     Done,
     /// The backend failed or broke the stream after it started; the client got an error event.
     UpstreamError,
-    /// The client went away (the stream was dropped before its end).
+    /// The stream ran past a timeout; the client got an `upstream_timeout` event.
+    Timeout,
+    /// The client went away (the stream was dropped, or the platform said so, before its end).
     ClientClosed,
+}
+
+impl StreamEnd {
+    /// For the log line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamEnd::Done => "done",
+            StreamEnd::UpstreamError => "upstream_error",
+            StreamEnd::Timeout => "timeout",
+            StreamEnd::ClientClosed => "client_closed",
+        }
+    }
 }
 
 /// What is known when a relayed stream ends.
@@ -95,24 +104,88 @@ pub struct StreamSummary {
 /// Called once when a relayed stream ends.
 pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary)>;
 
+/// Reports a stream's end exactly once, whoever learns of it first: the relay (done, failed,
+/// dropped by the client) or the platform saying the client left while the stream was no longer
+/// polled (workerd). What to do at the end is set once the backend has answered.
+#[derive(Clone, Default)]
+pub struct StreamEnding(Rc<Ending>);
+
+#[derive(Default)]
+struct Ending {
+    on_end: RefCell<Option<OnStreamEnd>>,
+    fired: Cell<bool>,
+    /// Dropped when the end is reported, which wakes [`StreamEnding::ended`].
+    fired_tx: RefCell<Option<oneshot::Sender<()>>>,
+    fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
+    content_events: Cell<u64>,
+}
+
+impl StreamEnding {
+    pub fn new() -> Self {
+        let (tx, rx) = oneshot::channel();
+        StreamEnding(Rc::new(Ending {
+            fired_tx: RefCell::new(Some(tx)),
+            fired_rx: RefCell::new(Some(rx)),
+            ..Ending::default()
+        }))
+    }
+
+    /// What to do when the stream ends.
+    pub fn on_end(&self, on_end: OnStreamEnd) {
+        *self.0.on_end.borrow_mut() = Some(on_end);
+    }
+
+    /// Reports the end (the first call only).
+    pub fn fire(&self, end: StreamEnd, usage: Option<Usage>) {
+        if self.0.fired.replace(true) {
+            return;
+        }
+        self.0.fired_tx.borrow_mut().take();
+        let on_end = self.0.on_end.borrow_mut().take();
+        if let Some(on_end) = on_end {
+            on_end(StreamSummary { end, usage, content_events: self.0.content_events.get() });
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.0.fired.get()
+    }
+
+    /// Resolves once the end has been reported (for a watcher that must not outlive the stream).
+    pub fn ended(&self) -> impl std::future::Future<Output = ()> {
+        let receiver = self.0.fired_rx.borrow_mut().take();
+        async move {
+            if let Some(receiver) = receiver {
+                let _ = receiver.await;
+            }
+        }
+    }
+
+    fn count(&self, content_events: u64) {
+        self.0.content_events.set(content_events);
+    }
+}
+
 /// A backend's successful answer, ready for the client.
 pub enum Relayed {
     Completion { body: Vec<u8>, usage: Option<Usage> },
-    /// `relayed` counts the content chunks sent so far, readable while the stream runs.
-    Stream { body: BodyStream, relayed: Rc<Cell<u64>> },
+    Stream { body: BodyStream },
 }
 
-/// How long the backend may take.
+/// How long the backend may take (see the module doc for what each phase means).
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
-    /// From sending to the backend's response headers.
     pub connect_ms: u64,
-    /// From sending to the backend's first body bytes.
     pub first_byte_ms: u64,
-    /// Between two chunks of a stream.
     pub idle_ms: u64,
     /// From the first attempt to the end of the answer (stream included), failovers included.
     pub total_ms: u64,
+}
+
+impl From<&super::config::Timeouts> for Deadlines {
+    fn from(t: &super::config::Timeouts) -> Self {
+        Deadlines { connect_ms: t.connect_ms, first_byte_ms: t.first_byte_ms, idle_ms: t.idle_ms, total_ms: t.total_ms }
+    }
 }
 
 /// Where to send a request, and what to do when a backend fails.
@@ -125,55 +198,59 @@ pub struct Attempts<'a, 'b> {
     pub breaker: Breaker,
 }
 
+/// What the relay needs to know about the request.
+#[derive(Clone, Copy)]
+pub struct Exchange {
+    pub stream: bool,
+    /// Whether the client asked for the usage chunk itself (else it is dropped).
+    pub client_wants_usage: bool,
+}
+
 /// One attempt that did not produce an answer.
 struct Failed {
     /// What the client is told if no other backend answers.
     error: GatewayError,
-    /// Whether another backend may be tried (not for a request the backend found invalid).
-    failover: bool,
-    /// Whether it counts against the backend's health (a busy backend is not a broken one).
-    unhealthy: bool,
+    blame: Blame,
 }
 
 impl Failed {
-    fn broken(error: GatewayError) -> Self {
-        Failed { error, failover: true, unhealthy: true }
+    fn new(error: GatewayError, blame: Blame) -> Self {
+        Failed { error, blame }
     }
 }
 
-/// Sends the request to the first backend that answers, failing over on connection errors,
-/// timeouts, 5xx and 429 — but only before the client has received a byte. Returns the answer
-/// and the backend that gave it.
-pub async fn send_chat<'a, U: Upstream, R: Runtime + Clone + 'static>(
+/// Sends the request to the first backend that answers, failing over only on the backend's own
+/// faults and only before the client has received a byte. Returns the answer, the backend that
+/// gave it and how many were tried.
+pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     upstream: &U,
     runtime: &R,
     attempts: Attempts<'a, '_>,
     build: &dyn Fn(&Backend) -> UpstreamRequest,
-    chat: &ValidatedChat,
+    exchange: Exchange,
     deadlines: Deadlines,
-    on_end: OnStreamEnd,
+    ending: StreamEnding,
 ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
     let deadline_ms = runtime.now_ms().saturating_add(deadlines.total_ms);
-    let mut on_end = Some(on_end);
     let mut last = None;
     let mut tried = 0;
     for backend in attempts.backends.iter().copied().take(attempts.max as usize) {
         if runtime.now_ms() >= deadline_ms {
-            last = Some(GatewayError::UpstreamTimeout);
+            last = Some(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total });
             break;
         }
         tried += 1;
-        match attempt(upstream, runtime, build(backend), chat, deadlines, deadline_ms, &mut on_end).await {
+        match attempt(upstream, runtime, build(backend), exchange, deadlines, deadline_ms, &ending).await {
             Ok(relayed) => {
                 attempts.health.record_success(&backend.name);
                 return Ok((relayed, backend, tried));
             }
             Err(failed) => {
-                if failed.unhealthy {
+                if failed.blame.unhealthy {
                     attempts.health.record_failure(&backend.name, runtime.now_ms(), attempts.breaker);
                 }
                 last = Some(failed.error);
-                if !failed.failover {
+                if !failed.blame.failover {
                     break;
                 }
             }
@@ -181,6 +258,7 @@ pub async fn send_chat<'a, U: Upstream, R: Runtime + Clone + 'static>(
     }
     Err(last.unwrap_or(GatewayError::ServiceUnavailable {
         message: "No inference backend is available for this model.".into(),
+        retry_after_ms: None,
     }))
 }
 
@@ -189,87 +267,90 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     upstream: &U,
     runtime: &R,
     request: UpstreamRequest,
-    chat: &ValidatedChat,
+    exchange: Exchange,
     deadlines: Deadlines,
     deadline_ms: u64,
-    on_end: &mut Option<OnStreamEnd>,
+    ending: &StreamEnding,
 ) -> Result<Relayed, Failed> {
     let sent = runtime.now_ms();
-    let first_byte_by = sent.saturating_add(deadlines.first_byte_ms).min(deadline_ms);
-    let headers_by = sent.saturating_add(deadlines.connect_ms).min(first_byte_by);
     let left = |by: u64| by.saturating_sub(runtime.now_ms()).max(1);
+    let first_byte_by = sent.saturating_add(deadlines.first_byte_ms).min(deadline_ms);
+    // A stream's headers come at once; a completion's only with its last token.
+    let (headers_by, headers_late) = if exchange.stream {
+        let connect_by = sent.saturating_add(deadlines.connect_ms);
+        if connect_by < first_byte_by {
+            (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::BACKEND))
+        } else {
+            (first_byte_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte }, Blame::NOBODY))
+        }
+    } else {
+        (deadline_ms, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY))
+    };
     let mut response = match timeout(runtime, left(headers_by), upstream.send(request)).await {
-        None => return Err(Failed::broken(GatewayError::UpstreamTimeout)),
+        None => return Err(headers_late),
         Some(Err(_)) => {
             let message = "The inference backend could not be reached.".into();
-            return Err(Failed::broken(GatewayError::Upstream { message }));
+            return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
         }
         Some(Ok(response)) => response,
     };
     if !(200..300).contains(&response.status) {
-        let status = response.status;
-        let error = read_error(runtime, response, left(first_byte_by)).await;
-        return Err(match status {
-            429 => Failed { error, failover: true, unhealthy: false },
-            400 | 413 | 422 => Failed { error, failover: false, unhealthy: false },
-            _ => Failed::broken(error),
-        });
+        let (error, blame) = read_error(runtime, response, left(deadline_ms.min(runtime.now_ms() + deadlines.idle_ms))).await;
+        return Err(Failed::new(error, blame));
     }
-    if !chat.stream {
+    if !exchange.stream {
         return match timeout(runtime, left(deadline_ms), read_completion(response)).await {
-            None => Err(Failed::broken(GatewayError::UpstreamTimeout)),
-            Some(result) => result.map_err(Failed::broken),
+            None => Err(Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY)),
+            Some(result) => result.map_err(|error| Failed::new(error, Blame::BACKEND)),
         };
     }
-    let is_sse = response
-        .headers
-        .get("content-type")
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
-    if !is_sse {
+    if !super::http::is_event_stream(&response.headers) {
         let message = "The inference backend did not answer with a stream.".into();
-        return Err(Failed::broken(GatewayError::Upstream { message }));
+        return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
     }
     let first = match timeout(runtime, left(first_byte_by), response.body.next()).await {
-        None => return Err(Failed::broken(GatewayError::UpstreamTimeout)),
+        None => {
+            let phase = if first_byte_by >= deadline_ms { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
+            return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
+        }
         Some(Some(Ok(chunk))) => chunk,
         Some(_) => {
             let message = "The inference backend closed the stream before sending anything.".into();
-            return Err(Failed::broken(GatewayError::Upstream { message }));
+            return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
         }
-    };
-    let Some(on_end) = on_end.take() else {
-        let message = "internal: a stream was committed twice".into();
-        return Err(Failed { error: GatewayError::Upstream { message }, failover: false, unhealthy: false });
     };
     let relay = Relay {
         upstream: response.body,
-        scanner: SseScanner::new(!chat.client_wants_usage, MAX_EVENT_BYTES),
+        scanner: SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES),
         first: Some(first),
         runtime: runtime.clone(),
         idle_ms: deadlines.idle_ms,
         deadline_ms,
-        on_end: EndGuard { on_end: Some(on_end), content_events: Rc::new(Cell::new(0)) },
+        guard: EndGuard(ending.clone()),
     };
-    let relayed = relay.on_end.content_events.clone();
-    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)), relayed })
+    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)) })
 }
 
-async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> GatewayError {
+async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> (GatewayError, Blame) {
     let body = timeout(runtime, left_ms, read_capped(&mut response.body, MAX_ERROR_BYTES))
         .await
         .and_then(Result::ok)
         .unwrap_or_default();
-    normalise(response.status, &response.headers, &body)
+    classify(response.status, &response.headers, &body)
 }
 
 async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, GatewayError> {
-    let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|_| {
-        GatewayError::Upstream { message: "The inference backend's answer was cut off or too large.".into() }
+    let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| {
+        let message = match e {
+            ReadError::TooLarge => "The inference backend's answer was too large.",
+            ReadError::Broken(_) => "The inference backend's answer was cut off.",
+        };
+        GatewayError::Upstream { message: message.into() }
     })?;
     match serde_json::from_slice::<CompletionUsage>(&body) {
         Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
         Err(_) => Err(GatewayError::Upstream {
-            message: "The inference backend answered with something that is not a chat completion.".into(),
+            message: "The inference backend answered with something that is not a completion.".into(),
         }),
     }
 }
@@ -285,31 +366,15 @@ struct Relay<R> {
     idle_ms: u64,
     /// When the whole answer must be done (ms on the runtime's clock).
     deadline_ms: u64,
-    on_end: EndGuard,
+    guard: EndGuard,
 }
 
-/// Reports the end of a stream exactly once; if dropped first, the client went away.
-struct EndGuard {
-    on_end: Option<OnStreamEnd>,
-    /// Kept up to date so a drop can still report what was relayed.
-    content_events: Rc<Cell<u64>>,
-}
-
-impl EndGuard {
-    fn fired(&self) -> bool {
-        self.on_end.is_none()
-    }
-
-    fn fire(&mut self, end: StreamEnd, usage: Option<Usage>) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(StreamSummary { end, usage, content_events: self.content_events.get() });
-        }
-    }
-}
+/// Reports the stream's end; if dropped first, the client went away.
+struct EndGuard(StreamEnding);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        self.fire(StreamEnd::ClientClosed, None);
+        self.0.fire(StreamEnd::ClientClosed, None);
     }
 }
 
@@ -318,57 +383,63 @@ type Item = Result<Vec<u8>, super::http::BodyError>;
 impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Relay<R>)> {
-        if self.on_end.fired() {
+        if self.scanner.done() || self.scanner.stopped().is_some() || self.guard.0.fired() {
             return None; // already ended (after `[DONE]` or a final error event)
         }
         loop {
             let chunk = match self.first.take() {
                 Some(first) => Some(Ok(first)),
                 None => {
-                    let left = self.deadline_ms.saturating_sub(self.runtime.now_ms()).min(self.idle_ms).max(1);
-                    match timeout(&self.runtime, left, self.upstream.next()).await {
+                    let now = self.runtime.now_ms();
+                    let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
+                        (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
+                    } else {
+                        (self.idle_ms, TimeoutPhase::Idle)
+                    };
+                    match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
                         Some(chunk) => chunk,
-                        None => return Some(self.fail_with(GatewayError::UpstreamTimeout)),
+                        None => return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())),
                     }
                 }
             };
-            match chunk {
-                Some(Ok(chunk)) => match self.scanner.feed(chunk) {
-                    Ok(out) if self.scanner.malformed() => {
-                        // Relay what came before the bad event, then end with the error.
-                        let (error, relay) = self.fail("The inference backend sent a malformed stream.");
-                        let bytes = error.map(|error| [out, error].concat());
-                        return Some((bytes, relay));
-                    }
-                    Ok(out) if self.scanner.done() => {
-                        // `[DONE]` is the end, whether or not the backend closes its side.
-                        self.on_end.content_events.set(self.scanner.content_events());
-                        let usage = self.scanner.usage();
-                        self.on_end.fire(StreamEnd::Done, usage);
-                        return (!out.is_empty()).then_some((Ok(out), self));
-                    }
-                    Ok(out) if out.is_empty() => continue,
-                    Ok(out) => {
-                        self.on_end.content_events.set(self.scanner.content_events());
-                        return Some((Ok(out), self));
-                    }
-                    Err(_) => return Some(self.fail("The inference backend sent a malformed stream.")),
-                },
-                Some(Err(_)) => return Some(self.fail("The inference backend failed during the stream.")),
-                None => return Some(self.fail("The inference backend ended the stream early.")),
+            let chunk = match chunk {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(_)) => return Some(self.fail("The inference backend failed during the stream.", Vec::new())),
+                None => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
+            };
+            let out = match self.scanner.feed(chunk) {
+                Ok(out) => out,
+                Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
+            };
+            self.guard.0.count(self.scanner.content_events());
+            match self.scanner.stopped().cloned() {
+                // Relay what came before the bad event, then end with the gateway's own error.
+                Some(Stop::Malformed) => return Some(self.fail("The inference backend sent a malformed stream.", out)),
+                Some(Stop::BackendError(message)) => {
+                    let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
+                    return Some(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));
+                }
+                None => {}
+            }
+            if self.scanner.done() {
+                // `[DONE]` is the end, whether or not the backend closes its side.
+                self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
+                return (!out.is_empty()).then_some((Ok(out), self));
+            }
+            if !out.is_empty() {
+                return Some((Ok(out), self));
             }
         }
     }
 
-    /// Ends the stream with one OpenAI-shaped error event.
-    fn fail(self, message: &str) -> (Item, Relay<R>) {
-        self.fail_with(GatewayError::Upstream { message: message.into() })
+    fn fail(self, message: &str, before: Vec<u8>) -> (Item, Relay<R>) {
+        self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message: message.into() }, before)
     }
 
-    fn fail_with(mut self, error: GatewayError) -> (Item, Relay<R>) {
-        self.on_end.content_events.set(self.scanner.content_events());
-        let usage = self.scanner.usage();
-        self.on_end.fire(StreamEnd::UpstreamError, usage);
-        (Ok(error.to_sse_event()), self)
+    /// Ends the stream: what came `before` the failure, then one OpenAI-shaped error event.
+    fn end_with(self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
+        self.guard.0.fire(end, self.scanner.usage());
+        before.extend_from_slice(&error.to_sse_event());
+        (Ok(before), self)
     }
 }

@@ -1,23 +1,78 @@
-//! The `x-request-id` every response carries: a sane incoming one is kept, else one is made.
+//! The `x-request-id` every response carries, and the one the backend is sent.
+//!
+//! A sane incoming id (1–128 of `[A-Za-z0-9._:-]`) is kept, logged and returned to the client;
+//! otherwise the gateway makes a UUID (v4). The backend only ever gets a UUID: some servers
+//! (llama-cpp-python's) refuse any other `x-request-id` with an empty 400, so a client id that is
+//! not a UUID is replaced by a fresh one on the way to the backend (both are logged).
 
 use super::http::Headers;
 
-/// An incoming id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]` (so it is safe in logs
-/// and headers); otherwise a new `req_<32 hex>` id is made from `random` bytes.
-pub fn request_id(headers: &Headers, random: [u8; 16]) -> String {
-    if let Some(id) = headers.get("x-request-id") {
-        let sane = !id.is_empty()
-            && id.len() <= 128
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-        if sane {
-            return id.to_string();
+/// The ids of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIds {
+    /// Logged and returned to the client in `x-request-id`.
+    pub client: String,
+    /// Sent to the backend in `x-request-id`: the client's id when it is a UUID, else a new one.
+    pub upstream: String,
+}
+
+impl RequestIds {
+    /// The ids for a request with `headers`; `random` makes the UUID when one is needed.
+    pub fn new(headers: &Headers, random: [u8; 16]) -> RequestIds {
+        let incoming = headers.get("x-request-id").map(str::trim).filter(|id| is_sane(id));
+        match incoming {
+            Some(id) if is_uuid(id) => RequestIds { client: id.to_string(), upstream: id.to_string() },
+            Some(id) => RequestIds { client: id.to_string(), upstream: uuid_v4(random) },
+            None => {
+                let id = uuid_v4(random);
+                RequestIds { client: id.clone(), upstream: id }
+            }
         }
     }
+
+    /// The backend's id, when it differs from the client's (for the log line).
+    pub fn upstream_if_different(&self) -> Option<&str> {
+        (self.upstream != self.client).then_some(self.upstream.as_str())
+    }
+}
+
+/// Safe to log and to echo in a header.
+fn is_sane(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// `8-4-4-4-12` hex digits, the form UUID validators accept.
+pub fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A random (version 4, RFC 9562) UUID from 16 random bytes, lowercase.
+pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let mut out = String::with_capacity(36);
-    out.push_str("req_");
-    for b in random {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(hex_digit(b >> 4));
+        out.push(hex_digit(b & 15));
     }
     out
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(hex_digit(b >> 4));
+        out.push(hex_digit(b & 15));
+    }
+    out
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
 }

@@ -1,12 +1,16 @@
 //! A pass-through scanner for server-sent events from an OpenAI-compatible backend.
 //!
 //! Bytes are forwarded as they are, never re-serialised. The scanner only finds event
-//! boundaries, notes `data: [DONE]`, captures the `usage` object when a chunk carries one, and can
-//! drop the usage-only chunk (`"choices":[]`) that we asked for but the client did not. It holds at
-//! most one incomplete event, so memory stays flat for a stream of any length.
+//! boundaries, notes `data: [DONE]`, captures the `usage` object when a chunk carries one, can
+//! drop the usage-only chunk (`"choices":[]`) that we asked for but the client did not, and stops
+//! at the backend's own error event (`data: {"error":…}`), which is never relayed: the relay ends
+//! the stream with the gateway's error instead. It holds at most one incomplete event, so memory
+//! stays flat for a stream of any length, and each byte is looked at a bounded number of times
+//! however the stream is split (an event dripped one byte at a time is not re-copied per byte).
 //!
 //! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
 
+use super::upstream_error::message_of;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -25,6 +29,15 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseError(pub String);
 
+/// Why the scanner stopped relaying before `[DONE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A data event that is neither `[DONE]` nor a JSON object.
+    Malformed,
+    /// The backend's own error event; its message, cleaned (`None` when it had none).
+    BackendError(Option<String>),
+}
+
 /// Scans one response stream. Feed chunks in order; forward what `feed` returns.
 #[derive(Debug)]
 pub struct SseScanner {
@@ -38,7 +51,7 @@ pub struct SseScanner {
     done: bool,
     events: u64,
     content_events: u64,
-    malformed: bool,
+    stop: Option<Stop>,
 }
 
 /// Fields of a chunk we look at when it mentions `usage`.
@@ -62,7 +75,7 @@ impl SseScanner {
             done: false,
             events: 0,
             content_events: 0,
-            malformed: false,
+            stop: None,
         }
     }
 
@@ -76,15 +89,25 @@ impl SseScanner {
         self.done
     }
 
+    /// Why relaying stopped early, if it did: nothing after that event is forwarded.
+    pub fn stopped(&self) -> Option<&Stop> {
+        self.stop.as_ref()
+    }
+
     /// Whether a data event was neither `[DONE]` nor a JSON object (checked by its first and
     /// last bytes only: a full parse of every chunk would cost more than the relay itself).
     pub fn malformed(&self) -> bool {
-        self.malformed
+        self.stop == Some(Stop::Malformed)
     }
 
     /// Complete events seen so far.
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Bytes held while waiting for the end of an event (never more than the cap).
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
     }
 
     /// Data events that carried choices (neither `[DONE]` nor usage-only): about one token each
@@ -98,9 +121,18 @@ impl SseScanner {
     /// minus any dropped one). An incomplete trailing event is held until its end arrives.
     pub fn feed(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, SseError> {
         if !self.pending.is_empty() {
-            self.pending.extend_from_slice(&chunk);
-            let buf = std::mem::take(&mut self.pending);
-            return self.forward_complete(&buf, self.searched);
+            // Append (amortised O(chunk)) and search only what is new.
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(&chunk);
+            let mut out = Vec::new();
+            let end = self.scan_events(&buf, self.searched, &mut |range, keep| {
+                if keep {
+                    out.extend_from_slice(&buf[range]);
+                }
+            });
+            buf.drain(..end);
+            self.hold_buffer(buf)?;
+            return Ok(out);
         }
         // Fast path: a chunk of whole events that keeps every event is forwarded as it came;
         // only dropped events (rare: the usage chunk, a malformed tail) are noted.
@@ -120,7 +152,7 @@ impl SseScanner {
             at = range.end;
         }
         out.extend_from_slice(&chunk[at..end]);
-        self.hold(&chunk[end..])?;
+        self.hold_buffer(chunk[end..].to_vec())?;
         Ok(out)
     }
 
@@ -130,29 +162,14 @@ impl SseScanner {
         std::mem::take(&mut self.pending)
     }
 
-    /// Forwards the complete events of `buf` (terminators searched from `from`), holding the rest.
-    fn forward_complete(&mut self, buf: &[u8], from: usize) -> Result<Vec<u8>, SseError> {
-        let mut out = Vec::with_capacity(buf.len());
-        let end = self.scan_events(buf, from, &mut |range, keep| {
-            if keep {
-                out.extend_from_slice(&buf[range]);
-            }
-        });
-        self.hold(&buf[end..])?;
-        Ok(out)
-    }
-
     /// Keeps the start of an incomplete event until the rest arrives.
-    fn hold(&mut self, tail: &[u8]) -> Result<(), SseError> {
+    fn hold_buffer(&mut self, tail: Vec<u8>) -> Result<(), SseError> {
         if tail.len() > self.max_event_bytes {
-            return Err(SseError(format!(
-                "an event exceeded {} bytes without ending",
-                self.max_event_bytes
-            )));
+            return Err(SseError(format!("an event exceeded {} bytes without ending", self.max_event_bytes)));
         }
-        self.pending = tail.to_vec();
         // Resume two bytes back so a terminator split across chunks ("\n" | "\r\n") is found.
-        self.searched = self.pending.len().saturating_sub(2);
+        self.searched = tail.len().saturating_sub(2);
+        self.pending = tail;
         Ok(())
     }
 
@@ -178,8 +195,8 @@ impl SseScanner {
     /// Notes what one complete event says; returns whether to forward it.
     fn inspect(&mut self, event: &[u8]) -> bool {
         self.events += 1;
-        if self.malformed {
-            return false; // nothing after a malformed event is relayed
+        if self.stop.is_some() || self.done {
+            return false; // nothing after the end, a malformed event or an error is relayed
         }
         let Some(data) = event_data(event) else { return true };
         let data = data.trim_ascii();
@@ -188,10 +205,17 @@ impl SseScanner {
             return true;
         }
         if !(data.first() == Some(&b'{') && data.last() == Some(&b'}')) {
-            self.malformed = true;
+            self.stop = Some(Stop::Malformed);
             return false;
         }
-        if !carries_usage(data) {
+        let keys = scan_keys(data);
+        if keys.error {
+            if let Some(message) = backend_error(data) {
+                self.stop = Some(Stop::BackendError(message));
+                return false;
+            }
+        }
+        if !keys.usage {
             self.content_events += 1;
             return true;
         }
@@ -210,6 +234,15 @@ impl SseScanner {
             }
         }
     }
+}
+
+/// `Some(message)` when `data` is an error event: `{"error": …}` (vLLM, SGLang, OpenAI) or
+/// `{"object": "error", …}` (older vLLM).
+fn backend_error(data: &[u8]) -> Option<Option<String>> {
+    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let is_error = value.get("error").is_some_and(|e| !e.is_null())
+        || value.get("object").and_then(|o| o.as_str()) == Some("error");
+    is_error.then(|| message_of(&value))
 }
 
 /// Finds the end (exclusive, after the blank line) of the first event ending at or after `from`.
@@ -242,24 +275,35 @@ fn event_data(event: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Whether a chunk's `usage` is an object (worth parsing). vLLM writes `"usage":null` on every
-/// content chunk once usage is requested, so that ending is checked first without a search.
-fn carries_usage(data: &[u8]) -> bool {
-    if data.ends_with(b"\"usage\":null}") {
-        return false;
-    }
+/// The keys of a chunk worth a closer look.
+struct Keys {
+    /// `"usage"` followed by an object (worth parsing).
+    usage: bool,
+    /// `"error"` appears unescaped (a key, or a string value: parse to tell).
+    error: bool,
+}
+
+/// One pass over the quotes of a chunk. vLLM writes `"usage":null` on every content chunk once
+/// usage is requested, so that ending is checked first without a search. Inside JSON strings a
+/// quote is always escaped, so an unescaped `"error"` or `"usage"` is a key or a whole value.
+fn scan_keys(data: &[u8]) -> Keys {
+    let mut keys = Keys { usage: false, error: false };
+    let usage_null_at_end = data.ends_with(b"\"usage\":null}");
     let mut i = 0;
     while let Some(p) = find_byte(&data[i..], b'"') {
         let at = i + p;
-        if data[at..].starts_with(b"\"usage\"") {
-            let value = data[at + 7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'));
-            if value.is_some_and(|v| data[at + 7 + v] == b'{') {
-                return true;
+        let rest = &data[at..];
+        if rest.starts_with(b"\"error\"") {
+            keys.error = true;
+        } else if !usage_null_at_end && rest.starts_with(b"\"usage\"") {
+            let value = rest[7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'));
+            if value.is_some_and(|v| rest[7 + v] == b'{') {
+                keys.usage = true;
             }
         }
         i = at + 1;
     }
-    false
+    keys
 }
 
 /// The first `needle` in `haystack`, eight bytes at a time (SWAR: no SIMD crate needed, and the

@@ -1,4 +1,9 @@
 //! In-memory implementations of the core's platform traits, so every rule is tested natively.
+//!
+//! Time is virtual: [`FakeRuntime::sleep`] ends when the clock reaches its deadline, and [`run`]
+//! moves the clock straight to the next deadline whenever every future is waiting on one. So a
+//! test can tell a 2 s timeout from a 3 s one, instantly and deterministically, and a future
+//! that waits on nothing at all (a hang the gateway failed to bound) fails the test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use edge_gateway::core::config::{Config, Lookup};
@@ -13,23 +18,131 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 pub const KEY: &str = "sk-test-alpha";
 pub const OTHER_KEY: &str = "sk-test-beta";
 /// Limited to 1,000 tokens per minute and one request in flight.
 pub const METERED_KEY: &str = "sk-test-gamma";
+/// Where the virtual clock starts.
+pub const T0: u64 = 1_700_000_000_000;
 
 /// A background task the gateway spawned.
 pub type Task = Pin<Box<dyn Future<Output = ()>>>;
 
-/// A clock that only moves when told to; sleeps finish at once only when `timeouts_fire` is set.
-#[derive(Clone, Default)]
+/// The virtual clock: the time, and the wakers of sleeps waiting for a later one.
+#[derive(Default)]
+pub struct Clock {
+    pub now: Cell<u64>,
+    timers: RefCell<Vec<(u64, Waker)>>,
+}
+
+impl Clock {
+    /// Moves to the earliest pending deadline and wakes its sleeps; `false` if none is pending.
+    fn advance(&self) -> bool {
+        let mut timers = self.timers.borrow_mut();
+        let Some(next) = timers.iter().map(|(at, _)| *at).min() else { return false };
+        if next > self.now.get() {
+            self.now.set(next);
+        }
+        let now = self.now.get();
+        let (due, rest): (Vec<_>, Vec<_>) = timers.drain(..).partition(|(at, _)| *at <= now);
+        *timers = rest;
+        drop(timers);
+        for (_, waker) in due {
+            waker.wake();
+        }
+        true
+    }
+}
+
+thread_local! {
+    /// The clock of the runtime made last on this thread (each test runs on its own thread).
+    static CLOCK: RefCell<Rc<Clock>> = RefCell::new(Rc::default());
+}
+
+fn clock() -> Rc<Clock> {
+    CLOCK.with(|c| c.borrow().clone())
+}
+
+/// Resolves when the virtual clock reaches `deadline`.
+pub struct Sleep {
+    clock: Rc<Clock>,
+    deadline: u64,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.now.get() >= self.deadline {
+            return Poll::Ready(());
+        }
+        self.clock.timers.borrow_mut().push((self.deadline, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Sleeps `ms` on the virtual clock of this thread.
+pub fn sleep(ms: u64) -> Sleep {
+    let clock = clock();
+    let deadline = clock.now.get().saturating_add(ms);
+    Sleep { clock, deadline }
+}
+
+/// Lets a test move time forward by hand (between requests).
+pub fn advance(ms: u64) {
+    let clock = clock();
+    clock.now.set(clock.now.get() + ms);
+}
+
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Runs a future to completion on the current thread, in virtual time: whenever it is waiting
+/// and nothing but a timer can wake it, the clock jumps to the next deadline. Panics if it waits
+/// on nothing (it would hang for real).
+pub fn run<F: Future>(future: F) -> F::Output {
+    let clock = clock();
+    let flag = Arc::new(Flag(AtomicBool::new(true)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        flag.0.store(false, Ordering::SeqCst);
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        if !flag.0.load(Ordering::SeqCst) && !clock.advance() {
+            panic!("the future waits on nothing: it would hang forever");
+        }
+    }
+}
+
+/// Platform services on the virtual clock; logs and spawned tasks are kept for inspection.
+#[derive(Clone)]
 pub struct FakeRuntime {
-    pub now: Rc<Cell<u64>>,
-    pub timeouts_fire: Rc<Cell<bool>>,
+    pub clock: Rc<Clock>,
     pub logs: Rc<RefCell<Vec<String>>>,
     /// Background tasks, run by [`FakeRuntime::run_spawned`].
     pub tasks: Rc<RefCell<Vec<Task>>>,
+}
+
+impl Default for FakeRuntime {
+    /// A runtime whose clock starts at [`T0`] and becomes this thread's clock.
+    fn default() -> Self {
+        let clock = Rc::new(Clock::default());
+        clock.now.set(T0);
+        CLOCK.with(|c| *c.borrow_mut() = clock.clone());
+        FakeRuntime { clock, logs: Rc::default(), tasks: Rc::default() }
+    }
 }
 
 impl FakeRuntime {
@@ -38,24 +151,28 @@ impl FakeRuntime {
         let tasks: Vec<_> = self.tasks.borrow_mut().drain(..).collect();
         let count = tasks.len();
         for task in tasks {
-            futures::executor::block_on(task);
+            run(task);
         }
         count
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now.get()
+    }
+
+    /// The log lines that are JSON request records.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.logs.borrow().iter().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &serde_json::Value| v.get("request_id").is_some()).collect()
     }
 }
 
 impl Runtime for FakeRuntime {
     fn now_ms(&self) -> u64 {
-        self.now.get()
+        self.clock.now.get()
     }
 
-    fn sleep(&self, _ms: u64) -> impl std::future::Future<Output = ()> {
-        let fire = self.timeouts_fire.get();
-        async move {
-            if !fire {
-                futures::future::pending::<()>().await;
-            }
-        }
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
+        Sleep { clock: self.clock.clone(), deadline: self.clock.now.get().saturating_add(ms) }
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
@@ -73,8 +190,14 @@ impl Runtime for FakeRuntime {
 
 /// What the fake backend does with the next request.
 pub enum Script {
-    /// Answers with status, headers and body chunks (an `Err` chunk breaks the body there).
-    Answer { status: u16, headers: Vec<(&'static str, &'static str)>, chunks: Vec<Result<Vec<u8>, BodyError>> },
+    /// Answers with status and headers after `after_ms`, then body chunks, each after its own
+    /// delay (an `Err` chunk breaks the body there).
+    Answer {
+        status: u16,
+        headers: Vec<(&'static str, &'static str)>,
+        after_ms: u64,
+        chunks: Vec<(u64, Result<Vec<u8>, BodyError>)>,
+    },
     /// Refuses the connection.
     Refuse,
     /// Never answers.
@@ -88,15 +211,31 @@ impl Script {
         Script::Answer {
             status,
             headers: vec![("content-type", "application/json")],
-            chunks: vec![Ok(body.as_bytes().to_vec())],
+            after_ms: 0,
+            chunks: vec![(0, Ok(body.as_bytes().to_vec()))],
         }
     }
 
     pub fn sse(chunks: &[&str]) -> Script {
+        Script::sse_paced(chunks, 0)
+    }
+
+    /// A stream whose every chunk comes `gap_ms` after the one before (the first too).
+    pub fn sse_paced(chunks: &[&str], gap_ms: u64) -> Script {
         Script::Answer {
             status: 200,
             headers: vec![("content-type", "text/event-stream")],
-            chunks: chunks.iter().map(|c| Ok(c.as_bytes().to_vec())).collect(),
+            after_ms: 0,
+            chunks: chunks.iter().map(|c| (gap_ms, Ok(c.as_bytes().to_vec()))).collect(),
+        }
+    }
+
+    /// The same answer, its head sent only after `ms` (as vLLM sends a completion's after its
+    /// last token).
+    pub fn after(self, ms: u64) -> Script {
+        match self {
+            Script::Answer { status, headers, chunks, .. } => Script::Answer { status, headers, after_ms: ms, chunks },
+            other => other,
         }
     }
 }
@@ -106,6 +245,8 @@ impl Script {
 pub struct FakeUpstream {
     pub scripts: Rc<RefCell<VecDeque<Script>>>,
     pub sent: Rc<RefCell<Vec<UpstreamRequest>>>,
+    /// Requests whose answer was dropped before its end (the backend saw its connection close).
+    pub closed: Rc<Cell<u32>>,
 }
 
 impl FakeUpstream {
@@ -122,25 +263,70 @@ impl FakeUpstream {
         let sent = self.sent.borrow();
         serde_json::from_slice(sent.last().unwrap().body.as_ref().unwrap()).unwrap()
     }
+
+    pub fn last_headers(&self) -> Headers {
+        self.sent.borrow().last().unwrap().headers.clone()
+    }
+}
+
+/// Counts a close when dropped before `done` is set.
+struct CloseWatch {
+    closed: Rc<Cell<u32>>,
+    done: bool,
+}
+
+impl CloseWatch {
+    /// The answer was delivered whole: no close to count.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.closed.set(self.closed.get() + 1);
+        }
+    }
 }
 
 impl Upstream for FakeUpstream {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
         self.sent.borrow_mut().push(request);
         let script = self.scripts.borrow_mut().pop_front().unwrap_or(Script::Refuse);
+        let watch = CloseWatch { closed: self.closed.clone(), done: false };
+        let json = |s: &str| [("content-type".to_string(), s.to_string())].into_iter().collect::<Headers>();
         match script {
-            Script::Refuse => Err(ConnectError("connection refused".into())),
+            Script::Refuse => {
+                watch.finish();
+                Err(ConnectError("connection refused".into()))
+            }
             Script::Hang => futures::future::pending().await,
-            Script::StreamThenStall(events) => Ok(UpstreamResponse {
-                status: 200,
-                headers: [("content-type".to_string(), "text/event-stream".to_string())].into_iter().collect(),
-                body: Box::pin(stream::iter(events.into_iter().map(|e| Ok(e.as_bytes().to_vec()))).chain(stream::pending())),
-            }),
-            Script::Answer { status, headers, chunks } => Ok(UpstreamResponse {
-                status,
-                headers: headers.into_iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-                body: Box::pin(stream::iter(chunks)),
-            }),
+            Script::StreamThenStall(events) => {
+                let chunks = stream::iter(events.into_iter().map(|e| Ok(e.as_bytes().to_vec())));
+                let body = chunks.chain(stream::once(async move {
+                    let _watch = watch;
+                    futures::future::pending::<Result<Vec<u8>, BodyError>>().await
+                }));
+                Ok(UpstreamResponse { status: 200, headers: json("text/event-stream"), body: Box::pin(body) })
+            }
+            Script::Answer { status, headers, after_ms, chunks } => {
+                sleep(after_ms).await;
+                let headers = headers.into_iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+                let body = stream::unfold((chunks.into_iter(), watch), |(mut chunks, watch)| async move {
+                    match chunks.next() {
+                        Some((delay, chunk)) => {
+                            sleep(delay).await;
+                            Some((chunk, (chunks, watch)))
+                        }
+                        None => {
+                            watch.finish();
+                            None
+                        }
+                    }
+                });
+                Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
+            }
         }
     }
 }
@@ -158,9 +344,8 @@ pub fn gateway() -> (TestGateway, FakeUpstream, FakeRuntime) {
 pub fn gateway_with_store() -> (TestGateway, FakeUpstream, FakeRuntime, TestStore) {
     let upstream = FakeUpstream::default();
     let runtime = FakeRuntime::default();
-    runtime.now.set(1_700_000_000_000);
-    let now = runtime.now.clone();
-    let store = Rc::new(MemoryStore::new(Box::new(move || now.get()) as Box<dyn Fn() -> u64>));
+    let clock = runtime.clock.clone();
+    let store = Rc::new(MemoryStore::new(Box::new(move || clock.now.get()) as Box<dyn Fn() -> u64>));
     (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
 }
 
@@ -201,6 +386,15 @@ pub fn config_with(name: &str, value: &str) -> Config {
     Config::from_lookup(&vars as &dyn Lookup).expect("test config is valid")
 }
 
+/// [`config`] with several variables changed.
+pub fn config_with_all(changes: &[(&str, &str)]) -> Config {
+    let mut vars = vars();
+    for (name, value) in changes {
+        vars.insert(name.to_string(), value.to_string());
+    }
+    Config::from_lookup(&vars as &dyn Lookup).expect("test config is valid")
+}
+
 pub fn headers(pairs: &[(&str, &str)]) -> Headers {
     pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
 }
@@ -224,12 +418,7 @@ pub fn get(path: &str, key: Option<&str>) -> Request {
     Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]), client_ip: None, disconnected: None }
 }
 
-/// Runs a future on the current thread.
-pub fn run<F: std::future::Future>(f: F) -> F::Output {
-    futures::executor::block_on(f)
-}
-
-/// A response's body as text.
+/// A response's body as text (a stream is read to its end, in virtual time).
 pub fn text(response: Response) -> (u16, Headers, String) {
     let status = response.status;
     let headers = response.headers;
