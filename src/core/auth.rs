@@ -10,7 +10,7 @@ use super::http::Headers;
 use super::jwt::looks_like_jwt;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// Who is calling, once authenticated; later steps take this instead of a raw request.
 #[derive(Debug, Clone)]
@@ -123,10 +123,14 @@ fn find_key<'a>(presented: &str, keys: &'a [ApiKey]) -> Result<&'a ApiKey, Gatew
 }
 
 /// The network an anonymous caller is limited as: an IPv4 address, or the /64 of an IPv6 one
-/// (an IPv4-mapped IPv6 address is its IPv4 address). `None` if the platform's value is not an
-/// address.
-pub fn client_network(ip: &str) -> Option<String> {
-    let ip: IpAddr = ip.trim().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+/// (an IPv4-mapped IPv6 address is its IPv4 address). The platform's value may be an address or
+/// an `address:port` (`[v6]:port`); `None` if it is neither.
+pub fn client_network(addr: &str) -> Option<String> {
+    let addr = addr.trim();
+    let ip: IpAddr = match addr.parse::<SocketAddr>() {
+        Ok(socket) => socket.ip(),
+        Err(_) => addr.trim_start_matches('[').trim_end_matches(']').parse().ok()?,
+    };
     Some(match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -51,7 +51,8 @@ pub fn healthz_answers_ok_without_auth(gw: &Gateway) {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
     assert!(r.json()["version"].is_string());
-    assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
+    assert!(r.header("x-request-id").is_some_and(edge_gateway::core::request_id::is_uuid), "generated ids are UUIDs");
+    assert!(r.header("traceparent").is_some_and(|t| edge_gateway::core::trace::parse_traceparent(t).is_some()));
 }
 
 pub fn rejects_missing_and_wrong_keys_with_401(gw: &Gateway) {
@@ -73,7 +74,7 @@ pub fn lists_models_for_the_key(gw: &Gateway) {
         assert_eq!(r.status, 200);
         r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().into()).collect()
     };
-    assert_eq!(ids(KEY), [MODEL, SPARE_MODEL, SLOW_MODEL]);
+    assert_eq!(ids(KEY), [MODEL, SPARE_MODEL, SLOW_MODEL, STRICT_MODEL, SMALL_MODEL]);
     assert_eq!(ids(NARROW_KEY), [SPARE_MODEL]);
     let r = post(gw, Some(NARROW_KEY), &chat(json!({})));
     assert_eq!(r.status, 404);
@@ -279,6 +280,10 @@ pub fn answers_cors_preflight_for_allowed_origins(gw: &Gateway) {
     assert!(r.header("access-control-allow-headers").unwrap().contains("authorization"));
     let r = preflight("https://elsewhere.example.com");
     assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("vary"), Some("Origin"), "a refused origin's answer varies by origin too");
+    let r = request(&gw.addr, "GET", "/healthz", &[("origin", "null")], None);
+    assert_eq!(r.header("access-control-allow-origin"), None, "`null` is never granted");
+    assert_eq!(r.header("vary"), Some("Origin"));
     let auth = format!("Bearer {KEY}");
     let r = request(&gw.addr, "GET", "/v1/models", &[("authorization", &auth), ("origin", ALLOWED_ORIGIN)], None);
     assert!(r.header("access-control-expose-headers").unwrap().contains("x-ratelimit-remaining-requests"));
@@ -372,21 +377,26 @@ pub fn a_client_disconnect_releases_its_in_flight_slot(gw: &Gateway) {
 }
 
 pub fn settles_tokens_on_real_usage(gw: &Gateway) {
-    // "Say hello" is 9 bytes: an estimate of 3 prompt tokens + max_tokens 100.
-    let body = chat(json!({"max_tokens": 100, "mock": {"chunks": 5}}));
+    // "Say hello" is 9 bytes: an estimate of 3 prompt tokens + max_tokens 200.
+    let body = chat(json!({"max_tokens": 200, "mock": {"chunks": 5}}));
+    let admitted_at = std::time::Instant::now();
     let r = post(gw, Some(METERED_KEY), &body);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("1000"));
     let remaining: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
-    assert_eq!(remaining, 1000 - 103, "admitted on the estimate");
+    assert_eq!(remaining, 1000 - 203, "admitted on the estimate");
     let used = r.json()["usage"]["total_tokens"].as_u64().unwrap() as u32;
-    // The settlement runs after the response; the next admission sees it.
-    // Without settlement a 4-token request would leave 1000 - 103 - 4; settled, 1000 - used - 4.
+    // The settlement runs after the response; the next admission (3 + 1 tokens) sees it. Settled,
+    // at most `used + 4` are spent (refill only adds); unsettled, `203 + 4` minus what refilled
+    // since — and 1,000/min refills one token per 60 ms, far less than the 194 the settlement
+    // gives back within this wait.
     let settled = wait_until(Duration::from_secs(5), || {
         let r = post(gw, Some(METERED_KEY), &chat(json!({"max_tokens": 1, "mock": {"chunks": 1}})));
         let now: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
-        now > 1000 - 103 - 4
+        now >= 1000 - used - 4 - 1
     });
+    let refilled = admitted_at.elapsed().as_millis() as u32 / 60;
+    assert!(1000 - 203 - 4 + refilled < 1000 - used - 4 - 1, "the wait was too long to tell settlement from refill");
     assert!(settled, "the first request was not settled on its real usage ({used})");
     let r = post(gw, Some(METERED_KEY), &chat(json!({"max_tokens": 256, "n": 4})));
     assert_eq!(r.status, 429, "an estimate above the whole budget");
@@ -399,20 +409,54 @@ type Launch = fn(Setup<'_>) -> Gateway;
 
 pub fn limits_anonymous_callers_per_client_ip(launch: Launch) {
     let anonymous = format!(r#"{{"models":["{MODEL}"],"requests_per_minute":2}}"#);
-    let gw = launch(Setup { vars: &[("GATEWAY_ANONYMOUS", anonymous.as_str())], ..Setup::default() });
+    let gw = launch(Setup { vars: &[("GATEWAY_ANONYMOUS", anonymous.as_str()), ("GATEWAY_CORS_ORIGINS", "*")], ..Setup::default() });
     let body = serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap();
-    let from = |ip: &str| {
-        let headers = [("content-type", "application/json"), (gw.client_ip_header, ip)];
-        request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body))
+    let send = |headers: &[(&str, &str)]| {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        request(&gw.addr, "POST", "/v1/chat/completions", &all, Some(&body))
     };
+    let from = |ip: &str| send(&[(gw.client_ip_header, ip)]);
     assert_eq!(from("203.0.113.7").status, 200);
-    assert_eq!(from("203.0.113.7").status, 200);
-    let r = from("203.0.113.7");
+    // A client-set X-Forwarded-For never buys a fresh budget: only the platform's header counts.
+    assert_eq!(send(&[(gw.client_ip_header, "203.0.113.7"), ("x-forwarded-for", "192.0.2.1")]).status, 200);
+    let r = send(&[(gw.client_ip_header, "203.0.113.7"), ("x-forwarded-for", "192.0.2.2")]);
     assert_eq!(r.status, 429);
     assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
     assert_eq!(from("198.51.100.1").status, 200, "another client IP has its own budget");
-    let wrong = request(&gw.addr, "POST", "/v1/chat/completions", &[("authorization", "Bearer sk-nope")], Some(&body));
-    assert_eq!(wrong.status, 401, "a wrong key is never treated as anonymous");
+
+    // IPv6 callers are one caller per /64 (what one subscriber holds): five addresses, one budget.
+    let statuses: Vec<u16> = (1..=5).map(|i| from(&format!("2001:db8:7:8::{i}")).status).collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429], "one /64, one budget");
+    assert_eq!(from("2001:db8:7:9::1").status, 200, "the next /64 is another caller");
+
+    // No address from the platform: refused, not pooled with everyone else.
+    let r = send(&[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(error_of(&r)["code"], "invalid_api_key");
+
+    // Credentials are judged the same on both runtimes: unreadable or several is a 401, never
+    // the anonymous tier.
+    let two = format!("Bearer {KEY}");
+    for headers in [
+        vec![("authorization", "Bearer sk-nope")],
+        vec![("authorization", "Bearer café")],
+        vec![("authorization", two.as_str()), ("authorization", two.as_str())],
+        vec![("authorization", two.as_str()), ("api-key", KEY)],
+        vec![("x-api-key", "sk-nope")],
+    ] {
+        let mut with_ip = headers.clone();
+        with_ip.push((gw.client_ip_header, "203.0.113.50"));
+        assert_eq!(send(&with_ip).status, 401, "{headers:?} is never anonymous");
+    }
+
+    // CORS `*` grants any origin but the opaque `null`, and every answer varies by origin.
+    let r = request(&gw.addr, "GET", "/healthz", &[("origin", "https://anywhere.example")], None);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://anywhere.example"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = request(&gw.addr, "GET", "/healthz", &[("origin", "null")], None);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("vary"), Some("Origin"));
 }
 
 pub fn limit_state_survives_a_runtime_restart(launch: Launch) {
@@ -456,7 +500,10 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
     let table: Vec<(&str, bool, Outcome, Outcome)> = vec![
         ("refuse", false, Error(502, "upstream_error"), Complete),
         ("refuse", true, Error(502, "upstream_error"), Complete),
-        ("hang", false, Error(504, "upstream_timeout"), Complete),
+        // A non-stream answer's headers come after its last token: waited for until the total
+        // timeout, then a 504 — never the same generation started on a second GPU.
+        ("hang", false, Error(504, "upstream_timeout"), Error(504, "upstream_timeout")),
+        // A stream's headers come at once: none means the request never started.
         ("hang", true, Error(504, "upstream_timeout"), Complete),
         ("500", false, Error(502, "upstream_error"), Complete),
         ("500", true, Error(502, "upstream_error"), Complete),
@@ -468,6 +515,13 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
         ("malformed_sse", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
         ("slow_drip", true, Complete, Complete),
         ("drip_past_idle_timeout", true, ErrorEvent("upstream_timeout"), ErrorEvent("upstream_timeout")),
+        ("error_event", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
+        // The backend found the request wrong: the caller's fault, never replayed elsewhere.
+        ("status_404", false, Error(404, "upstream_error"), Error(404, "upstream_error")),
+        ("status_422", false, Error(400, "upstream_error"), Error(400, "upstream_error")),
+        ("status_401", false, Error(502, "upstream_error"), Error(502, "upstream_error")),
+        ("status_501", false, Error(502, "upstream_error"), Error(502, "upstream_error")),
+        ("status_503", true, Error(502, "upstream_error"), Complete),
     ];
     let rows: Vec<_> = table
         .into_iter()
@@ -489,6 +543,9 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
                     "slow_drip" => json!({"chunks": 5, "delay_ms": 300}),
                     "drip_past_idle_timeout" => json!({"chunks": 3, "delay_ms": FAULT_TIMEOUT_MS + 1_000}),
                     "refuse" => json!({}),
+                    status if status.starts_with("status_") => {
+                        json!({"status": status[7..].parse::<u16>().unwrap(), "fault_on": "flaky", "chunks": 3})
+                    }
                     fault => json!({"fault": fault, "fault_on": "flaky", "chunks": 3}),
                 };
                 let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
@@ -507,7 +564,7 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
         .map(|t| t.join().unwrap())
         .collect();
 
-    let bound = Duration::from_millis(3 * FAULT_TIMEOUT_MS + 2_000);
+    let bound = Duration::from_millis(TOTAL_TIMEOUT_MS + 2_000);
     for (fault, stream, failover, expected, response, elapsed) in results {
         let row = format!("{fault:<24} stream={stream:<5} failover={failover:<5}");
         let response = response.unwrap_or_else(|e| panic!("{row}: the gateway did not answer: {e}"));
@@ -531,7 +588,7 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
             assert!(response.header("retry-after").is_some(), "{row}");
         }
         let text = response.text();
-        assert!(!text.contains("/srv/secret") && !text.contains("exploded"), "{row} leaked: {text}");
+        assert!(!text.contains("/srv/secret") && !text.contains("exploded") && !text.contains("10.1.2.3"), "{row} leaked: {text}");
     }
 }
 
@@ -541,6 +598,7 @@ fn static_code(code: &Value) -> &'static str {
         Some("upstream_error") => "upstream_error",
         Some("upstream_timeout") => "upstream_timeout",
         Some("rate_limit_exceeded") => "rate_limit_exceeded",
+        Some("model_not_found") => "model_not_found",
         Some("service_unavailable") => "service_unavailable",
         other => panic!("unexpected error code {other:?}"),
     }
@@ -580,7 +638,13 @@ pub fn accepts_a_jwt_beside_api_keys(gw: &Gateway) {
     let r = post(gw, Some(&token), &chat(json!({"mock": {"chunks": 2}})));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("x-ratelimit-limit-tokens").is_some(), "the token's own budget applies");
-    let forged = format!("{}x", &token[..token.len() - 1]);
+    // A signature that decodes (a valid base64url of the right length) but is not the key's.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let mut forged_signature = signature.as_bytes().to_vec();
+    forged_signature[10] = if forged_signature[10] == b'A' { b'B' } else { b'A' };
+    let forged = format!("{signed}.{}", String::from_utf8(forged_signature).unwrap());
+    use base64::Engine;
+    assert!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(forged.rsplit_once('.').unwrap().1).is_ok(), "the forgery decodes");
     assert_eq!(post(gw, Some(&forged), &chat(json!({}))).status, 401);
 }
 
@@ -626,7 +690,8 @@ pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
         vars: &[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_EJECT_FOR_MS", "60000")],
         backends: &backends,
     });
-    let body = json!({"model": "ha-model", "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "hang", "fault_on": "hanger"}});
+    // A stream that never sends its headers never started: it fails over and counts.
+    let body = json!({"model": "ha-model", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "hang", "fault_on": "hanger"}});
     let timed = || {
         let started = std::time::Instant::now();
         let r = post(&gw, Some(KEY), &body);
@@ -640,4 +705,242 @@ pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
     let after = timed();
     println!("with the hanging backend: {first:?}; once ejected: {after:?}");
     assert!(after < Duration::from_millis(FAULT_TIMEOUT_MS / 2), "still waited on the ejected backend: {after:?}");
+}
+
+pub fn backends_get_uuid_request_ids_and_only_allow_listed_headers(gw: &Gateway) {
+    // The strict backend answers an empty 400 to any x-request-id that is not a UUID, as
+    // llama-cpp-python's server does: a client's own id must not reach it as-is.
+    let body = serde_json::to_vec(&json!({"model": STRICT_MODEL, "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+    let hostile = [
+        ("x-api-key", KEY), ("x-request-id", "client-id-7"), ("cookie", "session=secret-cookie"),
+        ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil.example"), ("x-envoy-original-path", "/admin"),
+        ("x-custom", "dropped"), ("proxy-authorization", "Basic c2VjcmV0"), ("digest", "sha-256=abc"),
+        ("content-type", "application/json"),
+    ];
+    let r = request(&gw.addr, "POST", "/v1/chat/completions", &hostile, Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-request-id"), Some("client-id-7"), "the client's id is still returned");
+    let seen = gw.strict.last_request();
+    let headers = seen["headers"].as_object().unwrap();
+    let id = headers["x-request-id"].as_str().unwrap();
+    assert!(edge_gateway::core::request_id::is_uuid(id), "the backend got a UUID: {id}");
+    for name in ["x-api-key", "cookie", "x-forwarded-for", "x-forwarded-host", "x-envoy-original-path", "x-custom", "proxy-authorization", "digest"] {
+        assert!(!headers.contains_key(name), "{name} reached the backend: {seen}");
+    }
+    assert!(!seen.to_string().contains(KEY) && !seen.to_string().contains("secret-cookie"), "{seen}");
+    assert!(headers.contains_key("traceparent"), "the trace goes on to the backend");
+    // A client id that is a UUID goes through as it is.
+    let uuid = "3f8c1d52-9a4b-4e7f-8c2d-1b0a9e8f7d6c";
+    let auth = format!("Bearer {KEY}");
+    let r = request(&gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("x-request-id", uuid), ("content-type", "application/json")], Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.strict.last_request()["headers"]["x-request-id"], uuid);
+}
+
+pub fn a_backends_error_event_mid_stream_becomes_the_gateways_error(gw: &Gateway) {
+    let r = post(gw, Some(KEY), &chat(json!({"stream": true, "mock": {"fault": "error_event", "chunks": 5}})));
+    assert_eq!(r.status, 200, "the stream had started");
+    let events = sse_events(&r.body);
+    assert!(events.iter().any(|e| e.contains("tok0")), "what came before was relayed");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "the backend's [DONE] after its error is not relayed");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!((last["error"]["type"].as_str(), last["error"]["code"].as_str()), (Some("api_error"), Some("upstream_error")), "{last}");
+    let text = r.text();
+    for leak in ["/srv/secret", "10.1.2.3", "InternalServerError"] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
+}
+
+pub fn injected_max_tokens_fit_a_small_context(gw: &Gateway) {
+    // The small backend has a 300-token context and enforces it as vLLM does; GATEWAY_MAX_TOKENS
+    // is 256. A 400-byte prompt (101 tokens there) plus an injected 256 would be refused.
+    let prompt = "x".repeat(400);
+    let ask = |extra: Value| {
+        let mut body = json!({"model": SMALL_MODEL, "messages": [{"role": "user", "content": prompt}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post(gw, Some(KEY), &body)
+    };
+    let r = ask(json!({}));
+    assert_eq!(r.status, 200, "a request the backend can serve is served: {}", r.text());
+    let seen = gw.small.request_with_id(r.header("x-request-id").unwrap()).unwrap();
+    assert!(seen["body"].get("max_tokens").is_none(), "nothing injected that could overflow: {seen}");
+    let r = post(gw, Some(KEY), &json!({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "Say hello"}]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = gw.small.request_with_id(r.header("x-request-id").unwrap()).unwrap();
+    let injected = seen["body"]["max_tokens"].as_u64().unwrap();
+    assert!(injected < 256 && injected + 3 <= u64::from(SMALL_CONTEXT), "injected {injected}: within the context, under the cap");
+    // A client that asks for too much gets the backend's own reason, as a 400.
+    let r = ask(json!({"max_tokens": 256}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(error_of(&r)["message"].as_str().unwrap().contains("maximum context length is 300 tokens"), "{}", r.text());
+}
+
+pub fn requests_sharing_one_request_id_each_need_their_own_slot(gw: &Gateway) {
+    // Six streams with one x-request-id against max_in_flight 2: exactly two get in.
+    let body = std::sync::Arc::new(serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 10, "delay_ms": 150}}))).unwrap());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, body, barrier) = (gw.addr.clone(), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {SHARED_ID_KEY}");
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/json"), ("x-request-id", "one-id-for-all")];
+                barrier.wait();
+                try_request(&addr, "POST", "/v1/chat/completions", &headers, Some(&body)).map_or(0, |r| r.status)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(count(&statuses, 200), 2, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 4, "{statuses:?}");
+}
+
+pub fn the_token_estimate_cannot_be_undercut(gw: &Gateway) {
+    // max_completion_tokens is what vLLM and SGLang honour: it is what the estimate counts.
+    let r = post(gw, Some(BYPASS_KEY), &chat(json!({"max_tokens": 1, "max_completion_tokens": 200, "mock": {"chunks": 1}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remaining: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
+    assert!(remaining <= METERED_TPM - 200, "admitted as if it could generate 200 tokens: {remaining} left");
+    for field in ["n_predict", "max_new_tokens"] {
+        let r = post(gw, Some(BYPASS_KEY), &chat(json!({field: -1})));
+        assert_eq!(r.status, 400, "{field}");
+        assert_eq!(error_of(&r)["param"], field);
+    }
+}
+
+pub fn every_tokenized_text_counts_toward_the_content_cap(gw: &Gateway) {
+    let big = "r".repeat(MAX_CONTENT_BYTES + 1);
+    let cases = [
+        ("a refusal part", json!({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": big}]}]}), "messages"),
+        ("tool call arguments", json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": big}}]}]}), "messages"),
+        ("a tool description", json!({"tools": [{"type": "function", "function": {"name": "f", "description": big}}]}), "tools"),
+        ("a remote image", json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}}]}]}), "messages[0].content[0].image_url.url"),
+    ];
+    for (name, extra, param) in cases {
+        let r = post(gw, Some(KEY), &chat(extra));
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        assert_eq!(error_of(&r)["param"], param, "{name}");
+    }
+}
+
+pub fn a_client_that_leaves_frees_the_backend_and_its_slot_at_once(gw: &Gateway) {
+    // A long non-stream generation, and a stream still in prefill: the client leaves after
+    // 500 ms. The backend must see its connection close within a second, and the key's only
+    // slot must be free again.
+    for (name, body) in [
+        ("non-stream", json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 40, "delay_ms": 250}})),
+        ("stream in prefill", json!({"model": SLOW_MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"prefill_ms": 10_000}})),
+    ] {
+        let before = gw.slow.stat("client_disconnects");
+        let conn = crate::support::connect(&gw.addr).unwrap();
+        let auth = format!("Bearer {LEAVER_KEY}");
+        crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}]})).status, 429, "{name}: the slot is held");
+        let gone = std::time::Instant::now();
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        drop(conn);
+        let closed = wait_until(Duration::from_secs(5), || gw.slow.stat("client_disconnects") > before);
+        let after = gone.elapsed();
+        println!("{name}: client gone -> backend connection closed in {after:?}");
+        assert!(closed && after < Duration::from_secs(1), "{name}: the backend saw the close after {after:?}");
+        let released = wait_until(Duration::from_secs(1), || {
+            post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
+        });
+        assert!(released, "{name}: the slot was not released within a second");
+    }
+}
+
+pub fn each_timeout_phase_fires_on_its_own_limit(launch: Launch) {
+    // Distinct limits, so which one fired shows in when the answer came and what it says.
+    let gw = launch(Setup {
+        vars: &[
+            ("GATEWAY_CONNECT_TIMEOUT_MS", "1000"),
+            ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "2500"),
+            ("GATEWAY_IDLE_TIMEOUT_MS", "1500"),
+            ("GATEWAY_TOTAL_TIMEOUT_MS", "5000"),
+        ],
+        ..Setup::default()
+    });
+    // (phase, stream, mock controls, status, message or None for success, when in ms)
+    let rows: Vec<(&str, bool, Value, u16, Option<&str>, u64)> = vec![
+        ("connect", true, json!({"fault": "hang"}), 504, Some("The inference backend did not accept the request in time."), 1_000),
+        ("first byte", true, json!({"prefill_ms": 10_000}), 504, Some("The inference backend did not start answering in time."), 2_500),
+        ("idle", true, json!({"chunks": 3, "delay_ms": 3_000}), 200, Some("The inference backend stopped sending the stream in time."), 1_500),
+        ("total (stream)", true, json!({"chunks": 30, "delay_ms": 400}), 200, Some("The inference backend did not finish the answer in time."), 5_000),
+        ("total (non-stream)", false, json!({"chunks": 30, "delay_ms": 400}), 504, Some("The inference backend did not finish the answer in time."), 5_000),
+        ("a non-stream longer than connect and first byte", false, json!({"chunks": 6, "delay_ms": 500}), 200, None, 3_000),
+    ];
+    let addr = gw.addr.clone();
+    let results: Vec<_> = rows
+        .into_iter()
+        .map(|(phase, stream, mock, status, message, at)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body = json!({"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
+                let auth = format!("Bearer {KEY}");
+                let started = std::time::Instant::now();
+                let r = request(&addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap()));
+                (phase, stream, status, message, at, r, started.elapsed())
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    for (phase, stream, status, message, at, r, elapsed) in results {
+        println!("{phase}: {} in {elapsed:?}", r.status);
+        assert_eq!(r.status, status, "{phase}: {}", r.text());
+        let said = match (r.status, stream) {
+            (200, true) => {
+                let events = sse_events(&r.body);
+                serde_json::from_str::<Value>(events.last().unwrap()).ok().and_then(|e| e["error"]["message"].as_str().map(str::to_owned))
+            }
+            (200, false) => None,
+            _ => error_of(&r)["message"].as_str().map(str::to_owned),
+        };
+        assert_eq!(said.as_deref(), message, "{phase}");
+        let at = Duration::from_millis(at);
+        assert!(elapsed >= at && elapsed < at + Duration::from_millis(1_500), "{phase}: answered after {elapsed:?}, expected about {at:?}");
+    }
+}
+
+pub fn all_backends_ejected_is_a_503_that_says_when_to_retry(launch: Launch) {
+    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let backend = format!(r#"{{"name":"dead","url":"{dead}","models":["dead-model"]}}"#);
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_EJECT_AFTER_FAILURES", "1"), ("GATEWAY_EJECT_FOR_MS", "30000")],
+        backends: &[backend.as_str()],
+    });
+    let body = json!({"model": "dead-model", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&gw, Some(KEY), &body).status, 502);
+    let r = post(&gw, Some(KEY), &body);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(error_of(&r)["code"], "service_unavailable");
+    let seconds: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    let ms: u64 = r.header("retry-after-ms").unwrap().parse().unwrap();
+    assert!((25..=30).contains(&seconds) && (25_000..=30_000).contains(&ms), "{seconds} s / {ms} ms");
+}
+
+pub fn readyz_probes_once_per_period_and_names_no_model(launch: Launch) {
+    let gw = launch(Setup { vars: &[("GATEWAY_READYZ_CACHE_MS", "3000")], ..Setup::default() });
+    let before = gw.primary.stat("health_checks");
+    for _ in 0..40 {
+        let r = request(&gw.addr, "GET", "/readyz", &[], None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        for leak in [MODEL, SPARE_MODEL, SLOW_MODEL, "127.0.0.1"] {
+            assert!(!r.text().contains(leak), "{leak} in {}", r.text());
+        }
+    }
+    let probes = gw.primary.stat("health_checks") - before;
+    println!("40 calls to /readyz probed the primary backend {probes} time(s)");
+    assert!(probes <= 2, "{probes} probes for 40 calls within the cache period");
+}
+
+pub fn a_backends_retry_after_is_clamped(gw: &Gateway) {
+    let r = post(gw, Some(KEY), &chat(json!({"mock": {"status": 429, "retry_after": "99999999999"}})));
+    assert_eq!(r.status, 429, "{}", r.text());
+    let seconds: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(seconds <= 3_600, "passed on {seconds} s");
+    assert_eq!(r.header("retry-after-ms"), Some((seconds * 1000).to_string().as_str()));
 }

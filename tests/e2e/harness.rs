@@ -35,8 +35,10 @@ pub const SINGLE_KEY: &str = "sk-e2e-single";
 /// A key limited to [`METERED_TPM`] tokens per minute.
 pub const METERED_KEY: &str = "sk-e2e-metered";
 pub const METERED_TPM: u32 = 1_000;
-/// How long the gateway under test waits for a backend's headers, first byte, or next chunk.
+/// How long the gateway under test waits for a stream's headers, first byte, or next chunk.
 pub const FAULT_TIMEOUT_MS: u64 = 2_000;
+/// How long it waits for a whole answer (a non-stream one included).
+pub const TOTAL_TIMEOUT_MS: u64 = 6_000;
 /// Keys limited to 60 requests per minute, one per SDK script (which spends its budget).
 pub const SDK_PY_KEY: &str = "sk-e2e-sdk-py";
 pub const SDK_JS_KEY: &str = "sk-e2e-sdk-js";
@@ -46,6 +48,20 @@ pub const JWT_ISSUER: &str = "https://auth.example.com";
 pub const JWT_AUDIENCE: &str = "edge-gateway";
 /// Served only by the slow backend, whose open-stream count belongs to one case.
 pub const SLOW_MODEL: &str = "slow-model";
+/// Served only by a backend that, like llama-cpp-python, refuses any `x-request-id` that is not a
+/// UUID with an empty 400; one case owns its recorded requests.
+pub const STRICT_MODEL: &str = "strict-model";
+/// Served by a backend with a 300-token context (`--max-model-len`), declared in the config.
+pub const SMALL_MODEL: &str = "small-model";
+pub const SMALL_CONTEXT: u32 = 300;
+/// A key limited to one request at once on the slow backend, for the client-leaves case.
+pub const LEAVER_KEY: &str = "sk-e2e-leaver";
+/// A key limited to [`METERED_TPM`] tokens per minute, for the estimate-bypass case.
+pub const BYPASS_KEY: &str = "sk-e2e-bypass";
+/// A key limited to two requests at once, for the shared-request-id case.
+pub const SHARED_ID_KEY: &str = "sk-e2e-shared-id";
+/// Total text (bytes) a request may carry: below the body cap, so the content cap is what refuses.
+pub const MAX_CONTENT_BYTES: usize = 16_384;
 
 /// A runtime that can serve the gateway: workerd for the Workers bundle, a WASI-HTTP host for
 /// the Spin component.
@@ -71,6 +87,10 @@ pub struct Gateway {
     pub spare: Mutex<Option<MockBackend>>,
     /// Serves [`SLOW_MODEL`] for the in-flight case alone.
     pub slow: MockBackend,
+    /// Serves [`STRICT_MODEL`], refusing non-UUID request ids.
+    pub strict: MockBackend,
+    /// Serves [`SMALL_MODEL`] with a [`SMALL_CONTEXT`]-token context.
+    pub small: MockBackend,
     /// A port whose `http://127.0.0.1:PORT` origin CORS allows (for a page the browser case serves).
     pub page_port: u16,
     /// The runtime first, then what it needs (a limit store); stopped when the test binary exits.
@@ -110,9 +130,11 @@ pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
     let primary = watched_mock(&["--model", MODEL, "--api-key", BACKEND_CREDENTIAL]);
     let spare = watched_mock(&["--model", SPARE_MODEL]);
     let slow = watched_mock(&["--model", SLOW_MODEL]);
+    let strict = watched_mock(&["--model", STRICT_MODEL, "--strict-request-id"]);
+    let small = watched_mock(&["--model", SMALL_MODEL, "--max-model-len", &SMALL_CONTEXT.to_string()]);
     let (mut vars, services) = host.services(&state);
     let page_port = crate::support::free_port();
-    vars.extend(variables(&primary, &spare, &slow, setup.backends, page_port));
+    vars.extend(variables(&[&primary, &spare, &slow, &strict, &small], setup.backends, page_port));
     for (name, value) in setup.vars {
         vars.retain(|(n, _)| n != name);
         vars.push((name.to_string(), value.to_string()));
@@ -127,6 +149,8 @@ pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
         primary,
         spare: Mutex::new(Some(spare)),
         slow,
+        strict,
+        small,
         page_port,
         processes,
         host,
@@ -150,17 +174,14 @@ fn serve(host: &dyn Host, vars: &[(String, String)], port: u16, state: &Path) ->
 }
 
 /// The configuration variables every runtime gets, as name/value pairs.
-fn variables(
-    primary: &MockBackend,
-    spare: &MockBackend,
-    slow: &MockBackend,
-    extra: &[&str],
-    page_port: u16,
-) -> Vec<(String, String)> {
+fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(String, String)> {
+    let [primary, spare, slow, strict, small] = mocks;
     let mut backends = vec![
         format!(r#"{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}}"#, primary.base_url),
         format!(r#"{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}}"#, spare.base_url),
         format!(r#"{{"name":"slow","url":"{}","models":["{SLOW_MODEL}"]}}"#, slow.base_url),
+        format!(r#"{{"name":"strict","url":"{}","models":["{STRICT_MODEL}"]}}"#, strict.base_url),
+        format!(r#"{{"name":"small","url":"{}","models":["{SMALL_MODEL}"],"max_model_len":{SMALL_CONTEXT}}}"#, small.base_url),
     ];
     backends.extend(extra.iter().map(|b| b.to_string()));
     let backends = format!("[{}]", backends.join(","));
@@ -177,6 +198,9 @@ fn variables(
         key("metered", METERED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
         key("sdk-py", SDK_PY_KEY, &format!(r#"["{MODEL}"]"#), r#","requests_per_minute":60"#),
         key("sdk-js", SDK_JS_KEY, &format!(r#"["{MODEL}"]"#), r#","requests_per_minute":60"#),
+        key("leaver", LEAVER_KEY, &format!(r#"["{SLOW_MODEL}"]"#), r#","max_in_flight":1"#),
+        key("bypass", BYPASS_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
+        key("shared-id", SHARED_ID_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":2"#),
     ];
     let jwt = format!(
         r#"{{"issuer":"{JWT_ISSUER}","audience":"{JWT_AUDIENCE}","hs256_secret":"JWT_SECRET","tokens_per_minute":100000}}"#
@@ -194,6 +218,11 @@ fn variables(
         ("GATEWAY_CONNECT_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
         ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
         ("GATEWAY_IDLE_TIMEOUT_MS", FAULT_TIMEOUT_MS.to_string()),
+        // A non-stream answer is waited for up to the total timeout: keep the fault table short.
+        ("GATEWAY_TOTAL_TIMEOUT_MS", TOTAL_TIMEOUT_MS.to_string()),
+        ("GATEWAY_MAX_CONTENT_BYTES", MAX_CONTENT_BYTES.to_string()),
+        // The readiness case stops a backend and expects the next call to see it.
+        ("GATEWAY_READYZ_CACHE_MS", "0".to_string()),
         // Cases share backends and provoke faults on purpose: no case may eject a backend that
         // another relies on (ejection itself is pinned by the core's tests).
         ("GATEWAY_EJECT_AFTER_FAILURES", "1000000".to_string()),

@@ -24,6 +24,9 @@ macro_rules! run_cases {
                 limit_state_survives_a_runtime_restart,
                 every_backend_fault_has_its_defined_outcome_with_and_without_failover,
                 a_backend_that_keeps_failing_is_ejected_across_requests,
+                each_timeout_phase_fires_on_its_own_limit,
+                all_backends_ejected_is_a_503_that_says_when_to_retry,
+                readyz_probes_once_per_period_and_names_no_model,
             );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,
@@ -50,6 +53,14 @@ macro_rules! run_cases {
                 the_official_python_sdk_works_unmodified,
                 the_official_node_sdk_works_unmodified,
                 a_real_browser_streams_in_the_playground_and_cors_refuses_other_origins,
+                backends_get_uuid_request_ids_and_only_allow_listed_headers,
+                a_backends_error_event_mid_stream_becomes_the_gateways_error,
+                injected_max_tokens_fit_a_small_context,
+                requests_sharing_one_request_id_each_need_their_own_slot,
+                the_token_estimate_cannot_be_undercut,
+                every_tokenized_text_counts_toward_the_content_cap,
+                a_client_that_leaves_frees_the_backend_and_its_slot_at_once,
+                a_backends_retry_after_is_clamped,
             );
         }
     };
