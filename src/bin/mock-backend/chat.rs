@@ -6,16 +6,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::cli::{Config, DEFAULT_MODEL};
 use crate::completion::Completion;
 use crate::controls::{optional_count, MockControls};
 use crate::errors::{bad_request, vllm_error};
 use crate::faults::Fault;
+use crate::reply::{Ending, Reply, StreamPlan};
 use crate::request::Request;
 use crate::response::Response;
-use crate::routes::Reply;
 use crate::state::State;
-use crate::stream::{Ending, StreamPlan};
-use crate::{Config, DEFAULT_MODEL};
 
 /// Interprets a chat request; errors are ready-made responses.
 pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply, Response> {

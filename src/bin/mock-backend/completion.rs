@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stream::SseEvent;
+use crate::reply::SseEvent;
 
 /// One generated completion, rendered either whole or as stream chunks.
 pub(crate) struct Completion {

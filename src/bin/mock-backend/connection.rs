@@ -8,19 +8,12 @@ use std::time::Duration;
 use crate::errors::vllm_error;
 use crate::log;
 use crate::peer::hang;
+use crate::reply::{After, Reply};
 use crate::request::{read_request, ReadError};
 use crate::response::write_response;
-use crate::routes::{route, Reply};
+use crate::routes::route;
 use crate::state::State;
 use crate::stream::write_stream;
-
-/// What happens to the connection after a reply.
-pub(crate) enum After {
-    KeepAlive,
-    Close,
-    /// Drop the socket at once, without a graceful close.
-    Abort,
-}
 
 pub(crate) fn serve_connection(conn: TcpStream, state: &State) {
     let _ = conn.set_nodelay(true);

@@ -1,17 +1,12 @@
-//! The per-request `mock` body field (chunk count, pacing, fault), with the
-//! limits it shares with the command line.
+//! The per-request `mock` body field (chunk count, pacing, fault), within the
+//! limits the command line also obeys.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::{millis, Config, MAX_DELAY, MAX_TOKENS};
 use crate::faults::Fault;
-use crate::Config;
-
-/// Most completion tokens one request may ask for.
-pub(crate) const MAX_TOKENS: u64 = 100_000;
-/// Longest pause a request may ask for before each streamed token.
-pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
 
 /// The `mock` body field, with CLI defaults filled in.
 pub(crate) struct MockControls {
@@ -71,8 +66,4 @@ pub(crate) fn optional_count(
             _ => Err(format!("`{field}` must be an integer from 0 to {max}")),
         },
     }
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

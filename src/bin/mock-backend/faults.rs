@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use crate::errors::vllm_error;
+use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
 use crate::response::Response;
-use crate::routes::Reply;
-use crate::stream::{Ending, SseEvent, StreamPlan};
 
 /// Injected failures, selected by `mock.fault`.
 #[derive(Clone, Copy, PartialEq, Eq)]

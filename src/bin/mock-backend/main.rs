@@ -61,21 +61,26 @@
 //!
 //! # Layout
 //!
-//! This file holds the command line and the accept loop; each sibling module has
-//! one job: `connection` (one connection's request/reply loop), `request` and
-//! `response` (HTTP/1.1 on the wire), `routes` (dispatch by method and path),
-//! `chat` (interpreting a chat request), `controls` (the `mock` body field),
-//! `faults` (fault modes), `completion` (the completion and its chunks),
+//! This file holds the accept loop; each sibling module has one job: `cli` (the
+//! command line and its limits), `connection` (one connection's request/reply
+//! loop), `request` and `response` (HTTP/1.1 on the wire), `routes` (dispatch by
+//! method and path), `chat` (interpreting a chat request), `controls` (the `mock`
+//! body field), `faults` (fault modes), `completion` (the completion and its
+//! chunks), `reply` (the planned reply, shared by the planners and the writers),
 //! `stream` (writing SSE), `peer` (noticing a client that left), `errors`
-//! (vLLM's error body) and `state` (counters and recorded requests).
+//! (vLLM's error body) and `state` (counters and recorded requests). Planners
+//! (`routes`, `chat`, `faults`) and writers (`connection`, `stream`) meet only in
+//! `reply`, so no two modules import each other.
 
 mod chat;
+mod cli;
 mod completion;
 mod connection;
 mod controls;
 mod errors;
 mod faults;
 mod peer;
+mod reply;
 mod request;
 mod response;
 mod routes;
@@ -87,88 +92,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
+use cli::{parse_args, CliError, USAGE};
 use connection::serve_connection;
-use controls::{millis, MAX_DELAY, MAX_TOKENS};
 use peer::POLL_SLICE;
 use state::State;
-
-const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--api-key KEY] [--name NAME] [--verbose]";
-pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
-
-/// Settings from the command line.
-pub(crate) struct Config {
-    addr: String,
-    pub(crate) models: Vec<String>,
-    pub(crate) chunks: u64,
-    pub(crate) chunk_delay: Duration,
-    pub(crate) api_key: Option<String>,
-    /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
-    /// failover test can break one backend and not its replacement.
-    pub(crate) name: Option<String>,
-    pub(crate) verbose: bool,
-}
-
-enum CliError {
-    Help,
-    Invalid(String),
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError> {
-    let mut config = Config {
-        addr: "127.0.0.1:0".to_owned(),
-        models: Vec::new(),
-        chunks: 8,
-        chunk_delay: Duration::ZERO,
-        api_key: None,
-        name: None,
-        verbose: false,
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, mut inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .take()
-                .or_else(|| args.next())
-                .ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "--addr" => config.addr = value()?,
-            "--model" => config.models.push(value()?),
-            "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
-            "--chunk-delay-ms" => {
-                config.chunk_delay =
-                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
-            }
-            "--api-key" => config.api_key = Some(value()?),
-            "--name" => config.name = Some(value()?),
-            "--verbose" | "-v" => config.verbose = true,
-            "--help" | "-h" => return Err(CliError::Help),
-            other => return Err(CliError::Invalid(format!("unknown argument `{other}`"))),
-        }
-    }
-    if config.models.is_empty() {
-        config.models.push(DEFAULT_MODEL.to_owned());
-    }
-    Ok(config)
-}
-
-fn parse_number(flag: &str, text: &str, max: u64) -> Result<u64, CliError> {
-    match text.parse::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(CliError::Invalid(format!(
-            "{flag} expects an integer from 0 to {max}, got `{text}`"
-        ))),
-    }
-}
 
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {

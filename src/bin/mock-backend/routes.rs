@@ -4,25 +4,15 @@
 use serde_json::{json, Value};
 
 use crate::chat::chat_completions;
+use crate::cli::Config;
+use crate::reply::Reply;
 use crate::request::Request;
 use crate::response::Response;
 use crate::state::State;
-use crate::stream::StreamPlan;
-use crate::Config;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
 /// `GET /mock/requests/{x-request-id}`: one recorded chat request.
 const REQUESTS_PREFIX: &str = "/mock/requests/";
-
-/// What the connection loop should do with a routed request.
-pub(crate) enum Reply {
-    Respond(Response),
-    Stream(StreamPlan),
-    /// Send the head and half of the body, then shut the socket down.
-    Truncate(Response),
-    /// Never answer.
-    Hang,
-}
 
 pub(crate) fn route(state: &State, request: &Request) -> Reply {
     let is_chat = request.path == CHAT_PATH;

@@ -6,8 +6,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::{json, Map, Value};
 
+use crate::cli::Config;
 use crate::request::Request;
-use crate::Config;
 
 pub(crate) struct State {
     pub(crate) config: Config,

@@ -1,0 +1,88 @@
+//! The command line: flags, their defaults and limits, parsed into `Config`.
+
+use std::time::Duration;
+
+pub(crate) const USAGE: &str =
+    "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
+                     [--chunk-delay-ms D] [--api-key KEY] [--name NAME] [--verbose]";
+/// Most completion tokens one request may ask for.
+pub(crate) const MAX_TOKENS: u64 = 100_000;
+/// Longest pause a request may ask for before each streamed token.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
+
+/// Settings from the command line.
+pub(crate) struct Config {
+    pub(crate) addr: String,
+    pub(crate) models: Vec<String>,
+    pub(crate) chunks: u64,
+    pub(crate) chunk_delay: Duration,
+    pub(crate) api_key: Option<String>,
+    /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
+    /// failover test can break one backend and not its replacement.
+    pub(crate) name: Option<String>,
+    pub(crate) verbose: bool,
+}
+
+pub(crate) enum CliError {
+    Help,
+    Invalid(String),
+}
+
+pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError> {
+    let mut config = Config {
+        addr: "127.0.0.1:0".to_owned(),
+        models: Vec::new(),
+        chunks: 8,
+        chunk_delay: Duration::ZERO,
+        api_key: None,
+        name: None,
+        verbose: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, mut inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .take()
+                .or_else(|| args.next())
+                .ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--addr" => config.addr = value()?,
+            "--model" => config.models.push(value()?),
+            "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
+            "--chunk-delay-ms" => {
+                config.chunk_delay =
+                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+            }
+            "--api-key" => config.api_key = Some(value()?),
+            "--name" => config.name = Some(value()?),
+            "--verbose" | "-v" => config.verbose = true,
+            "--help" | "-h" => return Err(CliError::Help),
+            other => return Err(CliError::Invalid(format!("unknown argument `{other}`"))),
+        }
+    }
+    if config.models.is_empty() {
+        config.models.push(DEFAULT_MODEL.to_owned());
+    }
+    Ok(config)
+}
+
+fn parse_number(flag: &str, text: &str, max: u64) -> Result<u64, CliError> {
+    match text.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(CliError::Invalid(format!(
+            "{flag} expects an integer from 0 to {max}, got `{text}`"
+        ))),
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,48 @@
+//! The shared vocabulary between planning a reply and carrying it out: what a routed
+//! request should get (`Reply`), a planned event stream (`StreamPlan`, `SseEvent`,
+//! `Ending`), and what becomes of the connection afterwards (`After`). Plain data, so
+//! the planners (`routes`, `chat`, `faults`) and the writers (`connection`, `stream`)
+//! depend on this file and never on each other.
+
+use std::time::Duration;
+
+use crate::response::Response;
+
+/// What the connection loop should do with a routed request.
+pub(crate) enum Reply {
+    Respond(Response),
+    Stream(StreamPlan),
+    /// Send the head and half of the body, then shut the socket down.
+    Truncate(Response),
+    /// Never answer.
+    Hang,
+}
+
+/// A planned Server-Sent Events response.
+pub(crate) struct StreamPlan {
+    pub(crate) events: Vec<SseEvent>,
+    pub(crate) ending: Ending,
+}
+
+pub(crate) struct SseEvent {
+    /// What follows `data: `.
+    pub(crate) data: String,
+    /// Pause before the event is sent.
+    pub(crate) delay: Duration,
+}
+
+#[derive(PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The terminating zero-length chunk.
+    Complete,
+    /// Shut the socket down instead of terminating the body.
+    Reset,
+}
+
+/// What happens to the connection after a reply.
+pub(crate) enum After {
+    KeepAlive,
+    Close,
+    /// Drop the socket at once, without a graceful close.
+    Abort,
+}
