@@ -471,7 +471,7 @@ fn stats_count_open_streams_and_client_disconnects() {
     let stats = mock.stats();
     assert_eq!(
         stats,
-        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0})
+        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0, "non_stream_in_progress": 0})
     );
 }
 
@@ -639,4 +639,194 @@ fn restarts_on_the_same_address() {
     assert_eq!(again.addr, addr);
     let models = request(&again.host_port(), "GET", "/v1/models", &[], None).json();
     assert_eq!(models["data"][0]["id"], "after");
+}
+
+// ---------------------------------------------------------------------------
+// Timing like vLLM: a non-stream answer only after the whole generation; a
+// stream's headers at once and its first event after prefill.
+// ---------------------------------------------------------------------------
+
+/// Sends a chat request on a fresh connection without reading anything back.
+fn send_chat(mock: &MockBackend, extra: Value) -> TcpStream {
+    let conn = connect(&mock.host_port()).unwrap();
+    let body = chat_body(extra).to_string();
+    send_request(
+        &conn,
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    conn
+}
+
+/// Whether the server wrote anything at all to `conn` within `wait`.
+fn wrote_anything_within(conn: &TcpStream, wait: Duration) -> bool {
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let outcome = conn.peek(&mut [0; 1]);
+    conn.set_read_timeout(Some(support::IO_TIMEOUT)).unwrap();
+    match outcome {
+        Ok(n) => n > 0,
+        Err(err) => {
+            assert!(
+                matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{err}"
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn non_stream_answer_is_written_only_after_the_whole_generation() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    // 300 ms prefill + 4 tokens × 100 ms = 700 ms before anything, status line included.
+    let conn = send_chat(
+        &mock,
+        json!({"mock": {"chunks": 4, "delay_ms": 100, "prefill_ms": 300}}),
+    );
+    assert!(
+        !wrote_anything_within(&conn, Duration::from_millis(550)),
+        "bytes arrived {:?} into a 700 ms generation",
+        started.elapsed()
+    );
+    let response = read_response(&mut BufReader::new(conn), "POST").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["usage"]["completion_tokens"], 4);
+    assert!(
+        elapsed >= Duration::from_millis(680),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(3000),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[test]
+fn non_stream_generation_time_counts_only_the_tokens_generated() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    // max_tokens 2 of 20: 2 × 200 ms, not 20 × 200 ms.
+    let response = chat(
+        &mock,
+        json!({"max_tokens": 2, "mock": {"chunks": 20, "delay_ms": 200}}),
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(response.json()["usage"]["completion_tokens"], 2);
+    assert!(
+        elapsed >= Duration::from_millis(380),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[test]
+fn stream_headers_go_out_at_once_and_the_role_chunk_after_prefill() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let mut stream = chat_stream(
+        &mock,
+        json!({"mock": {"chunks": 2, "delay_ms": 50, "prefill_ms": 600}}),
+    );
+    let head_after = started.elapsed();
+    assert_eq!(stream.status, 200);
+    assert!(
+        head_after < Duration::from_millis(400),
+        "headers after {head_after:?}"
+    );
+    let (role_at, role) = stream.next_chunk().expect("no role chunk");
+    let role_after = role_at - started;
+    assert!(
+        role_after >= Duration::from_millis(580),
+        "role chunk after {role_after:?}"
+    );
+    let role = parsed_events(&role);
+    assert_eq!(
+        role[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let rest = parsed_events(&stream.read_to_end());
+    assert_eq!(rest.last().unwrap(), "[DONE]");
+}
+
+#[test]
+fn prefill_flag_sets_the_default_time_to_first_token() {
+    let mock = MockBackend::start(&["--prefill-ms", "400", "--chunks", "1"]);
+    let started = Instant::now();
+    let mut stream = chat_stream(&mock, json!({}));
+    let (first_at, _) = stream.next_chunk().expect("no first chunk");
+    assert!(
+        first_at - started >= Duration::from_millis(380),
+        "first chunk after {:?}",
+        first_at - started
+    );
+    drop(stream);
+
+    let started = Instant::now();
+    assert_eq!(chat(&mock, json!({})).status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "non-stream after {:?}",
+        started.elapsed()
+    );
+    // A request may override it.
+    let started = Instant::now();
+    assert_eq!(chat(&mock, json!({"mock": {"prefill_ms": 0}})).status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "override ignored: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn client_leaving_a_non_stream_generation_stops_it_and_counts_as_a_disconnect() {
+    let mock = MockBackend::start(&[]);
+    let conn = send_chat(&mock, json!({"mock": {"chunks": 10, "delay_ms": 1000}}));
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 1));
+    assert_eq!(mock.stat("open_streams"), 0);
+    let dropped = Instant::now();
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(2), || {
+        let stats = mock.stats();
+        stats["client_disconnects"] == 1 && stats["non_stream_in_progress"] == 0
+    }));
+    assert!(
+        dropped.elapsed() < Duration::from_secs(1),
+        "noticed after {:?}",
+        dropped.elapsed()
+    );
+}
+
+#[test]
+fn non_stream_in_progress_falls_back_when_the_answer_is_sent() {
+    let mock = MockBackend::start(&[]);
+    let waiter = std::thread::spawn({
+        let addr = mock.host_port();
+        move || {
+            let body = chat_body(json!({"mock": {"chunks": 3, "delay_ms": 200}})).to_string();
+            request(&addr, "POST", CHAT, &[JSON], Some(body.as_bytes()))
+        }
+    });
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 1));
+    assert_eq!(waiter.join().unwrap().status, 200);
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 0));
+    assert_eq!(mock.stat("client_disconnects"), 0);
 }

@@ -2,7 +2,7 @@
 //! count its prompt tokens, and plan the reply.
 
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -58,25 +58,39 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let reset = controls.fault == Some(Fault::Reset);
-    Ok(match (stream, reset) {
-        (false, false) => Reply::Respond(Response::json(200, &completion.response())),
-        (false, true) => Reply::Truncate(Response::json(200, &completion.response())),
-        (true, _) => {
-            let include_usage = body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool)
-                == Some(true);
-            let mut events = completion.stream_events(include_usage, controls.delay);
-            let ending = if reset {
-                events.truncate(3);
-                Ending::Reset
-            } else {
-                Ending::Complete
-            };
-            Reply::Stream(StreamPlan { events, ending })
+    let ending = if reset {
+        Ending::Reset
+    } else {
+        Ending::Complete
+    };
+    Ok(if stream {
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        let mut events = completion.stream_events(include_usage, controls.prefill, controls.delay);
+        if reset {
+            events.truncate(3);
+        }
+        Reply::Stream(StreamPlan { events, ending })
+    } else {
+        Reply::Generated {
+            response: Response::json(200, &completion.response()),
+            takes: generation_time(
+                controls.prefill,
+                controls.delay,
+                completion.completion_tokens,
+            ),
+            ending,
         }
     })
+}
+
+/// How long a non-stream generation takes: prefill, then `delay` per token.
+fn generation_time(prefill: Duration, delay: Duration, tokens: u64) -> Duration {
+    let per_token = delay.saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
+    prefill.saturating_add(per_token)
 }
 
 fn resolve_model(config: &Config, requested: Option<&Value>) -> Result<String, Response> {

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 pub(crate) const USAGE: &str =
     "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--api-key KEY] [--name NAME] [--verbose]";
+                     [--chunk-delay-ms D] [--prefill-ms P] [--api-key KEY] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
-/// Longest pause a request may ask for before each streamed token.
+/// Longest pause a request may ask for before each token, or before the first.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
 pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
 
@@ -17,6 +17,8 @@ pub(crate) struct Config {
     pub(crate) models: Vec<String>,
     pub(crate) chunks: u64,
     pub(crate) chunk_delay: Duration,
+    /// Time to the first token: before a stream's role chunk, and part of a non-stream's wait.
+    pub(crate) prefill: Duration,
     pub(crate) api_key: Option<String>,
     /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
     /// failover test can break one backend and not its replacement.
@@ -35,6 +37,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
         models: Vec::new(),
         chunks: 8,
         chunk_delay: Duration::ZERO,
+        prefill: Duration::ZERO,
         api_key: None,
         name: None,
         verbose: false,
@@ -59,6 +62,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
             "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
             "--chunk-delay-ms" => {
                 config.chunk_delay =
+                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+            }
+            "--prefill-ms" => {
+                config.prefill =
                     Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
             }
             "--api-key" => config.api_key = Some(value()?),

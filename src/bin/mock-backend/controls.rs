@@ -1,4 +1,4 @@
-//! The per-request `mock` body field (chunk count, pacing, fault), within the
+//! The per-request `mock` body field (chunk count, pacing, prefill, fault), within the
 //! limits the command line also obeys.
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ use crate::faults::Fault;
 pub(crate) struct MockControls {
     pub(crate) chunks: u64,
     pub(crate) delay: Duration,
+    pub(crate) prefill: Duration,
     pub(crate) fault: Option<Fault>,
 }
 
@@ -20,6 +21,7 @@ impl MockControls {
         let mut controls = Self {
             chunks: config.chunks,
             delay: config.chunk_delay,
+            prefill: config.prefill,
             fault: None,
         };
         let fields = match mock {
@@ -34,6 +36,13 @@ impl MockControls {
             optional_count(fields.get("delay_ms"), "mock.delay_ms", millis(MAX_DELAY))?
         {
             controls.delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = optional_count(
+            fields.get("prefill_ms"),
+            "mock.prefill_ms",
+            millis(MAX_DELAY),
+        )? {
+            controls.prefill = Duration::from_millis(ms);
         }
         controls.fault = match fields.get("fault") {
             None | Some(Value::Null) => None,

@@ -10,13 +10,14 @@
 //!
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
-//!              [--api-key KEY] [--verbose]
+//!              [--prefill-ms P] [--api-key KEY] [--name NAME] [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
 //! stdout. `--model` may be repeated (default `mock-llama`); `--chunks` is the
-//! number of completion tokens (default 8); `--chunk-delay-ms` is the pause before
-//! each streamed token (default 0); with `--api-key`, every `/v1/*` request needs
+//! number of completion tokens (default 8); `--chunk-delay-ms` is the time each
+//! token takes (default 0); `--prefill-ms` the time to the first token (default 0;
+//! see *Timing*); with `--api-key`, every `/v1/*` request needs
 //! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
 //! `--verbose` logs one line per request to stderr.
 //!
@@ -35,18 +36,30 @@
 //! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
 //!   (the last 4096 are kept), so tests running in parallel can each find theirs.
 //! * `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`,
-//!   `client_disconnects`; `POST /mock/reset-stats` zeroes the counters (the
-//!   high-water mark restarts from the streams open at that moment).
+//!   `client_disconnects`, and `non_stream_in_progress` (non-stream generations
+//!   still being waited out, a gauge like `open_streams`); `POST /mock/reset-stats`
+//!   zeroes the counters (the gauges stay, and the high-water mark restarts from
+//!   the streams open at that moment).
 //!
 //! Every `POST /v1/chat/completions` is counted and recorded before the API key
 //! is checked, so tests can see what a rejected request carried. Other paths get
 //! FastAPI's `404 {"detail":"Not Found"}`.
 //!
+//! # Timing (vLLM's)
+//!
+//! A non-stream answer is written only when the whole generation is over:
+//! `prefill + delay × completion tokens` pass with nothing at all on the wire, not
+//! even the status line (vLLM builds the JSON response after the last token). A
+//! stream's headers go out at once (Starlette's `StreamingResponse`); the role
+//! chunk follows after `prefill`, then each token `delay` after the previous chunk,
+//! then the finish chunk, the usage chunk and `[DONE]` at once. Errors found before
+//! generation (unknown model, bad JSON, context length) are answered at once.
+//!
 //! # Per-request controls
 //!
 //! A chat request may carry an extra body field
-//! `"mock": {"chunks": N, "delay_ms": D, "fault": "..."}` overriding the CLI
-//! defaults. Faults: `500`, `429` (with `retry-after: 1`), `400` (context length),
+//! `"mock": {"chunks": N, "delay_ms": D, "prefill_ms": P, "fault": "..."}`
+//! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`). Faults: `500`, `429` (with `retry-after: 1`), `400` (context length),
 //! `hang` (never answer; give up when the client leaves or after 10 minutes),
 //! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
 //! the terminating chunk; non-streams: half of the body), `garbage` (200 with
@@ -56,8 +69,9 @@
 //! (to fail one backend and not its failover).
 //!
 //! A client that goes away while a stream is being written (a failed write, or the
-//! peer closing during a pause) stops generation and counts as a client disconnect;
-//! so does a client abandoning a `hang`.
+//! peer closing during a pause) or while a non-stream answer is being generated
+//! stops generation and counts as a client disconnect; so does a client abandoning
+//! a `hang`.
 //!
 //! # Layout
 //!

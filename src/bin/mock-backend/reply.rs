@@ -10,10 +10,19 @@ use crate::response::Response;
 
 /// What the connection loop should do with a routed request.
 pub(crate) enum Reply {
+    /// Answer at once (listings, validation errors, control endpoints).
     Respond(Response),
+    /// A non-stream completion. As in vLLM, nothing at all is written until the whole
+    /// generation (`takes`) is over; a client that leaves meanwhile stops it. Then the
+    /// response is sent whole (`Ending::Complete`) or, for the `reset` fault, its head
+    /// and half of its body before the socket is shut down (`Ending::Reset`).
+    Generated {
+        response: Response,
+        takes: Duration,
+        ending: Ending,
+    },
+    /// Headers at once, then the events at their pace.
     Stream(StreamPlan),
-    /// Send the head and half of the body, then shut the socket down.
-    Truncate(Response),
     /// Never answer.
     Hang,
 }
