@@ -830,3 +830,81 @@ fn non_stream_in_progress_falls_back_when_the_answer_is_sent() {
         == 0));
     assert_eq!(mock.stat("client_disconnects"), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Context length like vLLM (`--max-model-len`). "Hello there!" counts as 4 prompt
+// tokens (12 bytes / 4 + 1 message).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn prompt_plus_max_tokens_over_max_model_len_is_vllms_400() {
+    let mock = MockBackend::start(&["--max-model-len", "10"]);
+    for stream in [false, true] {
+        let response = chat(&mock, json!({"max_tokens": 7, "stream": stream}));
+        assert_eq!(response.status, 400, "stream={stream}: {}", response.text());
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert_eq!(
+            response.json(),
+            json!({"error": {
+                "message": "'max_tokens' or 'max_completion_tokens' is too large: 7. This model's \
+                            maximum context length is 10 tokens and your request has 4 input tokens \
+                            (7 > 10 - 4). (parameter=max_tokens, value=7)",
+                "type": "BadRequestError", "param": "max_tokens", "code": 400}})
+        );
+    }
+    // Exactly full is fine.
+    let fits = chat(&mock, json!({"max_tokens": 6}));
+    assert_eq!(fits.status, 200, "{}", fits.text());
+    assert_eq!(fits.json()["usage"]["completion_tokens"], 6);
+}
+
+#[test]
+fn prompt_that_fills_max_model_len_is_vllms_400_without_max_tokens() {
+    let mock = MockBackend::start(&["--max-model-len", "4"]);
+    let response = chat(&mock, json!({}));
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"error": {
+            "message": "This model's maximum context length is 4 tokens. However, your request \
+                        has 4 input tokens. Please reduce the length of the input messages. \
+                        (parameter=input_tokens, value=4)",
+            "type": "BadRequestError", "param": "input_tokens", "code": 400}})
+    );
+}
+
+#[test]
+fn without_max_tokens_the_completion_may_use_what_the_context_leaves() {
+    let mock = MockBackend::start(&["--max-model-len", "7", "--chunks", "8"]);
+    let body = chat(&mock, json!({})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["message"]["content"], "tok0 tok1 tok2 ");
+    let events = parsed_events(&chat_stream(&mock, json!({})).read_to_end());
+    assert_eq!(events.len(), 1 + 3 + 1 + 1);
+    assert_eq!(events[4]["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn max_completion_tokens_is_preferred_over_max_tokens() {
+    let mock = MockBackend::start(&["--chunks", "8"]);
+    let body = chat(&mock, json!({"max_tokens": 1, "max_completion_tokens": 3})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    // vLLM reads `max_completion_tokens or max_tokens`: a zero falls back.
+    let body = chat(&mock, json!({"max_tokens": 2, "max_completion_tokens": 0})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    // And it is the one checked against the context.
+    let limited = MockBackend::start(&["--max-model-len", "10"]);
+    assert_eq!(chat(&limited, json!({"max_tokens": 100, "max_completion_tokens": 6})).status, 200);
+    let refused = chat(&limited, json!({"max_tokens": 1, "max_completion_tokens": 7}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "max_tokens");
+}
+
+#[test]
+fn models_report_the_max_model_len() {
+    let mock = MockBackend::start(&["--max-model-len", "256"]);
+    let models = request(&mock.host_port(), "GET", "/v1/models", &[], None).json();
+    assert_eq!(models["data"][0]["max_model_len"], 256);
+}

@@ -1,5 +1,5 @@
 //! Chat completions: interpret a request (model, messages, limits, controls),
-//! count its prompt tokens, and plan the reply.
+//! count its prompt tokens, fit it in the context, and plan the reply.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::cli::{Config, DEFAULT_MODEL};
 use crate::completion::Completion;
-use crate::controls::{optional_count, MockControls};
+use crate::context::{completion_budget, requested_limit};
+use crate::controls::MockControls;
 use crate::errors::{bad_request, vllm_error};
 use crate::faults::Fault;
 use crate::reply::{Ending, Reply, StreamPlan};
@@ -33,14 +34,10 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
     if let Some(reply) = controls.fault.and_then(Fault::canned_reply) {
         return Ok(reply);
     }
-    let mut limit = controls.chunks;
-    for field in ["max_tokens", "max_completion_tokens"] {
-        if let Some(max) =
-            optional_count(body.get(field), field, u64::MAX).map_err(|m| bad_request(&m))?
-        {
-            limit = limit.min(max);
-        }
-    }
+    let prompt_tokens = prompt_tokens(messages);
+    let requested = requested_limit(body).map_err(|m| bad_request(&m))?;
+    let budget = completion_budget(state.config.max_model_len, prompt_tokens, requested)?;
+    let limit = budget.map_or(controls.chunks, |budget| budget.min(controls.chunks));
     let completion = Completion {
         id: format!(
             "chatcmpl-mock-{}",
@@ -48,7 +45,7 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         ),
         created: unix_now(),
         model,
-        prompt_tokens: prompt_tokens(messages),
+        prompt_tokens,
         completion_tokens: limit,
         finish_reason: if limit < controls.chunks {
             "length"

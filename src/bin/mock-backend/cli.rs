@@ -4,11 +4,15 @@ use std::time::Duration;
 
 pub(crate) const USAGE: &str =
     "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--prefill-ms P] [--api-key KEY] [--name NAME] [--verbose]";
+                     [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
 /// Longest pause a request may ask for before each token, or before the first.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
+/// Largest `--max-model-len` accepted.
+pub(crate) const MAX_MODEL_LEN: u64 = 100_000_000;
+/// What `/v1/models` reports as `max_model_len` when `--max-model-len` is not given.
+pub(crate) const DEFAULT_MAX_MODEL_LEN: u64 = 4096;
 pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
 
 /// Settings from the command line.
@@ -19,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) chunk_delay: Duration,
     /// Time to the first token: before a stream's role chunk, and part of a non-stream's wait.
     pub(crate) prefill: Duration,
+    /// vLLM's `--max-model-len`: enforced only when given (see `context`).
+    pub(crate) max_model_len: Option<u64>,
     pub(crate) api_key: Option<String>,
     /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
     /// failover test can break one backend and not its replacement.
@@ -38,6 +44,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
         chunks: 8,
         chunk_delay: Duration::ZERO,
         prefill: Duration::ZERO,
+        max_model_len: None,
         api_key: None,
         name: None,
         verbose: false,
@@ -67,6 +74,13 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
             "--prefill-ms" => {
                 config.prefill =
                     Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+            }
+            "--max-model-len" => {
+                let len = parse_number(&flag, &value()?, MAX_MODEL_LEN)?;
+                if len == 0 {
+                    return Err(CliError::Invalid(format!("{flag} must be at least 1")));
+                }
+                config.max_model_len = Some(len);
             }
             "--api-key" => config.api_key = Some(value()?),
             "--name" => config.name = Some(value()?),

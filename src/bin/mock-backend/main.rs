@@ -10,14 +10,17 @@
 //!
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
-//!              [--prefill-ms P] [--api-key KEY] [--name NAME] [--verbose]
+//!              [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--name NAME]
+//!              [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
 //! stdout. `--model` may be repeated (default `mock-llama`); `--chunks` is the
 //! number of completion tokens (default 8); `--chunk-delay-ms` is the time each
 //! token takes (default 0); `--prefill-ms` the time to the first token (default 0;
-//! see *Timing*); with `--api-key`, every `/v1/*` request needs
+//! see *Timing*); `--max-model-len` the context window, enforced as vLLM does
+//! (see *Context length*; without it nothing is enforced and `/v1/models` says
+//! 4096); with `--api-key`, every `/v1/*` request needs
 //! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
 //! `--verbose` logs one line per request to stderr.
 //!
@@ -28,8 +31,9 @@
 //! * `POST /v1/chat/completions`: a completion whose text is `N` tokens
 //!   `"tok0 tok1 … tok{N-1} "`, as JSON or, with `"stream": true`, as SSE chunks
 //!   (role chunk, one chunk per token, finish chunk, optional usage chunk, `[DONE]`).
-//!   `max_tokens` / `max_completion_tokens` below `N` truncate it with
-//!   `finish_reason: "length"`. Prompt tokens are counted deterministically as
+//!   A completion limit below `N` truncates it with `finish_reason: "length"`; the
+//!   limit is `max_completion_tokens`, or `max_tokens` when that is absent or 0
+//!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted deterministically as
 //!   `(total UTF-8 bytes of every message's text content) / 4 + number of messages`.
 //! * `GET /mock/last-request`: the last chat request (`method`, `path`, lowercased
 //!   `headers`, `body` parsed as JSON or `null`).
@@ -54,6 +58,21 @@
 //! chunk follows after `prefill`, then each token `delay` after the previous chunk,
 //! then the finish chunk, the usage chunk and `[DONE]` at once. Errors found before
 //! generation (unknown model, bad JSON, context length) are answered at once.
+//!
+//! # Context length (vLLM's)
+//!
+//! With `--max-model-len N`, a prompt of `N` tokens or more gets vLLM's 400
+//! `{"error":{"message":"This model's maximum context length is N tokens. However,
+//! your request has P input tokens. Please reduce the length of the input messages.
+//! (parameter=input_tokens, value=P)","type":"BadRequestError","param":"input_tokens",
+//! "code":400}}`; a prompt plus limit over `N` gets `"'max_tokens' or
+//! 'max_completion_tokens' is too large: M. This model's maximum context length is N
+//! tokens and your request has P input tokens (M > N - P). (parameter=max_tokens,
+//! value=M)"` with `"param":"max_tokens"` (stream or not: it is checked before any
+//! generation). Without a limit the completion may use `N - P` tokens. These are
+//! today's vLLM texts; vLLM up to 0.9 said "… However, you requested M+P tokens (P in
+//! the messages, M in the completion). Please reduce the length of the messages or
+//! completion." with `param: null`.
 //!
 //! # Per-request controls
 //!
@@ -90,6 +109,7 @@ mod chat;
 mod cli;
 mod completion;
 mod connection;
+mod context;
 mod controls;
 mod errors;
 mod faults;

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::chat::chat_completions;
-use crate::cli::Config;
+use crate::cli::{Config, DEFAULT_MAX_MODEL_LEN};
 use crate::reply::Reply;
 use crate::request::Request;
 use crate::response::Response;
@@ -60,12 +60,13 @@ fn authorized(config: &Config, request: &Request) -> bool {
 }
 
 fn model_list(config: &Config) -> Value {
+    let max_model_len = config.max_model_len.unwrap_or(DEFAULT_MAX_MODEL_LEN);
     let data: Vec<Value> = config
         .models
         .iter()
         .map(|name| {
             json!({"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "vllm",
-                   "root": name, "parent": null, "max_model_len": 4096})
+                   "root": name, "parent": null, "max_model_len": max_model_len})
         })
         .collect();
     json!({"object": "list", "data": data})
