@@ -896,8 +896,18 @@ fn max_completion_tokens_is_preferred_over_max_tokens() {
     assert_eq!(body["usage"]["completion_tokens"], 2);
     // And it is the one checked against the context.
     let limited = MockBackend::start(&["--max-model-len", "10"]);
-    assert_eq!(chat(&limited, json!({"max_tokens": 100, "max_completion_tokens": 6})).status, 200);
-    let refused = chat(&limited, json!({"max_tokens": 1, "max_completion_tokens": 7}));
+    assert_eq!(
+        chat(
+            &limited,
+            json!({"max_tokens": 100, "max_completion_tokens": 6})
+        )
+        .status,
+        200
+    );
+    let refused = chat(
+        &limited,
+        json!({"max_tokens": 1, "max_completion_tokens": 7}),
+    );
     assert_eq!(refused.status, 400);
     assert_eq!(refused.json()["error"]["param"], "max_tokens");
 }
@@ -907,4 +917,88 @@ fn models_report_the_max_model_len() {
     let mock = MockBackend::start(&["--max-model-len", "256"]);
     let models = request(&mock.host_port(), "GET", "/v1/models", &[], None).json();
     assert_eq!(models["data"][0]["max_model_len"], 256);
+}
+
+// ---------------------------------------------------------------------------
+// Mid-stream failures like vLLM's chat_completion_stream_generator.
+// ---------------------------------------------------------------------------
+
+const ENGINE_FAILURE: &str =
+    "CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)";
+
+/// Each HTTP chunk of a stream as text.
+fn chunk_texts(stream: &mut StreamingResponse) -> Vec<String> {
+    stream
+        .map(|(_, data)| String::from_utf8(data).unwrap())
+        .collect()
+}
+
+#[test]
+fn fault_error_event_streams_two_tokens_then_vllms_error_event_and_done() {
+    let mock = MockBackend::start(&["--chunks", "6"]);
+    let mut stream = chat_stream(&mock, json!({"mock": {"fault": "error_event"}}));
+    assert_eq!(stream.status, 200);
+    let chunks = chunk_texts(&mut stream);
+    assert!(
+        stream.finished_cleanly(),
+        "vLLM ends the body normally after [DONE]"
+    );
+    assert_eq!(chunks.len(), 5, "{chunks:#?}");
+    let events = parsed_events(chunks[..3].concat().as_bytes());
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events[1]["choices"][0]["delta"]["content"], "tok0 ");
+    assert_eq!(events[2]["choices"][0]["delta"]["content"], "tok1 ");
+    // Byte for byte what json.dumps(ErrorResponse.model_dump()) gives.
+    assert_eq!(
+        chunks[3],
+        format!(
+            "data: {{\"error\": {{\"message\": \"{ENGINE_FAILURE}\", \"type\": \
+             \"InternalServerError\", \"param\": null, \"code\": 500}}}}\n\n"
+        )
+    );
+    assert_eq!(chunks[4], "data: [DONE]\n\n");
+}
+
+#[test]
+fn fault_error_event_legacy_streams_the_error_shape_of_vllm_0_9() {
+    let mock = MockBackend::start(&[]);
+    let chunks = chunk_texts(&mut chat_stream(
+        &mock,
+        json!({"mock": {"fault": "error_event_legacy"}}),
+    ));
+    assert_eq!(chunks.len(), 5, "{chunks:#?}");
+    assert_eq!(
+        chunks[3],
+        format!(
+            "data: {{\"error\": {{\"object\": \"error\", \"message\": \"{ENGINE_FAILURE}\", \
+             \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}}}\n\n"
+        )
+    );
+    assert_eq!(chunks[4], "data: [DONE]\n\n");
+}
+
+#[test]
+fn fault_error_event_on_a_non_stream_is_vllms_error_after_the_tokens() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let response = chat(
+        &mock,
+        json!({"mock": {"fault": "error_event", "delay_ms": 150}}),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(280),
+        "after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": ENGINE_FAILURE, "type": "InternalServerError", "param": null, "code": 500}})
+    );
+    let legacy = chat(&mock, json!({"mock": {"fault": "error_event_legacy"}}));
+    assert_eq!(legacy.status, 400);
+    assert_eq!(
+        legacy.json(),
+        json!({"object": "error", "message": ENGINE_FAILURE, "type": "BadRequestError", "param": null, "code": 400})
+    );
 }

@@ -12,7 +12,7 @@ use crate::context::{completion_budget, requested_limit};
 use crate::controls::MockControls;
 use crate::errors::{bad_request, vllm_error};
 use crate::faults::Fault;
-use crate::reply::{Ending, Reply, StreamPlan};
+use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
 use crate::request::Request;
 use crate::response::Response;
 use crate::state::State;
@@ -60,12 +60,35 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
     } else {
         Ending::Complete
     };
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if let Some(failure) = controls.fault.and_then(Fault::failure) {
+        let tokens = failure.after_tokens.min(completion.completion_tokens);
+        return Ok(if stream {
+            let mut events =
+                completion.stream_events(include_usage, controls.prefill, controls.delay);
+            events.truncate(1 + usize::try_from(tokens).unwrap_or(usize::MAX));
+            events.push(SseEvent {
+                data: failure.event,
+                delay: controls.delay,
+            });
+            events.push(SseEvent {
+                data: "[DONE]".to_owned(),
+                delay: Duration::ZERO,
+            });
+            Reply::Stream(StreamPlan { events, ending })
+        } else {
+            Reply::Generated {
+                response: failure.response,
+                takes: generation_time(controls.prefill, controls.delay, tokens + 1),
+                ending,
+            }
+        });
+    }
     Ok(if stream {
-        let include_usage = body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
         let mut events = completion.stream_events(include_usage, controls.prefill, controls.delay);
         if reset {
             events.truncate(3);

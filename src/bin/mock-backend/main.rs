@@ -78,12 +78,27 @@
 //!
 //! A chat request may carry an extra body field
 //! `"mock": {"chunks": N, "delay_ms": D, "prefill_ms": P, "fault": "..."}`
-//! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`). Faults: `500`, `429` (with `retry-after: 1`), `400` (context length),
-//! `hang` (never answer; give up when the client leaves or after 10 minutes),
+//! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`).
+//! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang` (never answer; give up when the client leaves or after 10 minutes),
 //! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
 //! the terminating chunk; non-streams: half of the body), `garbage` (200 with
 //! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
-//! and `plain_text_500` (500 with a `text/plain` body). With `"fault_on": "NAME"`, only
+//! `plain_text_500` (500 with a `text/plain` body), and two mid-generation engine
+//! failures whose message leaks internals as vLLM's `str(exception)` does
+//! (`"CUDA error: an illegal memory access at /srv/secret/model.py:42
+//! (http://10.1.2.3:8000)"`):
+//! * `error_event`: a stream sends the role chunk and 2 tokens, then exactly what
+//!   today's vLLM yields on an exception in `chat_completion_stream_generator`,
+//!   `data: {"error": {"message": …, "type": "InternalServerError", "param": null,
+//!   "code": 500}}` (Python `json.dumps` spacing), then `data: [DONE]`, and ends
+//!   the body normally; a non-stream answers 500 with that error after the tokens.
+//! * `error_event_legacy`: the same with vLLM ≤ 0.9's shapes: the event is
+//!   `data: {"error": {"object": "error", "message": …, "type": "BadRequestError",
+//!   "param": null, "code": 400}}` (old `create_streaming_error_response(str(e))`);
+//!   a non-stream answers 400 with the old top-level
+//!   `{"object":"error","message":…,"type":"BadRequestError","param":null,"code":400}`.
+//!
+//! With `"fault_on": "NAME"`, only
 //! the instance started with `--name NAME` applies the fault; the others answer normally
 //! (to fail one backend and not its failover).
 //!
