@@ -1002,3 +1002,99 @@ fn fault_error_event_on_a_non_stream_is_vllms_error_after_the_tokens() {
         json!({"object": "error", "message": ENGINE_FAILURE, "type": "BadRequestError", "param": null, "code": 400})
     );
 }
+
+// ---------------------------------------------------------------------------
+// Request ids like llama-cpp-python (starlette-context's RequestIdPlugin).
+// ---------------------------------------------------------------------------
+
+fn chat_with_request_id(mock: &MockBackend, id: &str) -> HttpResponse {
+    let body = chat_body(json!({})).to_string();
+    let auth = ("authorization", "Bearer k");
+    request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, auth, ("x-request-id", id)],
+        Some(body.as_bytes()),
+    )
+}
+
+#[test]
+fn strict_request_id_refuses_a_non_uuid_with_an_empty_400_before_routing() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    let refused = chat_with_request_id(&mock, "req-42");
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.header("content-length"), Some("0"));
+    assert_eq!(refused.header("content-type"), None);
+    assert!(refused.body.is_empty());
+    // Before the API key is checked and before any route: no 401, no 404.
+    for (method, path, headers) in [
+        ("POST", CHAT, vec![JSON]),
+        ("GET", "/v1/models", vec![]),
+        ("GET", "/health", vec![]),
+        ("GET", "/v1/nothing", vec![]),
+    ] {
+        let mut headers = headers;
+        headers.push(("x-request-id", "not-a-uuid"));
+        let response = request(&mock.host_port(), method, path, &headers, Some(b"{}"));
+        assert_eq!(response.status, 400, "{method} {path}");
+        assert!(response.body.is_empty(), "{method} {path}");
+    }
+    // The mock's own endpoints are not the server's.
+    let stats = request(
+        &mock.host_port(),
+        "GET",
+        "/mock/stats",
+        &[("x-request-id", "x")],
+        None,
+    );
+    assert_eq!(stats.status, 200);
+}
+
+#[test]
+fn strict_request_id_accepts_what_pythons_uuid_accepts() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    // Each checked against Python 3.11's uuid.UUID(value, version=4).
+    let accepted = [
+        "123e4567-e89b-12d3-a456-426614174000",
+        "123E4567-E89B-12D3-A456-426614174000",
+        "123e4567e89b12d3a456426614174000",
+        "{123e4567-e89b-12d3-a456-426614174000}",
+        "urn:uuid:123e4567-e89b-12d3-a456-426614174000",
+        "123e-4567e89b12d3a456426614174000",
+        "0x3e4567e89b12d3a456426614174000",
+        "+23e4567e89b12d3a456426614174000",
+        "123e4567_89b12d3a456426614174000",
+    ];
+    for id in accepted {
+        assert_eq!(chat_with_request_id(&mock, id).status, 200, "{id}");
+    }
+    let refused = [
+        "req-42",
+        "123e4567-e89b-12d3-a456-42661417400",
+        "123e4567-e89b-12d3-a456-4266141740000",
+        "g23e4567-e89b-12d3-a456-426614174000",
+        "123e4567__9b12d3a456426614174000",
+        "_23e4567e89b12d3a456426614174000",
+        "123e4567e89b12d3a45642661417400_",
+    ];
+    for id in refused {
+        assert_eq!(chat_with_request_id(&mock, id).status, 400, "{id}");
+    }
+    // No header: the plugin makes one up.
+    let body = chat_body(json!({})).to_string();
+    let plain = request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, ("authorization", "Bearer k")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(plain.status, 200);
+}
+
+#[test]
+fn without_strict_request_id_any_request_id_passes() {
+    let mock = MockBackend::start(&["--api-key", "k"]);
+    assert_eq!(chat_with_request_id(&mock, "req-42").status, 200);
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 pub(crate) const USAGE: &str =
     "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--name NAME] [--verbose]";
+                     [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--strict-request-id] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
 /// Longest pause a request may ask for before each token, or before the first.
@@ -26,6 +26,8 @@ pub(crate) struct Config {
     /// vLLM's `--max-model-len`: enforced only when given (see `context`).
     pub(crate) max_model_len: Option<u64>,
     pub(crate) api_key: Option<String>,
+    /// Refuse a non-UUID `x-request-id` as llama-cpp-python does (see `request_id`).
+    pub(crate) strict_request_id: bool,
     /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
     /// failover test can break one backend and not its replacement.
     pub(crate) name: Option<String>,
@@ -46,6 +48,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
         prefill: Duration::ZERO,
         max_model_len: None,
         api_key: None,
+        strict_request_id: false,
         name: None,
         verbose: false,
     };
@@ -83,6 +86,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
                 config.max_model_len = Some(len);
             }
             "--api-key" => config.api_key = Some(value()?),
+            "--strict-request-id" => config.strict_request_id = true,
             "--name" => config.name = Some(value()?),
             "--verbose" | "-v" => config.verbose = true,
             "--help" | "-h" => return Err(CliError::Help),

@@ -10,8 +10,8 @@
 //!
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
-//!              [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--name NAME]
-//!              [--verbose]
+//!              [--prefill-ms P] [--max-model-len N] [--api-key KEY]
+//!              [--strict-request-id] [--name NAME] [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
@@ -22,6 +22,12 @@
 //! (see *Context length*; without it nothing is enforced and `/v1/models` says
 //! 4096); with `--api-key`, every `/v1/*` request needs
 //! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
+//! `--strict-request-id` behaves like llama-cpp-python's server: a request whose
+//! `x-request-id` is present and not what Python's `uuid.UUID` parses gets an
+//! empty-bodied `400` (`content-length: 0`, no content type) before any route or
+//! API-key check, on every path but `/mock/*` (see `request_id.rs` for exactly
+//! which forms pass: `8-4-4-4-12`, 32 bare hex digits, `{…}`, `urn:uuid:…`, and
+//! a few looser ones);
 //! `--verbose` logs one line per request to stderr.
 //!
 //! # Endpoints
@@ -45,8 +51,8 @@
 //!   zeroes the counters (the gauges stay, and the high-water mark restarts from
 //!   the streams open at that moment).
 //!
-//! Every `POST /v1/chat/completions` is counted and recorded before the API key
-//! is checked, so tests can see what a rejected request carried. Other paths get
+//! Every `POST /v1/chat/completions` is counted and recorded before the request
+//! id and the API key are checked, so tests can see what a rejected request carried. Other paths get
 //! FastAPI's `404 {"detail":"Not Found"}`.
 //!
 //! # Timing (vLLM's)
@@ -111,14 +117,16 @@
 //!
 //! This file holds the accept loop; each sibling module has one job: `cli` (the
 //! command line and its limits), `connection` (one connection's request/reply
-//! loop), `request` and `response` (HTTP/1.1 on the wire), `routes` (dispatch by
-//! method and path), `chat` (interpreting a chat request), `controls` (the `mock`
-//! body field), `faults` (fault modes), `completion` (the completion and its
-//! chunks), `reply` (the planned reply, shared by the planners and the writers),
-//! `stream` (writing SSE), `peer` (noticing a client that left), `errors`
-//! (vLLM's error body) and `state` (counters and recorded requests). Planners
-//! (`routes`, `chat`, `faults`) and writers (`connection`, `stream`) meet only in
-//! `reply`, so no two modules import each other.
+//! loop, waiting out non-stream generations), `request` and `response` (HTTP/1.1
+//! on the wire), `routes` (dispatch by method and path), `request_id`
+//! (llama-cpp-python's request-id check), `chat` (interpreting a chat request),
+//! `context` (vLLM's context-length rules), `controls` (the `mock` body field),
+//! `faults` (fault modes), `completion` (the completion and its chunks), `reply`
+//! (the planned reply, shared by the planners and the writers), `stream` (writing
+//! SSE), `peer` (noticing a client that left), `errors` (vLLM's error bodies) and
+//! `state` (counters and recorded requests). Planners (`routes`, `chat`, `faults`)
+//! and writers (`connection`, `stream`) meet only in `reply`, so no two modules
+//! import each other.
 
 mod chat;
 mod cli;
@@ -131,6 +139,7 @@ mod faults;
 mod peer;
 mod reply;
 mod request;
+mod request_id;
 mod response;
 mod routes;
 mod state;

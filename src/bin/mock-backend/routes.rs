@@ -1,5 +1,6 @@
 //! Routing: dispatch a request by method and path, after recording chat
-//! requests and checking the API key on `/v1/*`.
+//! requests, checking `x-request-id` (with `--strict-request-id`) and the API key
+//! on `/v1/*`.
 
 use serde_json::{json, Value};
 
@@ -7,10 +8,13 @@ use crate::chat::chat_completions;
 use crate::cli::{Config, DEFAULT_MAX_MODEL_LEN};
 use crate::reply::Reply;
 use crate::request::Request;
+use crate::request_id;
 use crate::response::Response;
 use crate::state::State;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
+/// The mock's own control endpoints, which no emulated server rule applies to.
+const MOCK_PREFIX: &str = "/mock/";
 /// `GET /mock/requests/{x-request-id}`: one recorded chat request.
 const REQUESTS_PREFIX: &str = "/mock/requests/";
 
@@ -18,6 +22,14 @@ pub(crate) fn route(state: &State, request: &Request) -> Reply {
     let is_chat = request.path == CHAT_PATH;
     if is_chat && request.method == "POST" {
         state.record_chat_request(request);
+    }
+    if state.config.strict_request_id
+        && !request.path.starts_with(MOCK_PREFIX)
+        && !request
+            .header("x-request-id")
+            .is_none_or(request_id::accepted)
+    {
+        return Reply::Respond(Response::empty(400));
     }
     if request.path.starts_with("/v1/") && !authorized(&state.config, request) {
         return Reply::Respond(Response::json(401, &json!({"error": "Unauthorized"})));
