@@ -1098,3 +1098,90 @@ fn without_strict_request_id_any_request_id_passes() {
     let mock = MockBackend::start(&["--api-key", "k"]);
     assert_eq!(chat_with_request_id(&mock, "req-42").status, 200);
 }
+
+// ---------------------------------------------------------------------------
+// Arbitrary statuses, for the gateway's error-mapping tests.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mock_status_answers_that_status_with_vllms_error_body() {
+    let mock = MockBackend::start(&[]);
+    for (status, kind, message) in [
+        (400, "BadRequestError", "Bad Request"),
+        (404, "NotFoundError", "Not Found"),
+        (408, "Request Timeout", "Request Timeout"),
+        (418, "I'm a Teapot", "I'm a Teapot"),
+        (500, "InternalServerError", "Internal Server Error"),
+        (501, "NotImplementedError", "Not Implemented"),
+        (502, "Bad Gateway", "Bad Gateway"),
+        (503, "Service Unavailable", "Service Unavailable"),
+        (507, "Insufficient Storage", "Insufficient Storage"),
+    ] {
+        for stream in [false, true] {
+            let response = chat(&mock, json!({"stream": stream, "mock": {"status": status}}));
+            assert_eq!(response.status, status, "stream={stream}");
+            assert_eq!(response.header("content-type"), Some("application/json"));
+            assert_eq!(response.header("retry-after"), None);
+            assert_eq!(
+                response.json(),
+                json!({"error": {"message": message, "type": kind, "param": null, "code": status}}),
+                "{status} stream={stream}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mock_status_401_is_vllms_unauthorized() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"mock": {"status": 401}}));
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json(), json!({"error": "Unauthorized"}));
+}
+
+#[test]
+fn mock_retry_after_is_sent_as_given() {
+    let mock = MockBackend::start(&[]);
+    for value in [
+        "99999999999",
+        "-5",
+        "soon",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+        "0.5",
+        "",
+    ] {
+        let response = chat(
+            &mock,
+            json!({"mock": {"status": 429, "retry_after": value}}),
+        );
+        assert_eq!(response.status, 429);
+        assert_eq!(response.header("retry-after"), Some(value), "{value:?}");
+        assert_eq!(response.json()["error"]["type"], "Too Many Requests");
+    }
+    // It belongs to a status answer, and cannot smuggle in other headers.
+    assert_eq!(
+        chat(&mock, json!({"mock": {"retry_after": "1"}})).status,
+        400
+    );
+    let injected = chat(
+        &mock,
+        json!({"mock": {"status": 503, "retry_after": "1\r\nx-evil: 1"}}),
+    );
+    assert_eq!(injected.status, 400);
+    assert_eq!(injected.header("x-evil"), None);
+    assert_eq!(chat(&mock, json!({"mock": {"status": 200}})).status, 400);
+    assert_eq!(chat(&mock, json!({"mock": {"status": 600}})).status, 400);
+}
+
+#[test]
+fn mock_status_obeys_fault_on() {
+    let named = MockBackend::start(&["--name", "flaky"]);
+    let other = MockBackend::start(&["--name", "steady"]);
+    let control = json!({"mock": {"status": 503, "retry_after": "7", "fault_on": "flaky"}});
+    let failing = chat(&named, control.clone());
+    assert_eq!(failing.status, 503);
+    assert_eq!(failing.header("retry-after"), Some("7"));
+    let fine = chat(&other, control);
+    assert_eq!(fine.status, 200);
+    assert_eq!(fine.header("retry-after"), None);
+}

@@ -10,7 +10,7 @@ use crate::cli::{Config, DEFAULT_MODEL};
 use crate::completion::Completion;
 use crate::context::{completion_budget, requested_limit};
 use crate::controls::MockControls;
-use crate::errors::{bad_request, vllm_error};
+use crate::errors::{bad_request, status_error, vllm_error};
 use crate::faults::Fault;
 use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
 use crate::request::Request;
@@ -31,6 +31,13 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| bad_request("`messages` must be an array."))?;
+    if let Some(status) = controls.status {
+        let response = status_error(status);
+        return Ok(Reply::Respond(match &controls.retry_after {
+            Some(value) => response.with_header("retry-after", value),
+            None => response,
+        }));
+    }
     if let Some(reply) = controls.fault.and_then(Fault::canned_reply) {
         return Ok(reply);
     }

@@ -6,7 +6,7 @@ use std::io;
 
 use serde::Serialize;
 
-use crate::response::Response;
+use crate::response::{reason_phrase, Response};
 
 /// What today's vLLM streams when generation fails mid-stream
 /// (`chat_completion_stream_generator`: `data = self.create_streaming_error_response(e)`,
@@ -127,6 +127,28 @@ impl serde_json::ser::Formatter for PythonJson {
 
 pub(crate) fn bad_request(message: &str) -> Response {
     vllm_error(400, "BadRequestError", message)
+}
+
+/// The answer vLLM gives with status `status`: its own error names where its
+/// `create_error_response` uses them, else the `HTTPException` handler's shape (the
+/// status phrase as type and message); a 401 is its API-key middleware's
+/// `{"error":"Unauthorized"}`.
+pub(crate) fn status_error(status: u16) -> Response {
+    let phrase = reason_phrase(status);
+    let kind = match status {
+        401 => return unauthorized(),
+        400 => "BadRequestError",
+        404 => "NotFoundError",
+        500 => "InternalServerError",
+        501 => "NotImplementedError",
+        _ => phrase,
+    };
+    vllm_error(status, kind, phrase)
+}
+
+/// vLLM's answer to a missing or wrong API key.
+pub(crate) fn unauthorized() -> Response {
+    Response::json(401, &serde_json::json!({"error": "Unauthorized"}))
 }
 
 pub(crate) fn vllm_error(status: u16, kind: &str, message: &str) -> Response {

@@ -104,9 +104,18 @@
 //!   a non-stream answers 400 with the old top-level
 //!   `{"object":"error","message":…,"type":"BadRequestError","param":null,"code":400}`.
 //!
-//! With `"fault_on": "NAME"`, only
-//! the instance started with `--name NAME` applies the fault; the others answer normally
-//! (to fail one backend and not its failover).
+//! `"status": N` (400–599) answers status `N` at once, stream or not, with vLLM's
+//! error body for it: `{"error":{"message":PHRASE,"type":TYPE,"param":null,"code":N}}`
+//! where `TYPE` is vLLM's own name for 400/404/500/501 (`BadRequestError`,
+//! `NotFoundError`, `InternalServerError`, `NotImplementedError`) and otherwise the
+//! status phrase, as vLLM's `HTTPException` handler writes it (`"Service
+//! Unavailable"`); 401 is `{"error":"Unauthorized"}`. It wins over `fault`.
+//! `"retry_after": "<any string>"` (only with `status`) adds `retry-after` with that
+//! value verbatim, to test the clamping of absurd ones (no control characters).
+//!
+//! With `"fault_on": "NAME"`, only the instance started with `--name NAME` applies
+//! the fault (or status); the others answer normally (to fail one backend and not
+//! its failover).
 //!
 //! A client that goes away while a stream is being written (a failed write, or the
 //! peer closing during a pause) or while a non-stream answer is being generated

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::chat::chat_completions;
 use crate::cli::{Config, DEFAULT_MAX_MODEL_LEN};
+use crate::errors::unauthorized;
 use crate::reply::Reply;
 use crate::request::Request;
 use crate::request_id;
@@ -32,7 +33,7 @@ pub(crate) fn route(state: &State, request: &Request) -> Reply {
         return Reply::Respond(Response::empty(400));
     }
     if request.path.starts_with("/v1/") && !authorized(&state.config, request) {
-        return Reply::Respond(Response::json(401, &json!({"error": "Unauthorized"})));
+        return Reply::Respond(unauthorized());
     }
     let response = match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") => Response::empty(200),
