@@ -1,8 +1,8 @@
 //! Chat completions: interpret a request (model, messages, limits, controls),
-//! count its prompt tokens, fit it in the context, and plan the reply.
+//! count its prompt tokens and fit it in the context; `plan` shapes the reply.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -12,7 +12,8 @@ use crate::context::{completion_budget, requested_limit};
 use crate::controls::MockControls;
 use crate::errors::{bad_request, status_error, vllm_error};
 use crate::faults::Fault;
-use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
+use crate::plan::plan_reply;
+use crate::reply::Reply;
 use crate::request::Request;
 use crate::response::Response;
 use crate::state::State;
@@ -31,14 +32,7 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| bad_request("`messages` must be an array."))?;
-    if let Some(status) = controls.status {
-        let response = status_error(status);
-        return Ok(Reply::Respond(match &controls.retry_after {
-            Some(value) => response.with_header("retry-after", value),
-            None => response,
-        }));
-    }
-    if let Some(reply) = controls.fault.and_then(Fault::canned_reply) {
+    if let Some(reply) = canned_reply(&controls) {
         return Ok(reply);
     }
     let prompt_tokens = prompt_tokens(messages);
@@ -61,63 +55,25 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         },
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let reset = controls.fault == Some(Fault::Reset);
-    let ending = if reset {
-        Ending::Reset
-    } else {
-        Ending::Complete
-    };
     let include_usage = body
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         == Some(true);
-    if let Some(failure) = controls.fault.and_then(Fault::failure) {
-        let tokens = failure.after_tokens.min(completion.completion_tokens);
-        return Ok(if stream {
-            let mut events =
-                completion.stream_events(include_usage, controls.prefill, controls.delay);
-            events.truncate(1 + usize::try_from(tokens).unwrap_or(usize::MAX));
-            events.push(SseEvent {
-                data: failure.event,
-                delay: controls.delay,
-            });
-            events.push(SseEvent {
-                data: "[DONE]".to_owned(),
-                delay: Duration::ZERO,
-            });
-            Reply::Stream(StreamPlan { events, ending })
-        } else {
-            Reply::Generated {
-                response: failure.response,
-                takes: generation_time(controls.prefill, controls.delay, tokens + 1),
-                ending,
-            }
-        });
-    }
-    Ok(if stream {
-        let mut events = completion.stream_events(include_usage, controls.prefill, controls.delay);
-        if reset {
-            events.truncate(3);
-        }
-        Reply::Stream(StreamPlan { events, ending })
-    } else {
-        Reply::Generated {
-            response: Response::json(200, &completion.response()),
-            takes: generation_time(
-                controls.prefill,
-                controls.delay,
-                completion.completion_tokens,
-            ),
-            ending,
-        }
-    })
+    Ok(plan_reply(&completion, &controls, stream, include_usage))
 }
 
-/// How long a non-stream generation takes: prefill, then `delay` per token.
-fn generation_time(prefill: Duration, delay: Duration, tokens: u64) -> Duration {
-    let per_token = delay.saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
-    prefill.saturating_add(per_token)
+/// The answers that replace the completion entirely: `mock.status`, then the
+/// canned faults.
+fn canned_reply(controls: &MockControls) -> Option<Reply> {
+    if let Some(status) = controls.status {
+        let response = status_error(status);
+        return Some(Reply::Respond(match &controls.retry_after {
+            Some(value) => response.with_header("retry-after", value),
+            None => response,
+        }));
+    }
+    controls.fault.and_then(Fault::canned_reply)
 }
 
 fn resolve_model(config: &Config, requested: Option<&Value>) -> Result<String, Response> {

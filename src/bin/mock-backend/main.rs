@@ -129,13 +129,14 @@
 //! loop, waiting out non-stream generations), `request` and `response` (HTTP/1.1
 //! on the wire), `routes` (dispatch by method and path), `request_id`
 //! (llama-cpp-python's request-id check), `chat` (interpreting a chat request),
-//! `context` (vLLM's context-length rules), `controls` (the `mock` body field),
+//! `context` (vLLM's context-length rules), `plan` (the reply to a chat request:
+//! its shape, pacing and fault endings), `controls` (the `mock` body field),
 //! `faults` (fault modes), `completion` (the completion and its chunks), `reply`
 //! (the planned reply, shared by the planners and the writers), `stream` (writing
 //! SSE), `peer` (noticing a client that left), `errors` (vLLM's error bodies) and
-//! `state` (counters and recorded requests). Planners (`routes`, `chat`, `faults`)
-//! and writers (`connection`, `stream`) meet only in `reply`, so no two modules
-//! import each other.
+//! `state` (counters and recorded requests). Planners (`routes`, `chat`, `plan`,
+//! `faults`) and writers (`connection`, `stream`) meet only in `reply`, so no two
+//! modules import each other.
 
 mod chat;
 mod cli;
@@ -146,6 +147,7 @@ mod controls;
 mod errors;
 mod faults;
 mod peer;
+mod plan;
 mod reply;
 mod request;
 mod request_id;
