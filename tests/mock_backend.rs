@@ -1185,3 +1185,56 @@ fn mock_status_obeys_fault_on() {
     assert_eq!(fine.status, 200);
     assert_eq!(fine.header("retry-after"), None);
 }
+
+#[test]
+fn strict_request_id_tags_every_answer_with_the_id_or_a_fresh_uuid4() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    let id = "123E4567-E89B-12D3-A456-426614174000";
+    assert_eq!(
+        chat_with_request_id(&mock, id).header("x-request-id"),
+        Some(id)
+    );
+    assert_eq!(
+        chat_with_request_id(&mock, "req-42").header("x-request-id"),
+        None
+    );
+    let body = chat_body(json!({"stream": true})).to_string();
+    let auth = ("authorization", "Bearer k");
+    let stream = request_streaming(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, auth, ("x-request-id", id)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(stream.header("x-request-id"), Some(id));
+    // Without one (even a 401 or 404 gets one), a fresh uuid4().hex each time.
+    let fresh: Vec<String> = ["/v1/models", "/nowhere"]
+        .iter()
+        .map(|path| {
+            let response = request(&mock.host_port(), "GET", path, &[], None);
+            response.header("x-request-id").unwrap().to_owned()
+        })
+        .collect();
+    for id in &fresh {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        assert_eq!(&id[12..13], "4", "version 4: {id}");
+        assert!("89ab".contains(&id[16..17]), "RFC 4122 variant: {id}");
+    }
+    assert_ne!(fresh[0], fresh[1]);
+    // vLLM (the default) sends none.
+    let plain = MockBackend::start(&[]);
+    let response = request(
+        &plain.host_port(),
+        "GET",
+        "/v1/models",
+        &[("x-request-id", id)],
+        None,
+    );
+    assert_eq!(response.header("x-request-id"), None);
+}

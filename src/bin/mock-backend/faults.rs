@@ -86,10 +86,10 @@ impl Fault {
                     data: data.to_owned(),
                     delay: Duration::ZERO,
                 });
-                return Some(Reply::Stream(StreamPlan {
-                    events: events.into(),
-                    ending: Ending::Complete,
-                }));
+                return Some(Reply::Stream(StreamPlan::new(
+                    events.into(),
+                    Ending::Complete,
+                )));
             }
             Self::Reset | Self::ErrorEvent | Self::ErrorEventLegacy => return None,
         };

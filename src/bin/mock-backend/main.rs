@@ -27,7 +27,8 @@
 //! empty-bodied `400` (`content-length: 0`, no content type) before any route or
 //! API-key check, on every path but `/mock/*` (see `request_id.rs` for exactly
 //! which forms pass: `8-4-4-4-12`, 32 bare hex digits, `{…}`, `urn:uuid:…`, and
-//! a few looser ones);
+//! a few looser ones), and every other answer carries `x-request-id`: the
+//! request's, or a fresh `uuid4().hex` (vLLM, the default, sends none);
 //! `--verbose` logs one line per request to stderr.
 //!
 //! # Endpoints

@@ -31,7 +31,7 @@ pub(crate) fn plan_reply(
         if ending == Ending::Reset {
             events.truncate(EVENTS_BEFORE_RESET);
         }
-        Reply::Stream(StreamPlan { events, ending })
+        Reply::Stream(StreamPlan::new(events, ending))
     } else {
         Reply::Generated {
             response: Response::json(200, &completion.response()),
@@ -69,10 +69,7 @@ fn plan_failure(
         data: "[DONE]".to_owned(),
         delay: Duration::ZERO,
     });
-    Reply::Stream(StreamPlan {
-        events,
-        ending: Ending::Complete,
-    })
+    Reply::Stream(StreamPlan::new(events, Ending::Complete))
 }
 
 /// How long a non-stream generation of `tokens` takes: prefill, then `delay` each.

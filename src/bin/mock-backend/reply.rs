@@ -27,10 +27,45 @@ pub(crate) enum Reply {
     Hang,
 }
 
+impl Reply {
+    /// Adds a response header to whatever is answered (nothing, for `Hang`).
+    pub(crate) fn with_header(self, name: &'static str, value: String) -> Self {
+        match self {
+            Self::Respond(response) => Self::Respond(response.with_header(name, &value)),
+            Self::Generated {
+                response,
+                takes,
+                ending,
+            } => Self::Generated {
+                response: response.with_header(name, &value),
+                takes,
+                ending,
+            },
+            Self::Stream(mut plan) => {
+                plan.headers.push((name, value));
+                Self::Stream(plan)
+            }
+            Self::Hang => Self::Hang,
+        }
+    }
+}
+
 /// A planned Server-Sent Events response.
 pub(crate) struct StreamPlan {
     pub(crate) events: Vec<SseEvent>,
     pub(crate) ending: Ending,
+    /// Response headers beyond the content type and `cache-control`.
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl StreamPlan {
+    pub(crate) fn new(events: Vec<SseEvent>, ending: Ending) -> Self {
+        Self {
+            events,
+            ending,
+            headers: Vec::new(),
+        }
+    }
 }
 
 pub(crate) struct SseEvent {

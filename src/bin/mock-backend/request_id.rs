@@ -11,6 +11,12 @@
 //! that `int(…, 16)` parses (surrounding whitespace, a sign, a `0x` prefix and single
 //! `_` between digits included); `version=4` only overwrites the version bits, so
 //! any version passes. Header bytes are read as Latin-1, as Starlette does.
+//! Every other answer then carries `x-request-id`: the request's own, or a fresh
+//! `uuid4().hex` when it sent none (or an empty one).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Whether llama-cpp-python's server would let a request with this `x-request-id`
 /// value through.
@@ -44,3 +50,21 @@ fn python_int_base16(text: &str) -> bool {
             .split('_')
             .all(|group| !group.is_empty() && group.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+/// A new id as the plugin makes one, `uuid.uuid4().hex`: 32 lowercase hex digits of
+/// a random version-4 UUID.
+pub(crate) fn fresh() -> String {
+    let random = |salt: u64| {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(salt);
+        hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+        hasher.finish()
+    };
+    let mut id = (u128::from(random(1)) << 64) | u128::from(random(2));
+    id = (id & !(0xf000 << 64)) | (0x4000 << 64); // version 4
+    id = (id & !(0xc000 << 48)) | (0x8000 << 48); // RFC 4122 variant
+    format!("{id:032x}")
+}
+
+/// Makes each [`fresh`] id hash different input even within one `RandomState`.
+static NEXT: AtomicU64 = AtomicU64::new(0);

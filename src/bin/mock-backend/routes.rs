@@ -20,18 +20,28 @@ const MOCK_PREFIX: &str = "/mock/";
 const REQUESTS_PREFIX: &str = "/mock/requests/";
 
 pub(crate) fn route(state: &State, request: &Request) -> Reply {
-    let is_chat = request.path == CHAT_PATH;
-    if is_chat && request.method == "POST" {
+    if request.path == CHAT_PATH && request.method == "POST" {
         state.record_chat_request(request);
     }
-    if state.config.strict_request_id
-        && !request.path.starts_with(MOCK_PREFIX)
-        && !request
-            .header("x-request-id")
-            .is_none_or(request_id::accepted)
-    {
+    if !state.config.strict_request_id || request.path.starts_with(MOCK_PREFIX) {
+        return dispatch(state, request);
+    }
+    // llama-cpp-python's middleware: refuse a bad id outright, else tag every answer
+    // with the id (or a fresh one).
+    let id = request.header("x-request-id").unwrap_or_default();
+    if !request_id::accepted(id) {
         return Reply::Respond(Response::empty(400));
     }
+    let id = if id.is_empty() {
+        request_id::fresh()
+    } else {
+        id.to_owned()
+    };
+    dispatch(state, request).with_header("x-request-id", id)
+}
+
+fn dispatch(state: &State, request: &Request) -> Reply {
+    let is_chat = request.path == CHAT_PATH;
     if request.path.starts_with("/v1/") && !authorized(&state.config, request) {
         return Reply::Respond(unauthorized());
     }

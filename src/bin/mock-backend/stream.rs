@@ -31,7 +31,8 @@ pub(crate) fn write_stream(
 }
 
 fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Result<()> {
-    let headers = [("cache-control", "no-cache".to_owned())];
+    let mut headers = vec![("cache-control", "no-cache".to_owned())];
+    headers.extend(plan.headers.iter().cloned());
     let head = response_head(
         200,
         Some("text/event-stream; charset=utf-8"),
