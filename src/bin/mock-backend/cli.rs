@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-pub(crate) const USAGE: &str =
-    "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] [--strict-request-id] [--name NAME] [--verbose]";
+pub(crate) const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... \
+    [--chunks N] [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] \
+    [--strict-request-id] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
 /// Longest pause a request may ask for before each token, or before the first.

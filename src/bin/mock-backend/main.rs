@@ -40,8 +40,9 @@
 //!   (role chunk, one chunk per token, finish chunk, optional usage chunk, `[DONE]`).
 //!   A completion limit below `N` truncates it with `finish_reason: "length"`; the
 //!   limit is `max_completion_tokens`, or `max_tokens` when that is absent or 0
-//!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted deterministically as
-//!   `(total UTF-8 bytes of every message's text content) / 4 + number of messages`.
+//!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted
+//!   deterministically as `(total UTF-8 bytes of every message's text content) / 4
+//!   + number of messages`.
 //! * `GET /mock/last-request`: the last chat request (`method`, `path`, lowercased
 //!   `headers`, `body` parsed as JSON or `null`).
 //! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
@@ -53,8 +54,8 @@
 //!   the streams open at that moment).
 //!
 //! Every `POST /v1/chat/completions` is counted and recorded before the request
-//! id and the API key are checked, so tests can see what a rejected request carried. Other paths get
-//! FastAPI's `404 {"detail":"Not Found"}`.
+//! id and the API key are checked, so tests can see what a rejected request
+//! carried. Other paths get FastAPI's `404 {"detail":"Not Found"}`.
 //!
 //! # Timing (vLLM's)
 //!
@@ -86,9 +87,11 @@
 //! A chat request may carry an extra body field
 //! `"mock": {"chunks": N, "delay_ms": D, "prefill_ms": P, "fault": "..."}`
 //! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`).
-//! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang` (never answer; give up when the client leaves or after 10 minutes),
-//! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
-//! the terminating chunk; non-streams: half of the body), `garbage` (200 with
+//! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang`
+//! (never answer; give up when the client leaves or after 10 minutes), `reset`
+//! (streams: role chunk and 2 tokens, then the socket is shut down without the
+//! terminating chunk; non-streams: after the generation, the head and half of the
+//! body), `garbage` (200 with
 //! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
 //! `plain_text_500` (500 with a `text/plain` body), and two mid-generation engine
 //! failures whose message leaks internals as vLLM's `str(exception)` does
