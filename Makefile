@@ -33,13 +33,14 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
 	@echo "make test   - run every test (native core tests and end-to-end in workerd)"
 	@echo "make worker - build the release Workers bundle into build/"
 	@echo "make spin   - build the release Spin component ($(SPIN_OUT))"
+	@echo "make test-real - test against a real inference server (llama-cpp-python; ~35 min first time)"
 
 ## Tools ---------------------------------------------------------------------------------------
 
@@ -132,6 +133,31 @@ test: worker spin wasmtime-tool redis-tool browser-tool sdk-tool
 
 clean:
 	rm -rf build target .wrangler
+
+## Real inference server ------------------------------------------------------------------------
+
+# llama-cpp-python's OpenAI server on a tiny random-weight GGUF that scripts/tiny_gguf.py writes
+# (no download). Not part of `make test`: the first install compiles llama.cpp from source
+# (~35 min on 2 cores, niced); pip caches the wheel after. tests/real/ drives it through
+# tests/support/real_backend.rs, which runs scripts/real_backend.sh.
+LLAMA_CPP_PY_VERSION := 0.3.36
+GGUF_PY_VERSION := 0.19.0
+REAL_VENV := .venv-real
+
+real-tool: $(REAL_VENV)/.llama-cpp-python-$(LLAMA_CPP_PY_VERSION)
+
+$(REAL_VENV)/.llama-cpp-python-$(LLAMA_CPP_PY_VERSION):
+	python3 -m venv $(REAL_VENV)
+	@echo "installing llama-cpp-python $(LLAMA_CPP_PY_VERSION) (first time compiles llama.cpp: ~35 min)"
+	CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 19 $(REAL_VENV)/bin/pip install -q \
+		"llama-cpp-python[server]==$(LLAMA_CPP_PY_VERSION)" "gguf==$(GGUF_PY_VERSION)"
+	@touch $@
+
+# The gateway side of tests/real/ drives both release builds, like `make test`'s e2e suite.
+# Every test there is #[ignore]d, so `make test` (and CI) builds and lints them but runs them
+# only here.
+test-real: real-tool worker spin wasmtime-tool redis-tool
+	cargo test --features e2e --test real -- --ignored --test-threads=1
 
 ## Fuzz ----------------------------------------------------------------------------------------
 

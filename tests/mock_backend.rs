@@ -471,7 +471,7 @@ fn stats_count_open_streams_and_client_disconnects() {
     let stats = mock.stats();
     assert_eq!(
         stats,
-        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0})
+        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0, "non_stream_in_progress": 0})
     );
 }
 
@@ -639,4 +639,602 @@ fn restarts_on_the_same_address() {
     assert_eq!(again.addr, addr);
     let models = request(&again.host_port(), "GET", "/v1/models", &[], None).json();
     assert_eq!(models["data"][0]["id"], "after");
+}
+
+// ---------------------------------------------------------------------------
+// Timing like vLLM: a non-stream answer only after the whole generation; a
+// stream's headers at once and its first event after prefill.
+// ---------------------------------------------------------------------------
+
+/// Sends a chat request on a fresh connection without reading anything back.
+fn send_chat(mock: &MockBackend, extra: Value) -> TcpStream {
+    let conn = connect(&mock.host_port()).unwrap();
+    let body = chat_body(extra).to_string();
+    send_request(
+        &conn,
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    conn
+}
+
+/// Whether the server wrote anything at all to `conn` within `wait`.
+fn wrote_anything_within(conn: &TcpStream, wait: Duration) -> bool {
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let outcome = conn.peek(&mut [0; 1]);
+    conn.set_read_timeout(Some(support::IO_TIMEOUT)).unwrap();
+    match outcome {
+        Ok(n) => n > 0,
+        Err(err) => {
+            assert!(
+                matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{err}"
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn non_stream_answer_is_written_only_after_the_whole_generation() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    // 300 ms prefill + 4 tokens × 100 ms = 700 ms before anything, status line included.
+    let conn = send_chat(
+        &mock,
+        json!({"mock": {"chunks": 4, "delay_ms": 100, "prefill_ms": 300}}),
+    );
+    assert!(
+        !wrote_anything_within(&conn, Duration::from_millis(550)),
+        "bytes arrived {:?} into a 700 ms generation",
+        started.elapsed()
+    );
+    let response = read_response(&mut BufReader::new(conn), "POST").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["usage"]["completion_tokens"], 4);
+    assert!(
+        elapsed >= Duration::from_millis(680),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(3000),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[test]
+fn non_stream_generation_time_counts_only_the_tokens_generated() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    // max_tokens 2 of 20: 2 × 200 ms, not 20 × 200 ms.
+    let response = chat(
+        &mock,
+        json!({"max_tokens": 2, "mock": {"chunks": 20, "delay_ms": 200}}),
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(response.json()["usage"]["completion_tokens"], 2);
+    assert!(
+        elapsed >= Duration::from_millis(380),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[test]
+fn stream_headers_go_out_at_once_and_the_role_chunk_after_prefill() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let mut stream = chat_stream(
+        &mock,
+        json!({"mock": {"chunks": 2, "delay_ms": 50, "prefill_ms": 1000}}),
+    );
+    let head_after = started.elapsed();
+    assert_eq!(stream.status, 200);
+    assert!(
+        head_after < Duration::from_millis(700),
+        "headers after {head_after:?}"
+    );
+    let (role_at, role) = stream.next_chunk().expect("no role chunk");
+    let role_after = role_at - started;
+    assert!(
+        role_after >= Duration::from_millis(980),
+        "role chunk after {role_after:?}"
+    );
+    let role = parsed_events(&role);
+    assert_eq!(
+        role[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let rest = parsed_events(&stream.read_to_end());
+    assert_eq!(rest.last().unwrap(), "[DONE]");
+}
+
+#[test]
+fn prefill_flag_sets_the_default_time_to_first_token() {
+    let mock = MockBackend::start(&["--prefill-ms", "1000", "--chunks", "1"]);
+    let started = Instant::now();
+    let mut stream = chat_stream(&mock, json!({}));
+    let (first_at, _) = stream.next_chunk().expect("no first chunk");
+    assert!(
+        first_at - started >= Duration::from_millis(980),
+        "first chunk after {:?}",
+        first_at - started
+    );
+    drop(stream);
+
+    let started = Instant::now();
+    assert_eq!(chat(&mock, json!({})).status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(980),
+        "non-stream after {:?}",
+        started.elapsed()
+    );
+    // A request may override it.
+    let started = Instant::now();
+    assert_eq!(chat(&mock, json!({"mock": {"prefill_ms": 0}})).status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "override ignored: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn client_leaving_a_non_stream_generation_stops_it_and_counts_as_a_disconnect() {
+    let mock = MockBackend::start(&[]);
+    let conn = send_chat(&mock, json!({"mock": {"chunks": 10, "delay_ms": 1000}}));
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 1));
+    assert_eq!(mock.stat("open_streams"), 0);
+    let dropped = Instant::now();
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(2), || {
+        let stats = mock.stats();
+        stats["client_disconnects"] == 1 && stats["non_stream_in_progress"] == 0
+    }));
+    assert!(
+        dropped.elapsed() < Duration::from_secs(1),
+        "noticed after {:?}",
+        dropped.elapsed()
+    );
+}
+
+#[test]
+fn non_stream_in_progress_falls_back_when_the_answer_is_sent() {
+    let mock = MockBackend::start(&[]);
+    let waiter = std::thread::spawn({
+        let addr = mock.host_port();
+        move || {
+            let body = chat_body(json!({"mock": {"chunks": 3, "delay_ms": 200}})).to_string();
+            request(&addr, "POST", CHAT, &[JSON], Some(body.as_bytes()))
+        }
+    });
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 1));
+    assert_eq!(waiter.join().unwrap().status, 200);
+    assert!(wait_until(Duration::from_secs(2), || mock
+        .stat("non_stream_in_progress")
+        == 0));
+    assert_eq!(mock.stat("client_disconnects"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Context length like vLLM (`--max-model-len`). "Hello there!" counts as 4 prompt
+// tokens (12 bytes / 4 + 1 message).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn prompt_plus_max_tokens_over_max_model_len_is_vllms_400() {
+    let mock = MockBackend::start(&["--max-model-len", "10"]);
+    for stream in [false, true] {
+        let response = chat(&mock, json!({"max_tokens": 7, "stream": stream}));
+        assert_eq!(response.status, 400, "stream={stream}: {}", response.text());
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert_eq!(
+            response.json(),
+            json!({"error": {
+                "message": "'max_tokens' or 'max_completion_tokens' is too large: 7. This model's \
+                            maximum context length is 10 tokens and your request has 4 input tokens \
+                            (7 > 10 - 4). (parameter=max_tokens, value=7)",
+                "type": "BadRequestError", "param": "max_tokens", "code": 400}})
+        );
+    }
+    // Exactly full is fine.
+    let fits = chat(&mock, json!({"max_tokens": 6}));
+    assert_eq!(fits.status, 200, "{}", fits.text());
+    assert_eq!(fits.json()["usage"]["completion_tokens"], 6);
+}
+
+#[test]
+fn prompt_that_fills_max_model_len_is_vllms_400_without_max_tokens() {
+    let mock = MockBackend::start(&["--max-model-len", "4"]);
+    let response = chat(&mock, json!({}));
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(
+        response.json(),
+        json!({"error": {
+            "message": "This model's maximum context length is 4 tokens. However, your request \
+                        has 4 input tokens. Please reduce the length of the input messages. \
+                        (parameter=input_tokens, value=4)",
+            "type": "BadRequestError", "param": "input_tokens", "code": 400}})
+    );
+}
+
+#[test]
+fn without_max_tokens_the_completion_may_use_what_the_context_leaves() {
+    let mock = MockBackend::start(&["--max-model-len", "7", "--chunks", "8"]);
+    let body = chat(&mock, json!({})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["message"]["content"], "tok0 tok1 tok2 ");
+    let events = parsed_events(&chat_stream(&mock, json!({})).read_to_end());
+    assert_eq!(events.len(), 1 + 3 + 1 + 1);
+    assert_eq!(events[4]["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn max_completion_tokens_is_preferred_over_max_tokens() {
+    let mock = MockBackend::start(&["--chunks", "8"]);
+    let body = chat(&mock, json!({"max_tokens": 1, "max_completion_tokens": 3})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    // vLLM reads `max_completion_tokens or max_tokens`: a zero falls back.
+    let body = chat(&mock, json!({"max_tokens": 2, "max_completion_tokens": 0})).json();
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    // And it is the one checked against the context.
+    let limited = MockBackend::start(&["--max-model-len", "10"]);
+    assert_eq!(
+        chat(
+            &limited,
+            json!({"max_tokens": 100, "max_completion_tokens": 6})
+        )
+        .status,
+        200
+    );
+    let refused = chat(
+        &limited,
+        json!({"max_tokens": 1, "max_completion_tokens": 7}),
+    );
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "max_tokens");
+}
+
+#[test]
+fn models_report_the_max_model_len() {
+    let mock = MockBackend::start(&["--max-model-len", "256"]);
+    let models = request(&mock.host_port(), "GET", "/v1/models", &[], None).json();
+    assert_eq!(models["data"][0]["max_model_len"], 256);
+}
+
+// ---------------------------------------------------------------------------
+// Mid-stream failures like vLLM's chat_completion_stream_generator.
+// ---------------------------------------------------------------------------
+
+const ENGINE_FAILURE: &str =
+    "CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)";
+
+/// Each HTTP chunk of a stream as text.
+fn chunk_texts(stream: &mut StreamingResponse) -> Vec<String> {
+    stream
+        .map(|(_, data)| String::from_utf8(data).unwrap())
+        .collect()
+}
+
+#[test]
+fn fault_error_event_streams_two_tokens_then_vllms_error_event_and_done() {
+    let mock = MockBackend::start(&["--chunks", "6"]);
+    let mut stream = chat_stream(&mock, json!({"mock": {"fault": "error_event"}}));
+    assert_eq!(stream.status, 200);
+    let chunks = chunk_texts(&mut stream);
+    assert!(
+        stream.finished_cleanly(),
+        "vLLM ends the body normally after [DONE]"
+    );
+    assert_eq!(chunks.len(), 5, "{chunks:#?}");
+    let events = parsed_events(chunks[..3].concat().as_bytes());
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events[1]["choices"][0]["delta"]["content"], "tok0 ");
+    assert_eq!(events[2]["choices"][0]["delta"]["content"], "tok1 ");
+    // Byte for byte what json.dumps(ErrorResponse.model_dump()) gives.
+    assert_eq!(
+        chunks[3],
+        format!(
+            "data: {{\"error\": {{\"message\": \"{ENGINE_FAILURE}\", \"type\": \
+             \"InternalServerError\", \"param\": null, \"code\": 500}}}}\n\n"
+        )
+    );
+    assert_eq!(chunks[4], "data: [DONE]\n\n");
+}
+
+#[test]
+fn fault_error_event_legacy_streams_the_error_shape_of_vllm_0_9() {
+    let mock = MockBackend::start(&[]);
+    let chunks = chunk_texts(&mut chat_stream(
+        &mock,
+        json!({"mock": {"fault": "error_event_legacy"}}),
+    ));
+    assert_eq!(chunks.len(), 5, "{chunks:#?}");
+    assert_eq!(
+        chunks[3],
+        format!(
+            "data: {{\"error\": {{\"object\": \"error\", \"message\": \"{ENGINE_FAILURE}\", \
+             \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}}}\n\n"
+        )
+    );
+    assert_eq!(chunks[4], "data: [DONE]\n\n");
+}
+
+#[test]
+fn fault_error_event_on_a_non_stream_is_vllms_error_after_the_tokens() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let response = chat(
+        &mock,
+        json!({"mock": {"fault": "error_event", "delay_ms": 150}}),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(280),
+        "after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": ENGINE_FAILURE, "type": "InternalServerError", "param": null, "code": 500}})
+    );
+    let legacy = chat(&mock, json!({"mock": {"fault": "error_event_legacy"}}));
+    assert_eq!(legacy.status, 400);
+    assert_eq!(
+        legacy.json(),
+        json!({"object": "error", "message": ENGINE_FAILURE, "type": "BadRequestError", "param": null, "code": 400})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Request ids like llama-cpp-python (starlette-context's RequestIdPlugin).
+// ---------------------------------------------------------------------------
+
+fn chat_with_request_id(mock: &MockBackend, id: &str) -> HttpResponse {
+    let body = chat_body(json!({})).to_string();
+    let auth = ("authorization", "Bearer k");
+    request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, auth, ("x-request-id", id)],
+        Some(body.as_bytes()),
+    )
+}
+
+#[test]
+fn strict_request_id_refuses_a_non_uuid_with_an_empty_400_before_routing() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    let refused = chat_with_request_id(&mock, "req-42");
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.header("content-length"), Some("0"));
+    assert_eq!(refused.header("content-type"), None);
+    assert!(refused.body.is_empty());
+    // Before the API key is checked and before any route: no 401, no 404.
+    for (method, path, headers) in [
+        ("POST", CHAT, vec![JSON]),
+        ("GET", "/v1/models", vec![]),
+        ("GET", "/health", vec![]),
+        ("GET", "/v1/nothing", vec![]),
+    ] {
+        let mut headers = headers;
+        headers.push(("x-request-id", "not-a-uuid"));
+        let response = request(&mock.host_port(), method, path, &headers, Some(b"{}"));
+        assert_eq!(response.status, 400, "{method} {path}");
+        assert!(response.body.is_empty(), "{method} {path}");
+    }
+    // The mock's own endpoints are not the server's.
+    let stats = request(
+        &mock.host_port(),
+        "GET",
+        "/mock/stats",
+        &[("x-request-id", "x")],
+        None,
+    );
+    assert_eq!(stats.status, 200);
+}
+
+#[test]
+fn strict_request_id_accepts_what_pythons_uuid_accepts() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    // Each checked against Python 3.11's uuid.UUID(value, version=4).
+    let accepted = [
+        "123e4567-e89b-12d3-a456-426614174000",
+        "123E4567-E89B-12D3-A456-426614174000",
+        "123e4567e89b12d3a456426614174000",
+        "{123e4567-e89b-12d3-a456-426614174000}",
+        "urn:uuid:123e4567-e89b-12d3-a456-426614174000",
+        "123e-4567e89b12d3a456426614174000",
+        "0x3e4567e89b12d3a456426614174000",
+        "+23e4567e89b12d3a456426614174000",
+        "123e4567_89b12d3a456426614174000",
+    ];
+    for id in accepted {
+        assert_eq!(chat_with_request_id(&mock, id).status, 200, "{id}");
+    }
+    let refused = [
+        "req-42",
+        "123e4567-e89b-12d3-a456-42661417400",
+        "123e4567-e89b-12d3-a456-4266141740000",
+        "g23e4567-e89b-12d3-a456-426614174000",
+        "123e4567__9b12d3a456426614174000",
+        "_23e4567e89b12d3a456426614174000",
+        "123e4567e89b12d3a45642661417400_",
+    ];
+    for id in refused {
+        assert_eq!(chat_with_request_id(&mock, id).status, 400, "{id}");
+    }
+    // No header: the plugin makes one up.
+    let body = chat_body(json!({})).to_string();
+    let plain = request(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, ("authorization", "Bearer k")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(plain.status, 200);
+}
+
+#[test]
+fn without_strict_request_id_any_request_id_passes() {
+    let mock = MockBackend::start(&["--api-key", "k"]);
+    assert_eq!(chat_with_request_id(&mock, "req-42").status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Arbitrary statuses, for the gateway's error-mapping tests.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mock_status_answers_that_status_with_vllms_error_body() {
+    let mock = MockBackend::start(&[]);
+    for (status, kind, message) in [
+        (400, "BadRequestError", "Bad Request"),
+        (404, "NotFoundError", "Not Found"),
+        (408, "Request Timeout", "Request Timeout"),
+        (418, "I'm a Teapot", "I'm a Teapot"),
+        (500, "InternalServerError", "Internal Server Error"),
+        (501, "NotImplementedError", "Not Implemented"),
+        (502, "Bad Gateway", "Bad Gateway"),
+        (503, "Service Unavailable", "Service Unavailable"),
+        (507, "Insufficient Storage", "Insufficient Storage"),
+    ] {
+        for stream in [false, true] {
+            let response = chat(&mock, json!({"stream": stream, "mock": {"status": status}}));
+            assert_eq!(response.status, status, "stream={stream}");
+            assert_eq!(response.header("content-type"), Some("application/json"));
+            assert_eq!(response.header("retry-after"), None);
+            assert_eq!(
+                response.json(),
+                json!({"error": {"message": message, "type": kind, "param": null, "code": status}}),
+                "{status} stream={stream}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mock_status_401_is_vllms_unauthorized() {
+    let mock = MockBackend::start(&[]);
+    let response = chat(&mock, json!({"mock": {"status": 401}}));
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json(), json!({"error": "Unauthorized"}));
+}
+
+#[test]
+fn mock_retry_after_is_sent_as_given() {
+    let mock = MockBackend::start(&[]);
+    for value in [
+        "99999999999",
+        "-5",
+        "soon",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+        "0.5",
+        "",
+    ] {
+        let response = chat(
+            &mock,
+            json!({"mock": {"status": 429, "retry_after": value}}),
+        );
+        assert_eq!(response.status, 429);
+        assert_eq!(response.header("retry-after"), Some(value), "{value:?}");
+        assert_eq!(response.json()["error"]["type"], "Too Many Requests");
+    }
+    // It belongs to a status answer, and cannot smuggle in other headers.
+    assert_eq!(
+        chat(&mock, json!({"mock": {"retry_after": "1"}})).status,
+        400
+    );
+    let injected = chat(
+        &mock,
+        json!({"mock": {"status": 503, "retry_after": "1\r\nx-evil: 1"}}),
+    );
+    assert_eq!(injected.status, 400);
+    assert_eq!(injected.header("x-evil"), None);
+    assert_eq!(chat(&mock, json!({"mock": {"status": 200}})).status, 400);
+    assert_eq!(chat(&mock, json!({"mock": {"status": 600}})).status, 400);
+}
+
+#[test]
+fn mock_status_obeys_fault_on() {
+    let named = MockBackend::start(&["--name", "flaky"]);
+    let other = MockBackend::start(&["--name", "steady"]);
+    let control = json!({"mock": {"status": 503, "retry_after": "7", "fault_on": "flaky"}});
+    let failing = chat(&named, control.clone());
+    assert_eq!(failing.status, 503);
+    assert_eq!(failing.header("retry-after"), Some("7"));
+    let fine = chat(&other, control);
+    assert_eq!(fine.status, 200);
+    assert_eq!(fine.header("retry-after"), None);
+}
+
+#[test]
+fn strict_request_id_tags_every_answer_with_the_id_or_a_fresh_uuid4() {
+    let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
+    let id = "123E4567-E89B-12D3-A456-426614174000";
+    assert_eq!(
+        chat_with_request_id(&mock, id).header("x-request-id"),
+        Some(id)
+    );
+    assert_eq!(
+        chat_with_request_id(&mock, "req-42").header("x-request-id"),
+        None
+    );
+    let body = chat_body(json!({"stream": true})).to_string();
+    let auth = ("authorization", "Bearer k");
+    let stream = request_streaming(
+        &mock.host_port(),
+        "POST",
+        CHAT,
+        &[JSON, auth, ("x-request-id", id)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(stream.header("x-request-id"), Some(id));
+    // Without one (even a 401 or 404 gets one), a fresh uuid4().hex each time.
+    let fresh: Vec<String> = ["/v1/models", "/nowhere"]
+        .iter()
+        .map(|path| {
+            let response = request(&mock.host_port(), "GET", path, &[], None);
+            response.header("x-request-id").unwrap().to_owned()
+        })
+        .collect();
+    for id in &fresh {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        assert_eq!(&id[12..13], "4", "version 4: {id}");
+        assert!("89ab".contains(&id[16..17]), "RFC 4122 variant: {id}");
+    }
+    assert_ne!(fresh[0], fresh[1]);
+    // vLLM (the default) sends none.
+    let plain = MockBackend::start(&[]);
+    let response = request(
+        &plain.host_port(),
+        "GET",
+        "/v1/models",
+        &[("x-request-id", id)],
+        None,
+    );
+    assert_eq!(response.header("x-request-id"), None);
 }

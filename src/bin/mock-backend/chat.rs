@@ -1,21 +1,22 @@
 //! Chat completions: interpret a request (model, messages, limits, controls),
-//! count its prompt tokens, and plan the reply.
+//! count its prompt tokens and fit it in the context; `plan` shapes the reply.
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::cli::{Config, DEFAULT_MODEL};
 use crate::completion::Completion;
-use crate::controls::{optional_count, MockControls};
-use crate::errors::{bad_request, vllm_error};
+use crate::context::{completion_budget, requested_limit};
+use crate::controls::MockControls;
+use crate::errors::{bad_request, status_error, vllm_error};
 use crate::faults::Fault;
+use crate::plan::plan_reply;
+use crate::reply::Reply;
 use crate::request::Request;
 use crate::response::Response;
-use crate::routes::Reply;
 use crate::state::State;
-use crate::stream::{Ending, StreamPlan};
-use crate::{Config, DEFAULT_MODEL};
 
 /// Interprets a chat request; errors are ready-made responses.
 pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply, Response> {
@@ -31,17 +32,13 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| bad_request("`messages` must be an array."))?;
-    if let Some(reply) = controls.fault.and_then(Fault::canned_reply) {
+    if let Some(reply) = canned_reply(&controls) {
         return Ok(reply);
     }
-    let mut limit = controls.chunks;
-    for field in ["max_tokens", "max_completion_tokens"] {
-        if let Some(max) =
-            optional_count(body.get(field), field, u64::MAX).map_err(|m| bad_request(&m))?
-        {
-            limit = limit.min(max);
-        }
-    }
+    let prompt_tokens = prompt_tokens(messages);
+    let requested = requested_limit(body).map_err(|m| bad_request(&m))?;
+    let budget = completion_budget(state.config.max_model_len, prompt_tokens, requested)?;
+    let limit = budget.map_or(controls.chunks, |budget| budget.min(controls.chunks));
     let completion = Completion {
         id: format!(
             "chatcmpl-mock-{}",
@@ -49,7 +46,7 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         ),
         created: unix_now(),
         model,
-        prompt_tokens: prompt_tokens(messages),
+        prompt_tokens,
         completion_tokens: limit,
         finish_reason: if limit < controls.chunks {
             "length"
@@ -58,26 +55,25 @@ pub(crate) fn chat_completions(state: &State, request: &Request) -> Result<Reply
         },
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let reset = controls.fault == Some(Fault::Reset);
-    Ok(match (stream, reset) {
-        (false, false) => Reply::Respond(Response::json(200, &completion.response())),
-        (false, true) => Reply::Truncate(Response::json(200, &completion.response())),
-        (true, _) => {
-            let include_usage = body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool)
-                == Some(true);
-            let mut events = completion.stream_events(include_usage, controls.delay);
-            let ending = if reset {
-                events.truncate(3);
-                Ending::Reset
-            } else {
-                Ending::Complete
-            };
-            Reply::Stream(StreamPlan { events, ending })
-        }
-    })
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    Ok(plan_reply(&completion, &controls, stream, include_usage))
+}
+
+/// The answers that replace the completion entirely: `mock.status`, then the
+/// canned faults.
+fn canned_reply(controls: &MockControls) -> Option<Reply> {
+    if let Some(status) = controls.status {
+        let response = status_error(status);
+        return Some(Reply::Respond(match &controls.retry_after {
+            Some(value) => response.with_header("retry-after", value),
+            None => response,
+        }));
+    }
+    controls.fault.and_then(Fault::canned_reply)
 }
 
 fn resolve_model(config: &Config, requested: Option<&Value>) -> Result<String, Response> {

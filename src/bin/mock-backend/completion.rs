@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stream::SseEvent;
+use crate::reply::SseEvent;
 
 /// One generated completion, rendered either whole or as stream chunks.
 pub(crate) struct Completion {
@@ -62,7 +62,15 @@ impl Completion {
         serde_json::to_string(&chunk).unwrap_or_default()
     }
 
-    pub(crate) fn stream_events(&self, include_usage: bool, delay: Duration) -> Vec<SseEvent> {
+    /// The stream's events: the role chunk after `prefill` (vLLM sends it with the first
+    /// token, once prefill is over), each token `delay` after the previous chunk, then the
+    /// finish chunk, the usage chunk if asked for, and `[DONE]` at once.
+    pub(crate) fn stream_events(
+        &self,
+        include_usage: bool,
+        prefill: Duration,
+        delay: Duration,
+    ) -> Vec<SseEvent> {
         let usage_field = include_usage.then_some(None);
         let choice = |delta, finish_reason| {
             vec![ChunkChoice {
@@ -81,7 +89,10 @@ impl Completion {
             role: Some("assistant"),
             content: Some(String::new()),
         };
-        let mut events = vec![immediate(self.chunk(choice(role, None), usage_field))];
+        let mut events = vec![SseEvent {
+            data: self.chunk(choice(role, None), usage_field),
+            delay: prefill,
+        }];
         events.extend((0..self.completion_tokens).map(|i| SseEvent {
             data: self.chunk(
                 choice(

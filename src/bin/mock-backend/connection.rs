@@ -1,5 +1,6 @@
-//! One connection: read requests in turn, route them, carry out each reply,
-//! and decide whether to keep the connection, close it, or drop it.
+//! One connection: read requests in turn, route them, carry out each reply
+//! (waiting out a non-stream generation first), and decide whether to keep the
+//! connection, close it, or drop it.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -7,20 +8,13 @@ use std::time::Duration;
 
 use crate::errors::vllm_error;
 use crate::log;
-use crate::peer::hang;
+use crate::peer::{hang, pause_watching};
+use crate::reply::{After, Ending, Reply};
 use crate::request::{read_request, ReadError};
 use crate::response::write_response;
-use crate::routes::{route, Reply};
+use crate::routes::route;
 use crate::state::State;
 use crate::stream::write_stream;
-
-/// What happens to the connection after a reply.
-pub(crate) enum After {
-    KeepAlive,
-    Close,
-    /// Drop the socket at once, without a graceful close.
-    Abort,
-}
 
 pub(crate) fn serve_connection(conn: TcpStream, state: &State) {
     let _ = conn.set_nodelay(true);
@@ -80,17 +74,40 @@ fn execute(reply: Reply, state: &State, conn: &mut TcpStream, close: bool) -> Af
             Err(_) => After::Abort,
         },
         Reply::Stream(plan) => write_stream(conn, state, &plan, close),
-        Reply::Truncate(response) => {
-            let half = response.body.len() / 2;
-            let mut bytes = response.head(close).into_bytes();
-            bytes.extend_from_slice(&response.body[..half]);
-            let _ = conn.write_all(&bytes);
-            let _ = conn.shutdown(Shutdown::Both);
-            After::Abort
+        Reply::Generated {
+            response,
+            takes,
+            ending,
+        } => {
+            if generate(conn, state, takes).is_err() {
+                state.stats.client_disconnected();
+                return After::Abort;
+            }
+            match ending {
+                Ending::Complete => execute(Reply::Respond(response), state, conn, close),
+                Ending::Reset => {
+                    let half = response.body.len() / 2;
+                    let mut bytes = response.head(close).into_bytes();
+                    bytes.extend_from_slice(&response.body[..half]);
+                    let _ = conn.write_all(&bytes);
+                    let _ = conn.shutdown(Shutdown::Both);
+                    After::Abort
+                }
+            }
         }
         Reply::Hang => {
             hang(conn, state);
             After::Abort
         }
     }
+}
+
+/// The wait of a non-stream generation: silent on the wire, counted in
+/// `non_stream_in_progress`, and cut short when the client leaves.
+fn generate(conn: &TcpStream, state: &State, takes: Duration) -> io::Result<()> {
+    let _generating = state.stats.generation_started();
+    if takes.is_zero() {
+        return Ok(());
+    }
+    pause_watching(conn, takes)
 }

@@ -1,23 +1,23 @@
-//! The per-request `mock` body field (chunk count, pacing, fault), with the
-//! limits it shares with the command line.
+//! The per-request `mock` body field (chunk count, pacing, prefill, fault, status), within the
+//! limits the command line also obeys.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::{millis, Config, MAX_DELAY, MAX_TOKENS};
 use crate::faults::Fault;
-use crate::Config;
-
-/// Most completion tokens one request may ask for.
-pub(crate) const MAX_TOKENS: u64 = 100_000;
-/// Longest pause a request may ask for before each streamed token.
-pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
 
 /// The `mock` body field, with CLI defaults filled in.
 pub(crate) struct MockControls {
     pub(crate) chunks: u64,
     pub(crate) delay: Duration,
+    pub(crate) prefill: Duration,
     pub(crate) fault: Option<Fault>,
+    /// Answer with this status and vLLM's error body for it, whatever else is asked.
+    pub(crate) status: Option<u16>,
+    /// A `retry-after` header for the `status` answer, sent as given.
+    pub(crate) retry_after: Option<String>,
 }
 
 impl MockControls {
@@ -25,7 +25,10 @@ impl MockControls {
         let mut controls = Self {
             chunks: config.chunks,
             delay: config.chunk_delay,
+            prefill: config.prefill,
             fault: None,
+            status: None,
+            retry_after: None,
         };
         let fields = match mock {
             None | Some(Value::Null) => return Ok(controls),
@@ -40,6 +43,13 @@ impl MockControls {
         {
             controls.delay = Duration::from_millis(ms);
         }
+        if let Some(ms) = optional_count(
+            fields.get("prefill_ms"),
+            "mock.prefill_ms",
+            millis(MAX_DELAY),
+        )? {
+            controls.prefill = Duration::from_millis(ms);
+        }
         controls.fault = match fields.get("fault") {
             None | Some(Value::Null) => None,
             Some(Value::String(name)) => {
@@ -47,11 +57,33 @@ impl MockControls {
             }
             Some(_) => return Err("`mock.fault` must be a string".to_owned()),
         };
-        // `fault_on` aims the fault at one named instance; the others answer normally.
+        if let Some(status) = optional_count(fields.get("status"), "mock.status", 599)? {
+            if status < 400 {
+                return Err("`mock.status` must be an integer from 400 to 599".to_owned());
+            }
+            controls.status = u16::try_from(status).ok();
+        }
+        controls.retry_after = match fields.get("retry_after") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(_)) if controls.status.is_none() => {
+                return Err("`mock.retry_after` needs `mock.status`".to_owned())
+            }
+            Some(Value::String(value)) if value.chars().any(char::is_control) => {
+                return Err("`mock.retry_after` must not hold control characters".to_owned())
+            }
+            Some(Value::String(value)) => Some(value.clone()),
+            Some(_) => return Err("`mock.retry_after` must be a string".to_owned()),
+        };
+        // `fault_on` aims the fault (or status) at one named instance; the others answer
+        // normally.
         match fields.get("fault_on") {
             None | Some(Value::Null) => {}
             Some(Value::String(target)) if config.name.as_deref() == Some(target) => {}
-            Some(Value::String(_)) => controls.fault = None,
+            Some(Value::String(_)) => {
+                controls.fault = None;
+                controls.status = None;
+                controls.retry_after = None;
+            }
             Some(_) => return Err("`mock.fault_on` must be a string".to_owned()),
         }
         Ok(controls)
@@ -71,8 +103,4 @@ pub(crate) fn optional_count(
             _ => Err(format!("`{field}` must be an integer from 0 to {max}")),
         },
     }
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,12 +1,13 @@
-//! Fault modes selected by `mock.fault`, and the canned replies of those that
-//! replace the completion entirely.
+//! Fault modes selected by `mock.fault`: the canned replies of those that replace
+//! the completion entirely, and the failures of those that cut it short.
 
 use std::time::Duration;
 
-use crate::errors::vllm_error;
+use crate::errors::{
+    legacy_error_response, legacy_stream_error_event, stream_error_event, vllm_error,
+};
+use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
 use crate::response::Response;
-use crate::routes::Reply;
-use crate::stream::{Ending, SseEvent, StreamPlan};
 
 /// Injected failures, selected by `mock.fault`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,24 @@ pub(crate) enum Fault {
     Garbage,
     MalformedSse,
     PlainText500,
+    /// vLLM's mid-stream failure: two tokens, then today's error event and `[DONE]`.
+    ErrorEvent,
+    /// The same with the event shape of vLLM up to 0.9.
+    ErrorEventLegacy,
+}
+
+/// What an engine failure says: vLLM passes `str(exception)` through, internals and all.
+pub(crate) const ENGINE_FAILURE: &str =
+    "CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)";
+
+/// A generation that fails part-way (`error_event`, `error_event_legacy`).
+pub(crate) struct Failure {
+    /// Tokens generated before the failure.
+    pub(crate) after_tokens: u64,
+    /// A stream's last event before `[DONE]`.
+    pub(crate) event: String,
+    /// A non-stream's answer.
+    pub(crate) response: Response,
 }
 
 impl Fault {
@@ -32,6 +51,8 @@ impl Fault {
             "garbage" => Self::Garbage,
             "malformed_sse" => Self::MalformedSse,
             "plain_text_500" => Self::PlainText500,
+            "error_event" => Self::ErrorEvent,
+            "error_event_legacy" => Self::ErrorEventLegacy,
             _ => return None,
         })
     }
@@ -65,13 +86,35 @@ impl Fault {
                     data: data.to_owned(),
                     delay: Duration::ZERO,
                 });
-                return Some(Reply::Stream(StreamPlan {
-                    events: events.into(),
-                    ending: Ending::Complete,
-                }));
+                return Some(Reply::Stream(StreamPlan::new(
+                    events.into(),
+                    Ending::Complete,
+                )));
             }
-            Self::Reset => return None,
+            Self::Reset | Self::ErrorEvent | Self::ErrorEventLegacy => return None,
         };
         Some(Reply::Respond(response))
+    }
+
+    /// How generation fails for the faults that fail part-way. A non-stream answer is
+    /// what vLLM's `chat_completion_full_generator` returns on the exception: today a
+    /// 500 `InternalServerError`, up to 0.9 the old top-level 400.
+    pub(crate) fn failure(self) -> Option<Failure> {
+        let (event, response) = match self {
+            Self::ErrorEvent => (
+                stream_error_event(ENGINE_FAILURE),
+                vllm_error(500, "InternalServerError", ENGINE_FAILURE),
+            ),
+            Self::ErrorEventLegacy => (
+                legacy_stream_error_event(ENGINE_FAILURE),
+                legacy_error_response(ENGINE_FAILURE),
+            ),
+            _ => return None,
+        };
+        Some(Failure {
+            after_tokens: 2,
+            event,
+            response,
+        })
     }
 }

@@ -10,14 +10,25 @@
 //!
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
-//!              [--api-key KEY] [--verbose]
+//!              [--prefill-ms P] [--max-model-len N] [--api-key KEY]
+//!              [--strict-request-id] [--name NAME] [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
 //! stdout. `--model` may be repeated (default `mock-llama`); `--chunks` is the
-//! number of completion tokens (default 8); `--chunk-delay-ms` is the pause before
-//! each streamed token (default 0); with `--api-key`, every `/v1/*` request needs
+//! number of completion tokens (default 8); `--chunk-delay-ms` is the time each
+//! token takes (default 0); `--prefill-ms` the time to the first token (default 0;
+//! see *Timing*); `--max-model-len` the context window, enforced as vLLM does
+//! (see *Context length*; without it nothing is enforced and `/v1/models` says
+//! 4096); with `--api-key`, every `/v1/*` request needs
 //! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
+//! `--strict-request-id` behaves like llama-cpp-python's server: a request whose
+//! `x-request-id` is present and not what Python's `uuid.UUID` parses gets an
+//! empty-bodied `400` (`content-length: 0`, no content type) before any route or
+//! API-key check, on every path but `/mock/*` (see `request_id.rs` for exactly
+//! which forms pass: `8-4-4-4-12`, 32 bare hex digits, `{…}`, `urn:uuid:…`, and
+//! a few looser ones), and every other answer carries `x-request-id`: the
+//! request's, or a fresh `uuid4().hex` (vLLM, the default, sends none);
 //! `--verbose` logs one line per request to stderr.
 //!
 //! # Endpoints
@@ -27,56 +38,123 @@
 //! * `POST /v1/chat/completions`: a completion whose text is `N` tokens
 //!   `"tok0 tok1 … tok{N-1} "`, as JSON or, with `"stream": true`, as SSE chunks
 //!   (role chunk, one chunk per token, finish chunk, optional usage chunk, `[DONE]`).
-//!   `max_tokens` / `max_completion_tokens` below `N` truncate it with
-//!   `finish_reason: "length"`. Prompt tokens are counted deterministically as
-//!   `(total UTF-8 bytes of every message's text content) / 4 + number of messages`.
+//!   A completion limit below `N` truncates it with `finish_reason: "length"`; the
+//!   limit is `max_completion_tokens`, or `max_tokens` when that is absent or 0
+//!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted
+//!   deterministically as `(total UTF-8 bytes of every message's text content) / 4
+//!   + number of messages`.
 //! * `GET /mock/last-request`: the last chat request (`method`, `path`, lowercased
 //!   `headers`, `body` parsed as JSON or `null`).
 //! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
 //!   (the last 4096 are kept), so tests running in parallel can each find theirs.
 //! * `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`,
-//!   `client_disconnects`; `POST /mock/reset-stats` zeroes the counters (the
-//!   high-water mark restarts from the streams open at that moment).
+//!   `client_disconnects`, and `non_stream_in_progress` (non-stream generations
+//!   still being waited out, a gauge like `open_streams`); `POST /mock/reset-stats`
+//!   zeroes the counters (the gauges stay, and the high-water mark restarts from
+//!   the streams open at that moment).
 //!
-//! Every `POST /v1/chat/completions` is counted and recorded before the API key
-//! is checked, so tests can see what a rejected request carried. Other paths get
-//! FastAPI's `404 {"detail":"Not Found"}`.
+//! Every `POST /v1/chat/completions` is counted and recorded before the request
+//! id and the API key are checked, so tests can see what a rejected request
+//! carried. Other paths get FastAPI's `404 {"detail":"Not Found"}`.
+//!
+//! # Timing (vLLM's)
+//!
+//! A non-stream answer is written only when the whole generation is over:
+//! `prefill + delay × completion tokens` pass with nothing at all on the wire, not
+//! even the status line (vLLM builds the JSON response after the last token). A
+//! stream's headers go out at once (Starlette's `StreamingResponse`); the role
+//! chunk follows after `prefill`, then each token `delay` after the previous chunk,
+//! then the finish chunk, the usage chunk and `[DONE]` at once. Errors found before
+//! generation (unknown model, bad JSON, context length) are answered at once.
+//!
+//! # Context length (vLLM's)
+//!
+//! With `--max-model-len N`, a prompt of `N` tokens or more gets vLLM's 400
+//! `{"error":{"message":"This model's maximum context length is N tokens. However,
+//! your request has P input tokens. Please reduce the length of the input messages.
+//! (parameter=input_tokens, value=P)","type":"BadRequestError","param":"input_tokens",
+//! "code":400}}`; a prompt plus limit over `N` gets `"'max_tokens' or
+//! 'max_completion_tokens' is too large: M. This model's maximum context length is N
+//! tokens and your request has P input tokens (M > N - P). (parameter=max_tokens,
+//! value=M)"` with `"param":"max_tokens"` (stream or not: it is checked before any
+//! generation). Without a limit the completion may use `N - P` tokens. These are
+//! today's vLLM texts; vLLM up to 0.9 said "… However, you requested M+P tokens (P in
+//! the messages, M in the completion). Please reduce the length of the messages or
+//! completion." with `param: null`.
 //!
 //! # Per-request controls
 //!
 //! A chat request may carry an extra body field
-//! `"mock": {"chunks": N, "delay_ms": D, "fault": "..."}` overriding the CLI
-//! defaults. Faults: `500`, `429` (with `retry-after: 1`), `400` (context length),
-//! `hang` (never answer; give up when the client leaves or after 10 minutes),
-//! `reset` (streams: role chunk and 2 tokens, then the socket is shut down without
-//! the terminating chunk; non-streams: half of the body), `garbage` (200 with
+//! `"mock": {"chunks": N, "delay_ms": D, "prefill_ms": P, "fault": "..."}`
+//! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`).
+//! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang`
+//! (never answer; give up when the client leaves or after 10 minutes), `reset`
+//! (streams: role chunk and 2 tokens, then the socket is shut down without the
+//! terminating chunk; non-streams: after the generation, the head and half of the
+//! body), `garbage` (200 with
 //! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
-//! and `plain_text_500` (500 with a `text/plain` body). With `"fault_on": "NAME"`, only
-//! the instance started with `--name NAME` applies the fault; the others answer normally
-//! (to fail one backend and not its failover).
+//! `plain_text_500` (500 with a `text/plain` body), and two mid-generation engine
+//! failures whose message leaks internals as vLLM's `str(exception)` does
+//! (`"CUDA error: an illegal memory access at /srv/secret/model.py:42
+//! (http://10.1.2.3:8000)"`):
+//! * `error_event`: a stream sends the role chunk and 2 tokens, then exactly what
+//!   today's vLLM yields on an exception in `chat_completion_stream_generator`,
+//!   `data: {"error": {"message": …, "type": "InternalServerError", "param": null,
+//!   "code": 500}}` (Python `json.dumps` spacing), then `data: [DONE]`, and ends
+//!   the body normally; a non-stream answers 500 with that error after the tokens.
+//! * `error_event_legacy`: the same with vLLM ≤ 0.9's shapes: the event is
+//!   `data: {"error": {"object": "error", "message": …, "type": "BadRequestError",
+//!   "param": null, "code": 400}}` (old `create_streaming_error_response(str(e))`);
+//!   a non-stream answers 400 with the old top-level
+//!   `{"object":"error","message":…,"type":"BadRequestError","param":null,"code":400}`.
+//!
+//! `"status": N` (400–599) answers status `N` at once, stream or not, with vLLM's
+//! error body for it: `{"error":{"message":PHRASE,"type":TYPE,"param":null,"code":N}}`
+//! where `TYPE` is vLLM's own name for 400/404/500/501 (`BadRequestError`,
+//! `NotFoundError`, `InternalServerError`, `NotImplementedError`) and otherwise the
+//! status phrase, as vLLM's `HTTPException` handler writes it (`"Service
+//! Unavailable"`); 401 is `{"error":"Unauthorized"}`. It wins over `fault`.
+//! `"retry_after": "<any string>"` (only with `status`) adds `retry-after` with that
+//! value verbatim, to test the clamping of absurd ones (no control characters).
+//!
+//! With `"fault_on": "NAME"`, only the instance started with `--name NAME` applies
+//! the fault (or status); the others answer normally (to fail one backend and not
+//! its failover).
 //!
 //! A client that goes away while a stream is being written (a failed write, or the
-//! peer closing during a pause) stops generation and counts as a client disconnect;
-//! so does a client abandoning a `hang`.
+//! peer closing during a pause) or while a non-stream answer is being generated
+//! stops generation and counts as a client disconnect; so does a client abandoning
+//! a `hang`.
 //!
 //! # Layout
 //!
-//! This file holds the command line and the accept loop; each sibling module has
-//! one job: `connection` (one connection's request/reply loop), `request` and
-//! `response` (HTTP/1.1 on the wire), `routes` (dispatch by method and path),
-//! `chat` (interpreting a chat request), `controls` (the `mock` body field),
-//! `faults` (fault modes), `completion` (the completion and its chunks),
-//! `stream` (writing SSE), `peer` (noticing a client that left), `errors`
-//! (vLLM's error body) and `state` (counters and recorded requests).
+//! This file holds the accept loop; each sibling module has one job: `cli` (the
+//! command line and its limits), `connection` (one connection's request/reply
+//! loop, waiting out non-stream generations), `request` and `response` (HTTP/1.1
+//! on the wire), `routes` (dispatch by method and path), `request_id`
+//! (llama-cpp-python's request-id check), `chat` (interpreting a chat request),
+//! `context` (vLLM's context-length rules), `plan` (the reply to a chat request:
+//! its shape, pacing and fault endings), `controls` (the `mock` body field),
+//! `faults` (fault modes), `completion` (the completion and its chunks), `reply`
+//! (the planned reply, shared by the planners and the writers), `stream` (writing
+//! SSE), `peer` (noticing a client that left), `errors` (vLLM's error bodies) and
+//! `state` (counters and recorded requests). Planners (`routes`, `chat`, `plan`,
+//! `faults`) and writers (`connection`, `stream`) meet only in `reply`, so no two
+//! modules import each other.
 
 mod chat;
+mod cli;
 mod completion;
 mod connection;
+mod context;
 mod controls;
 mod errors;
 mod faults;
 mod peer;
+mod plan;
+mod reply;
 mod request;
+mod request_id;
 mod response;
 mod routes;
 mod state;
@@ -87,88 +165,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
+use cli::{parse_args, CliError, USAGE};
 use connection::serve_connection;
-use controls::{millis, MAX_DELAY, MAX_TOKENS};
 use peer::POLL_SLICE;
 use state::State;
-
-const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... [--chunks N] \
-                     [--chunk-delay-ms D] [--api-key KEY] [--name NAME] [--verbose]";
-pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
-
-/// Settings from the command line.
-pub(crate) struct Config {
-    addr: String,
-    pub(crate) models: Vec<String>,
-    pub(crate) chunks: u64,
-    pub(crate) chunk_delay: Duration,
-    pub(crate) api_key: Option<String>,
-    /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
-    /// failover test can break one backend and not its replacement.
-    pub(crate) name: Option<String>,
-    pub(crate) verbose: bool,
-}
-
-enum CliError {
-    Help,
-    Invalid(String),
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, CliError> {
-    let mut config = Config {
-        addr: "127.0.0.1:0".to_owned(),
-        models: Vec::new(),
-        chunks: 8,
-        chunk_delay: Duration::ZERO,
-        api_key: None,
-        name: None,
-        verbose: false,
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, mut inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .take()
-                .or_else(|| args.next())
-                .ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "--addr" => config.addr = value()?,
-            "--model" => config.models.push(value()?),
-            "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
-            "--chunk-delay-ms" => {
-                config.chunk_delay =
-                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
-            }
-            "--api-key" => config.api_key = Some(value()?),
-            "--name" => config.name = Some(value()?),
-            "--verbose" | "-v" => config.verbose = true,
-            "--help" | "-h" => return Err(CliError::Help),
-            other => return Err(CliError::Invalid(format!("unknown argument `{other}`"))),
-        }
-    }
-    if config.models.is_empty() {
-        config.models.push(DEFAULT_MODEL.to_owned());
-    }
-    Ok(config)
-}
-
-fn parse_number(flag: &str, text: &str, max: u64) -> Result<u64, CliError> {
-    match text.parse::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(CliError::Invalid(format!(
-            "{flag} expects an integer from 0 to {max}, got `{text}`"
-        ))),
-    }
-}
 
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args().skip(1)) {

@@ -1,36 +1,49 @@
 //! Routing: dispatch a request by method and path, after recording chat
-//! requests and checking the API key on `/v1/*`.
+//! requests, checking `x-request-id` (with `--strict-request-id`) and the API key
+//! on `/v1/*`.
 
 use serde_json::{json, Value};
 
 use crate::chat::chat_completions;
+use crate::cli::{Config, DEFAULT_MAX_MODEL_LEN};
+use crate::errors::unauthorized;
+use crate::reply::Reply;
 use crate::request::Request;
+use crate::request_id;
 use crate::response::Response;
 use crate::state::State;
-use crate::stream::StreamPlan;
-use crate::Config;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
+/// The mock's own control endpoints, which no emulated server rule applies to.
+const MOCK_PREFIX: &str = "/mock/";
 /// `GET /mock/requests/{x-request-id}`: one recorded chat request.
 const REQUESTS_PREFIX: &str = "/mock/requests/";
 
-/// What the connection loop should do with a routed request.
-pub(crate) enum Reply {
-    Respond(Response),
-    Stream(StreamPlan),
-    /// Send the head and half of the body, then shut the socket down.
-    Truncate(Response),
-    /// Never answer.
-    Hang,
-}
-
 pub(crate) fn route(state: &State, request: &Request) -> Reply {
-    let is_chat = request.path == CHAT_PATH;
-    if is_chat && request.method == "POST" {
+    if request.path == CHAT_PATH && request.method == "POST" {
         state.record_chat_request(request);
     }
+    if !state.config.strict_request_id || request.path.starts_with(MOCK_PREFIX) {
+        return dispatch(state, request);
+    }
+    // llama-cpp-python's middleware: refuse a bad id outright, else tag every answer
+    // with the id (or a fresh one).
+    let id = request.header("x-request-id").unwrap_or_default();
+    if !request_id::accepted(id) {
+        return Reply::Respond(Response::empty(400));
+    }
+    let id = if id.is_empty() {
+        request_id::fresh()
+    } else {
+        id.to_owned()
+    };
+    dispatch(state, request).with_header("x-request-id", id)
+}
+
+fn dispatch(state: &State, request: &Request) -> Reply {
+    let is_chat = request.path == CHAT_PATH;
     if request.path.starts_with("/v1/") && !authorized(&state.config, request) {
-        return Reply::Respond(Response::json(401, &json!({"error": "Unauthorized"})));
+        return Reply::Respond(unauthorized());
     }
     let response = match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") => Response::empty(200),
@@ -70,12 +83,13 @@ fn authorized(config: &Config, request: &Request) -> bool {
 }
 
 fn model_list(config: &Config) -> Value {
+    let max_model_len = config.max_model_len.unwrap_or(DEFAULT_MAX_MODEL_LEN);
     let data: Vec<Value> = config
         .models
         .iter()
         .map(|name| {
             json!({"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "vllm",
-                   "root": name, "parent": null, "max_model_len": 4096})
+                   "root": name, "parent": null, "max_model_len": max_model_len})
         })
         .collect();
     json!({"object": "list", "data": data})

@@ -6,8 +6,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::{json, Map, Value};
 
+use crate::cli::Config;
 use crate::request::Request;
-use crate::Config;
 
 pub(crate) struct State {
     pub(crate) config: Config,
@@ -27,6 +27,8 @@ pub(crate) struct Stats {
     open_streams: AtomicU64,
     max_open_streams: AtomicU64,
     client_disconnects: AtomicU64,
+    /// Non-stream generations being waited out (a gauge, like `open_streams`).
+    non_stream_in_progress: AtomicU64,
 }
 
 impl State {
@@ -103,11 +105,12 @@ impl Stats {
             "open_streams": self.open_streams.load(Ordering::SeqCst),
             "max_open_streams": self.max_open_streams.load(Ordering::SeqCst),
             "client_disconnects": self.client_disconnects.load(Ordering::SeqCst),
+            "non_stream_in_progress": self.non_stream_in_progress.load(Ordering::SeqCst),
         })
     }
 
-    /// Zeroes the counters; `open_streams` is a gauge, so it is kept and becomes
-    /// the new high-water mark.
+    /// Zeroes the counters; the gauges (`open_streams`, `non_stream_in_progress`)
+    /// are kept, and `open_streams` becomes the new high-water mark.
     pub(crate) fn reset(&self) {
         self.requests.store(0, Ordering::SeqCst);
         self.client_disconnects.store(0, Ordering::SeqCst);
@@ -123,6 +126,20 @@ impl Stats {
         let open = self.open_streams.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_open_streams.fetch_max(open, Ordering::SeqCst);
         OpenStream(self)
+    }
+
+    pub(crate) fn generation_started(&self) -> Generating<'_> {
+        self.non_stream_in_progress.fetch_add(1, Ordering::SeqCst);
+        Generating(self)
+    }
+}
+
+/// Keeps `non_stream_in_progress` raised while a non-stream generation is waited out.
+pub(crate) struct Generating<'a>(&'a Stats);
+
+impl Drop for Generating<'_> {
+    fn drop(&mut self) {
+        self.0.non_stream_in_progress.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

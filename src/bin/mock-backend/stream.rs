@@ -3,33 +3,11 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
 
-use crate::connection::After;
 use crate::peer::{pause_watching, peer_closed};
+use crate::reply::{After, Ending, StreamPlan};
 use crate::response::{response_head, write_chunk, Framing};
 use crate::state::State;
-
-/// A planned Server-Sent Events response.
-pub(crate) struct StreamPlan {
-    pub(crate) events: Vec<SseEvent>,
-    pub(crate) ending: Ending,
-}
-
-pub(crate) struct SseEvent {
-    /// What follows `data: `.
-    pub(crate) data: String,
-    /// Pause before the event is sent.
-    pub(crate) delay: Duration,
-}
-
-#[derive(PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// The terminating zero-length chunk.
-    Complete,
-    /// Shut the socket down instead of terminating the body.
-    Reset,
-}
 
 pub(crate) fn write_stream(
     conn: &mut TcpStream,
@@ -53,7 +31,8 @@ pub(crate) fn write_stream(
 }
 
 fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Result<()> {
-    let headers = [("cache-control", "no-cache".to_owned())];
+    let mut headers = vec![("cache-control", "no-cache".to_owned())];
+    headers.extend(plan.headers.iter().cloned());
     let head = response_head(
         200,
         Some("text/event-stream; charset=utf-8"),
