@@ -74,6 +74,7 @@ fn serves_health_and_lists_models() {
     let health = request(&mock.host_port(), "GET", "/health", &[], None);
     assert_eq!(health.status, 200);
     assert!(health.body.is_empty());
+    assert_eq!(mock.stat("health_checks"), 1, "probes are counted");
 
     let models = request(&mock.host_port(), "GET", "/v1/models", &[], None);
     assert_eq!(models.status, 200);

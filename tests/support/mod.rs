@@ -186,7 +186,8 @@ impl MockBackend {
         format!("{}{path}", self.base_url)
     }
 
-    /// `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`, `client_disconnects`.
+    /// `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`, `client_disconnects`,
+    /// `health_checks`, `non_stream_in_progress`.
     pub fn stats(&self) -> Value {
         request(&self.host_port(), "GET", "/mock/stats", &[], None).json()
     }

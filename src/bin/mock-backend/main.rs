@@ -48,8 +48,9 @@
 //! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
 //!   (the last 4096 are kept), so tests running in parallel can each find theirs.
 //! * `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`,
-//!   `client_disconnects`, and `non_stream_in_progress` (non-stream generations
-//!   still being waited out, a gauge like `open_streams`); `POST /mock/reset-stats`
+//!   `client_disconnects`, `health_checks` (`GET /health` calls), and
+//!   `non_stream_in_progress` (non-stream generations still being waited out, a
+//!   gauge like `open_streams`); `POST /mock/reset-stats`
 //!   zeroes the counters (the gauges stay, and the high-water mark restarts from
 //!   the streams open at that moment).
 //!

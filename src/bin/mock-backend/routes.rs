@@ -46,7 +46,10 @@ fn dispatch(state: &State, request: &Request) -> Reply {
         return Reply::Respond(unauthorized());
     }
     let response = match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/health") => Response::empty(200),
+        ("GET", "/health") => {
+            state.stats.health_checked();
+            Response::empty(200)
+        }
         ("GET", "/v1/models") => Response::json(200, &model_list(&state.config)),
         ("POST", CHAT_PATH) => {
             return chat_completions(state, request).unwrap_or_else(Reply::Respond)

@@ -29,6 +29,8 @@ pub(crate) struct Stats {
     client_disconnects: AtomicU64,
     /// Non-stream generations being waited out (a gauge, like `open_streams`).
     non_stream_in_progress: AtomicU64,
+    /// `GET /health` calls (readiness probes).
+    health_checks: AtomicU64,
 }
 
 impl State {
@@ -106,6 +108,7 @@ impl Stats {
             "max_open_streams": self.max_open_streams.load(Ordering::SeqCst),
             "client_disconnects": self.client_disconnects.load(Ordering::SeqCst),
             "non_stream_in_progress": self.non_stream_in_progress.load(Ordering::SeqCst),
+            "health_checks": self.health_checks.load(Ordering::SeqCst),
         })
     }
 
@@ -114,8 +117,13 @@ impl Stats {
     pub(crate) fn reset(&self) {
         self.requests.store(0, Ordering::SeqCst);
         self.client_disconnects.store(0, Ordering::SeqCst);
+        self.health_checks.store(0, Ordering::SeqCst);
         self.max_open_streams
             .store(self.open_streams.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    pub(crate) fn health_checked(&self) {
+        self.health_checks.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn client_disconnected(&self) {
