@@ -865,7 +865,8 @@ pub fn each_timeout_phase_fires_on_its_own_limit(launch: Launch) {
         ..Setup::default()
     });
     // (phase, stream, mock controls, status, message or None for success, when in ms)
-    let rows: Vec<(&str, bool, Value, u16, Option<&str>, u64)> = vec![
+    type Row = (&'static str, bool, Value, u16, Option<&'static str>, u64);
+    let rows: Vec<Row> = vec![
         ("connect", true, json!({"fault": "hang"}), 504, Some("The inference backend did not accept the request in time."), 1_000),
         ("first byte", true, json!({"prefill_ms": 10_000}), 504, Some("The inference backend did not start answering in time."), 2_500),
         ("idle", true, json!({"chunks": 3, "delay_ms": 3_000}), 200, Some("The inference backend stopped sending the stream in time."), 1_500),
