@@ -277,12 +277,9 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     let first_byte_by = sent.saturating_add(deadlines.first_byte_ms).min(deadline_ms);
     // A stream's headers come at once; a completion's only with its last token.
     let (headers_by, headers_late) = if exchange.stream {
-        let connect_by = sent.saturating_add(deadlines.connect_ms);
-        if connect_by < first_byte_by {
-            (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::BACKEND))
-        } else {
-            (first_byte_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte }, Blame::NOBODY))
-        }
+        // No headers at all: the backend never took the request, whichever limit came first.
+        let connect_by = sent.saturating_add(deadlines.connect_ms).min(first_byte_by);
+        (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::BACKEND))
     } else {
         (deadline_ms, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY))
     };

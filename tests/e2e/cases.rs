@@ -829,6 +829,23 @@ pub fn a_client_that_leaves_frees_the_backend_and_its_slot_at_once(gw: &Gateway)
     // A long non-stream generation, and a stream still in prefill: the client leaves after
     // 500 ms. The backend must see its connection close within a second, and the key's only
     // slot must be free again.
+    if !gw.reports_early_disconnects {
+        // This runtime learns the client left only when it writes the answer: the slot must then
+        // come back at once (not when its lease expires), as soon as the backend has answered.
+        let body = json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 12, "delay_ms": 250}});
+        let conn = crate::support::connect(&gw.addr).unwrap();
+        let auth = format!("Bearer {LEAVER_KEY}");
+        let sent = std::time::Instant::now();
+        crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(conn);
+        let released = wait_until(Duration::from_secs(6), || {
+            post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
+        });
+        println!("slot back {:?} after the request (the backend answered after 3 s)", sent.elapsed());
+        assert!(released && sent.elapsed() < Duration::from_millis(4_500), "the slot lingered: {:?}", sent.elapsed());
+        return;
+    }
     for (name, body) in [
         ("non-stream", json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 40, "delay_ms": 250}})),
         ("stream in prefill", json!({"model": SLOW_MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"prefill_ms": 10_000}})),
