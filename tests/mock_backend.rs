@@ -472,7 +472,7 @@ fn stats_count_open_streams_and_client_disconnects() {
     let stats = mock.stats();
     assert_eq!(
         stats,
-        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0, "non_stream_in_progress": 0})
+        json!({"requests": 0, "open_streams": 0, "max_open_streams": 0, "client_disconnects": 0, "health_checks": 0, "non_stream_in_progress": 0})
     );
 }
 
