@@ -339,9 +339,21 @@ impl Runtime for WorkersRuntime {
         Delay::from(Duration::from_millis(ms))
     }
 
+    /// `crypto.getRandomValues` (ids and trace ids should not be guessable).
     fn fill_random(&self, buf: &mut [u8]) {
-        for byte in buf {
-            *byte = (Math::random() * 256.0) as u8;
+        let array = Uint8Array::new_with_length(buf.len() as u32);
+        let filled = worker::js_sys::Reflect::get(&worker::js_sys::global(), &JsValue::from_str("crypto"))
+            .and_then(|crypto| {
+                let get = worker::js_sys::Reflect::get(&crypto, &JsValue::from_str("getRandomValues"))?;
+                worker::js_sys::Function::from(get).call1(&crypto, &array)
+            })
+            .is_ok();
+        if filled {
+            array.copy_to(buf);
+        } else {
+            for byte in buf {
+                *byte = (Math::random() * 256.0) as u8;
+            }
         }
     }
 

@@ -187,7 +187,8 @@ fn non_stream_requests_get_no_stream_options_added() {
 #[test]
 fn counts_content_bytes_for_estimates() {
     let body = with("messages", json!([{"role":"system","content":"abc"},{"role":"user","content":[{"type":"text","text":"de"}]}]));
-    assert_eq!(validate_chat(&body, &limits()).unwrap().text_bytes, 5);
+    // "abc" + "de", and one byte for the one content part (templates join parts with a separator).
+    assert_eq!(validate_chat(&body, &limits()).unwrap().text_bytes, 6);
 }
 
 #[test]
@@ -224,8 +225,9 @@ fn counts_every_tokenized_text_and_a_fixed_cost_per_media_part() {
         "tools": [{"type": "function"}]});
     let chat = validate_chat(&serde_json::to_vec(&body).unwrap(), &limits()).unwrap();
     let tools_json = r#"[{"type":"function"}]"#.len();
-    // "ann" + "abcd" + "ef" + ("c" + "function" + "fn" + "{}") + the tools as JSON.
-    assert_eq!(chat.text_bytes, 3 + 4 + 2 + (1 + 8 + 2 + 2) + tools_json);
+    // "ann" + "abcd" + "ef" + ("c" + "function" + "fn" + "{}") + the tools as JSON, and a byte per
+    // content part (three).
+    assert_eq!(chat.text_bytes, 3 + 4 + 2 + (1 + 8 + 2 + 2) + tools_json + 3);
     assert_eq!(chat.media_parts, 1);
     assert_eq!(chat.prompt_estimate(), (chat.text_bytes as u64).div_ceil(4) + MEDIA_PART_TOKENS);
 }

@@ -117,6 +117,18 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
         self.settle_once(tokens);
     }
 
+    /// Nothing was taken (the store refused, or could not be asked): nothing to settle.
+    pub fn forget(mut self) {
+        self.settled = true;
+    }
+
+    /// The backend had the request and may have worked on it (a timeout after it took it):
+    /// charged its prompt, the rest given back.
+    pub fn charge_prompt(mut self) {
+        let prompt = self.prompt_estimate;
+        self.settle_once(prompt);
+    }
+
     /// The request is about to reach a backend: from now on a drop charges its prompt.
     pub fn sent(&mut self) {
         self.sent = true;

@@ -34,8 +34,11 @@ if #KEYS > n then
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
   local held = redis.call('ZCARD', key)
   local max = tonumber(ARGV[3 * n + 3])
-  lease = { key = key, id = ARGV[3 * n + 2], max = max, ttl = tonumber(ARGV[3 * n + 4]),
-            held = held, allowed = held < max }
+  local id = ARGV[3 * n + 2]
+  -- An id already held is a collision, never a free slot (ids are random: only a bug repeats one).
+  local taken = redis.call('ZSCORE', key, id)
+  lease = { key = key, id = id, max = max, ttl = tonumber(ARGV[3 * n + 4]),
+            held = held, allowed = held < max and not taken }
   if not lease.allowed then all_allowed = false end
 end
 local reply = {}

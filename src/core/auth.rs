@@ -83,13 +83,14 @@ fn presented_credential(headers: &Headers) -> Result<Option<&str>, GatewayError>
             if found.is_some() {
                 return Err(GatewayError::InvalidApiKey);
             }
-            let value = value.trim();
+            // Only HTTP's own whitespace is trimmed: a Unicode space around a key makes it unreadable.
+            let value = value.trim_matches([' ', '\t']);
             let token = if name == "authorization" {
                 let (scheme, rest) = value.split_once(' ').ok_or(GatewayError::InvalidApiKey)?;
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return Err(GatewayError::InvalidApiKey);
                 }
-                rest.trim()
+                rest.trim_matches([' ', '\t'])
             } else {
                 value
             };

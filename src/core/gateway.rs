@@ -8,7 +8,7 @@ use super::auth::{identify, Caller};
 use super::balance::{attempt_order, HealthBook};
 use super::config::{Config, ConfigError};
 use super::cors;
-use super::error::{GatewayError, RateLimitKind};
+use super::error::{GatewayError, RateLimitKind, TimeoutPhase};
 use super::health::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
 use super::http::{read_capped, Body, Headers, ReadError, Request, Response};
 use super::limits::{format_duration, Decision};
@@ -47,10 +47,11 @@ struct Context {
     decisions: Vec<(RateLimitKind, Decision)>,
 }
 
-/// What a handler produced; a streamed answer logs itself when its stream ends.
+/// What a handler produced; a streamed answer logs itself when its stream ends, which must be
+/// by its deadline (ms on the runtime's clock).
 struct Handled {
     response: Response,
-    stream: Option<StreamEnding>,
+    stream: Option<(StreamEnding, u64)>,
 }
 
 impl From<Response> for Handled {
@@ -155,17 +156,31 @@ where
                 cx.record.status = response.status;
                 self.log(&mut cx.record);
             }
-            // The stream logs itself when it ends; on platforms that stop polling a response
-            // whose client left instead of dropping it (workerd), the platform's word ends it.
-            Some(ending) => {
-                if let Some(gone) = disconnected {
-                    let ended = ending.ended();
-                    self.runtime.spawn(Box::pin(async move {
-                        if let Either::Left(_) = select(gone, Box::pin(ended)).await {
-                            ending.fire(StreamEnd::ClientClosed, None);
+            // The stream logs itself when it ends. It must end by its deadline even if the client
+            // stops reading (nothing polls the relay then), and — on platforms that stop polling
+            // a response whose client left instead of dropping it (workerd) — when the platform
+            // says the client is gone. Either way the backend request is let go of.
+            Some((ending, deadline_ms)) => {
+                let runtime = self.runtime.clone();
+                let ended = ending.ended();
+                self.runtime.spawn(Box::pin(async move {
+                    let gone = async move {
+                        match disconnected {
+                            Some(gone) => gone.await,
+                            None => futures::future::pending().await,
                         }
-                    }));
-                }
+                    };
+                    let late = async {
+                        let left = deadline_ms.saturating_sub(runtime.now_ms());
+                        runtime.sleep(left).await;
+                    };
+                    let watched = select(Box::pin(gone), Box::pin(late));
+                    match select(watched, Box::pin(ended)).await {
+                        Either::Left((Either::Left(_), _)) => ending.fire(StreamEnd::ClientClosed, None),
+                        Either::Left((Either::Right(_), _)) => ending.fire(StreamEnd::Timeout, None),
+                        Either::Right(_) => {}
+                    }
+                }));
             }
         }
         response
@@ -239,9 +254,13 @@ where
         let (relayed, backend, tried) = match sent {
             Ok(sent) => sent,
             Err(error) => {
-                // Nothing was generated for the client: its budgets are given back.
                 if let Some(settler) = settler {
-                    settler.settle(0);
+                    match error {
+                        // The backend took the request and worked on it until the deadline.
+                        GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total } => settler.charge_prompt(),
+                        // Nothing was generated for the client: its budgets are given back.
+                        _ => settler.settle(0),
+                    }
                 }
                 return Err(error);
             }
@@ -256,7 +275,7 @@ where
                 settle_completion(settler, usage, estimate);
                 Ok(Response::json(200, body).into())
             }
-            Relayed::Stream { body } => {
+            Relayed::Stream { body, deadline_ms } => {
                 let mut account = StreamAccount { settler, record: record.clone(), runtime: self.runtime.clone() };
                 account.record.status = 200;
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
@@ -264,7 +283,7 @@ where
                 response.headers.set("content-type", "text/event-stream");
                 response.headers.set("cache-control", "no-cache");
                 response.headers.set("x-accel-buffering", "no");
-                Ok(Handled { response, stream: Some(ending) })
+                Ok(Handled { response, stream: Some((ending, deadline_ms)) })
             }
         }
     }
@@ -285,9 +304,13 @@ where
         if plan.is_empty() {
             return Ok(None);
         }
+        // Made before the store is asked: if the client leaves while the store's answer is on its
+        // way (the lease may already be taken), dropping it releases the lease.
+        let settler = plan.settler(self.store.clone(), self.runtime.clone(), caller.scope.clone(), prompt_estimate);
         let admitted = match self.store.admit(&caller.scope, &plan.admission).await {
             Ok(admitted) => admitted,
             Err(e) if config.limits_fail_open => {
+                settler.forget();
                 self.runtime.log(&format!(
                     r#"{{"level":"warn","event":"limit_store_unavailable","admitted":true,"detail":{}}}"#,
                     serde_json::Value::from(e.0)
@@ -295,6 +318,7 @@ where
                 return Ok(None);
             }
             Err(e) => {
+                settler.forget();
                 return Err(GatewayError::Internal {
                     message: "The rate-limit store is unavailable; please retry.".into(),
                     detail: format!("limit store: {}", e.0),
@@ -304,8 +328,11 @@ where
         let (decisions, refusal) = plan.outcome(&admitted);
         cx.decisions.extend(decisions);
         match refusal {
-            Some(error) => Err(error),
-            None => Ok(Some(plan.settler(self.store.clone(), self.runtime.clone(), caller.scope.clone(), prompt_estimate))),
+            Some(error) => {
+                settler.forget();
+                Err(error)
+            }
+            None => Ok(Some(settler)),
         }
     }
 }

@@ -29,7 +29,8 @@ pub fn healthz_body() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendHealth {
     pub name: String,
-    /// `ok`, `unhealthy` (non-2xx), `timeout`, `unreachable`, or `ejected` (failing real traffic).
+    /// `ok`, `unhealthy` (non-2xx), `timeout`, `unreachable`, `ejected` (failing real traffic), or
+    /// `unknown` (the first probe round did not finish in time).
     pub status: String,
 }
 
@@ -129,14 +130,15 @@ pub async fn readiness<U: Upstream, R: Runtime, P: ProbeCache>(
         last => {
             let hold = config.timeouts.health_ms.saturating_add(1_000);
             match (cache.claim(now, hold).await, last) {
-                (false, Some(stale)) => stale, // another request is refreshing it
-                (claimed, _) => {
+                (true, _) => {
                     let round = probe_all(config, upstream, runtime).await;
-                    if claimed {
-                        cache.store(&round).await;
-                    }
+                    cache.store(&round).await;
                     round
                 }
+                (false, Some(stale)) => stale, // another request is refreshing it
+                // Another request is taking the very first round: wait for it rather than probe
+                // every backend once more per caller.
+                (false, None) => wait_for_round(config, runtime, cache, hold).await,
             }
         }
     };
@@ -154,6 +156,21 @@ pub async fn readiness<U: Upstream, R: Runtime, P: ProbeCache>(
     };
     let ready = config.served_models().into_iter().all(serving);
     Readiness { status: if ready { "ready" } else { "unavailable" }, backends }
+}
+
+/// The round another request is taking, once stored; every backend `unknown` if it never is.
+async fn wait_for_round<R: Runtime, P: ProbeCache>(config: &Config, runtime: &R, cache: &P, hold_ms: u64) -> ProbeRound {
+    const POLL_MS: u64 = 50;
+    let mut waited = 0;
+    while waited < hold_ms {
+        runtime.sleep(POLL_MS).await;
+        waited += POLL_MS;
+        if let Some(round) = cache.last_round().await.filter(|r| r.covers(config)) {
+            return round;
+        }
+    }
+    let backends = config.backends.iter().map(|b| BackendHealth { name: b.name.clone(), status: "unknown".into() }).collect();
+    ProbeRound { at_ms: runtime.now_ms(), backends }
 }
 
 /// Probes every backend concurrently.

@@ -199,8 +199,12 @@ impl BucketSet {
     pub fn admit(&mut self, admission: &Admission, now_ms: u64) -> Admitted {
         self.forget_expired(now_ms);
         let lease = admission.lease.as_ref().map(|lease| {
-            let held = self.leases.get(&lease.bucket).map_or(0, |l| l.len() as u32);
-            let allowed = held < lease.max;
+            let leases = self.leases.get(&lease.bucket);
+            let held = leases.map_or(0, |l| l.len() as u32);
+            // An id already held is a collision, never a free slot (ids are random: only a bug
+            // repeats one).
+            let taken = leases.is_some_and(|l| l.contains_key(&lease.id));
+            let allowed = held < lease.max && !taken;
             let in_use = if allowed { held + 1 } else { held };
             Decision {
                 allowed,

@@ -29,9 +29,12 @@ impl ModelList {
     }
 }
 
-/// The part of a non-stream `chat.completion` we read: its usage.
+/// The part of a non-stream completion we read: its usage; and its `choices`, which a completion
+/// must have (an error object or anything else answered with a 200 is not relayed).
 #[derive(Debug, Deserialize)]
 pub struct CompletionUsage {
+    #[allow(dead_code)] // required, never read
+    choices: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     pub usage: Option<super::sse::Usage>,
 }

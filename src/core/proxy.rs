@@ -25,7 +25,7 @@ use super::openai::CompletionUsage;
 use super::runtime::{timeout, Runtime};
 use super::sse::{SseScanner, Stop, Usage};
 use super::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
-use super::upstream_error::{classify, Blame};
+use super::upstream_error::{classify, Blame, Counts};
 use futures::channel::oneshot;
 use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
@@ -105,19 +105,22 @@ pub struct StreamSummary {
 pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary)>;
 
 /// Reports a stream's end exactly once, whoever learns of it first: the relay (done, failed,
-/// dropped by the client) or the platform saying the client left while the stream was no longer
-/// polled (workerd). What to do at the end is set once the backend has answered.
+/// dropped by the client), the platform saying the client left while the stream was no longer
+/// polled (workerd), or the total deadline passing while the client does not read. Whatever
+/// reports it also lets go of the backend's body, which aborts the backend request.
 #[derive(Clone, Default)]
 pub struct StreamEnding(Rc<Ending>);
 
 #[derive(Default)]
 struct Ending {
     on_end: RefCell<Option<OnStreamEnd>>,
-    fired: Cell<bool>,
+    end: Cell<Option<StreamEnd>>,
     /// Dropped when the end is reported, which wakes [`StreamEnding::ended`].
     fired_tx: RefCell<Option<oneshot::Sender<()>>>,
     fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
     content_events: Cell<u64>,
+    /// The backend's body, let go of when the stream ends.
+    upstream: RefCell<Option<Rc<RefCell<Option<BodyStream>>>>>,
 }
 
 impl StreamEnding {
@@ -135,20 +138,27 @@ impl StreamEnding {
         *self.0.on_end.borrow_mut() = Some(on_end);
     }
 
-    /// Reports the end (the first call only).
+    /// Reports the end (the first call only) and drops the backend's body.
     pub fn fire(&self, end: StreamEnd, usage: Option<Usage>) {
-        if self.0.fired.replace(true) {
+        if self.0.end.get().is_some() {
             return;
         }
+        self.0.end.set(Some(end));
         self.0.fired_tx.borrow_mut().take();
+        let upstream = self.0.upstream.borrow_mut().take();
+        if let Some(upstream) = upstream {
+            let body = upstream.borrow_mut().take();
+            drop(body);
+        }
         let on_end = self.0.on_end.borrow_mut().take();
         if let Some(on_end) = on_end {
             on_end(StreamSummary { end, usage, content_events: self.0.content_events.get() });
         }
     }
 
-    pub fn fired(&self) -> bool {
-        self.0.fired.get()
+    /// How the stream ended, once it has.
+    pub fn end(&self) -> Option<StreamEnd> {
+        self.0.end.get()
     }
 
     /// Resolves once the end has been reported (for a watcher that must not outlive the stream).
@@ -164,12 +174,35 @@ impl StreamEnding {
     fn count(&self, content_events: u64) {
         self.0.content_events.set(content_events);
     }
+
+    /// The backend's body, owned here so that whoever reports the end can drop it.
+    fn hold(&self, body: BodyStream) -> Detachable {
+        let slot = Rc::new(RefCell::new(Some(body)));
+        *self.0.upstream.borrow_mut() = Some(slot.clone());
+        Detachable(slot)
+    }
+}
+
+/// A body another owner may drop between polls (the cell is borrowed only inside `poll_next`,
+/// and everything runs on one thread, so no borrow ever overlaps).
+struct Detachable(Rc<RefCell<Option<BodyStream>>>);
+
+impl futures::Stream for Detachable {
+    type Item = Result<Vec<u8>, super::http::BodyError>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(body) => body.as_mut().poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
 }
 
 /// A backend's successful answer, ready for the client.
 pub enum Relayed {
     Completion { body: Vec<u8>, usage: Option<Usage> },
-    Stream { body: BodyStream },
+    /// A stream, which must be over by `deadline_ms` (on the runtime's clock).
+    Stream { body: BodyStream, deadline_ms: u64 },
 }
 
 /// How long the backend may take (see the module doc for what each phase means).
@@ -217,6 +250,10 @@ impl Failed {
     fn new(error: GatewayError, blame: Blame) -> Self {
         Failed { error, blame }
     }
+
+    fn upstream(message: &str, blame: Blame) -> Self {
+        Failed::new(GatewayError::Upstream { message: message.into() }, blame)
+    }
 }
 
 /// Sends the request to the first backend that answers, failing over only on the backend's own
@@ -234,6 +271,9 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     let deadline_ms = runtime.now_ms().saturating_add(deadlines.total_ms);
     let mut last = None;
     let mut tried = 0;
+    // Backends that failed in a way the request itself may have caused: held against them only
+    // if another backend then answers.
+    let mut suspects: Vec<&Backend> = Vec::new();
     for backend in attempts.backends.iter().copied().take(attempts.max as usize) {
         if runtime.now_ms() >= deadline_ms {
             last = Some(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total });
@@ -242,12 +282,19 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
         tried += 1;
         match attempt(upstream, runtime, build(backend), exchange, deadlines, deadline_ms, &ending).await {
             Ok(relayed) => {
+                for suspect in suspects {
+                    attempts.health.record_failure(&suspect.name, runtime.now_ms(), attempts.breaker);
+                }
                 attempts.health.record_success(&backend.name);
                 return Ok((relayed, backend, tried));
             }
             Err(failed) => {
-                if failed.blame.unhealthy {
-                    attempts.health.record_failure(&backend.name, runtime.now_ms(), attempts.breaker);
+                match failed.blame.counts {
+                    Counts::Now => {
+                        attempts.health.record_failure(&backend.name, runtime.now_ms(), attempts.breaker);
+                    }
+                    Counts::IfAnotherAnswers => suspects.push(backend),
+                    Counts::Never => {}
                 }
                 last = Some(failed.error);
                 if !failed.blame.failover {
@@ -262,7 +309,7 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     }))
 }
 
-/// One backend, up to its first bytes (streams) or its whole answer (completions).
+/// One backend, up to its first event (streams) or its whole answer (completions).
 async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     upstream: &U,
     runtime: &R,
@@ -277,18 +324,17 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     let first_byte_by = sent.saturating_add(deadlines.first_byte_ms).min(deadline_ms);
     // A stream's headers come at once; a completion's only with its last token.
     let (headers_by, headers_late) = if exchange.stream {
-        // No headers at all: the backend never took the request, whichever limit came first.
+        // No headers at all: the backend never took the request, whichever limit came first —
+        // though some servers work (decode media, tokenize) before they answer, so it counts
+        // against the backend only if another one answers.
         let connect_by = sent.saturating_add(deadlines.connect_ms).min(first_byte_by);
-        (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::BACKEND))
+        (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::SUSPECT))
     } else {
         (deadline_ms, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY))
     };
     let mut response = match timeout(runtime, left(headers_by), upstream.send(request)).await {
         None => return Err(headers_late),
-        Some(Err(_)) => {
-            let message = "The inference backend could not be reached.".into();
-            return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
-        }
+        Some(Err(_)) => return Err(Failed::upstream("The inference backend could not be reached.", Blame::BROKEN)),
         Some(Ok(response)) => response,
     };
     if !(200..300).contains(&response.status) {
@@ -298,34 +344,53 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     if !exchange.stream {
         return match timeout(runtime, left(deadline_ms), read_completion(response)).await {
             None => Err(Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY)),
-            Some(result) => result.map_err(|error| Failed::new(error, Blame::BACKEND)),
+            Some(result) => result,
         };
     }
     if !super::http::is_event_stream(&response.headers) {
-        let message = "The inference backend did not answer with a stream.".into();
-        return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
+        return Err(Failed::upstream("The inference backend did not answer with a stream.", Blame::BROKEN));
     }
-    let first = match timeout(runtime, left(first_byte_by), response.body.next()).await {
-        None => {
-            let phase = if first_byte_by >= deadline_ms { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
-            return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
+    // Nothing is committed until the first complete event: an error there is still an ordinary
+    // HTTP error (with failover when it is the backend's), never a broken 200 stream.
+    let mut scanner = SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES);
+    let first = loop {
+        let chunk = match timeout(runtime, left(first_byte_by), response.body.next()).await {
+            None => {
+                let phase = if first_byte_by >= deadline_ms { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
+                return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
+            }
+            Some(Some(Ok(chunk))) => chunk,
+            Some(_) => return Err(Failed::upstream("The inference backend closed the stream before sending anything.", Blame::BROKEN)),
+        };
+        let out = scanner.feed(chunk).map_err(|_| Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))?;
+        match scanner.stopped() {
+            Some(Stop::BackendError { message, request_fault }) if out.is_empty() => {
+                let message = message.clone().unwrap_or_else(|| "The inference backend failed before answering.".into());
+                return Err(match request_fault {
+                    true => Failed::new(GatewayError::UpstreamRejected { status: 400, message }, Blame::NOBODY),
+                    false => Failed::new(GatewayError::Upstream { message }, Blame::SUSPECT),
+                });
+            }
+            Some(Stop::Malformed) if out.is_empty() => {
+                return Err(Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))
+            }
+            _ => {}
         }
-        Some(Some(Ok(chunk))) => chunk,
-        Some(_) => {
-            let message = "The inference backend closed the stream before sending anything.".into();
-            return Err(Failed::new(GatewayError::Upstream { message }, Blame::BACKEND));
+        if !out.is_empty() || scanner.done() || scanner.stopped().is_some() {
+            break out;
         }
     };
     let relay = Relay {
-        upstream: response.body,
-        scanner: SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES),
+        upstream: ending.hold(response.body),
+        scanner,
         first: Some(first),
         runtime: runtime.clone(),
         idle_ms: deadlines.idle_ms,
         deadline_ms,
         guard: EndGuard(ending.clone()),
+        told: false,
     };
-    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)) })
+    Ok(Relayed::Stream { body: Box::pin(stream::unfold(relay, Relay::next)), deadline_ms })
 }
 
 async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> (GatewayError, Blame) {
@@ -336,27 +401,23 @@ async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, lef
     classify(response.status, &response.headers, &body)
 }
 
-async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, GatewayError> {
-    let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| {
-        let message = match e {
-            ReadError::TooLarge => "The inference backend's answer was too large.",
-            ReadError::Broken(_) => "The inference backend's answer was cut off.",
-        };
-        GatewayError::Upstream { message: message.into() }
+async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Failed> {
+    let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| match e {
+        // The generation is done: replaying it elsewhere would only produce it again.
+        ReadError::TooLarge => Failed::upstream("The inference backend's answer was too large to relay.", Blame::NOBODY),
+        ReadError::Broken(_) => Failed::upstream("The inference backend's answer was cut off.", Blame::BROKEN),
     })?;
     match serde_json::from_slice::<CompletionUsage>(&body) {
         Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
-        Err(_) => Err(GatewayError::Upstream {
-            message: "The inference backend answered with something that is not a completion.".into(),
-        }),
+        Err(_) => Err(Failed::upstream("The inference backend answered with something that is not a completion.", Blame::BROKEN)),
     }
 }
 
 /// The state of one relayed stream.
 struct Relay<R> {
-    upstream: BodyStream,
+    upstream: Detachable,
     scanner: SseScanner,
-    /// The chunk read before committing to 200.
+    /// What the first complete events gave, scanned before committing to 200.
     first: Option<Vec<u8>>,
     runtime: R,
     /// The longest wait for the next chunk.
@@ -364,6 +425,8 @@ struct Relay<R> {
     /// When the whole answer must be done (ms on the runtime's clock).
     deadline_ms: u64,
     guard: EndGuard,
+    /// Whether the client was sent the error of an end reported elsewhere (the deadline).
+    told: bool,
 }
 
 /// Reports the stream's end; if dropped first, the client went away.
@@ -377,55 +440,80 @@ impl Drop for EndGuard {
 
 type Item = Result<Vec<u8>, super::http::BodyError>;
 
+/// What to do with the bytes one chunk gave.
+enum Step<R> {
+    Yield((Item, Relay<R>)),
+    End,
+    Read(Relay<R>),
+}
+
 impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Relay<R>)> {
-        if self.scanner.done() || self.scanner.stopped().is_some() || self.guard.0.fired() {
-            return None; // already ended (after `[DONE]` or a final error event)
+        if let Some(first) = self.first.take() {
+            match self.forward(first) {
+                Step::Yield(item) => return Some(item),
+                Step::End => return None,
+                Step::Read(relay) => self = relay,
+            }
         }
         loop {
-            let chunk = match self.first.take() {
-                Some(first) => Some(Ok(first)),
-                None => {
-                    let now = self.runtime.now_ms();
-                    let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
-                        (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
-                    } else {
-                        (self.idle_ms, TimeoutPhase::Idle)
-                    };
-                    match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
-                        Some(chunk) => chunk,
-                        None => return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())),
-                    }
+            match self.guard.0.end() {
+                // The deadline passed while the client was not reading: tell it, once.
+                Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
+                    self.told = true;
+                    let event = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event();
+                    return Some((Ok(event), self));
                 }
+                Some(_) => return None,
+                None => {}
+            }
+            let now = self.runtime.now_ms();
+            let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
+                (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
+            } else {
+                (self.idle_ms, TimeoutPhase::Idle)
             };
-            let chunk = match chunk {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(_)) => return Some(self.fail("The inference backend failed during the stream.", Vec::new())),
-                None => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
+            let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
+                None => return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())),
+                Some(Some(Ok(chunk))) => chunk,
+                Some(Some(Err(_))) => return Some(self.fail("The inference backend failed during the stream.", Vec::new())),
+                Some(None) if self.guard.0.end().is_some() => continue, // let go of by another owner
+                Some(None) => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
             };
             let out = match self.scanner.feed(chunk) {
                 Ok(out) => out,
                 Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
             };
-            self.guard.0.count(self.scanner.content_events());
-            match self.scanner.stopped().cloned() {
-                // Relay what came before the bad event, then end with the gateway's own error.
-                Some(Stop::Malformed) => return Some(self.fail("The inference backend sent a malformed stream.", out)),
-                Some(Stop::BackendError(message)) => {
-                    let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
-                    return Some(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));
-                }
-                None => {}
+            match self.forward(out) {
+                Step::Yield(item) => return Some(item),
+                Step::End => return None,
+                Step::Read(relay) => self = relay,
             }
-            if self.scanner.done() {
-                // `[DONE]` is the end, whether or not the backend closes its side.
-                self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
-                return (!out.is_empty()).then_some((Ok(out), self));
+        }
+    }
+
+    /// What the scanner returned for a chunk: forward it, end the stream, or read on.
+    fn forward(self, out: Vec<u8>) -> Step<R> {
+        self.guard.0.count(self.scanner.content_events());
+        match self.scanner.stopped().cloned() {
+            // Relay what came before the bad event, then end with the gateway's own error.
+            Some(Stop::Malformed) => return Step::Yield(self.fail("The inference backend sent a malformed stream.", out)),
+            Some(Stop::BackendError { message, .. }) => {
+                let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
+                return Step::Yield(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));
             }
-            if !out.is_empty() {
-                return Some((Ok(out), self));
-            }
+            None => {}
+        }
+        if self.scanner.done() {
+            // `[DONE]` is the end, whether or not the backend closes its side.
+            self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
+            return if out.is_empty() { Step::End } else { Step::Yield((Ok(out), self)) };
+        }
+        if out.is_empty() {
+            Step::Read(self)
+        } else {
+            Step::Yield((Ok(out), self))
         }
     }
 

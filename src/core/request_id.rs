@@ -1,9 +1,11 @@
 //! The `x-request-id` every response carries, and the one the backend is sent.
 //!
 //! A sane incoming id (1–128 of `[A-Za-z0-9._:-]`) is kept, logged and returned to the client;
-//! otherwise the gateway makes a UUID (v4). The backend only ever gets a UUID: some servers
-//! (llama-cpp-python's) refuse any other `x-request-id` with an empty 400, so a client id that is
-//! not a UUID is replaced by a fresh one on the way to the backend (both are logged).
+//! otherwise the gateway makes a UUID (v4). The backend always gets a UUID the gateway made: some
+//! servers (llama-cpp-python's) refuse any other `x-request-id` with an empty 400, and vLLM uses
+//! the id as its engine request id, where two equal ids collide ("already running") — so a
+//! caller's id, UUID or not, never reaches a backend. Both ids are logged; the W3C trace context
+//! is what joins the caller's trace to the backend's.
 
 use super::http::Headers;
 
@@ -12,21 +14,17 @@ use super::http::Headers;
 pub struct RequestIds {
     /// Logged and returned to the client in `x-request-id`.
     pub client: String,
-    /// Sent to the backend in `x-request-id`: the client's id when it is a UUID, else a new one.
+    /// Sent to the backend in `x-request-id`: always one the gateway made.
     pub upstream: String,
 }
 
 impl RequestIds {
-    /// The ids for a request with `headers`; `random` makes the UUID when one is needed.
+    /// The ids for a request with `headers`; `random` makes the gateway's UUID.
     pub fn new(headers: &Headers, random: [u8; 16]) -> RequestIds {
-        let incoming = headers.get("x-request-id").map(str::trim).filter(|id| is_sane(id));
-        match incoming {
-            Some(id) if is_uuid(id) => RequestIds { client: id.to_string(), upstream: id.to_string() },
-            Some(id) => RequestIds { client: id.to_string(), upstream: uuid_v4(random) },
-            None => {
-                let id = uuid_v4(random);
-                RequestIds { client: id.clone(), upstream: id }
-            }
+        let upstream = uuid_v4(random);
+        match headers.get("x-request-id").map(str::trim).filter(|id| is_sane(id)) {
+            Some(id) => RequestIds { client: id.to_string(), upstream },
+            None => RequestIds { client: upstream.clone(), upstream },
         }
     }
 

@@ -12,6 +12,7 @@
 
 use super::upstream_error::message_of;
 use serde::de::IgnoredAny;
+use std::borrow::Cow;
 use serde::Deserialize;
 
 /// Token counts as OpenAI reports them.
@@ -34,8 +35,9 @@ pub struct SseError(pub String);
 pub enum Stop {
     /// A data event that is neither `[DONE]` nor a JSON object.
     Malformed,
-    /// The backend's own error event; its message, cleaned (`None` when it had none).
-    BackendError(Option<String>),
+    /// The backend's own error event: its message, cleaned (`None` when it had none), and whether
+    /// its code says the request was at fault (a 4xx other than 429).
+    BackendError { message: Option<String>, request_fault: bool },
 }
 
 /// Scans one response stream. Feed chunks in order; forward what `feed` returns.
@@ -162,8 +164,14 @@ impl SseScanner {
         std::mem::take(&mut self.pending)
     }
 
-    /// Keeps the start of an incomplete event until the rest arrives.
+    /// Keeps the start of an incomplete event until the rest arrives (nothing once the stream has
+    /// ended: what follows `[DONE]` or an error is never relayed, so it is not held either).
     fn hold_buffer(&mut self, tail: Vec<u8>) -> Result<(), SseError> {
+        if self.done || self.stop.is_some() {
+            self.pending.clear();
+            self.searched = 0;
+            return Ok(());
+        }
         if tail.len() > self.max_event_bytes {
             return Err(SseError(format!("an event exceeded {} bytes without ending", self.max_event_bytes)));
         }
@@ -198,20 +206,39 @@ impl SseScanner {
         if self.stop.is_some() || self.done {
             return false; // nothing after the end, a malformed event or an error is relayed
         }
-        let Some(data) = event_data(event) else { return true };
+        let fields = match EventFields::of(event) {
+            Some(fields) => fields,
+            None => {
+                // A field we do not know could carry anything: never relayed verbatim.
+                self.stop = Some(Stop::Malformed);
+                return false;
+            }
+        };
+        if let Some(error) = fields.error {
+            // llama.cpp's `error: {…}` field.
+            self.stop = Some(match serde_json::from_slice::<serde_json::Value>(error.trim_ascii()) {
+                Ok(value) => backend_stop(&value),
+                Err(_) => Stop::BackendError { message: None, request_fault: false },
+            });
+            return false;
+        }
+        let Some(data) = fields.data else { return true }; // comments, `event:`, `id:`, `retry:`
+        let joined = matches!(data, Cow::Owned(_));
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.done = true;
             return true;
         }
-        if !(data.first() == Some(&b'{') && data.last() == Some(&b'}')) {
+        let object = data.first() == Some(&b'{') && data.last() == Some(&b'}');
+        // Several data lines (no OpenAI-compatible server sends them) must still be one object.
+        if !object || (joined && serde_json::from_slice::<IgnoredAny>(data).is_err()) {
             self.stop = Some(Stop::Malformed);
             return false;
         }
         let keys = scan_keys(data);
         if keys.error {
-            if let Some(message) = backend_error(data) {
-                self.stop = Some(Stop::BackendError(message));
+            if let Some(stop) = backend_error(data) {
+                self.stop = Some(stop);
                 return false;
             }
         }
@@ -236,13 +263,69 @@ impl SseScanner {
     }
 }
 
-/// `Some(message)` when `data` is an error event: `{"error": …}` (vLLM, SGLang, OpenAI) or
+/// The fields of one event that matter: its data (every `data:` line, joined by newlines as the
+/// SSE spec says; borrowed when there is one line, as OpenAI-compatible servers send) and
+/// llama.cpp's `error:` field.
+struct EventFields<'a> {
+    data: Option<Cow<'a, [u8]>>,
+    error: Option<&'a [u8]>,
+}
+
+impl<'a> EventFields<'a> {
+    /// `None` when a line is a field outside the SSE vocabulary (`data`, `event`, `id`, `retry`,
+    /// comments) and llama.cpp's `error`.
+    fn of(event: &'a [u8]) -> Option<EventFields<'a>> {
+        let mut fields = EventFields { data: None, error: None };
+        let mut rest = event;
+        while !rest.is_empty() {
+            let line_end = find_byte(rest, b'\n').unwrap_or(rest.len());
+            let line = &rest[..line_end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            rest = rest.get(line_end + 1..).unwrap_or(&[]);
+            if line.is_empty() || line[0] == b':' {
+                continue;
+            }
+            let (name, value) = match find_byte(line, b':') {
+                Some(colon) => (&line[..colon], &line[colon + 1..]),
+                None => (line, &line[line.len()..]),
+            };
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            match name {
+                b"data" => {
+                    fields.data = Some(match fields.data.take() {
+                        None => Cow::Borrowed(value),
+                        Some(joined) => {
+                            let mut joined = joined.into_owned();
+                            joined.push(b'\n');
+                            joined.extend_from_slice(value);
+                            Cow::Owned(joined)
+                        }
+                    })
+                }
+                b"error" => fields.error = Some(value),
+                b"event" | b"id" | b"retry" => {}
+                _ => return None,
+            }
+        }
+        Some(fields)
+    }
+}
+
+/// The stop an error event means, when `data` is one: `{"error": …}` (vLLM, SGLang, OpenAI) or
 /// `{"object": "error", …}` (older vLLM).
-fn backend_error(data: &[u8]) -> Option<Option<String>> {
+fn backend_error(data: &[u8]) -> Option<Stop> {
     let value: serde_json::Value = serde_json::from_slice(data).ok()?;
     let is_error = value.get("error").is_some_and(|e| !e.is_null())
         || value.get("object").and_then(|o| o.as_str()) == Some("error");
-    is_error.then(|| message_of(&value))
+    is_error.then(|| backend_stop(&value))
+}
+
+/// What an error object says: its cleaned message, and whether its code (vLLM and llama.cpp put
+/// the HTTP status there) blames the request.
+fn backend_stop(value: &serde_json::Value) -> Stop {
+    let code = value.pointer("/error/code").or_else(|| value.get("code")).and_then(serde_json::Value::as_u64);
+    let request_fault = code.is_some_and(|c| (400..500).contains(&c) && c != 429);
+    Stop::BackendError { message: message_of(value), request_fault }
 }
 
 /// Finds the end (exclusive, after the blank line) of the first event ending at or after `from`.
@@ -256,21 +339,6 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
             Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
             _ => i = nl + 1,
         }
-    }
-    None
-}
-
-/// The payload of an event's `data:` line (the first one; OpenAI chunks use exactly one).
-fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let mut rest = event;
-    while !rest.is_empty() {
-        let line_end = find_byte(rest, b'\n').unwrap_or(rest.len());
-        let line = &rest[..line_end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(value) = line.strip_prefix(b"data:") {
-            return Some(value.strip_prefix(b" ").unwrap_or(value));
-        }
-        rest = rest.get(line_end + 1..).unwrap_or(&[]);
     }
     None
 }

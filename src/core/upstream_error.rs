@@ -19,23 +19,40 @@ pub struct Blame {
     /// Another backend may be tried (the failure was the backend's, and nothing can have been
     /// generated that the client would be charged for twice).
     pub failover: bool,
-    /// It counts toward ejecting the backend.
-    pub unhealthy: bool,
+    /// Whether it counts toward ejecting the backend.
+    pub counts: Counts,
+}
+
+/// When a failure counts against the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    Never,
+    /// At once: the backend could not be reached, or answered with something that is not an
+    /// answer at all.
+    Now,
+    /// Only if another backend then answers the same request. A 5xx may be the request's own
+    /// doing (llama-cpp-python answers 500 to any exception a request raises); when every
+    /// backend fails it the same way, it is the request, and ejecting them all would hand every
+    /// other caller a 503.
+    IfAnotherAnswers,
 }
 
 impl Blame {
-    /// The backend is broken: try another, and count it.
-    pub const BACKEND: Blame = Blame { failover: true, unhealthy: true };
+    /// The backend could not be reached or sent no answer: try another, and count it.
+    pub const BROKEN: Blame = Blame { failover: true, counts: Counts::Now };
+    /// The backend failed, perhaps because of the request: try another; count it if that one answers.
+    pub const SUSPECT: Blame = Blame { failover: true, counts: Counts::IfAnotherAnswers };
     /// The backend is busy (429): try another, but it is not broken.
-    pub const BUSY: Blame = Blame { failover: true, unhealthy: false };
+    pub const BUSY: Blame = Blame { failover: true, counts: Counts::Never };
     /// The request itself, or a wait that may have started generating: neither.
-    pub const NOBODY: Blame = Blame { failover: false, unhealthy: false };
+    pub const NOBODY: Blame = Blame { failover: false, counts: Counts::Never };
 }
 
 /// Maps a backend's non-2xx answer (status, headers, up to the first KiBs of its body).
 ///
 /// - 429: busy — fail over, not unhealthy; its `Retry-After` (seconds) is clamped.
-/// - 5xx other than 501/505, and anything that is neither 2xx nor 4xx: the backend's fault.
+/// - 5xx other than 501/505, and anything that is neither 2xx nor 4xx: fail over, and count it
+///   against the backend if another one answers (see [`Counts::IfAnotherAnswers`]).
 /// - 4xx, 501, 505: the request's — never retried elsewhere, never held against the backend.
 pub fn classify(status: u16, headers: &Headers, body: &[u8]) -> (GatewayError, Blame) {
     match status {
@@ -65,7 +82,7 @@ pub fn classify(status: u16, headers: &Headers, body: &[u8]) -> (GatewayError, B
         ),
         _ => (
             GatewayError::Upstream { message: format!("The inference backend answered with an error (HTTP {status}).") },
-            Blame::BACKEND,
+            Blame::SUSPECT,
         ),
     }
 }
@@ -111,20 +128,77 @@ pub fn clean(message: &str) -> String {
     }
 }
 
-/// URLs (`scheme://…`), absolute or home-relative paths, Windows paths, and IPv4 addresses.
+/// Whether a word shows something of the backend's insides, anywhere in it: a URL, a file path
+/// (two or more `/`-separated parts, a backslash, a drive letter), an IPv4 or IPv6 address, or a
+/// host name with a port or an internal suffix. Over-redacting a harmless word is the safe error.
 fn reveals_internals(word: &str) -> bool {
-    let word = word.trim_matches(|c: char| "()[]{}<>'\"`,;.".contains(c));
-    if word.contains("://") {
-        return true;
-    }
-    let path_like = (word.starts_with('/') || word.starts_with("~/")) && word[1..].contains('/');
-    let windows_path = word.len() > 2 && word.as_bytes()[1] == b':' && word.as_bytes()[2] == b'\\';
-    path_like || windows_path || is_ipv4_ish(word)
+    let lower = word.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let slashes = bytes.iter().filter(|b| **b == b'/').count();
+    let drive = bytes.windows(3).any(|w| w[0].is_ascii_alphabetic() && w[1] == b':' && (w[2] == b'/' || w[2] == b'\\'));
+    lower.contains("://")
+        || slashes >= 2
+        || (slashes == 1 && (lower.starts_with('/') || lower.starts_with("'/") || lower.contains("=/") || lower.contains("~/")))
+        || lower.contains('\\')
+        || drive
+        || has_ipv4(bytes)
+        || lower.split(['[', ']', '(', ')', '\'', '"', ',', '=', '/']).any(looks_ipv6)
+        || INTERNAL_SUFFIXES.iter().any(|s| lower.contains(s))
+        || host_with_port(&lower)
 }
 
-/// `a.b.c.d`, optionally with `:port`.
-fn is_ipv4_ish(word: &str) -> bool {
-    let host = word.split(':').next().unwrap_or(word);
-    let parts: Vec<&str> = host.split('.').collect();
-    parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+/// Name suffixes of private networks and clusters.
+const INTERNAL_SUFFIXES: &[&str] = &[".local", ".internal", ".svc", ".cluster", ".lan", ".corp", ".home.arpa", ".intranet"];
+
+/// Four dot-separated groups of 1–3 digits anywhere in `bytes`.
+fn has_ipv4(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit()) {
+            let mut groups = 0;
+            let mut j = i;
+            loop {
+                let start = j;
+                while j < bytes.len() && bytes[j].is_ascii_digit() {
+                    j += 1;
+                }
+                if j == start || j - start > 3 {
+                    break;
+                }
+                groups += 1;
+                if groups == 4 {
+                    return true;
+                }
+                if bytes.get(j) != Some(&b'.') {
+                    break;
+                }
+                j += 1;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// `::` between hex digits, or three or more colons among hex groups.
+fn looks_ipv6(word: &str) -> bool {
+    let core = word.trim_matches(|c: char| !c.is_ascii_hexdigit() && c != ':');
+    let colons = core.matches(':').count();
+    let hexish = !core.is_empty() && core.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    (core.contains("::") && core.len() > 2 && hexish) || (colons >= 3 && hexish)
+}
+
+/// `name.domain:port`.
+fn host_with_port(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    match word.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && host.contains('.')
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+        None => false,
+    }
 }

@@ -25,12 +25,27 @@ pub const MEDIA_PART_TOKENS: u64 = 1024;
 const MEDIA_PARTS: &[&str] =
     &["image_url", "input_image", "image", "input_audio", "audio_url", "audio", "video_url", "video", "file", "input_file"];
 
-/// Top-level fields a chat template renders into the prompt.
-const PROMPT_FIELDS: &[&str] = &["tools", "functions", "tool_choice", "function_call", "response_format"];
+/// Top-level fields a chat template renders into the prompt (vLLM, SGLang and llama.cpp merge
+/// `chat_template_kwargs` into the template's variables, where `tools` and `documents` override
+/// the request's own).
+const PROMPT_FIELDS: &[&str] =
+    &["tools", "functions", "tool_choice", "function_call", "response_format", "documents", "chat_template_kwargs"];
 
-/// Backend-specific fields that set the generation length themselves and would escape both the
-/// `max_tokens` cap and the token estimate (llama.cpp's `n_predict: -1` is "unlimited").
-const LENGTH_FIELDS: &[&str] = &["n_predict", "max_new_tokens", "num_predict"];
+/// Fields refused with a 400 naming them: ones that set the generation length themselves and
+/// would escape both the `max_tokens` cap and the token estimate (llama.cpp's `n_predict: -1` is
+/// "unlimited"); a caller's own `chat_template`, which can render an unbounded prompt from a few
+/// bytes; and vLLM's `priority` and `kv_transfer_params`, which act on other tenants' requests.
+const REFUSED_FIELDS: &[(&str, &str)] = &[
+    ("n_predict", "set the completion length with max_tokens"),
+    ("max_new_tokens", "set the completion length with max_tokens"),
+    ("num_predict", "set the completion length with max_tokens"),
+    ("chat_template", "the model's own chat template is used"),
+    ("priority", "scheduling priority is the operator's to set"),
+    ("kv_transfer_params", "KV-cache transfer is the operator's to set"),
+];
+
+/// Longest model name accepted (names are echoed in errors and logged).
+const MAX_MODEL_CHARS: usize = 256;
 
 /// Template tokens a chat adds around each message (role markers), and once per request (the
 /// generation prompt, a default system text): generous on purpose, see [`ValidatedChat::prompt_bound`].
@@ -72,6 +87,9 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
     let mut request = parse_object(body)?;
 
     let model = match request.get("model") {
+        Some(Value::String(m)) if m.chars().count() > MAX_MODEL_CHARS => {
+            return Err(GatewayError::invalid("model", format!("model must be at most {MAX_MODEL_CHARS} characters")))
+        }
         Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
             return Err(GatewayError::invalid("model", "you must provide a model parameter"))
@@ -114,12 +132,9 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
     };
     check_bool(&request, "use_beam_search")?;
     check_bool(&request, "ignore_eos")?;
-    for field in LENGTH_FIELDS {
+    for (field, why) in REFUSED_FIELDS {
         if request.contains_key(*field) {
-            return Err(GatewayError::invalid(
-                *field,
-                format!("{field} is not accepted here: set the completion length with max_tokens"),
-            ));
+            return Err(GatewayError::invalid(*field, format!("{field} is not accepted here: {why}")));
         }
     }
 
@@ -336,6 +351,8 @@ fn check_content(content: &Value, i: usize, limits: &RequestLimits, prompt: &mut
                 if matches!(kind, "text" | "input_text" | "output_text") && !part.get("text").is_some_and(Value::is_string) {
                     return Err(GatewayError::invalid(format!("{}.text", at()), "a text part must have a string text"));
                 }
+                // Templates join parts with a separator: every part is at least one byte.
+                prompt.add_text(1, "messages", limits)?;
                 if MEDIA_PARTS.contains(&kind) {
                     check_media_urls(part, &at(), limits)?;
                     prompt.media_parts = prompt.media_parts.saturating_add(1);

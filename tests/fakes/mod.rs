@@ -133,6 +133,9 @@ pub struct FakeRuntime {
     pub logs: Rc<RefCell<Vec<String>>>,
     /// Background tasks, run by [`FakeRuntime::run_spawned`].
     pub tasks: Rc<RefCell<Vec<Task>>>,
+    /// A deterministic random sequence (xorshift): every request gets different ids, as it
+    /// would from a real source, and every run the same ones.
+    pub random: Rc<Cell<u64>>,
 }
 
 impl Default for FakeRuntime {
@@ -141,7 +144,7 @@ impl Default for FakeRuntime {
         let clock = Rc::new(Clock::default());
         clock.now.set(T0);
         CLOCK.with(|c| *c.borrow_mut() = clock.clone());
-        FakeRuntime { clock, logs: Rc::default(), tasks: Rc::default() }
+        FakeRuntime { clock, logs: Rc::default(), tasks: Rc::default(), random: Rc::new(Cell::new(0x9E37_79B9_7F4A_7C15)) }
     }
 }
 
@@ -176,7 +179,14 @@ impl Runtime for FakeRuntime {
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
-        buf.fill(7);
+        for byte in buf {
+            let mut x = self.random.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.random.set(x);
+            *byte = (x >> 24) as u8;
+        }
     }
 
     fn log(&self, line: &str) {
