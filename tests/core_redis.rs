@@ -4,9 +4,9 @@
 mod fakes;
 
 use edge_gateway::core::config::{Config, Lookup};
-use edge_gateway::core::limits::{Admission, Lease, Rule, Take};
+use edge_gateway::core::limits::{Adjustment, Admission, Lease, Rule, Settlement, Take};
 use edge_gateway::core::redis::{
-    admit_command, admitted, command, handshake, parse_reply, RedisTarget, Reply, ReplyReader,
+    admit_command, admitted, command, handshake, parse_reply, settle_command, RedisTarget, Reply, ReplyReader,
 };
 
 #[test]
@@ -24,7 +24,7 @@ fn admission_is_one_eval_with_a_key_per_bucket() {
     let admission = Admission { takes: takes.to_vec(), lease: None };
     let encoded = String::from_utf8(admit_command("key:alpha", &admission)).unwrap();
     assert!(encoded.starts_with("*12\r\n$4\r\nEVAL\r\n"));
-    for part in ["$1\r\n2\r\n$21\r\ngw:key:alpha:requests", "gw:key:alpha:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
+    for part in ["$1\r\n2\r\n$23\r\ngw:{key:alpha}:requests", "gw:{key:alpha}:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
         assert!(encoded.contains(part), "{part:?} missing");
     }
 }
@@ -153,6 +153,59 @@ fn the_redis_timeout_is_configured_and_validated_on_every_build() {
     }
     let error = config_with(&[("GATEWAY_REDIS_URL", "rediss://:pw@cache:6380")]).unwrap_err();
     assert!(error.starts_with("GATEWAY_REDIS_URL uses rediss:// (TLS)"), "{error}");
+}
+
+/// The key Redis Cluster hashes: the part between the first `{` and the next `}`, when not empty.
+fn hash_slot_key(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// The keys of an `EVAL` command (`EVAL script numkeys key…`).
+fn eval_keys(encoded: &[u8]) -> Vec<String> {
+    let mut reader = ReplyReader::default();
+    // A command is an array of bulk strings: the reply parser reads it just as well.
+    reader.feed(encoded);
+    let Some(Reply::Array(Some(parts))) = reader.next_reply().unwrap() else { panic!("not an array") };
+    let text: Vec<String> = parts
+        .into_iter()
+        .map(|p| match p {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let count: usize = text[2].parse().unwrap();
+    text[3..3 + count].to_vec()
+}
+
+#[test]
+fn every_key_of_a_script_shares_one_cluster_hash_tag() {
+    let rule = Rule::per_minute(10);
+    let admission = Admission {
+        takes: vec![
+            Take { bucket: "requests".into(), rule, cost: 1 },
+            Take { bucket: "tokens".into(), rule, cost: 5 },
+        ],
+        lease: Some(Lease { bucket: "in_flight".into(), id: "req_1".into(), max: 2, ttl_ms: 1000 }),
+    };
+    let settlement = Settlement {
+        release: Some(("in_flight".into(), "req_1".into())),
+        adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -3 }],
+    };
+    for scope in ["key:alpha", "ip:2001:db8::1", "jwt:user{odd}name"] {
+        for keys in [eval_keys(&admit_command(scope, &admission)), eval_keys(&settle_command(scope, &settlement))] {
+            assert!(keys.len() >= 2, "{keys:?}");
+            let tags: Vec<&str> = keys.iter().map(|k| hash_slot_key(k)).collect();
+            assert!(tags.iter().all(|t| *t == tags[0]), "{scope}: {keys:?} hash to different slots");
+            assert!(tags[0].starts_with(scope.split(['{', '}']).next().unwrap()), "{scope}: tag {:?}", tags[0]);
+        }
+    }
 }
 
 #[test]

@@ -203,3 +203,40 @@ fn logs_in_as_an_acl_user_whose_password_was_percent_encoded() {
     let replies = session(&r.addr, &handshake(&wrong));
     assert!(matches!(&replies[0], Reply::Error(e) if e.contains("WRONGPASS")), "{replies:?}");
 }
+
+#[test]
+fn a_redis_cluster_accepts_every_script_because_its_keys_share_a_slot() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("edge-gateway-cluster-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        .current_dir(&dir)
+        .stdout(Stdio::null());
+    let _proc = Proc::spawn(cmd);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()), "redis-server did not start");
+    // A one-node cluster that owns every slot: it still refuses a script whose keys hash to
+    // different slots (CROSSSLOT), exactly as a sharded one would.
+    assert_eq!(call(&addr, &command(&[b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383"])), Reply::Simple("OK".into()));
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(call(&addr, &command(&[b"CLUSTER", b"INFO"])), Reply::Bulk(Some(info)) if String::from_utf8_lossy(&info).contains("cluster_state:ok"))
+    }));
+    let untagged = command(&[b"EVAL", b"return 1", b"2", b"gw:key:a:requests", b"gw:key:a:tokens"]);
+    assert!(matches!(call(&addr, &untagged), Reply::Error(e) if e.starts_with("CROSSSLOT")), "the check is live");
+
+    let rule = Rule::per_minute(1_000);
+    let admission = Admission {
+        takes: vec![requests(10), Take { bucket: "tokens".into(), rule, cost: 100 }],
+        lease: lease("r1", 2),
+    };
+    let admitted_now = admitted(call(&addr, &admit_command("key:cluster", &admission)), &admission).unwrap();
+    assert!(admitted_now.allowed());
+    let settlement = Settlement {
+        release: Some(("in_flight".into(), "r1".into())),
+        adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -50 }],
+    };
+    settle(&addr, "key:cluster", &settlement);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -196,8 +196,12 @@ pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
     commands
 }
 
+/// A scope's key for `bucket`. The scope is a hash tag (`{…}`), so every key one script touches
+/// lives in the same Redis Cluster slot and a cluster (or a cluster proxy) accepts the script.
+/// Scopes start with their kind (`key:`, `ip:`, `jwt:`), so the tag is never empty; a `}` inside a
+/// scope ends the tag early, but at the same place in every key of that scope.
 fn key(scope: &str, bucket: &str) -> String {
-    format!("gw:{scope}:{bucket}")
+    format!("gw:{{{scope}}}:{bucket}")
 }
 
 /// The `EVAL` that admits a request for `scope` (keys `gw:{scope}:{bucket}`).
