@@ -300,21 +300,18 @@ impl<P: Unpin> Stream for IncomingStream<P> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            let item = match this.stream.read(MAX_CHUNK_BYTES) {
-                Ok(bytes) if !bytes.is_empty() => Some(Ok(bytes)),
-                Ok(_) => None,
-                Err(StreamError::Closed) => Some(Err(None)),
-                Err(StreamError::LastOperationFailed(e)) => Some(Err(Some(BodyError(e.to_debug_string())))),
+            // `Some(next)` when there is something to return: a chunk, an error, or the end.
+            let next = match this.stream.read(MAX_CHUNK_BYTES) {
+                Ok(bytes) if bytes.is_empty() => None,
+                Ok(bytes) => Some(Some(Ok(bytes))),
+                Err(StreamError::Closed) => Some(None),
+                Err(StreamError::LastOperationFailed(e)) => Some(Some(Err(BodyError(e.to_debug_string())))),
             };
-            if let Some(item) = item {
+            if let Some(next) = next {
                 // No wait stays registered while nobody waits: the executor would find its
                 // pollable ready on every turn and spin until the stream is dropped.
                 this.waiting = None;
-                return Poll::Ready(match item {
-                    Ok(bytes) => Some(Ok(bytes)),
-                    Err(None) => None,
-                    Err(Some(e)) => Some(Err(e)),
-                });
+                return Poll::Ready(next);
             }
             let stream = &this.stream;
             let subscription = this.subscription.get_or_insert_with(|| AsyncPollable::new(stream.subscribe()));
