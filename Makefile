@@ -10,6 +10,10 @@ WORKER_BUILD_VERSION := 0.8.7
 WASM_BINDGEN_VERSION := 0.2.130
 # The WASI-HTTP host the Spin component is tested in (50 needs a newer rustc than 1.95).
 WASMTIME_VERSION := 48.0.8
+# Reads the Spin component's WIT world back (tests/component_world.rs). Built with only its
+# `component` feature, into .tools/ so a full wasm-tools elsewhere on PATH is left alone.
+WASM_TOOLS_VERSION := 1.263.0
+export WASM_TOOLS := $(CURDIR)/.tools/bin/wasm-tools
 # The official OpenAI Python SDK the end-to-end suite drives (the Node one is in package.json).
 OPENAI_PY_VERSION := 3.54.0
 SDK_VENV := .venv-sdk
@@ -27,24 +31,24 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 WORKER_OUT := build/worker/shim.mjs
 SPIN_OUT := target/wasm32-wasip2/release/edge_gateway.wasm
-RUST_SOURCES := $(shell find src -name '*.rs' -o -name '*.lua') Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find src -name '*.rs' -o -name '*.lua') Cargo.toml Cargo.lock rust-toolchain.toml
 
 DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
+.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
-	@echo "make test   - run every test (native core tests and end-to-end in workerd)"
+	@echo "make test   - run every test (native core tests, end to end in workerd and wasmtime serve)"
 	@echo "make worker - build the release Workers bundle into build/"
-	@echo "make spin   - build the release Spin component ($(SPIN_OUT))"
+	@echo "make spin   - build the release Spin component, one WASI 0.2 component ($(SPIN_OUT))"
 	@echo "make test-real - test against a real inference server (llama-cpp-python; ~35 min first time)"
 
 ## Tools ---------------------------------------------------------------------------------------
 
-tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool redis-tool node-tools browser-tool sdk-tool
+tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool node-tools browser-tool sdk-tool
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -67,6 +71,13 @@ wasmtime-tool:
 	@if ! "$(CARGO_BIN)/wasmtime" --version 2>/dev/null | grep -q "$(WASMTIME_VERSION)"; then \
 		echo "installing wasmtime-cli $(WASMTIME_VERSION) (one-time, tens of minutes)"; \
 		cargo install wasmtime-cli --version $(WASMTIME_VERSION) --locked; \
+	fi
+
+wasm-tools-tool:
+	@if ! "$(WASM_TOOLS)" --version 2>/dev/null | grep -q "$(WASM_TOOLS_VERSION)"; then \
+		echo "installing wasm-tools $(WASM_TOOLS_VERSION) into .tools/ (one-time, a few minutes)"; \
+		cargo install --root "$(CURDIR)/.tools" --locked wasm-tools --version =$(WASM_TOOLS_VERSION) \
+			--no-default-features --features component; \
 	fi
 
 # The Spin build keeps its limits in Redis; the end-to-end suite starts a real redis-server.
@@ -121,11 +132,11 @@ dev: worker target/debug/mock-backend
 
 ## Test ----------------------------------------------------------------------------------------
 
-# Native core tests, the mock's tests, then one end-to-end suite against the release Workers
-# bundle in workerd and the release Spin component in wasmtime serve (with Redis) — including
-# the official Python and Node SDKs and a real Chromium; then lints for the native and both wasm
-# builds.
-test: worker spin wasmtime-tool redis-tool browser-tool sdk-tool
+# Native core tests, the mock's tests, the Spin component's WIT world (WASI 0.2 only), then one
+# end-to-end suite against the release Workers bundle in workerd and the release Spin component
+# in wasmtime serve's WASI 0.2 mode (with Redis) — including the official Python and Node SDKs
+# and a real Chromium; then lints for the native and both wasm builds.
+test: worker spin wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool
 	cargo test --features e2e --all-targets
 	cargo clippy --features e2e --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features cloudflare -- -D warnings

@@ -6,8 +6,8 @@
 //! - no feature: the runtime-free [`core`] only (native tests, benchmarks, fuzzing);
 //! - `cloudflare`: the Workers entry point and the rate-limit Durable Object
 //!   (`wasm32-unknown-unknown`, built by `worker-build`);
-//! - `spin`: a WASI 0.3 HTTP component for Fermyon Spin and any WASI-HTTP host, with rate limits
-//!   in Redis (`wasm32-wasip2`, spin-sdk 7).
+//! - `spin`: one WASI 0.2 HTTP component for Fermyon Spin and any WASI-HTTP host, with rate
+//!   limits in Redis (`wasm32-wasip2`, the `wasip2` bindings and `wstd`'s executor).
 //!
 //! The two platform features are exclusive: build each one on its own.
 

@@ -1,16 +1,21 @@
-//! Spin adapter (WASI 0.3 HTTP, spin-sdk 7): translates requests and responses, and implements
-//! the core's traits with WASI imports only, so the same component runs on Spin and on any
-//! WASI-HTTP host (`wasmtime serve`).
+//! Spin adapter: one WASI 0.2 HTTP component (`wasi:http/incoming-handler@0.2`) that translates
+//! requests and responses and implements the core's traits with WASI 0.2 imports only, so the
+//! same file runs on every Spin (3.x, 4.x, SpinKube's shim, Fermyon Cloud) and on any WASI-HTTP
+//! host (`wasmtime serve`).
 //!
-//! - [`Upstream`] with `wasi:http` outbound requests; dropping the body cancels the request;
-//! - [`LimitStore`] with Redis over a plain TCP connection (`wasi:sockets`): one `EVAL` of the
-//!   core's admission script per request, atomic in Redis (see [`crate::core::redis`]);
-//! - [`Runtime`] with `wasi:clocks`, `wasi:random` and stdout;
+//! - [`Upstream`] with `wasi:http/outgoing-handler`; the backend's body streams through, and
+//!   dropping it (a timeout, the client gone) drops the request, which closes its connection;
+//! - [`LimitStore`] with Redis over `wasi:sockets` TCP: one `EVAL` of the core's admission script
+//!   per request, atomic in Redis (see [`crate::core::redis`]); every call is bounded by
+//!   `GATEWAY_REDIS_TIMEOUT_MS`, so a stalled Redis costs a request that long, never more;
+//! - [`Runtime`] with `wasi:clocks` (a real timer in the executor), `wasi:random` and stdout;
 //! - configuration from the component's environment (`wasi:cli/environment`), which Spin
 //!   (`environment`, `spin up -e`) and `wasmtime serve --env` both provide.
 //!
-//! Spin runs every request in a fresh instance, so passive backend health is loaded from Redis
-//! at the start of a request and what changed is written back (one atomic script) at its end.
+//! The executor is `wstd`'s (Bytecode Alliance): it polls every pending `wasi:io` pollable —
+//! sockets, HTTP bodies, timers — in one `poll` call, so timeouts race real I/O. Spin runs every
+//! request in a fresh instance, so passive backend health is loaded from Redis when the request
+//! first needs it and what changed is written back (one atomic script) after the response.
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
@@ -18,236 +23,566 @@ use crate::core::balance::HealthBook;
 use crate::core::config::{vars, Config, ConfigError};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, Settlement};
-use crate::core::redis::{self, RedisTarget, Reply};
+use crate::core::redis::{self, RedisTarget, Reply, ReplyReader};
 use crate::core::runtime::Runtime;
 use crate::core::store::{LimitStore, StoreError};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::Gateway;
-use bytes::Bytes;
-use futures::stream::{Stream, StreamExt, TryStreamExt};
-use http_body_util::{BodyStream as FrameStream, Either, Empty, Full, StreamBody};
-use spin_sdk::http::{HeaderName, HeaderValue, Method};
-use spin_sdk::http_service;
-use spin_sdk::wasip3;
+use futures::future::{select, Either};
+use futures::stream::{Stream, StreamExt};
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::pin::Pin;
-use std::cell::RefCell;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use wasip2::clocks::monotonic_clock;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, IncomingRequest, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, ResponseOutparam, Scheme,
+};
+use wasip2::io::poll::Pollable;
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use wasip2::sockets::network::{ErrorCode as SocketError, IpAddress, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network};
+use wasip2::sockets::tcp::{IpAddressFamily, TcpSocket};
+use wstd::io::AsyncOutputStream;
+use wstd::runtime::{AsyncPollable, WaitFor};
 
-type Frames = Pin<Box<dyn Stream<Item = Result<http_body::Frame<Bytes>, BodyError>>>>;
-type ResponseBody = Either<Full<Bytes>, StreamBody<Frames>>;
+struct Component;
 
-#[http_service]
-async fn handle(request: spin_sdk::http::Request) -> spin_sdk::http::Result<spin_sdk::http::Response<ResponseBody>> {
-    let env: HashMap<String, String> = wasip3::cli::environment::get_environment().into_iter().collect();
-    // This build has no store of its own: Redis is required, and its absence a configuration error.
-    let config = Config::from_lookup(&env).and_then(|config| match config.redis {
-        Some(_) => Ok(config),
-        None => Err(ConfigError(format!("{} is not set (the Spin build keeps limit state in Redis)", vars::REDIS_URL))),
-    });
-    let store = RedisStore::new(config.as_ref().ok().and_then(|c| c.redis.clone()));
-    // Each request runs in a fresh instance: passive backend health is shared through Redis,
-    // read only if the request gets as far as choosing a backend.
+impl wasip2::exports::http::incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        // Returns once the response is sent and every task spawned for the request (settling its
+        // limits) has finished.
+        wstd::runtime::block_on(serve(request, response_out));
+    }
+}
+
+wasip2::http::proxy::export!(Component with_types_in wasip2);
+
+async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
+    let config = config();
+    let config = config.as_ref().as_ref();
+    let store = RedisStore::new(config.ok().and_then(|c| c.redis.clone()));
+    // Read only if the request gets as far as choosing a backend; the core asks synchronously,
+    // so this read blocks the instance, within the Redis timeout like every other call.
     let loader = store.clone();
-    let health = Rc::new(HealthBook::shared(Box::new(move || {
-        loader.call(&redis::health_load_command()).map(redis::health_entries).unwrap_or_default()
+    let health = Rc::new(HealthBook::shared(Box::new(move || match loader.call_blocking(&redis::health_load_command()) {
+        Ok(reply) => redis::health_entries(reply),
+        Err(e) => {
+            log(&serde_json::json!({ "level": "warn", "event": "health_read_failed", "detail": e.0 }).to_string());
+            Vec::new()
+        }
     })));
     let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime).with_health(health.clone());
-    let response = gateway.handle(config.as_ref(), to_core_request(request)).await;
+    let response = gateway.handle(config, to_core_request(request)).await;
+    respond(response_out, response).await;
+    // After the response: what this request changed in backend health, in one atomic script.
     let events = health.take_journal();
-    if let (false, Ok(config)) = (events.is_empty(), config.as_ref()) {
-        if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker)) {
-            println!("{}", serde_json::json!({ "level": "warn", "event": "health_write_failed", "detail": e.0 }));
+    if let (false, Ok(config)) = (events.is_empty(), config) {
+        if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker), InExecutor).await {
+            log(&serde_json::json!({ "level": "warn", "event": "health_write_failed", "detail": e.0 }).to_string());
         }
     }
-    to_spin_response(response)
+}
+
+thread_local! {
+    /// The validated configuration of this instance: its environment does not change.
+    static CONFIG: OnceCell<Rc<Result<Config, ConfigError>>> = const { OnceCell::new() };
+}
+
+/// Reads and validates the configuration once per instance, logging an error once.
+fn config() -> Rc<Result<Config, ConfigError>> {
+    CONFIG.with(|cell| {
+        cell.get_or_init(|| {
+            let env: HashMap<String, String> = wasip2::cli::environment::get_environment().into_iter().collect();
+            // This build has no store of its own: Redis is required, its absence a configuration error.
+            let config = Config::from_lookup(&env).and_then(|config| match config.redis {
+                Some(_) => Ok(config),
+                None => Err(ConfigError(format!("{} is not set (the Spin build keeps limit state in Redis)", vars::REDIS_URL))),
+            });
+            if let Err(e) = &config {
+                log(&serde_json::json!({ "level": "error", "config_error": e.0 }).to_string());
+            }
+            Rc::new(config)
+        })
+        .clone()
+    })
 }
 
 /// The header Spin sets to the client's address (`ip:port`), replacing any the client sent.
 const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 
-fn to_core_request(request: spin_sdk::http::Request) -> Request {
-    let (parts, body) = request.into_parts();
-    let mut headers = header_pairs(&parts.headers);
+fn to_core_request(request: IncomingRequest) -> Request {
+    let method = method_name(request.method());
+    let path = request.path_with_query().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default().to_string();
+    let mut headers = header_pairs(request.headers());
     let client_ip = headers.get(CLIENT_ADDR_HEADER).map(|addr| match addr.rsplit_once(':') {
         Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => ip.trim_matches(['[', ']']).to_string(),
         _ => addr.to_string(),
     });
     headers.remove(CLIENT_ADDR_HEADER);
-    let body: BodyStream = Box::pin(data_frames(FrameStream::new(body)));
-    // A client that goes away drops the response here, which ends the stream: nothing to watch.
-    Request { method: parts.method.to_string(), path: parts.uri.path().to_string(), headers, body, client_ip, disconnected: None }
-}
-
-fn header_pairs(headers: &spin_sdk::http::HeaderMap) -> Headers {
-    headers
-        .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
-        .collect()
-}
-
-/// The data frames of an HTTP body as a core body stream (trailers are ignored).
-fn data_frames<S, E>(frames: S) -> impl Stream<Item = Result<Vec<u8>, BodyError>>
-where
-    S: Stream<Item = Result<http_body::Frame<Bytes>, E>>,
-    E: std::fmt::Display,
-{
-    frames.filter_map(|frame| async move {
-        match frame {
-            Ok(frame) => frame.into_data().ok().map(|data| Ok(data.to_vec())),
-            Err(e) => Some(Err(BodyError(e.to_string()))),
-        }
-    })
-}
-
-fn to_spin_response(response: Response) -> spin_sdk::http::Result<spin_sdk::http::Response<ResponseBody>> {
-    let mut builder = spin_sdk::http::Response::builder().status(response.status);
-    for (name, value) in response.headers.iter() {
-        builder = builder.header(name, value);
-    }
-    let body = match response.body {
-        Body::Full(bytes) => Either::Left(Full::new(Bytes::from(bytes))),
-        Body::Stream(stream) => {
-            let frames: Frames = Box::pin(stream.map_ok(|chunk| http_body::Frame::data(Bytes::from(chunk))));
-            Either::Right(StreamBody::new(frames))
-        }
+    let body: BodyStream = match IncomingStream::of_request(request) {
+        Some(stream) => Box::pin(stream),
+        None => Box::pin(futures::stream::empty()),
     };
-    Ok(builder.body(body)?)
+    Request { method, path, headers, body, client_ip, disconnected: None }
 }
 
-/// Outbound HTTP through `wasi:http`.
+/// Sends the head, then the body as the core produces it. A client that went away makes a write
+/// fail: the core's stream is dropped, which drops the backend request.
+async fn respond(response_out: ResponseOutparam, response: Response) {
+    let mut headers = response.headers;
+    if let Body::Full(bytes) = &response.body {
+        headers.set("content-length", bytes.len().to_string());
+    }
+    let outgoing = OutgoingResponse::new(fields(&headers));
+    // The core only produces valid statuses.
+    let _ = outgoing.set_status_code(response.status);
+    let Ok(body) = outgoing.body() else {
+        ResponseOutparam::set(response_out, Err(ErrorCode::InternalError(None)));
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(outgoing));
+    let Ok(stream) = body.write() else { return };
+    let stream = AsyncOutputStream::new(stream);
+    let sent = match response.body {
+        Body::Full(bytes) => stream.write_all(&bytes).await.is_ok(),
+        Body::Stream(mut chunks) => loop {
+            match chunks.next().await {
+                None => break true,
+                // Flushed chunk by chunk: an SSE event leaves as soon as the backend sent it.
+                Some(Ok(chunk)) => {
+                    if stream.write_all(&chunk).await.is_err() || stream.flush().await.is_err() {
+                        break false;
+                    }
+                }
+                Some(Err(_)) => break false,
+            }
+        },
+    };
+    drop(stream);
+    if sent {
+        let _ = OutgoingBody::finish(body, None);
+    }
+    // Otherwise the body is dropped unfinished, which tells the host the response is incomplete.
+}
+
+/// Outbound HTTP through `wasi:http/outgoing-handler`.
 struct WasiHttp;
 
 impl Upstream for WasiHttp {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
-        let failed = |e: &dyn std::fmt::Display| ConnectError(e.to_string());
-        let mut builder = spin_sdk::http::Request::builder()
-            .method(Method::from_bytes(request.method.as_bytes()).map_err(|e| failed(&e))?)
-            .uri(&request.url);
-        for (name, value) in request.headers.iter() {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| failed(&e))?;
-            let value = HeaderValue::from_str(value).map_err(|e| failed(&e))?;
-            builder = builder.header(name, value);
+        let refused = |what: &str| ConnectError(format!("the host refused the request's {what}"));
+        let (scheme, authority, path) = split_url(&request.url).ok_or_else(|| refused("URL"))?;
+        let outgoing = OutgoingRequest::new(fields(&request.headers));
+        outgoing.set_method(&wasi_method(request.method)).map_err(|()| refused("method"))?;
+        outgoing.set_scheme(Some(&scheme)).map_err(|()| refused("scheme"))?;
+        outgoing.set_authority(Some(authority)).map_err(|()| refused("authority"))?;
+        outgoing.set_path_with_query(Some(path)).map_err(|()| refused("path"))?;
+        let body = outgoing.body().map_err(|()| refused("body"))?;
+        let pending = wasip2::http::outgoing_handler::handle(outgoing, None).map_err(|e| ConnectError(format!("{e:?}")))?;
+        {
+            let stream = AsyncOutputStream::new(body.write().map_err(|()| refused("body"))?);
+            if let Some(bytes) = &request.body {
+                stream.write_all(bytes).await.map_err(|e| ConnectError(e.to_string()))?;
+            }
         }
-        let body: Either<Full<Bytes>, Empty<Bytes>> = match request.body {
-            Some(body) => Either::Left(Full::new(Bytes::from(body))),
-            None => Either::Right(Empty::new()),
+        OutgoingBody::finish(body, None).map_err(|e| ConnectError(format!("{e:?}")))?;
+        AsyncPollable::new(pending.subscribe()).wait_for().await;
+        let response = match pending.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(code))) => return Err(ConnectError(format!("{code:?}"))),
+            Some(Err(())) | None => return Err(ConnectError("no response from the host".into())),
         };
-        let outbound = builder.body(body).map_err(|e| failed(&e))?;
-        let response = spin_sdk::http::send(outbound).await.map_err(|e| failed(&e))?;
-        let (parts, body) = response.into_parts();
-        Ok(UpstreamResponse {
-            status: parts.status.as_u16(),
-            headers: header_pairs(&parts.headers),
-            body: Box::pin(data_frames(FrameStream::new(body))),
-        })
+        let status = response.status();
+        let headers = header_pairs(response.headers());
+        let body = IncomingStream::of_response(response).ok_or_else(|| ConnectError("no response body".into()))?;
+        Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
     }
 }
 
-/// Limit state and backend health in Redis: one connection per request (opened on first use and
-/// reused for every command of that request), one atomic `EVAL` per admission or settlement.
+/// `scheme://authority/path?query` → its parts (the path defaults to `/`).
+fn split_url(url: &str) -> Option<(Scheme, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_string()),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    Some((scheme, authority, if path.is_empty() { "/" } else { path }))
+}
+
+fn wasi_method(method: &str) -> Method {
+    match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.to_string()),
+    }
+}
+
+fn method_name(method: Method) -> String {
+    match method {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(other) => other,
+    }
+}
+
+fn header_pairs(fields: Fields) -> Headers {
+    fields
+        .entries()
+        .into_iter()
+        .filter_map(|(name, value)| String::from_utf8(value).ok().map(|value| (name, value)))
+        .collect()
+}
+
+/// The core's headers as WASI fields; a field the host forbids (`connection`, `host`, …) is left
+/// out rather than failing the whole message.
+fn fields(headers: &Headers) -> Fields {
+    let fields = Fields::new();
+    for (name, value) in headers.iter() {
+        let _ = fields.append(name, value.as_bytes());
+    }
+    fields
+}
+
+/// The most bytes taken from an incoming body at once.
+const MAX_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// An incoming body — the client's request or a backend's response — as a core body stream,
+/// chunks as they arrive. It owns the WASI resources in the order they must be dropped (a child
+/// before its parent): the readiness subscription, the stream, the body, what the body came from.
+struct IncomingStream<P> {
+    waiting: Option<Pin<Box<WaitFor>>>,
+    subscription: Option<AsyncPollable>,
+    stream: InputStream,
+    _body: IncomingBody,
+    _parent: P,
+}
+
+impl IncomingStream<IncomingRequest> {
+    fn of_request(request: IncomingRequest) -> Option<Self> {
+        let body = request.consume().ok()?;
+        let stream = body.stream().ok()?;
+        Some(IncomingStream { waiting: None, subscription: None, stream, _body: body, _parent: request })
+    }
+}
+
+impl IncomingStream<IncomingResponse> {
+    fn of_response(response: IncomingResponse) -> Option<Self> {
+        let body = response.consume().ok()?;
+        let stream = body.stream().ok()?;
+        Some(IncomingStream { waiting: None, subscription: None, stream, _body: body, _parent: response })
+    }
+}
+
+impl<P: Unpin> Stream for IncomingStream<P> {
+    type Item = Result<Vec<u8>, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            // `Some(next)` when there is something to return: a chunk, an error, or the end.
+            let next = match this.stream.read(MAX_CHUNK_BYTES) {
+                Ok(bytes) if bytes.is_empty() => None,
+                Ok(bytes) => Some(Some(Ok(bytes))),
+                Err(StreamError::Closed) => Some(None),
+                Err(StreamError::LastOperationFailed(e)) => Some(Some(Err(BodyError(e.to_debug_string())))),
+            };
+            if let Some(next) = next {
+                // No wait stays registered while nobody waits: the executor would find its
+                // pollable ready on every turn and spin until the stream is dropped.
+                this.waiting = None;
+                return Poll::Ready(next);
+            }
+            let stream = &this.stream;
+            let subscription = this.subscription.get_or_insert_with(|| AsyncPollable::new(stream.subscribe()));
+            let waiting = this.waiting.get_or_insert_with(|| Box::pin(subscription.wait_for()));
+            match waiting.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Readiness may still yield no bytes: read again, and wait again if so.
+                Poll::Ready(()) => this.waiting = None,
+            }
+        }
+    }
+}
+
+/// Limit state and backend health in Redis over `wasi:sockets`: one connection per request
+/// (opened on first use, reused for the request's later commands), one atomic `EVAL` per
+/// admission or settlement.
+///
+/// Every call — resolving, connecting, logging in, writing, reading the reply — must finish
+/// within the target's `timeout_ms`, or it fails as an unreachable Redis would (the core then
+/// fails closed, or open when configured). A call that ran out of time marks Redis as stalled
+/// for the rest of the request, so a request waits out the timeout once, not once per call.
 ///
 /// Nothing is pooled across requests: Spin and `wasmtime serve` give each its own instance.
 #[derive(Clone)]
 struct RedisStore {
     target: Option<Rc<RedisTarget>>,
-    connection: Rc<RefCell<Option<Connection>>>,
+    link: Rc<RefCell<Link>>,
+}
+
+enum Link {
+    /// No connection yet, or the last one failed and was dropped.
+    Idle,
+    Open(Connection),
+    /// A call ran out of time: later calls fail at once with this message.
+    Stalled(String),
 }
 
 struct Connection {
-    stream: std::net::TcpStream,
-    /// Bytes read past the last reply.
-    buffer: Vec<u8>,
+    // Children first: the streams are the socket's.
+    input: InputStream,
+    output: OutputStream,
+    _socket: TcpSocket,
+    replies: ReplyReader,
+}
+
+/// Why a Redis call failed.
+enum Failure {
+    TimedOut,
+    Io(String),
+    /// Redis answered the login with an error (`WRONGPASS`, `NOAUTH`, …).
+    LoginRefused(String),
 }
 
 impl RedisStore {
     fn new(target: Option<RedisTarget>) -> Self {
-        RedisStore { target: target.map(Rc::new), connection: Rc::default() }
+        RedisStore { target: target.map(Rc::new), link: Rc::new(RefCell::new(Link::Idle)) }
     }
 
-    /// Sends `command` on the request's connection and returns Redis's reply to it. A failed
-    /// connection is dropped, so the next command starts afresh.
-    fn call(&self, command: &[u8]) -> Result<Reply, StoreError> {
+    /// Sends `command` and returns Redis's reply to it, within the timeout.
+    async fn call(&self, command: &[u8], wait: impl Wait) -> Result<Reply, StoreError> {
         let target = self.target.as_deref().ok_or_else(|| StoreError("no Redis configured".into()))?;
-        let failed = |e: std::io::Error| StoreError(format!("Redis at {}:{}: {e}", target.host, target.port));
-        let mut slot = self.connection.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(connect(target).map_err(|e| match e {
-                LoginError::Io(e) => failed(e),
-                LoginError::Refused(e) => e,
-            })?);
-        }
-        let result = match slot.as_mut() {
-            Some(connection) => exchange(connection, command),
-            None => Ok(None),
+        // Taken out for the call: a concurrent call (a settlement beside the health write) opens
+        // a connection of its own rather than sharing one mid-reply.
+        let taken = std::mem::replace(&mut *self.link.borrow_mut(), Link::Idle);
+        let connection = match taken {
+            Link::Stalled(e) => {
+                *self.link.borrow_mut() = Link::Stalled(e.clone());
+                return Err(StoreError(e));
+            }
+            Link::Open(connection) => Some(connection),
+            Link::Idle => None,
         };
-        match result {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => {
-                *slot = None;
-                Err(StoreError("Redis closed the connection".into()))
+        let deadline = monotonic_clock::now().saturating_add(target.timeout_ms.saturating_mul(1_000_000));
+        match exchange(target, connection, command, deadline, &wait).await {
+            Ok((reply, connection)) => {
+                let mut link = self.link.borrow_mut();
+                if let Link::Idle = *link {
+                    *link = Link::Open(connection);
+                }
+                Ok(reply)
             }
-            Err(e) => {
-                *slot = None;
-                Err(failed(e))
+            Err(Failure::TimedOut) => {
+                let e = format!("Redis at {target:?} did not answer within {} ms", target.timeout_ms);
+                *self.link.borrow_mut() = Link::Stalled(e.clone());
+                Err(StoreError(e))
             }
+            Err(Failure::Io(e)) => Err(StoreError(format!("Redis at {target:?}: {e}"))),
+            Err(Failure::LoginRefused(e)) => Err(StoreError(format!("Redis at {target:?} refused the login: {e}"))),
         }
     }
-}
 
-enum LoginError {
-    Io(std::io::Error),
-    Refused(StoreError),
-}
-
-/// Opens a connection and logs in (`AUTH`, `SELECT`).
-fn connect(target: &RedisTarget) -> Result<Connection, LoginError> {
-    let stream = std::net::TcpStream::connect((target.host.as_str(), target.port)).map_err(LoginError::Io)?;
-    let mut connection = Connection { stream, buffer: Vec::with_capacity(512) };
-    for login in redis::handshake(target) {
-        match exchange(&mut connection, &login).map_err(LoginError::Io)? {
-            Some(Reply::Error(e)) => return Err(LoginError::Refused(StoreError(format!("Redis refused the login: {e}")))),
-            Some(_) => {}
-            None => return Err(LoginError::Refused(StoreError("Redis closed the connection".into()))),
+    /// [`Self::call`] for the core's synchronous passive-health loader: it blocks the instance
+    /// (never past the timeout) instead of yielding to the executor.
+    fn call_blocking(&self, command: &[u8]) -> Result<Reply, StoreError> {
+        let mut call = pin!(self.call(command, Blocking));
+        match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            // Cannot happen: a `Blocking` wait never leaves the future pending.
+            Poll::Pending => Err(StoreError("Redis call did not complete".into())),
         }
     }
-    Ok(connection)
-}
-
-/// Writes one command and reads its reply; `None` if the peer closed first.
-fn exchange(connection: &mut Connection, command: &[u8]) -> std::io::Result<Option<Reply>> {
-    connection.stream.write_all(command)?;
-    read_reply(&mut connection.stream, &mut connection.buffer)
 }
 
 impl LimitStore for RedisStore {
     async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
-        redis::admitted(self.call(&redis::admit_command(scope, admission))?, admission)
+        redis::admitted(self.call(&redis::admit_command(scope, admission), InExecutor).await?, admission)
     }
 
     async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
-        redis::settled(self.call(&redis::settle_command(scope, settlement))?)
+        redis::settled(self.call(&redis::settle_command(scope, settlement), InExecutor).await?)
     }
 }
 
-/// Reads one reply, keeping any bytes after it in `buffer`; `None` if the peer closed first.
-fn read_reply(connection: &mut std::net::TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<Reply>> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match redis::parse_reply(buffer) {
-            Ok(Some((reply, used))) => {
-                buffer.drain(..used);
-                return Ok(Some(reply));
+/// How a Redis call waits for its socket: until `pollable` is ready, or fails at `deadline`
+/// (monotonic-clock nanoseconds).
+trait Wait {
+    fn ready(&self, pollable: Pollable, deadline: u64) -> impl Future<Output = Result<(), Failure>>;
+}
+
+/// Waits in the executor, beside the request's other work (a stream being relayed).
+struct InExecutor;
+
+impl Wait for InExecutor {
+    async fn ready(&self, pollable: Pollable, deadline: u64) -> Result<(), Failure> {
+        let ready = AsyncPollable::new(pollable);
+        let timer = AsyncPollable::new(monotonic_clock::subscribe_instant(deadline));
+        match select(pin!(ready.wait_for()), pin!(timer.wait_for())).await {
+            Either::Left(_) => Ok(()),
+            Either::Right(_) => Err(Failure::TimedOut),
+        }
+    }
+}
+
+/// Blocks the whole instance in one `wasi:io/poll` call on the socket and the deadline.
+struct Blocking;
+
+impl Wait for Blocking {
+    async fn ready(&self, pollable: Pollable, deadline: u64) -> Result<(), Failure> {
+        let timer = monotonic_clock::subscribe_instant(deadline);
+        let ready = wasip2::io::poll::poll(&[&pollable, &timer]);
+        if ready.contains(&0) {
+            Ok(())
+        } else {
+            Err(Failure::TimedOut)
+        }
+    }
+}
+
+/// One command on `connection` (opened and logged in first when there is none).
+async fn exchange(
+    target: &RedisTarget,
+    connection: Option<Connection>,
+    command: &[u8],
+    deadline: u64,
+    wait: &impl Wait,
+) -> Result<(Reply, Connection), Failure> {
+    let mut connection = match connection {
+        Some(connection) => connection,
+        None => {
+            let mut connection = connect(target, deadline, wait).await?;
+            for login in redis::handshake(target) {
+                if let Reply::Error(e) = request(&mut connection, &login, deadline, wait).await? {
+                    return Err(Failure::LoginRefused(e));
+                }
             }
-            Ok(None) => {}
-            Err(e) => return Err(std::io::Error::other(e.0)),
+            connection
         }
-        let read = connection.read(&mut chunk)?;
-        if read == 0 {
-            return Ok(None);
+    };
+    let reply = request(&mut connection, command, deadline, wait).await?;
+    Ok((reply, connection))
+}
+
+/// Writes one command and reads its reply.
+async fn request(connection: &mut Connection, command: &[u8], deadline: u64, wait: &impl Wait) -> Result<Reply, Failure> {
+    let stream_failed = |e: StreamError| match e {
+        StreamError::Closed => Failure::Io("Redis closed the connection".into()),
+        StreamError::LastOperationFailed(e) => Failure::Io(e.to_debug_string()),
+    };
+    let mut rest = command;
+    while !rest.is_empty() {
+        match connection.output.check_write().map_err(stream_failed)? {
+            0 => wait.ready(connection.output.subscribe(), deadline).await?,
+            permitted => {
+                let (now, later) = rest.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(rest.len()));
+                connection.output.write(now).map_err(stream_failed)?;
+                rest = later;
+            }
         }
-        buffer.extend_from_slice(&chunk[..read]);
+    }
+    connection.output.flush().map_err(stream_failed)?;
+    loop {
+        if let Some(reply) = connection.replies.next_reply().map_err(|e| Failure::Io(e.0))? {
+            return Ok(reply);
+        }
+        let bytes = connection.input.read(16 * 1024).map_err(stream_failed)?;
+        if bytes.is_empty() {
+            wait.ready(connection.input.subscribe(), deadline).await?;
+        } else {
+            connection.replies.feed(&bytes);
+        }
+    }
+}
+
+/// Resolves the target (unless it is an IP address) and connects to its first address that
+/// answers.
+async fn connect(target: &RedisTarget, deadline: u64, wait: &impl Wait) -> Result<Connection, Failure> {
+    let network = wasip2::sockets::instance_network::instance_network();
+    let addresses = match target.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![wasi_ip(ip)],
+        Err(_) => resolve(&network, &target.host, deadline, wait).await?,
+    };
+    let mut last = Failure::Io(format!("{} resolved to no address", target.host));
+    for address in addresses {
+        match connect_to(&network, address, target.port, deadline, wait).await {
+            Ok(connection) => return Ok(connection),
+            Err(Failure::TimedOut) => return Err(Failure::TimedOut),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn resolve(network: &Network, host: &str, deadline: u64, wait: &impl Wait) -> Result<Vec<IpAddress>, Failure> {
+    let addresses = wasip2::sockets::ip_name_lookup::resolve_addresses(network, host).map_err(socket_failed)?;
+    let mut out = Vec::new();
+    loop {
+        match addresses.resolve_next_address() {
+            Ok(Some(address)) => out.push(address),
+            Ok(None) => return Ok(out),
+            Err(SocketError::WouldBlock) => wait.ready(addresses.subscribe(), deadline).await?,
+            Err(e) => return Err(socket_failed(e)),
+        }
+    }
+}
+
+async fn connect_to(network: &Network, address: IpAddress, port: u16, deadline: u64, wait: &impl Wait) -> Result<Connection, Failure> {
+    let (family, remote) = match address {
+        IpAddress::Ipv4(address) => (IpAddressFamily::Ipv4, IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address })),
+        IpAddress::Ipv6(address) => (
+            IpAddressFamily::Ipv6,
+            IpSocketAddress::Ipv6(Ipv6SocketAddress { port, flow_info: 0, address, scope_id: 0 }),
+        ),
+    };
+    let socket = wasip2::sockets::tcp_create_socket::create_tcp_socket(family).map_err(socket_failed)?;
+    socket.start_connect(network, remote).map_err(socket_failed)?;
+    loop {
+        match socket.finish_connect() {
+            Ok((input, output)) => return Ok(Connection { input, output, _socket: socket, replies: ReplyReader::default() }),
+            Err(SocketError::WouldBlock) => wait.ready(socket.subscribe(), deadline).await?,
+            Err(e) => return Err(socket_failed(e)),
+        }
+    }
+}
+
+fn wasi_ip(ip: std::net::IpAddr) -> IpAddress {
+    match ip {
+        std::net::IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            IpAddress::Ipv4((a, b, c, d))
+        }
+        std::net::IpAddr::V6(ip) => {
+            let [a, b, c, d, e, f, g, h] = ip.segments();
+            IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
+    }
+}
+
+fn socket_failed(e: SocketError) -> Failure {
+    match e {
+        SocketError::Timeout => Failure::TimedOut,
+        other => Failure::Io(format!("{other:?}")),
     }
 }
 
@@ -257,26 +592,42 @@ struct WasiRuntime;
 
 impl Runtime for WasiRuntime {
     fn now_ms(&self) -> u64 {
-        let now = wasip3::clocks::system_clock::now();
-        (now.seconds.max(0) as u64) * 1000 + u64::from(now.nanoseconds / 1_000_000)
+        let now = wasip2::clocks::wall_clock::now();
+        now.seconds.saturating_mul(1000).saturating_add(u64::from(now.nanoseconds / 1_000_000))
     }
 
-    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> {
-        wasip3::clocks::monotonic_clock::wait_for(ms.saturating_mul(1_000_000))
+    fn sleep(&self, ms: u64) -> impl Future<Output = ()> {
+        let timer = AsyncPollable::new(monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)));
+        async move { timer.wait_for().await }
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
-        let bytes = wasip3::random::insecure::get_insecure_random_bytes(buf.len() as u64);
+        let bytes = wasip2::random::insecure::get_insecure_random_bytes(buf.len() as u64);
         for (out, byte) in buf.iter_mut().zip(bytes) {
             *out = byte;
         }
     }
 
     fn log(&self, line: &str) {
-        println!("{line}");
+        log(line);
     }
 
-    fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()>>>) {
-        wasip3::wit_bindgen::spawn(task);
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()>>>) {
+        // `block_on` in `handle` runs detached tasks to completion before it returns.
+        wstd::runtime::spawn(task).detach();
+    }
+}
+
+/// Writes one line to stdout (the host's log); a failed write is dropped, never a panic.
+fn log(line: &str) {
+    let stdout = wasip2::cli::stdout::get_stdout();
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    // One blocking write takes at most 4096 bytes.
+    for chunk in bytes.chunks(4096) {
+        if stdout.blocking_write_and_flush(chunk).is_err() {
+            break;
+        }
     }
 }

@@ -1,8 +1,13 @@
 //! The Redis limit store's wire format: commands, replies, URLs, and reading decisions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_gateway::core::limits::{Admission, Lease, Rule, Take};
-use edge_gateway::core::redis::{admit_command, admitted, command, handshake, parse_reply, RedisTarget, Reply};
+mod fakes;
+
+use edge_gateway::core::config::{Config, Lookup};
+use edge_gateway::core::limits::{Adjustment, Admission, Lease, Rule, Settlement, Take};
+use edge_gateway::core::redis::{
+    admit_command, admitted, command, handshake, parse_reply, settle_command, RedisTarget, Reply, ReplyReader,
+};
 
 #[test]
 fn encodes_commands_as_resp_arrays_of_bulk_strings() {
@@ -19,7 +24,7 @@ fn admission_is_one_eval_with_a_key_per_bucket() {
     let admission = Admission { takes: takes.to_vec(), lease: None };
     let encoded = String::from_utf8(admit_command("key:alpha", &admission)).unwrap();
     assert!(encoded.starts_with("*12\r\n$4\r\nEVAL\r\n"));
-    for part in ["$1\r\n2\r\n$21\r\ngw:key:alpha:requests", "gw:key:alpha:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
+    for part in ["$1\r\n2\r\n$23\r\ngw:{key:alpha}:requests", "gw:{key:alpha}:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
         assert!(encoded.contains(part), "{part:?} missing");
     }
 }
@@ -72,16 +77,161 @@ fn reads_five_integers_per_bucket_as_decisions() {
 fn parses_redis_urls_and_never_prints_the_password() {
     let t = RedisTarget::parse("redis://:s3cret@10.0.0.5:6380/2").unwrap();
     assert_eq!((t.host.as_str(), t.port, t.password.as_deref(), t.db), ("10.0.0.5", 6380, Some("s3cret"), 2));
+    assert_eq!(t.username, None);
     assert!(!format!("{t:?}").contains("s3cret"));
     let t = RedisTarget::parse("redis://cache.internal").unwrap();
     assert_eq!((t.port, t.password.clone(), t.db), (6379, None, 0));
+    assert_eq!(t.timeout_ms, 250, "the default bound on one Redis call");
     assert_eq!(handshake(&t), Vec::<Vec<u8>>::new());
-    let t = RedisTarget::parse("redis://default:pw@h:1/3").unwrap();
-    assert_eq!(t.password.as_deref(), Some("pw"));
-    assert_eq!(handshake(&t).len(), 2, "AUTH, then SELECT");
-    for bad in ["http://h:1", "redis://", "redis://h:notaport", "redis://h/x"] {
-        assert_eq!(RedisTarget::parse(bad), None, "{bad}");
+    let t = RedisTarget::parse("redis://:pw@h:1/3").unwrap();
+    assert_eq!(handshake(&t), [command(&[b"AUTH", b"pw"]), command(&[b"SELECT", b"3"])], "AUTH, then SELECT");
+}
+
+#[test]
+fn logs_in_as_an_acl_user_with_percent_decoded_credentials() {
+    let t = RedisTarget::parse("redis://gateway:p%40ss%3Aw%2Frd%25@10.0.0.5").unwrap();
+    assert_eq!((t.username.as_deref(), t.password.as_deref()), (Some("gateway"), Some("p@ss:w/rd%")));
+    assert_eq!(handshake(&t), [command(&[b"AUTH", b"gateway", b"p@ss:w/rd%"])], "AUTH user password (Redis 6 ACL)");
+    let debug = format!("{t:?}");
+    assert!(debug.contains("gateway:***@") && !debug.contains("p@ss"), "{debug}");
+    let t = RedisTarget::parse("redis://a%20user:%F0%9F%94%91@h").unwrap();
+    assert_eq!((t.username.as_deref(), t.password.as_deref()), (Some("a user"), Some("🔑")));
+}
+
+#[test]
+fn accepts_bracketed_ipv6_literals() {
+    let t = RedisTarget::parse("redis://[::1]:6380/1").unwrap();
+    assert_eq!((t.host.as_str(), t.port, t.db), ("::1", 6380, 1));
+    assert_eq!(format!("{t:?}"), "redis://[::1]:6380/1");
+    let t = RedisTarget::parse("redis://:pw@[fd00::5]").unwrap();
+    assert_eq!((t.host.as_str(), t.port, t.password.as_deref()), ("fd00::5", 6379, Some("pw")));
+}
+
+#[test]
+fn refuses_malformed_urls_and_tls_with_a_reason() {
+    let cases = [
+        ("http://h:1", "redis://"),
+        ("redis://", "no host"),
+        ("redis://h:notaport", "not a port"),
+        ("redis://h:0", "not a port"),
+        ("redis://h:70000", "not a port"),
+        ("redis://h/x", "not a number"),
+        ("redis://::1:6379", "brackets"),
+        ("redis://[::1", "redis://"),
+        ("redis://[not-ip]:1", "not an IPv6 address"),
+        ("redis://user@h", "no password"),
+        ("redis://user:@h", "no password"),
+        ("redis://:p%zz@h", "%-escape"),
+        ("redis://:p%4@h", "%-escape"),
+        ("rediss://:pw@cache.example.com:6380", "TLS"),
+    ];
+    for (url, reason) in cases {
+        let error = RedisTarget::parse(url).expect_err(url);
+        assert!(error.contains(reason), "{url}: {error}");
+        assert!(!error.contains("pw"), "{url}: the error repeats no credential: {error}");
     }
+}
+
+fn config_with(vars: &[(&str, &str)]) -> Result<Config, String> {
+    let mut all = fakes::vars();
+    for (name, value) in vars {
+        all.insert(name.to_string(), value.to_string());
+    }
+    Config::from_lookup(&all as &dyn Lookup).map_err(|e| e.0)
+}
+
+#[test]
+fn the_redis_timeout_is_configured_and_validated_on_every_build() {
+    let url = ("GATEWAY_REDIS_URL", "redis://127.0.0.1:6379");
+    assert_eq!(config_with(&[url]).unwrap().redis.unwrap().timeout_ms, 250);
+    let t = config_with(&[url, ("GATEWAY_REDIS_TIMEOUT_MS", "80")]).unwrap().redis.unwrap();
+    assert_eq!(t.timeout_ms, 80);
+    for bad in ["0", "abc", "60001"] {
+        // Checked even without a Redis URL: the Workers build validates it the same way.
+        let error = config_with(&[("GATEWAY_REDIS_TIMEOUT_MS", bad)]).unwrap_err();
+        assert!(error.starts_with("GATEWAY_REDIS_TIMEOUT_MS must be an integer"), "{error}");
+    }
+    let error = config_with(&[("GATEWAY_REDIS_URL", "rediss://:pw@cache:6380")]).unwrap_err();
+    assert!(error.starts_with("GATEWAY_REDIS_URL uses rediss:// (TLS)"), "{error}");
+}
+
+/// The key Redis Cluster hashes: the part between the first `{` and the next `}`, when not empty.
+fn hash_slot_key(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// The keys of an `EVAL` command (`EVAL script numkeys key…`).
+fn eval_keys(encoded: &[u8]) -> Vec<String> {
+    let mut reader = ReplyReader::default();
+    // A command is an array of bulk strings: the reply parser reads it just as well.
+    reader.feed(encoded);
+    let Some(Reply::Array(Some(parts))) = reader.next_reply().unwrap() else { panic!("not an array") };
+    let text: Vec<String> = parts
+        .into_iter()
+        .map(|p| match p {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let count: usize = text[2].parse().unwrap();
+    text[3..3 + count].to_vec()
+}
+
+#[test]
+fn every_key_of_a_script_shares_one_cluster_hash_tag() {
+    let rule = Rule::per_minute(10);
+    let admission = Admission {
+        takes: vec![
+            Take { bucket: "requests".into(), rule, cost: 1 },
+            Take { bucket: "tokens".into(), rule, cost: 5 },
+        ],
+        lease: Some(Lease { bucket: "in_flight".into(), id: "req_1".into(), max: 2, ttl_ms: 1000 }),
+    };
+    let settlement = Settlement {
+        release: Some(("in_flight".into(), "req_1".into())),
+        adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -3 }],
+    };
+    for scope in ["key:alpha", "ip:2001:db8::1", "jwt:user{odd}name"] {
+        for keys in [eval_keys(&admit_command(scope, &admission)), eval_keys(&settle_command(scope, &settlement))] {
+            assert!(keys.len() >= 2, "{keys:?}");
+            let tags: Vec<&str> = keys.iter().map(|k| hash_slot_key(k)).collect();
+            assert!(tags.iter().all(|t| *t == tags[0]), "{scope}: {keys:?} hash to different slots");
+            assert!(tags[0].starts_with(scope.split(['{', '}']).next().unwrap()), "{scope}: tag {:?}", tags[0]);
+        }
+    }
+}
+
+#[test]
+fn the_reply_reader_assembles_replies_from_any_chunks() {
+    let bytes = b"*2\r\n:1\r\n$3\r\nabc\r\n+OK\r\n";
+    for size in 1..bytes.len() {
+        let mut reader = ReplyReader::default();
+        let mut replies = Vec::new();
+        for chunk in bytes.chunks(size) {
+            reader.feed(chunk);
+            while let Some(reply) = reader.next_reply().unwrap() {
+                replies.push(reply);
+            }
+        }
+        let first = Reply::Array(Some(vec![Reply::Integer(1), Reply::Bulk(Some(b"abc".to_vec()))]));
+        assert_eq!(replies, [first, Reply::Simple("OK".into())], "chunks of {size}");
+    }
+    let mut garbage = ReplyReader::default();
+    garbage.feed(b"?what\r\n");
+    assert!(garbage.next_reply().is_err());
+    let mut flood = ReplyReader::default();
+    flood.feed(b"$600000000\r\n");
+    assert!(flood.next_reply().is_err(), "a bulk string past Redis's own limit");
+    let mut endless = ReplyReader::default();
+    endless.feed(&vec![b'+'; 2 << 20]);
+    assert!(endless.next_reply().is_err(), "two megabytes without a reply's end");
 }
 
 #[test]

@@ -5,7 +5,9 @@
 mod support;
 
 use edge_gateway::core::limits::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
-use edge_gateway::core::redis::{admit_command, admitted, parse_reply, settle_command, settled, Reply};
+use edge_gateway::core::redis::{
+    admit_command, admitted, command, handshake, settle_command, settled, RedisTarget, Reply, ReplyReader,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -28,18 +30,20 @@ fn redis() -> Redis {
     Redis { _proc: proc, addr }
 }
 
+/// One command on a fresh connection, its reply read with the core's [`ReplyReader`] (the loop
+/// the Spin adapter runs, with blocking sockets).
 fn call(addr: &str, command: &[u8]) -> Reply {
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.write_all(command).unwrap();
-    let mut buf = Vec::new();
+    let mut replies = ReplyReader::default();
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some((reply, _)) = parse_reply(&buf).unwrap() {
+        if let Some(reply) = replies.next_reply().unwrap() {
             return reply;
         }
         let n = conn.read(&mut chunk).unwrap();
         assert!(n > 0, "redis closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
+        replies.feed(&chunk[..n]);
     }
 }
 
@@ -159,4 +163,80 @@ fn settling_refunds_unused_tokens_and_charges_overshoot() {
     assert!((898..=899).contains(&d.remaining), "{}", d.remaining);
     settle(&r.addr, "key:s", &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: 2_000 }] });
     assert!(!admit(&r.addr, "key:s", &[tokens(1)])[0].allowed, "an overshoot refuses the next request");
+}
+
+/// Sends every command on one connection and returns the replies, in order.
+fn session(addr: &str, commands: &[Vec<u8>]) -> Vec<Reply> {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let mut replies = ReplyReader::default();
+    let mut chunk = [0u8; 1024];
+    let mut out = Vec::new();
+    for command in commands {
+        conn.write_all(command).unwrap();
+        loop {
+            if let Some(reply) = replies.next_reply().unwrap() {
+                out.push(reply);
+                break;
+            }
+            let n = conn.read(&mut chunk).unwrap();
+            assert!(n > 0, "redis closed the connection");
+            replies.feed(&chunk[..n]);
+        }
+    }
+    out
+}
+
+#[test]
+fn logs_in_as_an_acl_user_whose_password_was_percent_encoded() {
+    let r = redis();
+    let setup = command(&[b"ACL", b"SETUSER", b"gateway", b"on", b">p@ss:w/rd", b"~*", b"+@all"]);
+    assert_eq!(call(&r.addr, &setup), Reply::Simple("OK".into()));
+    let target = RedisTarget::parse(&format!("redis://gateway:p%40ss%3Aw%2Frd@{}/2", r.addr)).unwrap();
+    let admission = Admission { takes: vec![requests(5)], lease: None };
+    let mut commands = handshake(&target);
+    commands.push(admit_command("key:acl", &admission));
+    let replies = session(&r.addr, &commands);
+    assert_eq!(replies[..2], [Reply::Simple("OK".into()), Reply::Simple("OK".into())], "AUTH, SELECT");
+    assert!(admitted(replies[2].clone(), &admission).unwrap().allowed());
+
+    let wrong = RedisTarget::parse(&format!("redis://gateway:nope@{}", r.addr)).unwrap();
+    let replies = session(&r.addr, &handshake(&wrong));
+    assert!(matches!(&replies[0], Reply::Error(e) if e.contains("WRONGPASS")), "{replies:?}");
+}
+
+#[test]
+fn a_redis_cluster_accepts_every_script_because_its_keys_share_a_slot() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("edge-gateway-cluster-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        .current_dir(&dir)
+        .stdout(Stdio::null());
+    let _proc = Proc::spawn(cmd);
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()), "redis-server did not start");
+    // A one-node cluster that owns every slot: it still refuses a script whose keys hash to
+    // different slots (CROSSSLOT), exactly as a sharded one would.
+    assert_eq!(call(&addr, &command(&[b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383"])), Reply::Simple("OK".into()));
+    assert!(wait_until(Duration::from_secs(10), || {
+        matches!(call(&addr, &command(&[b"CLUSTER", b"INFO"])), Reply::Bulk(Some(info)) if String::from_utf8_lossy(&info).contains("cluster_state:ok"))
+    }));
+    let untagged = command(&[b"EVAL", b"return 1", b"2", b"gw:key:a:requests", b"gw:key:a:tokens"]);
+    assert!(matches!(call(&addr, &untagged), Reply::Error(e) if e.starts_with("CROSSSLOT")), "the check is live");
+
+    let rule = Rule::per_minute(1_000);
+    let admission = Admission {
+        takes: vec![requests(10), Take { bucket: "tokens".into(), rule, cost: 100 }],
+        lease: lease("r1", 2),
+    };
+    let admitted_now = admitted(call(&addr, &admit_command("key:cluster", &admission)), &admission).unwrap();
+    assert!(admitted_now.allowed());
+    let settlement = Settlement {
+        release: Some(("in_flight".into(), "r1".into())),
+        adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -50 }],
+    };
+    settle(&addr, "key:cluster", &settlement);
+    let _ = std::fs::remove_dir_all(&dir);
 }

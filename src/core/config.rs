@@ -49,6 +49,7 @@ pub mod vars {
     pub const REDIS_URL: &str = "GATEWAY_REDIS_URL";
     pub const ALLOW_REMOTE_MEDIA: &str = "GATEWAY_ALLOW_REMOTE_MEDIA";
     pub const READYZ_CACHE_MS: &str = "GATEWAY_READYZ_CACHE_MS";
+    pub const REDIS_TIMEOUT_MS: &str = "GATEWAY_REDIS_TIMEOUT_MS";
 }
 
 /// A configuration problem; the message starts with the variable's name.
@@ -308,11 +309,14 @@ impl Config {
             eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
             eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
         };
+        let redis_timeout_ms = number(lookup, vars::REDIS_TIMEOUT_MS, super::redis::DEFAULT_TIMEOUT_MS, 1, 60_000)?;
         let redis = match lookup.get(vars::REDIS_URL).filter(|v| !v.trim().is_empty()) {
             None => None,
-            Some(url) => Some(super::redis::RedisTarget::parse(&url).ok_or_else(|| {
-                ConfigError(format!("{} must be a redis://[:password@]host[:port][/db] URL", vars::REDIS_URL))
-            })?),
+            Some(url) => {
+                let parsed = super::redis::RedisTarget::parse(&url);
+                let target = parsed.map_err(|e| ConfigError(format!("{} {e}", vars::REDIS_URL)))?;
+                Some(super::redis::RedisTarget { timeout_ms: redis_timeout_ms, ..target })
+            }
         };
         let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
         Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })

@@ -1,5 +1,6 @@
 //! Redis as the limit store, without I/O: the RESP2 bytes of one atomic admission and the
-//! parsing of Redis's reply. An adapter only carries the bytes over a TCP connection.
+//! parsing of Redis's reply ([`ReplyReader`]). An adapter only carries the bytes over a TCP
+//! connection, within [`RedisTarget::timeout_ms`].
 //!
 //! Admission is one `EVAL` of `admit.lua`, which runs the same GCRA as [`super::limits`] inside
 //! Redis: a script runs without any other command interleaved, so concurrent gateways can never
@@ -56,45 +57,116 @@ pub fn health_record_command(events: &[super::balance::HealthEvent], breaker: su
     eval(HEALTH_SCRIPT, &[HEALTH_KEY.to_string()], &args)
 }
 
-/// Where the limit state lives and how to log in: `redis://[:password@]host[:port][/db]`.
+/// How long one Redis call may take by default (`GATEWAY_REDIS_TIMEOUT_MS`).
+pub const DEFAULT_TIMEOUT_MS: u64 = 250;
+
+/// Where the limit state lives and how to log in:
+/// `redis://[[username]:password@]host[:port][/db]`, the host a name, an IPv4 address or a
+/// bracketed IPv6 address (`redis://[::1]:6379`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
+    /// A name or an IP address (an IPv6 one without its brackets).
     pub host: String,
     pub port: u16,
+    /// A Redis 6 ACL user; `None` logs in as `default` (plain `AUTH password`).
+    pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// The longest one call may take, connecting and logging in included; past it the call fails
+    /// like an unreachable Redis (`GATEWAY_REDIS_TIMEOUT_MS`).
+    pub timeout_ms: u64,
 }
 
 impl std::fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let auth = if self.password.is_some() { ":***@" } else { "" };
-        write!(f, "redis://{auth}{}:{}/{}", self.host, self.port, self.db)
+        let user = self.username.as_deref().unwrap_or("");
+        let auth = if self.password.is_some() { format!("{user}:***@") } else { String::new() };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "redis://{auth}{host}:{}/{}", self.port, self.db)
     }
 }
 
 impl RedisTarget {
-    /// Parses a `redis://` URL; `None` when it is not one.
-    pub fn parse(url: &str) -> Option<RedisTarget> {
-        let rest = url.trim().strip_prefix("redis://")?;
+    /// Parses a `redis://` URL; the error says what is wrong with it (never its password).
+    pub fn parse(url: &str) -> Result<RedisTarget, String> {
+        const SHAPE: &str = "must be a redis://[[user]:password@]host[:port][/db] URL";
+        let url = url.trim();
+        if url.starts_with("rediss://") {
+            return Err("uses rediss:// (TLS), which this build cannot speak: WASI 0.2 sockets carry \
+                        plain TCP only. Reach Redis over a private network or through a TLS proxy \
+                        next to the host, with a redis:// URL"
+                .into());
+        }
+        let rest = url.strip_prefix("redis://").ok_or(SHAPE)?;
         let (authority, db) = match rest.split_once('/') {
             Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().ok()?),
+            Some((a, db)) => (a, db.parse().map_err(|_| format!("{SHAPE}: the database `{db}` is not a number"))?),
             None => (rest, 0),
         };
-        let (password, host_port) = match authority.rsplit_once('@') {
+        let (username, password, host_port) = match authority.rsplit_once('@') {
             Some((userinfo, hp)) => {
-                // `user:password` or `:password` (Redis 6 ACL users are not supported here).
-                let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
-                (Some(password.to_string()).filter(|p| !p.is_empty()), hp)
+                let Some((user, password)) = userinfo.split_once(':') else {
+                    return Err("names a user but no password: write redis://user:password@host, or \
+                                redis://:password@host for the default user"
+                        .into());
+                };
+                let decode = |s: &str| {
+                    percent_decode(s).ok_or_else(|| "has a malformed %-escape in its user or password".to_string())
+                };
+                (Some(decode(user)?).filter(|u| !u.is_empty()), Some(decode(password)?).filter(|p| !p.is_empty()), hp)
             }
-            None => (None, authority),
+            None => (None, None, authority),
         };
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (host_port, 6379),
+        if username.is_some() && password.is_none() {
+            return Err("names a user but no password".into());
+        }
+        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+            let (ip, after) = bracketed.split_once(']').ok_or(SHAPE)?;
+            if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{SHAPE}: `[{ip}]` is not an IPv6 address"));
+            }
+            match after.strip_prefix(':') {
+                Some(port) => (ip, Some(port)),
+                None if after.is_empty() => (ip, None),
+                None => return Err(SHAPE.into()),
+            }
+        } else {
+            match host_port.split_once(':') {
+                Some((_, rest)) if rest.contains(':') => {
+                    return Err("has an IPv6 address without brackets: write redis://[::1]:6379".into())
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
         };
-        (!host.is_empty()).then(|| RedisTarget { host: host.to_string(), port, password, db })
+        let port = match port {
+            None => 6379,
+            Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: the port `{p}` is not a port"))?,
+        };
+        if host.is_empty() {
+            return Err(format!("{SHAPE}: it has no host"));
+        }
+        Ok(RedisTarget { host: host.to_string(), port, username, password, db, timeout_ms: DEFAULT_TIMEOUT_MS })
     }
+}
+
+/// Decodes `%XX` escapes (RFC 3986), so credentials may hold `@`, `:` or `/`; `None` when an escape
+/// is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Encodes one command as a RESP2 array of bulk strings.
@@ -113,8 +185,10 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
 /// answered by one reply.
 pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
     let mut commands = Vec::new();
-    if let Some(password) = &target.password {
-        commands.push(command(&[b"AUTH", password.as_bytes()]));
+    match (&target.username, &target.password) {
+        (Some(user), Some(password)) => commands.push(command(&[b"AUTH", user.as_bytes(), password.as_bytes()])),
+        (None, Some(password)) => commands.push(command(&[b"AUTH", password.as_bytes()])),
+        _ => {}
     }
     if target.db != 0 {
         commands.push(command(&[b"SELECT", target.db.to_string().as_bytes()]));
@@ -122,8 +196,12 @@ pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
     commands
 }
 
+/// A scope's key for `bucket`. The scope is a hash tag (`{…}`), so every key one script touches
+/// lives in the same Redis Cluster slot and a cluster (or a cluster proxy) accepts the script.
+/// Scopes start with their kind (`key:`, `ip:`, `jwt:`), so the tag is never empty; a `}` inside a
+/// scope ends the tag early, but at the same place in every key of that scope.
 fn key(scope: &str, bucket: &str) -> String {
-    format!("gw:{scope}:{bucket}")
+    format!("gw:{{{scope}}}:{bucket}")
 }
 
 /// The `EVAL` that admits a request for `scope` (keys `gw:{scope}:{bucket}`).
@@ -224,6 +302,39 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, StoreError> {
             Ok(Some((Reply::Array(Some(items)), at)))
         }
         _ => Err(bad()),
+    }
+}
+
+/// The most bytes buffered while waiting for one reply. The gateway's replies are a few hundred
+/// bytes (the health book a few KB); anything near this is a misbehaving peer, not Redis.
+const MAX_PENDING_BYTES: usize = 1 << 20;
+
+/// Turns the bytes read from a Redis connection into replies, whatever the chunks they arrive in
+/// (sans-IO: the adapter reads, this only parses).
+#[derive(Debug, Default)]
+pub struct ReplyReader {
+    /// Bytes read but not yet part of a whole reply.
+    pending: Vec<u8>,
+}
+
+impl ReplyReader {
+    /// Adds bytes read from the connection.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// The next whole reply, if the bytes fed so far hold one (`Ok(None)`: read more).
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, StoreError> {
+        match parse_reply(&self.pending)? {
+            Some((reply, used)) => {
+                self.pending.drain(..used);
+                Ok(Some(reply))
+            }
+            None if self.pending.len() > MAX_PENDING_BYTES => {
+                Err(StoreError("reply from Redis too large".into()))
+            }
+            None => Ok(None),
+        }
     }
 }
 

@@ -964,3 +964,140 @@ pub fn a_backends_retry_after_is_clamped(gw: &Gateway) {
     assert!(seconds <= 3_600, "passed on {seconds} s");
     assert_eq!(r.header("retry-after-ms"), Some((seconds * 1000).to_string().as_str()));
 }
+
+/// A `redis-server` of one case's own, which the case can stop and resume: SIGSTOP and SIGCONT
+/// go to its process group (the watchdog and the server). Resumed on drop, so it can be ended.
+struct OwnRedis {
+    addr: String,
+    proc: crate::support::Proc,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = crate::support::free_port();
+        let dir = std::env::temp_dir().join(format!("edge-gateway-e2e-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
+        let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
+        let addr = format!("127.0.0.1:{port}");
+        assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()), "redis-server on {addr}");
+        OwnRedis { addr, proc }
+    }
+
+    fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.proc.id());
+        let status = std::process::Command::new("kill").args([signal, "--", &group]).status().unwrap();
+        assert!(status.success(), "kill {signal} {group}");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+    }
+}
+
+/// Spin only: the Spin build keeps limits (and backend health) in Redis, over sockets bounded
+/// by GATEWAY_REDIS_TIMEOUT_MS (default 250 ms). Two dedicated gateways — fail closed, and fail
+/// open — share a Redis of this case's own (not the harness's), which the case stalls with
+/// SIGSTOP: each answers within a second (500 `internal_error`, or 200 unlimited with a logged
+/// warning); after SIGCONT both are limited through Redis again; with Redis gone (refused) they
+/// answer at once. Workers keep limits in Durable Objects, so this runs on `wasi_gateway` only.
+pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(launch: Launch) {
+    let mut redis = OwnRedis::start();
+    let url = format!("redis://{}", redis.addr);
+    // Empty: the default timeout (250 ms), not the suite's.
+    let default_timeout = ("GATEWAY_REDIS_TIMEOUT_MS", "");
+    let closed = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str()), default_timeout], ..Setup::default() });
+    let open = launch(Setup {
+        vars: &[("GATEWAY_REDIS_URL", url.as_str()), default_timeout, ("GATEWAY_LIMITS_FAIL_OPEN", "true")],
+        ..Setup::default()
+    });
+    let body = chat(json!({"mock": {"chunks": 1}}));
+    let timed = |gw: &Gateway| {
+        let started = std::time::Instant::now();
+        let r = post(gw, Some(BURST_KEY), &body);
+        (r, started.elapsed())
+    };
+    let limited = |r: &HttpResponse| r.header("x-ratelimit-remaining-requests").is_some();
+    for gw in [&closed, &open] {
+        let (r, _) = timed(gw);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(limited(&r), "admitted through Redis");
+    }
+
+    redis.signal("-STOP");
+    let bound = Duration::from_secs(1);
+    for round in 0..2 {
+        let (r, took) = timed(&closed);
+        println!("Redis stalled, fail closed: {} in {took:?}", r.status);
+        assert_eq!(r.status, 500, "round {round}: {}", r.text());
+        assert_eq!(error_of(&r)["code"], "internal_error");
+        assert!(took < bound, "round {round}: a stalled Redis held the request for {took:?}");
+        assert!(took >= Duration::from_millis(200), "the stall was met and waited out ({took:?})");
+        let (r, took) = timed(&open);
+        println!("Redis stalled, fail open: {} in {took:?}", r.status);
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        assert!(!limited(&r), "admitted without a limit");
+        assert!(took < bound, "round {round}: a stalled Redis held the request for {took:?}");
+    }
+    assert_eq!(request(&closed.addr, "GET", "/healthz", &[], None).status, 200, "no Redis on this path");
+
+    redis.signal("-CONT");
+    for gw in [&closed, &open] {
+        let resumed = wait_until(Duration::from_secs(5), || {
+            let (r, _) = timed(gw);
+            r.status == 200 && limited(&r)
+        });
+        assert!(resumed, "normal service did not resume after SIGCONT");
+    }
+
+    redis.proc.kill();
+    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(&redis.addr).is_err()), "Redis still listens");
+    for (gw, status) in [(&closed, 500), (&open, 200)] {
+        let (r, took) = timed(gw);
+        println!("Redis gone: {} in {took:?}", r.status);
+        assert_eq!(r.status, status, "{}", r.text());
+        assert!(took < bound, "a refused connection took {took:?}");
+    }
+    // The fail-open answers were logged as such (the gateways' logs are the runtime's stdout).
+    let logs = gateway_logs();
+    assert!(logs.contains("limit_store_unavailable") && logs.contains("did not answer within 250 ms"), "no warning logged");
+}
+
+/// Every gateway log of this test binary's `wasmtime serve` runs.
+fn gateway_logs() -> String {
+    let prefix = format!("edge-gateway-e2e-wasmtime-{}-", std::process::id());
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|dir| dir.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|dir| std::fs::read_to_string(dir.path().join("wasmtime.log")).ok())
+        .collect()
+}
+
+/// Spin only: the configuration is validated by the core as on Workers; an error fails every
+/// request with a 500 naming the variable, and is logged once per instance. Served bare (a
+/// broken configuration fails `/healthz` too), with instances reused for several requests.
+pub fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance(serve: fn(&[(&str, &str)], usize) -> crate::wasi::Bare) {
+    let backends = r#"[{"name":"b","url":"http://127.0.0.1:9","models":["m"]}]"#;
+    let vars = [("GATEWAY_BACKENDS", backends), ("GATEWAY_API_KEYS", "[]"), ("GATEWAY_REDIS_URL", "rediss://:s3cret@cache.example.com:6380")];
+    let gw = serve(&vars, 100);
+    for _ in 0..3 {
+        let r = request(&gw.addr, "GET", "/v1/models", &[], None);
+        assert_eq!(r.status, 500);
+        let e = error_of(&r);
+        assert_eq!(e["code"], "configuration_error");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains("GATEWAY_REDIS_URL") && message.contains("TLS"), "{message}");
+        assert!(!r.text().contains("s3cret"));
+        std::thread::sleep(Duration::from_millis(100)); // the instance goes back to the pool
+    }
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("config_error")).collect();
+    println!("{} config_error lines for 3 requests:\n{}", errors.len(), errors.join("\n"));
+    assert!(!errors.is_empty() && errors.iter().all(|l| l.contains("GATEWAY_REDIS_URL")), "{log}");
+    assert!(errors.len() < 3, "logged per request, not once per instance:\n{log}");
+    assert!(!log.contains("s3cret"), "the password reached the log");
+}

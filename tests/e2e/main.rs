@@ -84,3 +84,16 @@ macro_rules! run_cases {
 
 run_cases!(workerd_gateway, crate::workerd::gateway, crate::workerd::dedicated);
 run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);
+
+/// Cases about the Spin build alone (its Redis, its host), run on the WASI host only.
+mod wasi_gateway_only {
+    #[test]
+    fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes() {
+        crate::cases::a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(crate::wasi::dedicated);
+    }
+
+    #[test]
+    fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance() {
+        crate::cases::a_configuration_error_names_its_variable_and_is_logged_once_per_instance(crate::wasi::bare);
+    }
+}
