@@ -21,6 +21,7 @@
 
 use crate::core::balance::HealthBook;
 use crate::core::config::{vars, Config, ConfigError};
+use crate::core::health::{ProbeCache, ProbeRound};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
 use crate::core::limits::{Admission, Admitted, Settlement};
 use crate::core::redis::{self, RedisTarget, Reply, ReplyReader};
@@ -74,7 +75,9 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
             Vec::new()
         }
     })));
-    let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime).with_health(health.clone());
+    let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime)
+        .with_health(health.clone())
+        .with_probes(RedisProbes(store.clone()));
     let response = gateway.handle(config, to_core_request(request)).await;
     respond(response_out, response).await;
     // After the response: what this request changed in backend health, in one atomic script.
@@ -110,7 +113,8 @@ fn config() -> Rc<Result<Config, ConfigError>> {
     })
 }
 
-/// The header Spin sets to the client's address (`ip:port`), replacing any the client sent.
+/// The header Spin sets to the client's address (`ip:port`), replacing any the client sent; the
+/// core reads the address from it.
 const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 
 fn to_core_request(request: IncomingRequest) -> Request {
@@ -118,10 +122,7 @@ fn to_core_request(request: IncomingRequest) -> Request {
     let path = request.path_with_query().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default().to_string();
     let mut headers = header_pairs(request.headers());
-    let client_ip = headers.get(CLIENT_ADDR_HEADER).map(|addr| match addr.rsplit_once(':') {
-        Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => ip.trim_matches(['[', ']']).to_string(),
-        _ => addr.to_string(),
-    });
+    let client_ip = headers.get(CLIENT_ADDR_HEADER).map(str::to_owned);
     headers.remove(CLIENT_ADDR_HEADER);
     let body: BodyStream = match IncomingStream::of_request(request) {
         Some(stream) => Box::pin(stream),
@@ -246,11 +247,13 @@ fn method_name(method: Method) -> String {
     }
 }
 
+/// Every header, its bytes read as Latin-1 as workerd does: a value that is not ASCII reaches the
+/// core as something it refuses (an unreadable credential is a 401), never as nothing.
 fn header_pairs(fields: Fields) -> Headers {
     fields
         .entries()
         .into_iter()
-        .filter_map(|(name, value)| String::from_utf8(value).ok().map(|value| (name, value)))
+        .map(|(name, value)| (name, value.iter().map(|b| char::from(*b)).collect()))
         .collect()
 }
 
@@ -320,6 +323,31 @@ impl<P: Unpin> Stream for IncomingStream<P> {
                 Poll::Pending => return Poll::Pending,
                 // Readiness may still yield no bytes: read again, and wait again if so.
                 Poll::Ready(()) => this.waiting = None,
+            }
+        }
+    }
+}
+
+/// `/readyz`'s last probe round, shared by every instance through Redis: one instance claims each
+/// round (`SET NX`), the others use the stored one. Redis unreachable: every instance probes.
+struct RedisProbes(RedisStore);
+
+impl ProbeCache for RedisProbes {
+    async fn last_round(&self) -> Option<ProbeRound> {
+        self.0.call(&redis::probe_round_command(), InExecutor).await.ok().and_then(redis::probe_round)
+    }
+
+    async fn claim(&self, _now_ms: u64, hold_ms: u64) -> bool {
+        match self.0.call(&redis::probe_claim_command(hold_ms), InExecutor).await {
+            Ok(reply) => redis::probe_claimed(&reply),
+            Err(_) => true,
+        }
+    }
+
+    async fn store(&self, round: &ProbeRound) {
+        for command in redis::probe_store_commands(round) {
+            if self.0.call(&command, InExecutor).await.is_err() {
+                break;
             }
         }
     }
@@ -602,7 +630,7 @@ impl Runtime for WasiRuntime {
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
-        let bytes = wasip2::random::insecure::get_insecure_random_bytes(buf.len() as u64);
+        let bytes = wasip2::random::random::get_random_bytes(buf.len() as u64);
         for (out, byte) in buf.iter_mut().zip(bytes) {
             *out = byte;
         }

@@ -32,7 +32,6 @@ pub enum HealthEvent {
     /// The backend answered well after failing: its streak and ejection end.
     Recovered { backend: String },
     Failed { backend: String, at_ms: u64 },
-    Ejected { backend: String, until_ms: u64 },
 }
 
 /// Reads a shared book's entries: `(backend, consecutive failures, ejected until ms)`.

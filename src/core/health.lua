@@ -4,7 +4,7 @@
 --
 -- KEYS[1]: the book (a hash: backend -> "consecutive_failures:ejected_until_ms").
 -- ARGV[1], ARGV[2]: failures that eject, and for how long (ms). Then triples: kind, backend, ms,
--- where kind is "r" (recovered), "f" (failed at ms) or "e" (ejected until ms).
+-- where kind is "r" (recovered) or "f" (failed at ms).
 local eject_after = tonumber(ARGV[1])
 local eject_for = tonumber(ARGV[2])
 for i = 3, #ARGV, 3 do
@@ -18,14 +18,10 @@ for i = 3, #ARGV, 3 do
       local f, u = string.match(current, '^(%d+):(%d+)$')
       failures, until_ms = tonumber(f) or 0, tonumber(u) or 0
     end
-    if kind == 'f' then
-      failures = failures + 1
-      if failures >= eject_after then
-        until_ms = ms + eject_for
-        failures = 0
-      end
-    else
-      until_ms = math.max(until_ms, ms)
+    failures = failures + 1
+    if failures >= eject_after then
+      until_ms = ms + eject_for
+      failures = 0
     end
     redis.call('HSET', KEYS[1], backend, string.format('%d:%d', failures, until_ms))
   end

@@ -425,7 +425,7 @@ struct Relay<R> {
     /// When the whole answer must be done (ms on the runtime's clock).
     deadline_ms: u64,
     guard: EndGuard,
-    /// Whether the client was sent the error of an end reported elsewhere (the deadline).
+    /// Whether the client was sent the stream's final error event.
     told: bool,
 }
 
@@ -522,7 +522,8 @@ impl<R: Runtime> Relay<R> {
     }
 
     /// Ends the stream: what came `before` the failure, then one OpenAI-shaped error event.
-    fn end_with(self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
+    fn end_with(mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
+        self.told = true;
         self.guard.0.fire(end, self.scanner.usage());
         before.extend_from_slice(&error.to_sse_event());
         (Ok(before), self)

@@ -50,11 +50,50 @@ pub fn health_record_command(events: &[super::balance::HealthEvent], breaker: su
         let (kind, backend, ms) = match event {
             HealthEvent::Recovered { backend } => ("r", backend, 0),
             HealthEvent::Failed { backend, at_ms } => ("f", backend, *at_ms),
-            HealthEvent::Ejected { backend, until_ms } => ("e", backend, *until_ms),
         };
         args.extend([kind.to_string(), backend.clone(), ms.to_string()]);
     }
     eval(HEALTH_SCRIPT, &[HEALTH_KEY.to_string()], &args)
+}
+
+/// The last `/readyz` probe round (JSON), shared by every instance.
+const PROBE_ROUND_KEY: &str = "gw:readyz:round";
+/// Held by the instance taking the next probe round.
+const PROBE_CLAIM_KEY: &str = "gw:readyz:claim";
+/// How long a stored round is kept (it is used only while fresh, but a stale one beats none while
+/// another instance refreshes it).
+const PROBE_ROUND_TTL_MS: u64 = 3_600_000;
+
+/// Reads the last probe round.
+pub fn probe_round_command() -> Vec<u8> {
+    command(&[b"GET", PROBE_ROUND_KEY.as_bytes()])
+}
+
+/// The stored round, if there is a readable one.
+pub fn probe_round(reply: Reply) -> Option<super::health::ProbeRound> {
+    match reply {
+        Reply::Bulk(Some(json)) => serde_json::from_slice(&json).ok(),
+        _ => None,
+    }
+}
+
+/// Claims the next probe round for `hold_ms` (`SET … NX PX`): only one instance probes.
+pub fn probe_claim_command(hold_ms: u64) -> Vec<u8> {
+    command(&[b"SET", PROBE_CLAIM_KEY.as_bytes(), b"1", b"NX", b"PX", hold_ms.max(1).to_string().as_bytes()])
+}
+
+/// Whether the claim was won.
+pub fn probe_claimed(reply: &Reply) -> bool {
+    matches!(reply, Reply::Simple(ok) if ok == "OK")
+}
+
+/// Stores a probe round for every instance (and lets go of the claim).
+pub fn probe_store_commands(round: &super::health::ProbeRound) -> [Vec<u8>; 2] {
+    let json = serde_json::to_vec(round).unwrap_or_default();
+    [
+        command(&[b"SET", PROBE_ROUND_KEY.as_bytes(), &json, b"PX", PROBE_ROUND_TTL_MS.to_string().as_bytes()]),
+        command(&[b"DEL", PROBE_CLAIM_KEY.as_bytes()]),
+    ]
 }
 
 /// How long one Redis call may take by default (`GATEWAY_REDIS_TIMEOUT_MS`).

@@ -512,7 +512,8 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
         ("garbage", false, Error(502, "upstream_error"), Complete),
         ("reset", false, Error(502, "upstream_error"), Complete),
         ("reset", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
-        ("malformed_sse", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
+        // Malformed from its first event: nothing was committed yet, so a clean 502 and failover.
+        ("malformed_sse", true, Error(502, "upstream_error"), Complete),
         ("slow_drip", true, Complete, Complete),
         ("drip_past_idle_timeout", true, ErrorEvent("upstream_timeout"), ErrorEvent("upstream_timeout")),
         ("error_event", true, ErrorEvent("upstream_error"), ErrorEvent("upstream_error")),
@@ -827,49 +828,28 @@ pub fn every_tokenized_text_counts_toward_the_content_cap(gw: &Gateway) {
     }
 }
 
-pub fn a_client_that_leaves_frees_the_backend_and_its_slot_at_once(gw: &Gateway) {
-    // A long non-stream generation, and a stream still in prefill: the client leaves after
-    // 500 ms. The backend must see its connection close within a second, and the key's only
-    // slot must be free again.
-    if !gw.reports_early_disconnects {
-        // This runtime learns the client left only when it writes the answer: the slot must then
-        // come back at once (not when its lease expires), as soon as the backend has answered.
-        let body = json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 12, "delay_ms": 250}});
-        let conn = crate::support::connect(&gw.addr).unwrap();
-        let auth = format!("Bearer {LEAVER_KEY}");
-        let sent = std::time::Instant::now();
-        crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        drop(conn);
-        let released = wait_until(Duration::from_secs(6), || {
-            post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
-        });
-        println!("slot back {:?} after the request (the backend answered after 3 s)", sent.elapsed());
-        assert!(released && sent.elapsed() < Duration::from_millis(4_500), "the slot lingered: {:?}", sent.elapsed());
-        return;
-    }
-    for (name, body) in [
-        ("non-stream", json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 40, "delay_ms": 250}})),
-        ("stream in prefill", json!({"model": SLOW_MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"prefill_ms": 10_000}})),
-    ] {
-        let before = gw.slow.stat("client_disconnects");
-        let conn = crate::support::connect(&gw.addr).unwrap();
-        let auth = format!("Bearer {LEAVER_KEY}");
-        crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}]})).status, 429, "{name}: the slot is held");
-        let gone = std::time::Instant::now();
-        let _ = conn.shutdown(std::net::Shutdown::Both);
-        drop(conn);
-        let closed = wait_until(Duration::from_secs(5), || gw.slow.stat("client_disconnects") > before);
-        let after = gone.elapsed();
-        println!("{name}: client gone -> backend connection closed in {after:?}");
-        assert!(closed && after < Duration::from_secs(1), "{name}: the backend saw the close after {after:?}");
-        let released = wait_until(Duration::from_secs(1), || {
-            post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
-        });
-        assert!(released, "{name}: the slot was not released within a second");
-    }
+pub fn a_client_that_leaves_before_the_answer_does_not_keep_its_slot(gw: &Gateway) {
+    // Neither runtime here tells a worker that its client left before the response head was
+    // sent: local workerd notices only when it writes (a bare JS worker's request.signal stays
+    // quiet too), and wasmtime serve's WASI 0.2 handler is never cancelled (wasmtime's
+    // `ProxyHandler` runs the guest on a spawned task; cancellation is its open issue #11833).
+    // So a client leaving a non-stream wait is noticed when the backend answers — and then its
+    // slot must come back at once, not when its lease expires minutes later. (A client that
+    // leaves after the head, mid-stream, aborts the backend within a second: see
+    // a_client_disconnect_closes_the_backend_stream.)
+    let body = json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 12, "delay_ms": 250}});
+    let conn = crate::support::connect(&gw.addr).unwrap();
+    let auth = format!("Bearer {LEAVER_KEY}");
+    let sent = std::time::Instant::now();
+    crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}]})).status, 429, "the slot is held");
+    drop(conn);
+    let released = wait_until(Duration::from_secs(6), || {
+        post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
+    });
+    println!("slot back {:?} after the request (the backend answered after 3 s)", sent.elapsed());
+    assert!(released && sent.elapsed() < Duration::from_millis(4_500), "the slot lingered: {:?}", sent.elapsed());
 }
 
 pub fn each_timeout_phase_fires_on_its_own_limit(launch: Launch) {

@@ -74,13 +74,6 @@ pub trait Host: Sync {
     fn services(&self, state: &Path) -> (Vec<(String, String)>, Vec<Proc>);
     /// The command that serves the gateway with `vars` on `port`, keeping state under `state`.
     fn command(&self, vars: &[(String, String)], port: u16, state: &Path) -> Command;
-    /// Whether the runtime tells a worker its client left before the response head was sent.
-    /// Local workerd does not (it notices only when writing the response; a bare JS worker's
-    /// `request.signal` stays quiet too): there, a client leaving a non-stream wait is seen when
-    /// the backend answers.
-    fn reports_early_disconnects(&self) -> bool {
-        true
-    }
 }
 
 /// A running gateway under test.
@@ -88,8 +81,6 @@ pub struct Gateway {
     /// `127.0.0.1:PORT`.
     pub addr: String,
     pub client_ip_header: &'static str,
-    /// See [`Host::reports_early_disconnects`].
-    pub reports_early_disconnects: bool,
     /// Serves [`MODEL`] and requires [`BACKEND_CREDENTIAL`].
     pub primary: MockBackend,
     /// Serves [`SPARE_MODEL`]; the readiness case stops it.
@@ -155,7 +146,6 @@ pub fn launch(host: &'static dyn Host, setup: Setup<'_>) -> Gateway {
     Gateway {
         addr,
         client_ip_header: host.client_ip_header(),
-        reports_early_disconnects: host.reports_early_disconnects(),
         primary,
         spare: Mutex::new(Some(spare)),
         slow,

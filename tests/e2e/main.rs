@@ -59,7 +59,7 @@ macro_rules! run_cases {
                 requests_sharing_one_request_id_each_need_their_own_slot,
                 the_token_estimate_cannot_be_undercut,
                 every_tokenized_text_counts_toward_the_content_cap,
-                a_client_that_leaves_frees_the_backend_and_its_slot_at_once,
+                a_client_that_leaves_before_the_answer_does_not_keep_its_slot,
                 a_backends_retry_after_is_clamped,
             );
         }

@@ -39,10 +39,6 @@ impl Host for Workerd {
         "cf-connecting-ip"
     }
 
-    fn reports_early_disconnects(&self) -> bool {
-        false
-    }
-
     fn services(&self, state: &Path) -> (Vec<(String, String)>, Vec<Proc>) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let bundle = ["build/worker/shim.mjs", "build/index.js", "build/index_bg.wasm"].map(|p| root.join(p));
