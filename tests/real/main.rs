@@ -62,8 +62,8 @@ use serde_json::Value;
 use support::{request_streaming, sse_events};
 use std::time::Duration;
 
-/// A key limited in tokens, to see settlement without a usage chunk.
-const METERED: &str = "sk-e2e-metered";
+/// A key limited in tokens (on every model), to see settlement without a usage chunk.
+const METERED: &str = "sk-real-metered";
 
 /// The gateway on `launch` with the real server as the only backend of its model. llama-cpp-python
 /// sends a stream's headers only after prefill (and serves one request at a time), so its connect
@@ -73,7 +73,18 @@ fn gateway_before(backend: &RealBackend, launch: fn(Setup<'_>) -> Gateway, crede
         r#"{{"name":"llama-cpp","url":"{}","models":["{}"],"api_key_secret":"REAL_BACKEND_KEY","health_path":"/v1/models","max_model_len":256}}"#,
         backend.base_url, backend.model
     );
-    let vars = [("REAL_BACKEND_KEY", credential), ("GATEWAY_CONNECT_TIMEOUT_MS", "30000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "30000"), ("GATEWAY_TOTAL_TIMEOUT_MS", "60000")];
+    let keys = format!(
+        r#"[{{"id":"open","sha256":"{}","models":["*"]}},{{"id":"metered","sha256":"{}","models":["*"],"tokens_per_minute":100000}}]"#,
+        edge_gateway::core::auth::sha256_hex(KEY),
+        edge_gateway::core::auth::sha256_hex(METERED)
+    );
+    let vars = [
+        ("REAL_BACKEND_KEY", credential),
+        ("GATEWAY_API_KEYS", keys.as_str()),
+        ("GATEWAY_CONNECT_TIMEOUT_MS", "30000"),
+        ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "30000"),
+        ("GATEWAY_TOTAL_TIMEOUT_MS", "60000"),
+    ];
     launch(Setup { vars: &vars, backends: &[spec.as_str()] })
 }
 
