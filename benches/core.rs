@@ -5,12 +5,12 @@
 
 use divan::counter::BytesCount;
 use divan::{black_box, Bencher};
-use edge_gateway::core::admission::Plan;
+use edge_gateway::core::rate_limit::plan::Plan;
 use edge_gateway::core::auth::{identify, sha256_hex};
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::Headers;
-use edge_gateway::core::sse::SseScanner;
-use edge_gateway::core::store::{LimitStore, MemoryStore};
+use edge_gateway::core::upstream::sse::SseScanner;
+use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore};
 use edge_gateway::core::validate::validate_chat;
 use std::collections::HashMap;
 

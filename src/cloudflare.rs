@@ -10,13 +10,13 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
-use crate::core::balance::HealthBook;
+use crate::core::upstream::balance::HealthBook;
 use crate::core::config::{Config, ConfigError};
-use crate::core::health::MemoryProbeCache;
+use crate::core::upstream::readiness::MemoryProbeCache;
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
-use crate::core::limits::{Admission, Admitted, BucketSet, Settlement};
+use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::runtime::Runtime;
-use crate::core::store::{LimitStore, StoreCall, StoreError};
+use crate::core::rate_limit::store::{LimitStore, StoreCall, StoreError};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::{http::Body, Gateway};
 use futures::stream::{self, Stream, TryStreamExt};

@@ -19,14 +19,14 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
-use crate::core::balance::HealthBook;
+use crate::core::upstream::balance::HealthBook;
 use crate::core::config::{vars, Config, ConfigError};
-use crate::core::health::{ProbeCache, ProbeRound};
+use crate::core::upstream::readiness::{ProbeCache, ProbeRound};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
-use crate::core::limits::{Admission, Admitted, Settlement};
+use crate::core::rate_limit::gcra::{Admission, Admitted, Settlement};
 use crate::core::redis::{self, RedisTarget, Reply, ReplyReader};
 use crate::core::runtime::Runtime;
-use crate::core::store::{LimitStore, StoreError};
+use crate::core::rate_limit::store::{LimitStore, StoreError};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::Gateway;
 use futures::future::{select, Either};

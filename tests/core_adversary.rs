@@ -7,9 +7,9 @@ mod fakes;
 
 use edge_gateway::core::config::{Config, RequestLimits};
 use edge_gateway::core::http::{Body, Request};
-use edge_gateway::core::limits::{Admission, Admitted, BucketSet, Lease, Settlement};
-use edge_gateway::core::sse::SseScanner;
-use edge_gateway::core::store::{LimitStore, MemoryStore, StoreError};
+use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Lease, Settlement};
+use edge_gateway::core::upstream::sse::SseScanner;
+use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
 use edge_gateway::core::validate::validate_chat;
 use edge_gateway::core::Gateway;
 use fakes::*;

@@ -5,8 +5,8 @@ mod fakes;
 
 use edge_gateway::core::config::ConfigError;
 use edge_gateway::core::http::{BodyError, Request};
-use edge_gateway::core::limits::{Admission, Admitted, Settlement};
-use edge_gateway::core::store::{LimitStore, StoreError};
+use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
+use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
 use edge_gateway::core::request_id::is_uuid;
 use fakes::*;
 use serde_json::json;

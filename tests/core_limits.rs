@@ -1,7 +1,7 @@
 //! GCRA arithmetic with an injected clock: bursts, refill, reset times, skew, all-or-nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_gateway::core::limits::{
+use edge_gateway::core::rate_limit::gcra::{
     adjust, admit, decide, format_duration, retry_after_seconds, Adjustment, Admission, Bucket, BucketSet, Lease,
     Rule, Settlement, Take,
 };

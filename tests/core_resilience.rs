@@ -3,7 +3,7 @@
 
 mod fakes;
 
-use edge_gateway::core::balance::{attempt_order, Breaker, HealthBook};
+use edge_gateway::core::upstream::balance::{attempt_order, Breaker, HealthBook};
 use edge_gateway::core::http::BodyError;
 use edge_gateway::core::Config;
 use fakes::*;
@@ -424,7 +424,7 @@ fn a_shared_book_journals_only_what_changed() {
     assert!(book.take_journal().is_empty());
     assert!(book.record_failure("a", T0, breaker), "the loaded streak counts: this is the second failure");
     book.record_success("a");
-    use edge_gateway::core::balance::HealthEvent::*;
+    use edge_gateway::core::upstream::balance::HealthEvent::*;
     assert_eq!(
         book.take_journal(),
         [

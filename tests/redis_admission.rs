@@ -4,7 +4,7 @@
 
 mod support;
 
-use edge_gateway::core::limits::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
+use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
 use edge_gateway::core::redis::{
     admit_command, admitted, command, handshake, settle_command, settled, RedisTarget, Reply, ReplyReader,
 };

@@ -3,14 +3,14 @@
 //! acceptance — a mutated payload, a non-canonical encoding, a swapped algorithm — is a bug).
 #![no_main]
 
-use edge_gateway::core::jwt::JwtVerifier;
-use edge_gateway::core::secret::Secret;
+use edge_gateway::core::auth::jwt::JwtVerifier;
+use edge_gateway::core::config::secret::Secret;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else { return };
     let jwks: serde_json::Value = serde_json::from_str(include_str!("../../tests/fixtures/jwt/jwks.json")).unwrap();
-    let keys = jwks["keys"].as_array().unwrap().iter().map(|k| edge_gateway::core::jwt::parse_jwk(k).unwrap()).collect();
+    let keys = jwks["keys"].as_array().unwrap().iter().map(|k| edge_gateway::core::auth::jwt::parse_jwk(k).unwrap()).collect();
     let verifier = JwtVerifier {
         hs256: Some(Secret::new(b"fuzzing-secret-that-is-32-bytes-long!!".to_vec())),
         keys,

@@ -3,7 +3,7 @@
 //! malformed event — forwards the stream unchanged.
 #![no_main]
 
-use edge_gateway::core::sse::SseScanner;
+use edge_gateway::core::upstream::sse::SseScanner;
 use libfuzzer_sys::fuzz_target;
 
 const MAX_EVENT: usize = 4096;

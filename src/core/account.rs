@@ -1,12 +1,12 @@
 //! Settling up once a request has ended: its budgets corrected by what it really used, and its
 //! one log line written.
 
-use super::admission::Settler;
-use super::log::LogRecord;
-use super::proxy::{StreamEnd, StreamSummary};
-use super::runtime::Runtime;
-use super::sse::Usage;
-use super::store::LimitStore;
+use crate::core::rate_limit::plan::Settler;
+use crate::core::log::LogRecord;
+use crate::core::upstream::proxy::{StreamEnd, StreamSummary};
+use crate::core::runtime::Runtime;
+use crate::core::upstream::sse::Usage;
+use crate::core::rate_limit::store::LimitStore;
 
 /// What a streamed answer still owes when it ends: the settlement and the log line.
 pub struct StreamAccount<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> {

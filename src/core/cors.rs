@@ -3,9 +3,9 @@
 //! Preflights are answered before authentication (browsers send no credentials on them). A
 //! disallowed origin simply gets no grant, and the browser blocks the call.
 
-use super::config::Cors;
-use super::http::{Headers, Response};
-use super::route::allowed_methods;
+use crate::core::config::Cors;
+use crate::core::http::{Headers, Response};
+use crate::core::route::allowed_methods;
 
 /// Response headers a script may read: without this list, SDKs in browsers cannot see them.
 pub const EXPOSED_HEADERS: &str = "x-request-id, traceparent, retry-after, retry-after-ms, \

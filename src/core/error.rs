@@ -4,7 +4,7 @@
 //! Each variant knows its HTTP status and its OpenAI `type`/`code`, so handlers only say *what*
 //! went wrong. Messages never carry a secret, a backend URL or a backend's raw error body.
 
-use super::http::Response;
+use crate::core::http::Response;
 use serde::Serialize;
 
 /// A failure, with enough detail to render an OpenAI-shaped error.
@@ -190,7 +190,7 @@ impl GatewayError {
                 };
                 format!(
                     "Rate limit reached for {what}. Please try again in {}.",
-                    crate::core::limits::format_duration(*retry_after_ms)
+                    crate::core::rate_limit::gcra::format_duration(*retry_after_ms)
                 )
             }
             GatewayError::UpstreamBusy { .. } => {
@@ -262,7 +262,7 @@ impl GatewayError {
         let mut response = Response::json(self.status(), self.to_json());
         if let Some(ms) = self.retry_after_ms() {
             let headers = &mut response.headers;
-            headers.set("retry-after", crate::core::limits::retry_after_seconds(ms).to_string());
+            headers.set("retry-after", crate::core::rate_limit::gcra::retry_after_seconds(ms).to_string());
             headers.set("retry-after-ms", ms.to_string());
         }
         match self {
@@ -270,7 +270,7 @@ impl GatewayError {
                 response.headers.set("x-should-retry", "false");
             }
             GatewayError::MethodNotAllowed { path, .. } => {
-                response.headers.set("allow", super::route::allowed_methods(path));
+                response.headers.set("allow", crate::core::route::allowed_methods(path));
             }
             _ => {}
         }

@@ -2,26 +2,26 @@
 //! validate, admit, route upstream, proxy, account. Adapters call [`Gateway::handle`] and
 //! translate the [`Response`] back.
 
-use super::account::{settle_completion, StreamAccount};
-use super::admission::{Plan, Settler};
-use super::auth::{identify, Caller};
-use super::balance::{attempt_order, HealthBook};
-use super::config::{Config, ConfigError};
-use super::cors;
-use super::error::{GatewayError, RateLimitKind, TimeoutPhase};
-use super::health::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
-use super::http::{read_capped, Body, Headers, ReadError, Request, Response};
-use super::limits::{format_duration, Decision};
-use super::log::LogRecord;
-use super::openai::ModelList;
-use super::proxy::{self, Attempts, Exchange, Forwarded, Relayed, StreamEnd, StreamEnding};
-use super::request_id::{hex, RequestIds};
-use super::route::{route, Route};
-use super::runtime::Runtime;
-use super::store::LimitStore;
-use super::trace::TraceContext;
-use super::upstream::Upstream;
-use super::validate::validate_chat;
+use crate::core::account::{settle_completion, StreamAccount};
+use crate::core::rate_limit::plan::{Plan, Settler};
+use crate::core::auth::{identify, Caller};
+use crate::core::upstream::balance::{attempt_order, HealthBook};
+use crate::core::config::{Config, ConfigError};
+use crate::core::cors;
+use crate::core::error::{GatewayError, RateLimitKind, TimeoutPhase};
+use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
+use crate::core::http::{read_capped, Body, Headers, ReadError, Request, Response};
+use crate::core::rate_limit::gcra::{format_duration, Decision};
+use crate::core::log::LogRecord;
+use crate::core::openai::ModelList;
+use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed, StreamEnd, StreamEnding};
+use crate::core::request_id::{hex, RequestIds};
+use crate::core::route::{route, Route};
+use crate::core::runtime::Runtime;
+use crate::core::rate_limit::store::LimitStore;
+use crate::core::trace::TraceContext;
+use crate::core::upstream::Upstream;
+use crate::core::validate::validate_chat;
 use futures::future::{select, Either};
 use std::rc::Rc;
 
@@ -239,7 +239,7 @@ where
             traceparent: Some(&traceparent),
             tracestate: cx.trace.tracestate.as_deref(),
         };
-        let build = |backend: &super::config::Backend| {
+        let build = |backend: &crate::core::config::Backend| {
             let body = chat.upstream_body(backend, cap);
             proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
         };

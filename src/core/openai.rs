@@ -36,5 +36,5 @@ pub struct CompletionUsage {
     #[allow(dead_code)] // required, never read
     choices: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
-    pub usage: Option<super::sse::Usage>,
+    pub usage: Option<crate::core::upstream::sse::Usage>,
 }

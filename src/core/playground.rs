@@ -4,7 +4,7 @@
 //! nothing inline, no frames, no forms posting elsewhere — so the page can never be made to send
 //! a key anywhere but this gateway.
 
-use super::http::Response;
+use crate::core::http::Response;
 
 const PAGE: &str = include_str!("../../web/playground.html");
 const SCRIPT: &str = include_str!("../../web/playground.js");

@@ -7,7 +7,7 @@
 //! caller's id, UUID or not, never reaches a backend. Both ids are logged; the W3C trace context
 //! is what joins the caller's trace to the backend's.
 
-use super::http::Headers;
+use crate::core::http::Headers;
 
 /// The ids of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

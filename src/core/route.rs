@@ -1,6 +1,6 @@
 //! Which endpoint a request is for. Unknown paths are 404, known paths with the wrong method 405.
 
-use super::error::GatewayError;
+use crate::core::error::GatewayError;
 
 /// The endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +12,7 @@ pub enum Route {
     /// A CORS preflight (or plain `OPTIONS`) for a known path.
     Preflight,
     /// The browser playground's page, script or style.
-    Playground(super::playground::Asset),
+    Playground(crate::core::playground::Asset),
 }
 
 const ENDPOINTS: &[(&str, &str, Route)] = &[
@@ -20,9 +20,9 @@ const ENDPOINTS: &[(&str, &str, Route)] = &[
     ("/v1/models", "GET", Route::Models),
     ("/healthz", "GET", Route::Healthz),
     ("/readyz", "GET", Route::Readyz),
-    ("/", "GET", Route::Playground(super::playground::Asset::Page)),
-    ("/playground.js", "GET", Route::Playground(super::playground::Asset::Script)),
-    ("/playground.css", "GET", Route::Playground(super::playground::Asset::Style)),
+    ("/", "GET", Route::Playground(crate::core::playground::Asset::Page)),
+    ("/playground.js", "GET", Route::Playground(crate::core::playground::Asset::Script)),
+    ("/playground.css", "GET", Route::Playground(crate::core::playground::Asset::Style)),
 ];
 
 /// Routes by path, then method.

@@ -6,8 +6,8 @@
 //! than `00`, an all-zero id, anything but lowercase hex of the right lengths) is replaced by a
 //! new trace, and its `tracestate` dropped with it.
 
-use super::http::Headers;
-use super::request_id::hex;
+use crate::core::http::Headers;
+use crate::core::request_id::hex;
 
 /// Longest `tracestate` passed on (the spec allows 32 members of up to 256+ bytes; 512 is what
 /// it asks propagators to keep at least).

@@ -11,8 +11,8 @@
 //! parts (images, audio, video, files) count a fixed [`MEDIA_PART_TOKENS`] each; their URLs must be
 //! inline `data:` unless the operator allows remote media, because vLLM fetches them itself.
 
-use super::config::{Backend, RequestLimits};
-use super::error::GatewayError;
+use crate::core::config::{Backend, RequestLimits};
+use crate::core::error::GatewayError;
 use serde_json::{Map, Value};
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];

@@ -9,7 +9,7 @@
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};
 use edge_gateway::core::runtime::Runtime;
-use edge_gateway::core::store::MemoryStore;
+use edge_gateway::core::rate_limit::store::MemoryStore;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use edge_gateway::core::{auth::sha256_hex, Gateway};
 use futures::stream::{self, StreamExt};

@@ -2,12 +2,12 @@
 //! parsing of Redis's reply ([`ReplyReader`]). An adapter only carries the bytes over a TCP
 //! connection, within [`RedisTarget::timeout_ms`].
 //!
-//! Admission is one `EVAL` of `admit.lua`, which runs the same GCRA as [`super::limits`] inside
+//! Admission is one `EVAL` of `admit.lua`, which runs the same GCRA as [`crate::core::rate_limit::gcra`] inside
 //! Redis: a script runs without any other command interleaved, so concurrent gateways can never
 //! read the same bucket and together pass the limit, and Redis's clock is the only clock.
 
-use super::limits::{Admission, Admitted, Decision, Settlement};
-use super::store::StoreError;
+use crate::core::rate_limit::gcra::{Admission, Admitted, Decision, Settlement};
+use crate::core::rate_limit::store::StoreError;
 
 /// The admission script (see the file for its arguments and reply).
 pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
@@ -43,8 +43,8 @@ pub fn health_entries(reply: Reply) -> Vec<(String, u32, u64)> {
 }
 
 /// The `EVAL` that replays `events` into the shared book.
-pub fn health_record_command(events: &[super::balance::HealthEvent], breaker: super::balance::Breaker) -> Vec<u8> {
-    use super::balance::HealthEvent;
+pub fn health_record_command(events: &[crate::core::upstream::balance::HealthEvent], breaker: crate::core::upstream::balance::Breaker) -> Vec<u8> {
+    use crate::core::upstream::balance::HealthEvent;
     let mut args = vec![breaker.eject_after.to_string(), breaker.eject_for_ms.to_string()];
     for event in events {
         let (kind, backend, ms) = match event {
@@ -70,7 +70,7 @@ pub fn probe_round_command() -> Vec<u8> {
 }
 
 /// The stored round, if there is a readable one.
-pub fn probe_round(reply: Reply) -> Option<super::health::ProbeRound> {
+pub fn probe_round(reply: Reply) -> Option<crate::core::upstream::readiness::ProbeRound> {
     match reply {
         Reply::Bulk(Some(json)) => serde_json::from_slice(&json).ok(),
         _ => None,
@@ -88,7 +88,7 @@ pub fn probe_claimed(reply: &Reply) -> bool {
 }
 
 /// Stores a probe round for every instance (and lets go of the claim).
-pub fn probe_store_commands(round: &super::health::ProbeRound) -> [Vec<u8>; 2] {
+pub fn probe_store_commands(round: &crate::core::upstream::readiness::ProbeRound) -> [Vec<u8>; 2] {
     let json = serde_json::to_vec(round).unwrap_or_default();
     [
         command(&[b"SET", PROBE_ROUND_KEY.as_bytes(), &json, b"PX", PROBE_ROUND_TTL_MS.to_string().as_bytes()]),

@@ -6,11 +6,11 @@
 //! used less gives the difference back. The in-flight slot is a lease released when the request
 //! ends — however it ends — and that expires on its own if the release never arrives.
 
-use super::config::LimitPolicy;
-use super::error::{GatewayError, RateLimitKind};
-use super::limits::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
-use super::runtime::Runtime;
-use super::store::LimitStore;
+use crate::core::config::LimitPolicy;
+use crate::core::error::{GatewayError, RateLimitKind};
+use crate::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
+use crate::core::runtime::Runtime;
+use crate::core::rate_limit::store::LimitStore;
 
 pub const REQUESTS: &str = "requests";
 pub const TOKENS: &str = "tokens";

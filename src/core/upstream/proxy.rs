@@ -17,15 +17,15 @@
 //! once the backend's first bytes have arrived, so failures before that are ordinary HTTP errors
 //! and failures after it become one final `data: {"error":…}` event.
 
-use super::balance::{Breaker, HealthBook};
-use super::config::Backend;
-use super::error::{GatewayError, TimeoutPhase};
-use super::http::{read_capped, BodyStream, Headers, ReadError};
-use super::openai::CompletionUsage;
-use super::runtime::{timeout, Runtime};
-use super::sse::{SseScanner, Stop, Usage};
-use super::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
-use super::upstream_error::{classify, Blame, Counts};
+use crate::core::upstream::balance::{Breaker, HealthBook};
+use crate::core::config::Backend;
+use crate::core::error::{GatewayError, TimeoutPhase};
+use crate::core::http::{read_capped, BodyStream, Headers, ReadError};
+use crate::core::openai::CompletionUsage;
+use crate::core::runtime::{timeout, Runtime};
+use crate::core::upstream::sse::{SseScanner, Stop, Usage};
+use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
+use crate::core::upstream::errors::{classify, Blame, Counts};
 use futures::channel::oneshot;
 use futures::stream::{self, StreamExt};
 use std::cell::{Cell, RefCell};
@@ -41,7 +41,7 @@ const MAX_EVENT_BYTES: usize = 4 << 20;
 /// What the backend is sent besides its own credential and the body: an allow-list, so no
 /// credential, cookie, forwarding or hop-by-hop header of the caller's ever reaches it.
 pub struct Forwarded<'a> {
-    /// The backend's `x-request-id` (always a UUID, see [`super::request_id`]).
+    /// The backend's `x-request-id` (always a UUID, see [`crate::core::request_id`]).
     pub request_id: &'a str,
     /// The W3C trace context for the backend's span, already validated.
     pub traceparent: Option<&'a str>,
@@ -188,7 +188,7 @@ impl StreamEnding {
 struct Detachable(Rc<RefCell<Option<BodyStream>>>);
 
 impl futures::Stream for Detachable {
-    type Item = Result<Vec<u8>, super::http::BodyError>;
+    type Item = Result<Vec<u8>, crate::core::http::BodyError>;
 
     fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
         match self.0.borrow_mut().as_mut() {
@@ -215,15 +215,15 @@ pub struct Deadlines {
     pub total_ms: u64,
 }
 
-impl From<&super::config::Timeouts> for Deadlines {
-    fn from(t: &super::config::Timeouts) -> Self {
+impl From<&crate::core::config::Timeouts> for Deadlines {
+    fn from(t: &crate::core::config::Timeouts) -> Self {
         Deadlines { connect_ms: t.connect_ms, first_byte_ms: t.first_byte_ms, idle_ms: t.idle_ms, total_ms: t.total_ms }
     }
 }
 
 /// Where to send a request, and what to do when a backend fails.
 pub struct Attempts<'a, 'b> {
-    /// In the order to try them (see [`super::balance::attempt_order`]).
+    /// In the order to try them (see [`crate::core::upstream::balance::attempt_order`]).
     pub backends: &'b [&'a Backend],
     /// Backends tried at most.
     pub max: u32,
@@ -347,7 +347,7 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
             Some(result) => result,
         };
     }
-    if !super::http::is_event_stream(&response.headers) {
+    if !crate::core::http::is_event_stream(&response.headers) {
         return Err(Failed::upstream("The inference backend did not answer with a stream.", Blame::BROKEN));
     }
     // Nothing is committed until the first complete event: an error there is still an ordinary
@@ -438,7 +438,7 @@ impl Drop for EndGuard {
     }
 }
 
-type Item = Result<Vec<u8>, super::http::BodyError>;
+type Item = Result<Vec<u8>, crate::core::http::BodyError>;
 
 /// What to do with the bytes one chunk gave.
 enum Step<R> {

@@ -9,11 +9,11 @@
 //! backend is reported as such. The answer names backends and their status only — no URL, and no
 //! model, since it is the same for everyone.
 
-use super::balance::HealthBook;
-use super::config::{Backend, Config};
-use super::http::Headers;
-use super::runtime::{timeout, Runtime};
-use super::upstream::{Upstream, UpstreamRequest};
+use crate::core::upstream::balance::HealthBook;
+use crate::core::config::{Backend, Config};
+use crate::core::http::Headers;
+use crate::core::runtime::{timeout, Runtime};
+use crate::core::upstream::{Upstream, UpstreamRequest};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 

@@ -10,7 +10,7 @@
 //!
 //! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
 
-use super::upstream_error::message_of;
+use crate::core::upstream::errors::message_of;
 use serde::de::IgnoredAny;
 use std::borrow::Cow;
 use serde::Deserialize;

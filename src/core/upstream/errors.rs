@@ -6,8 +6,8 @@
 //! cleaned of URLs, addresses and file paths; anything else becomes a generic message so no
 //! internals leak.
 
-use super::error::{GatewayError, MAX_RETRY_AFTER_S};
-use super::http::Headers;
+use crate::core::error::{GatewayError, MAX_RETRY_AFTER_S};
+use crate::core::http::Headers;
 use serde_json::Value;
 
 /// Longest backend message we pass on.

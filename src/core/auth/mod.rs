@@ -4,10 +4,12 @@
 //! Keys are configured as SHA-256 hashes, so a leaked config leaks no key; the presented key is
 //! hashed and compared in constant time against every configured hash.
 
-use super::config::{ApiKey, Config, LimitPolicy, ModelAccess};
-use super::error::GatewayError;
-use super::http::Headers;
-use super::jwt::looks_like_jwt;
+pub mod jwt;
+
+use crate::core::config::{ApiKey, Config, LimitPolicy, ModelAccess};
+use crate::core::error::GatewayError;
+use crate::core::http::Headers;
+use crate::core::auth::jwt::looks_like_jwt;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -4,7 +4,7 @@
 //! Workers, Redis on Spin); keeping buckets in instance memory would multiply every limit by the
 //! number of instances.
 
-use super::limits::{Admission, Admitted, BucketSet, Settlement};
+use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;

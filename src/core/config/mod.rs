@@ -4,7 +4,9 @@
 //! need no environment. Backends and API keys are JSON-valued variables; every error names the
 //! variable it is about, and a secret is never silently defaulted.
 
-use super::secret::Secret;
+pub mod secret;
+
+use secret::Secret;
 use serde::Deserialize;
 
 /// Where configuration values come from (platform variables, secrets, or a map in tests).
@@ -75,14 +77,14 @@ pub struct Config {
     pub playground: bool,
     /// Where a platform without its own consistent store keeps limit state and backend health
     /// (the Spin build requires it; Workers use Durable Objects instead).
-    pub redis: Option<super::redis::RedisTarget>,
+    pub redis: Option<crate::core::redis::RedisTarget>,
     pub cors: Cors,
     pub limits: RequestLimits,
     pub timeouts: Timeouts,
     /// Backends tried for one request (the first and its failovers), at most.
     pub max_attempts: u32,
     /// When a failing backend is ejected, and for how long.
-    pub breaker: super::balance::Breaker,
+    pub breaker: crate::core::upstream::balance::Breaker,
     /// When the limit store cannot be reached: `false` (default) refuses requests with a 500,
     /// `true` admits them unlimited (and logs it). Closed is the safe default for a GPU budget.
     pub limits_fail_open: bool,
@@ -105,7 +107,7 @@ pub struct Backend {
     /// Share of traffic among healthy backends of the same priority.
     pub weight: u32,
     /// The backend's context length (vLLM's `--max-model-len`), when declared: a `max_tokens`
-    /// the gateway injects is kept within it (see [`super::validate::ValidatedChat::injection`]).
+    /// the gateway injects is kept within it (see [`crate::core::validate::ValidatedChat::injection`]).
     pub max_model_len: Option<u32>,
 }
 
@@ -142,7 +144,7 @@ pub struct LimitPolicy {
 /// Token holders: identified by the token's `sub`, each subject with its own budgets.
 #[derive(Debug, Clone)]
 pub struct JwtAuth {
-    pub verifier: super::jwt::JwtVerifier,
+    pub verifier: crate::core::auth::jwt::JwtVerifier,
     /// Models any token may use; a token's `models` claim narrows it further.
     pub models: ModelAccess,
     pub limits: LimitPolicy,
@@ -305,17 +307,17 @@ impl Config {
         }
         let limits_fail_open = flag(lookup, vars::LIMITS_FAIL_OPEN)?;
         let max_attempts = number(lookup, vars::MAX_ATTEMPTS, 3, 1, 10)? as u32;
-        let breaker = super::balance::Breaker {
+        let breaker = crate::core::upstream::balance::Breaker {
             eject_after: number(lookup, vars::EJECT_AFTER_FAILURES, 3, 1, 1_000_000)? as u32,
             eject_for_ms: number(lookup, vars::EJECT_FOR_MS, 30_000, 1, 3_600_000)?,
         };
-        let redis_timeout_ms = number(lookup, vars::REDIS_TIMEOUT_MS, super::redis::DEFAULT_TIMEOUT_MS, 1, 60_000)?;
+        let redis_timeout_ms = number(lookup, vars::REDIS_TIMEOUT_MS, crate::core::redis::DEFAULT_TIMEOUT_MS, 1, 60_000)?;
         let redis = match lookup.get(vars::REDIS_URL).filter(|v| !v.trim().is_empty()) {
             None => None,
             Some(url) => {
-                let parsed = super::redis::RedisTarget::parse(&url);
+                let parsed = crate::core::redis::RedisTarget::parse(&url);
                 let target = parsed.map_err(|e| ConfigError(format!("{} {e}", vars::REDIS_URL)))?;
-                Some(super::redis::RedisTarget { timeout_ms: redis_timeout_ms, ..target })
+                Some(crate::core::redis::RedisTarget { timeout_ms: redis_timeout_ms, ..target })
             }
         };
         let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
@@ -442,7 +444,7 @@ fn parse_api_keys(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Vec<ApiKe
         if keys.iter().any(|o| o.id == id) {
             return Err(ConfigError(format!("{at}.id `{id}` is used twice")));
         }
-        let sha256 = k.sha256.as_deref().and_then(super::auth::parse_sha256_hex).ok_or_else(|| {
+        let sha256 = k.sha256.as_deref().and_then(crate::core::auth::parse_sha256_hex).ok_or_else(|| {
             ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))
         })?;
         let models = model_access(&k.models, backends, &at)?;
@@ -547,7 +549,7 @@ fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth
             })?;
             list.iter()
                 .enumerate()
-                .map(|(i, jwk)| super::jwt::parse_jwk(jwk).map_err(|e| ConfigError(format!("{name}.jwks.keys[{i}]: {e}"))))
+                .map(|(i, jwk)| crate::core::auth::jwt::parse_jwk(jwk).map_err(|e| ConfigError(format!("{name}.jwks.keys[{i}]: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?
         }
     };
@@ -567,7 +569,7 @@ fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth
         max_in_flight: raw.max_in_flight,
     };
     Ok(Some(JwtAuth {
-        verifier: super::jwt::JwtVerifier {
+        verifier: crate::core::auth::jwt::JwtVerifier {
             hs256,
             keys,
             issuer: raw.issuer,

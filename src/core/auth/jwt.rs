@@ -6,7 +6,7 @@
 //! key says), so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`, `iss`
 //! and `aud` are checked with a small clock-skew allowance.
 
-use super::secret::Secret;
+use crate::core::config::secret::Secret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};

@@ -1,6 +1,14 @@
-//! Outbound HTTP to inference backends: the one trait adapters implement with their fetch.
+//! Outbound HTTP to inference backends: the one trait adapters implement with their fetch, and
+//! everything about backends — which one ([`balance`]), whether it is ready ([`readiness`]), the
+//! call and its relay ([`proxy`], [`sse`]), and what its failures mean ([`errors`]).
 
-use super::http::{BodyStream, Headers};
+pub mod balance;
+pub mod errors;
+pub mod proxy;
+pub mod readiness;
+pub mod sse;
+
+use crate::core::http::{BodyStream, Headers};
 
 /// A request to a backend; the body is complete (requests are small, already validated).
 #[derive(Debug, Clone)]
