@@ -5,8 +5,9 @@ mod fakes;
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Lease, Rule, Settlement, Take};
+use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::redis::{
-    admit_command, admitted, command, handshake, parse_reply, settle_command, RedisTarget, Reply, ReplyReader,
+    admit_command, admitted, command, handshake, parse_reply, settle_command, Reply, ReplyReader,
 };
 
 #[test]

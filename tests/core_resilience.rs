@@ -3,7 +3,8 @@
 
 mod fakes;
 
-use edge_gateway::core::upstream::balance::{attempt_order, Breaker, HealthBook};
+use edge_gateway::core::config::Breaker;
+use edge_gateway::core::upstream::balance::{attempt_order, HealthBook};
 use edge_gateway::core::http::BodyError;
 use edge_gateway::core::Config;
 use fakes::*;

@@ -5,8 +5,9 @@
 mod support;
 
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
+use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::redis::{
-    admit_command, admitted, command, handshake, settle_command, settled, RedisTarget, Reply, ReplyReader,
+    admit_command, admitted, command, handshake, settle_command, settled, Reply, ReplyReader,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -5,7 +5,7 @@ use crate::core::rate_limit::plan::Settler;
 use crate::core::log::LogRecord;
 use crate::core::upstream::proxy::{StreamEnd, StreamSummary};
 use crate::core::runtime::Runtime;
-use crate::core::upstream::sse::Usage;
+use crate::core::openai::Usage;
 use crate::core::rate_limit::store::LimitStore;
 
 /// What a streamed answer still owes when it ends: the settlement and the log line.

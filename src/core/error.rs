@@ -20,8 +20,8 @@ pub enum GatewayError {
     RequestTooLarge { limit_bytes: usize },
     /// No route for this path.
     NotFound { path: String },
-    /// The path exists but not for this method.
-    MethodNotAllowed { method: String, path: String },
+    /// The path exists but not for this method; `allow` lists the methods it takes.
+    MethodNotAllowed { method: String, path: String, allow: &'static str },
     /// A rate limit refused the request; `retry_after_ms` says when it may succeed.
     RateLimited { limit: RateLimitKind, retry_after_ms: u64, will_refill_soon: bool },
     /// The backend answered 429 itself; its `Retry-After`, clamped (see [`MAX_RETRY_AFTER_S`]).
@@ -179,7 +179,7 @@ impl GatewayError {
                 format!("Request body is larger than the limit of {limit_bytes} bytes.")
             }
             GatewayError::NotFound { path } => format!("Unknown request URL: {path}."),
-            GatewayError::MethodNotAllowed { method, path } => {
+            GatewayError::MethodNotAllowed { method, path, .. } => {
                 format!("Method {method} is not allowed for {path}.")
             }
             GatewayError::RateLimited { limit, retry_after_ms, .. } => {
@@ -190,7 +190,7 @@ impl GatewayError {
                 };
                 format!(
                     "Rate limit reached for {what}. Please try again in {}.",
-                    crate::core::rate_limit::gcra::format_duration(*retry_after_ms)
+                    crate::core::openai::format_duration(*retry_after_ms)
                 )
             }
             GatewayError::UpstreamBusy { .. } => {
@@ -262,15 +262,15 @@ impl GatewayError {
         let mut response = Response::json(self.status(), self.to_json());
         if let Some(ms) = self.retry_after_ms() {
             let headers = &mut response.headers;
-            headers.set("retry-after", crate::core::rate_limit::gcra::retry_after_seconds(ms).to_string());
+            headers.set("retry-after", crate::core::openai::retry_after_seconds(ms).to_string());
             headers.set("retry-after-ms", ms.to_string());
         }
         match self {
             GatewayError::RateLimited { will_refill_soon: false, .. } => {
                 response.headers.set("x-should-retry", "false");
             }
-            GatewayError::MethodNotAllowed { path, .. } => {
-                response.headers.set("allow", crate::core::route::allowed_methods(path));
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                response.headers.set("allow", *allow);
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 //!
 //! Never a key, a backend URL or a prompt: the key's id and the backend's name stand for them.
 
-use crate::core::upstream::sse::Usage;
+use crate::core::openai::Usage;
 use serde::Serialize;
 
 /// What is known about a request by the time it is answered (or its stream ends).

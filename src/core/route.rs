@@ -38,7 +38,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
     if same {
         Ok(*route)
     } else {
-        Err(GatewayError::MethodNotAllowed { method: printable(method), path: path.to_string() })
+        Err(GatewayError::MethodNotAllowed { method: printable(method), path: path.to_string(), allow: allowed_methods(path) })
     }
 }
 

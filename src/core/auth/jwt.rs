@@ -6,7 +6,7 @@
 //! key says), so `alg: none` and HS/RS confusion cannot verify. `exp` is required; `nbf`, `iss`
 //! and `aud` are checked with a small clock-skew allowance.
 
-use crate::core::config::secret::Secret;
+use crate::core::config::{JwtVerifier, KeyKind, PublicKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -17,43 +17,6 @@ use sha2::Sha256;
 /// Why a token was refused; for logs only (clients get one generic 401).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtError(pub &'static str);
-
-/// The verification keys and the claims required of every token.
-#[derive(Debug, Clone)]
-pub struct JwtVerifier {
-    pub hs256: Option<Secret<Vec<u8>>>,
-    pub keys: Vec<PublicKey>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway_s: u64,
-    /// The claim listing the models a token may use (`models` by default).
-    pub models_claim: String,
-    /// Accepted `typ` header values (compared case-insensitively, `application/` prefix ignored);
-    /// `None`: absent, `JWT` or `at+jwt`.
-    pub accepted_types: Option<Vec<String>>,
-}
-
-/// A JWKS key, parsed once at configuration time.
-#[derive(Debug, Clone)]
-pub struct PublicKey {
-    pub kid: Option<String>,
-    pub kind: KeyKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum KeyKind {
-    Es256(p256::ecdsa::VerifyingKey),
-    Rs256(rsa::RsaPublicKey),
-}
-
-impl KeyKind {
-    fn alg(&self) -> &'static str {
-        match self {
-            KeyKind::Es256(_) => "ES256",
-            KeyKind::Rs256(_) => "RS256",
-        }
-    }
-}
 
 /// The verified identity a token carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,35 +192,3 @@ impl JwtVerifier {
     }
 }
 
-/// Parses one JWKS key: `{"kty":"EC","crv":"P-256","x","y"}` or `{"kty":"RSA","n","e"}`, with an
-/// optional `kid`, and an optional `alg` that must agree with the key type.
-pub fn parse_jwk(jwk: &Value) -> Result<PublicKey, String> {
-    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
-    let bytes = |name: &str| -> Result<Vec<u8>, String> {
-        URL_SAFE_NO_PAD.decode(field(name).ok_or(format!("no `{name}`"))?).map_err(|_| format!("`{name}` is not base64url"))
-    };
-    let kind = match (field("kty"), field("crv")) {
-        (Some("EC"), Some("P-256")) => {
-            let mut point = vec![4u8];
-            point.extend(bytes("x")?);
-            point.extend(bytes("y")?);
-            KeyKind::Es256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "not a P-256 point".to_string())?)
-        }
-        (Some("RSA"), _) => {
-            let n = rsa::BigUint::from_bytes_be(&bytes("n")?);
-            let e = rsa::BigUint::from_bytes_be(&bytes("e")?);
-            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("not an RSA key: {e}"))?;
-            if rsa::traits::PublicKeyParts::size(&key) < 256 {
-                return Err("RSA keys under 2048 bits are refused".into());
-            }
-            KeyKind::Rs256(key)
-        }
-        _ => return Err("only EC P-256 and RSA keys are supported".into()),
-    };
-    if let Some(alg) = field("alg") {
-        if alg != kind.alg() {
-            return Err(format!("`alg` {alg} does not match the key type"));
-        }
-    }
-    Ok(PublicKey { kid: field("kid").map(str::to_owned), kind })
-}

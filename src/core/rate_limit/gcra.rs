@@ -263,29 +263,3 @@ impl BucketSet {
 fn ceil_ms(ns: u64) -> u64 {
     ns.div_ceil(NS_PER_MS)
 }
-
-/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do: `12ms`, `1.5s`, `6m0s`.
-pub fn format_duration(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let hours = ms / 3_600_000;
-    let minutes = (ms / 60_000) % 60;
-    let millis = ms % 60_000;
-    let seconds = if millis.is_multiple_of(1000) {
-        format!("{}s", millis / 1000)
-    } else {
-        let s = format!("{}.{:03}", millis / 1000, millis % 1000);
-        format!("{}s", s.trim_end_matches('0'))
-    };
-    match (hours, minutes) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
-}
-
-/// Whole seconds for `retry-after`, rounded up and at least 1 so clients never spin.
-pub fn retry_after_seconds(ms: u64) -> u64 {
-    ms.div_ceil(1000).max(1)
-}

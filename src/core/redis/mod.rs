@@ -6,6 +6,7 @@
 //! Redis: a script runs without any other command interleaved, so concurrent gateways can never
 //! read the same bucket and together pass the limit, and Redis's clock is the only clock.
 
+use crate::core::config::RedisTarget;
 use crate::core::rate_limit::gcra::{Admission, Admitted, Decision, Settlement};
 use crate::core::rate_limit::store::StoreError;
 
@@ -43,7 +44,7 @@ pub fn health_entries(reply: Reply) -> Vec<(String, u32, u64)> {
 }
 
 /// The `EVAL` that replays `events` into the shared book.
-pub fn health_record_command(events: &[crate::core::upstream::balance::HealthEvent], breaker: crate::core::upstream::balance::Breaker) -> Vec<u8> {
+pub fn health_record_command(events: &[crate::core::upstream::balance::HealthEvent], breaker: crate::core::config::Breaker) -> Vec<u8> {
     use crate::core::upstream::balance::HealthEvent;
     let mut args = vec![breaker.eject_after.to_string(), breaker.eject_for_ms.to_string()];
     for event in events {
@@ -96,117 +97,7 @@ pub fn probe_store_commands(round: &crate::core::upstream::readiness::ProbeRound
     ]
 }
 
-/// How long one Redis call may take by default (`GATEWAY_REDIS_TIMEOUT_MS`).
-pub const DEFAULT_TIMEOUT_MS: u64 = 250;
 
-/// Where the limit state lives and how to log in:
-/// `redis://[[username]:password@]host[:port][/db]`, the host a name, an IPv4 address or a
-/// bracketed IPv6 address (`redis://[::1]:6379`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisTarget {
-    /// A name or an IP address (an IPv6 one without its brackets).
-    pub host: String,
-    pub port: u16,
-    /// A Redis 6 ACL user; `None` logs in as `default` (plain `AUTH password`).
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub db: u32,
-    /// The longest one call may take, connecting and logging in included; past it the call fails
-    /// like an unreachable Redis (`GATEWAY_REDIS_TIMEOUT_MS`).
-    pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let user = self.username.as_deref().unwrap_or("");
-        let auth = if self.password.is_some() { format!("{user}:***@") } else { String::new() };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        write!(f, "redis://{auth}{host}:{}/{}", self.port, self.db)
-    }
-}
-
-impl RedisTarget {
-    /// Parses a `redis://` URL; the error says what is wrong with it (never its password).
-    pub fn parse(url: &str) -> Result<RedisTarget, String> {
-        const SHAPE: &str = "must be a redis://[[user]:password@]host[:port][/db] URL";
-        let url = url.trim();
-        if url.starts_with("rediss://") {
-            return Err("uses rediss:// (TLS), which this build cannot speak: WASI 0.2 sockets carry \
-                        plain TCP only. Reach Redis over a private network or through a TLS proxy \
-                        next to the host, with a redis:// URL"
-                .into());
-        }
-        let rest = url.strip_prefix("redis://").ok_or(SHAPE)?;
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| format!("{SHAPE}: the database `{db}` is not a number"))?),
-            None => (rest, 0),
-        };
-        let (username, password, host_port) = match authority.rsplit_once('@') {
-            Some((userinfo, hp)) => {
-                let Some((user, password)) = userinfo.split_once(':') else {
-                    return Err("names a user but no password: write redis://user:password@host, or \
-                                redis://:password@host for the default user"
-                        .into());
-                };
-                let decode = |s: &str| {
-                    percent_decode(s).ok_or_else(|| "has a malformed %-escape in its user or password".to_string())
-                };
-                (Some(decode(user)?).filter(|u| !u.is_empty()), Some(decode(password)?).filter(|p| !p.is_empty()), hp)
-            }
-            None => (None, None, authority),
-        };
-        if username.is_some() && password.is_none() {
-            return Err("names a user but no password".into());
-        }
-        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (ip, after) = bracketed.split_once(']').ok_or(SHAPE)?;
-            if ip.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("{SHAPE}: `[{ip}]` is not an IPv6 address"));
-            }
-            match after.strip_prefix(':') {
-                Some(port) => (ip, Some(port)),
-                None if after.is_empty() => (ip, None),
-                None => return Err(SHAPE.into()),
-            }
-        } else {
-            match host_port.split_once(':') {
-                Some((_, rest)) if rest.contains(':') => {
-                    return Err("has an IPv6 address without brackets: write redis://[::1]:6379".into())
-                }
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        let port = match port {
-            None => 6379,
-            Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: the port `{p}` is not a port"))?,
-        };
-        if host.is_empty() {
-            return Err(format!("{SHAPE}: it has no host"));
-        }
-        Ok(RedisTarget { host: host.to_string(), port, username, password, db, timeout_ms: DEFAULT_TIMEOUT_MS })
-    }
-}
-
-/// Decodes `%XX` escapes (RFC 3986), so credentials may hold `@`, `:` or `/`; `None` when an escape
-/// is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// Encodes one command as a RESP2 array of bulk strings.
 pub fn command(args: &[&[u8]]) -> Vec<u8> {

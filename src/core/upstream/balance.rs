@@ -3,22 +3,16 @@
 //! Lower `priority` first (a fallback tier); within a priority, a weighted random order, so
 //! `weight` shares traffic. Passive health: a backend that fails `eject_after` times in a row is
 //! ejected for `eject_for_ms` and skipped meanwhile. Only real traffic counts: `/readyz` probes
-//! neither eject nor reinstate (see [`crate::core::upstream::readiness`]).
+//! neither eject nor reinstate (see `readiness`).
 //! On Workers the book lives as long as the isolate (each isolate its own view, as with any
 //! proxy's outlier detection). Where instances live for one request (Spin), the adapter loads the
 //! book from a shared store and writes back the book's journal of what happened.
 
-use crate::core::config::{Backend, Config};
+use crate::core::config::{Backend, Breaker, Config};
 use crate::core::error::GatewayError;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// When to eject a failing backend, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Breaker {
-    pub eject_after: u32,
-    pub eject_for_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Health {

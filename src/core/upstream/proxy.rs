@@ -17,13 +17,15 @@
 //! once the backend's first bytes have arrived, so failures before that are ordinary HTTP errors
 //! and failures after it become one final `data: {"error":…}` event.
 
-use crate::core::upstream::balance::{Breaker, HealthBook};
+use crate::core::config::Breaker;
+use crate::core::upstream::balance::HealthBook;
 use crate::core::config::Backend;
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::{read_capped, BodyStream, Headers, ReadError};
 use crate::core::openai::CompletionUsage;
 use crate::core::runtime::{timeout, Runtime};
-use crate::core::upstream::sse::{SseScanner, Stop, Usage};
+use crate::core::openai::Usage;
+use crate::core::upstream::sse::{SseScanner, Stop};
 use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::upstream::errors::{classify, Blame, Counts};
 use futures::channel::oneshot;

@@ -10,21 +10,11 @@
 //!
 //! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
 
+use crate::core::openai::Usage;
 use crate::core::upstream::errors::message_of;
 use serde::de::IgnoredAny;
 use std::borrow::Cow;
 use serde::Deserialize;
-
-/// Token counts as OpenAI reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-}
 
 /// The stream broke the SSE framing (an event larger than the cap).
 #[derive(Debug, Clone, PartialEq, Eq)]
