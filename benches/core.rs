@@ -71,9 +71,9 @@ fn decision_for_a_2kb_request(bencher: Bencher) {
     bencher.bench_local(|| {
         n += 1;
         let caller = identify(&headers, None, &config, 1_700_000_000_000).unwrap();
-        let chat = validate_chat(black_box(&body), &config.limits).unwrap();
-        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.limits.max_tokens);
-        let plan = Plan::new(caller.limits, estimate, &format!("lease_{n}"), 60_000);
+        let chat = validate_chat(black_box(&body), &config.caps).unwrap();
+        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.caps.max_tokens);
+        let plan = Plan::new(caller.budgets, estimate, &format!("lease_{n}"), 60_000);
         let admitted = futures::executor::block_on(store.admit(&caller.scope, &plan.admission)).unwrap();
         black_box(admitted)
     });
@@ -84,7 +84,7 @@ fn decision_for_a_2kb_request(bencher: Bencher) {
 fn parse_and_validate_a_2kb_request(bencher: Bencher) {
     let config = config();
     let body = request_2kb();
-    bencher.bench_local(|| validate_chat(black_box(&body), &config.limits).unwrap());
+    bencher.bench_local(|| validate_chat(black_box(&body), &config.caps).unwrap());
 }
 
 /// A realistic vLLM stream: 1,000 token chunks, a usage chunk, `[DONE]`.

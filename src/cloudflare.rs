@@ -55,7 +55,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::
     // A body is read in one call only when it fits the cap; otherwise it streams and is refused
     // at the cap without being buffered.
     let one_call_max = match config.as_ref() {
-        Ok(config) => WHOLE_BODY_MAX_BYTES.min(config.limits.max_body_bytes as u64),
+        Ok(config) => WHOLE_BODY_MAX_BYTES.min(config.caps.max_body_bytes as u64),
         Err(_) => 0,
     };
     let request = to_core_request(req, one_call_max)?;
@@ -77,7 +77,7 @@ fn config(env: &Env) -> Rc<Result<Config, ConfigError>> {
         let lookup = |name: &str| lookup_var(env, name);
         let config = Rc::new(Config::from_lookup(&lookup));
         if let Err(e) = config.as_ref() {
-            console_log!("{}", serde_json::json!({ "level": "error", "config_error": e.0 }));
+            console_log!("{}", crate::core::log::event("error", "config_error", &[("detail", e.0.clone().into())]));
         }
         *cell = Some(config.clone());
         config
@@ -274,11 +274,7 @@ impl DurableLimitStore {
 impl LimitStore for DurableLimitStore {
     async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
         let mut response = self.call(scope, &StoreCall::Admit(admission.clone())).await?;
-        let admitted: Admitted = response.json().await.map_err(|e| StoreError(e.to_string()))?;
-        if admitted.decisions.len() != admission.takes.len() || admitted.lease.is_some() != admission.lease.is_some() {
-            return Err(StoreError("limiter answered the wrong number of decisions".into()));
-        }
-        Ok(admitted)
+        response.json().await.map_err(|e| StoreError(e.to_string()))
     }
 
     async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {

@@ -19,8 +19,9 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
+use crate::core::log::event;
 use crate::core::upstream::balance::HealthBook;
-use crate::core::config::{vars, Config, ConfigError};
+use crate::core::config::{Config, ConfigError};
 use crate::core::upstream::readiness::{ProbeCache, ProbeRound};
 use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
 use crate::core::rate_limit::gcra::{Admission, Admitted, Settlement};
@@ -72,7 +73,7 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
     let health = Rc::new(HealthBook::shared(Box::new(move || match loader.call_blocking(&redis::health_load_command()) {
         Ok(reply) => redis::health_entries(reply),
         Err(e) => {
-            log(&serde_json::json!({ "level": "warn", "event": "health_read_failed", "detail": e.0 }).to_string());
+            log(&event("warn", "health_read_failed", &[("detail", e.0.into())]));
             Vec::new()
         }
     })));
@@ -85,7 +86,7 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
     let events = health.take_journal();
     if let (false, Ok(config)) = (events.is_empty(), config) {
         if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker), InExecutor).await {
-            log(&serde_json::json!({ "level": "warn", "event": "health_write_failed", "detail": e.0 }).to_string());
+            log(&event("warn", "health_write_failed", &[("detail", e.0.into())]));
         }
     }
 }
@@ -100,13 +101,10 @@ fn config() -> Rc<Result<Config, ConfigError>> {
     CONFIG.with(|cell| {
         cell.get_or_init(|| {
             let env: HashMap<String, String> = wasip2::cli::environment::get_environment().into_iter().collect();
-            // This build has no store of its own: Redis is required, its absence a configuration error.
-            let config = Config::from_lookup(&env).and_then(|config| match config.redis {
-                Some(_) => Ok(config),
-                None => Err(ConfigError(format!("{} is not set (the Spin build keeps limit state in Redis)", vars::REDIS_URL))),
-            });
+            // This build has no store of its own: Redis is required.
+            let config = Config::from_lookup(&env).and_then(Config::require_redis);
             if let Err(e) = &config {
-                log(&serde_json::json!({ "level": "error", "config_error": e.0 }).to_string());
+                log(&event("error", "config_error", &[("detail", e.0.clone().into())]));
             }
             Rc::new(config)
         })

@@ -5,7 +5,7 @@
 
 mod fakes;
 
-use edge_gateway::core::config::{Config, RequestLimits};
+use edge_gateway::core::config::{Config, RequestCaps};
 use edge_gateway::core::http::{Body, Request};
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Lease, Settlement};
 use edge_gateway::core::upstream::sse::SseScanner;
@@ -190,8 +190,8 @@ fn backend_messages_leak_addresses_and_paths_the_cleaner_misses() {
 //    versions) lets a 60-byte request render an arbitrarily long prompt.
 // ---------------------------------------------------------------------------------------------
 
-fn small_limits() -> RequestLimits {
-    RequestLimits { max_body_bytes: 1 << 20, max_messages: 16, max_content_bytes: 1000, max_tokens: 512, max_n: 2, allow_remote_media: false }
+fn small_limits() -> RequestCaps {
+    RequestCaps { max_body_bytes: 1 << 20, max_messages: 16, max_content_bytes: 1000, max_tokens: 512, max_n: 2, allow_remote_media: false }
 }
 
 #[test]

@@ -25,14 +25,14 @@ fn parses_a_typical_deployment() {
     assert_eq!(config.backends[1].health_path, "/v1/models");
     assert!(config.backends[1].api_key.is_none());
     assert_eq!(config.api_keys[0].models, ModelAccess::All);
-    assert_eq!(config.api_keys[0].limits.requests_per_minute, Some(3));
-    assert_eq!(config.api_keys[2].limits.tokens_per_minute, Some(1000));
-    assert_eq!(config.api_keys[2].limits.max_in_flight, Some(1));
+    assert_eq!(config.api_keys[0].budgets.requests_per_minute, Some(3));
+    assert_eq!(config.api_keys[2].budgets.tokens_per_minute, Some(1000));
+    assert_eq!(config.api_keys[2].budgets.max_in_flight, Some(1));
     assert!(config.anonymous.is_none(), "no anonymous tier unless configured");
     assert_eq!(config.timeouts.total_ms, 600_000);
     assert!(config.redis.is_none(), "Redis is optional in the core; the Spin build requires it");
-    assert_eq!(config.limits.max_tokens, 512);
-    assert_eq!(config.limits.max_body_bytes, 1 << 20, "default");
+    assert_eq!(config.caps.max_tokens, 512);
+    assert_eq!(config.caps.max_body_bytes, 1 << 20, "default");
     assert_eq!(config.cors, Cors::Origins(vec!["https://app.example.com".into()]));
     assert_eq!(config.served_models(), vec!["llama", "qwen"]);
 }

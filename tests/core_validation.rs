@@ -1,12 +1,12 @@
 //! Every chat validation rule, table-driven: each bad input is a 400 naming its `param`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_gateway::core::config::{Backend, RequestLimits};
+use edge_gateway::core::config::{Backend, RequestCaps};
 use edge_gateway::core::validate::{validate_chat, Injection, ValidatedChat, MEDIA_PART_TOKENS};
 use serde_json::{json, Value};
 
-fn limits() -> RequestLimits {
-    RequestLimits { max_body_bytes: 1 << 20, max_messages: 4, max_content_bytes: 100, max_tokens: 512, max_n: 2, allow_remote_media: false }
+fn limits() -> RequestCaps {
+    RequestCaps { max_body_bytes: 1 << 20, max_messages: 4, max_content_bytes: 100, max_tokens: 512, max_n: 2, allow_remote_media: false }
 }
 
 /// A backend, with the context length it declares (if any).
@@ -236,7 +236,7 @@ fn counts_every_tokenized_text_and_a_fixed_cost_per_media_part() {
 fn allows_remote_media_only_when_the_operator_does() {
     let body = with("messages", json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/cat.png"}}]}]));
     assert!(validate_chat(&body, &limits()).is_err());
-    let open = RequestLimits { allow_remote_media: true, ..limits() };
+    let open = RequestCaps { allow_remote_media: true, ..limits() };
     validate_chat(&body, &open).unwrap();
     let file = with("messages", json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]));
     assert!(validate_chat(&file, &open).is_err(), "file: is never allowed");

@@ -2,12 +2,12 @@
 //! JSON object the backend can parse, with the caps it promised.
 #![no_main]
 
-use edge_gateway::core::config::{Backend, RequestLimits};
+use edge_gateway::core::config::{Backend, RequestCaps};
 use edge_gateway::core::validate::validate_chat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = RequestLimits { max_body_bytes: 1 << 20, max_messages: 8, max_content_bytes: 4096, max_tokens: 512, max_n: 2, allow_remote_media: false };
+    let limits = RequestCaps { max_body_bytes: 1 << 20, max_messages: 8, max_content_bytes: 4096, max_tokens: 512, max_n: 2, allow_remote_media: false };
     let backend = |max_model_len| Backend {
         name: "b".into(),
         base_url: "http://b".into(),

@@ -1,9 +1,10 @@
 //! Settling up once a request has ended: its budgets corrected by what it really used, and its
 //! one log line written.
 
+use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::rate_limit::plan::Settler;
 use crate::core::log::LogRecord;
-use crate::core::upstream::proxy::{StreamEnd, StreamSummary};
+use crate::core::upstream::relay::{StreamEnd, StreamSummary};
 use crate::core::runtime::Runtime;
 use crate::core::openai::Usage;
 use crate::core::rate_limit::store::LimitStore;
@@ -16,6 +17,12 @@ pub struct StreamAccount<S: LimitStore + Clone + 'static, R: Runtime + Clone + '
 }
 
 impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> StreamAccount<S, R> {
+    /// What a stream that has just started owes; its record is logged as a 200.
+    pub fn new(settler: Option<Settler<S, R>>, mut record: LogRecord, runtime: R) -> Self {
+        record.status = 200;
+        StreamAccount { settler, record, runtime }
+    }
+
     /// Settles on the backend's usage (or, for a stream cut short without it, the prompt plus the
     /// chunks relayed) and logs the stream's end.
     pub fn ended(mut self, summary: StreamSummary) {
@@ -36,6 +43,21 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> StreamAccoun
         };
         record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
         self.runtime.log(&record.to_line());
+    }
+}
+
+/// Settles a request no backend answered: charged its prompt when a backend took it and worked on
+/// it until a deadline (a non-stream past the total timeout, a stream past the first-byte one),
+/// else refunded whole.
+pub fn settle_failure<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static>(
+    settler: Option<Settler<S, R>>,
+    error: &GatewayError,
+) {
+    if let Some(settler) = settler {
+        match error {
+            GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total } => settler.charge_prompt(),
+            _ => settler.settle(0),
+        }
     }
 }
 

@@ -2,27 +2,29 @@
 //! validate, admit, route upstream, proxy, account. Adapters call [`Gateway::handle`] and
 //! translate the [`Response`] back.
 
-use crate::core::account::{settle_completion, StreamAccount};
+use crate::core::account::{settle_completion, settle_failure, StreamAccount};
 use crate::core::rate_limit::plan::{Plan, Settler};
 use crate::core::auth::{identify, Caller};
 use crate::core::upstream::balance::{attempt_order, HealthBook};
 use crate::core::config::{Config, ConfigError};
 use crate::core::cors;
-use crate::core::error::{GatewayError, RateLimitKind, TimeoutPhase};
+use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
-use crate::core::http::{read_capped, Body, Headers, ReadError, Request, Response};
+use crate::core::config::Backend;
+use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
 use crate::core::openai::format_duration;
 use crate::core::rate_limit::gcra::Decision;
-use crate::core::log::LogRecord;
+use crate::core::log::{self, LogRecord};
 use crate::core::openai::ModelList;
-use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed, StreamEnd, StreamEnding};
+use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
+use crate::core::upstream::relay::{StreamEnd, StreamEnding};
 use crate::core::request_id::{hex, RequestIds};
 use crate::core::route::{route, Route};
 use crate::core::runtime::Runtime;
-use crate::core::rate_limit::store::LimitStore;
+use crate::core::rate_limit::store::{self, LimitStore};
 use crate::core::trace::TraceContext;
 use crate::core::upstream::Upstream;
-use crate::core::validate::validate_chat;
+use crate::core::validate::{validate_chat, ValidatedChat};
 use futures::future::{select, Either};
 use std::rc::Rc;
 
@@ -46,6 +48,29 @@ struct Context {
     record: LogRecord,
     /// Every budget the request was checked against, for the `x-ratelimit-*` headers.
     decisions: Vec<(RateLimitKind, Decision)>,
+}
+
+impl Context {
+    /// The request's ids, trace and log record, from one draw of randomness.
+    fn new<R: Runtime>(runtime: &R, request: &Request) -> Context {
+        let mut random = [0u8; 56];
+        runtime.fill_random(&mut random);
+        let (id_random, rest) = random.split_at(16);
+        let (trace_random, lease_random) = rest.split_at(24);
+        let ids = RequestIds::new(&request.headers, id_random.try_into().unwrap_or_default());
+        let trace = TraceContext::new(&request.headers, trace_random.try_into().unwrap_or([1; 24]));
+        let record = LogRecord {
+            ts: runtime.now_ms(),
+            request_id: ids.client.clone(),
+            upstream_request_id: ids.upstream_if_different().map(str::to_owned),
+            trace_id: trace.trace_id.clone(),
+            span_id: trace.span_id.clone(),
+            method: request.method.clone(),
+            path: request.path.chars().take(200).collect(),
+            ..LogRecord::default()
+        };
+        Context { ids, trace, lease_id: hex(lease_random), record, decisions: Vec::new() }
+    }
 }
 
 /// What a handler produced; a streamed answer logs itself when its stream ends, which must be
@@ -95,27 +120,9 @@ where
     /// goes away first (the platform's `disconnected`), everything under way is dropped at once —
     /// the backend request aborted, the in-flight slot released.
     pub async fn handle(&self, config: Result<&Config, &ConfigError>, mut request: Request) -> Response {
-        let mut random = [0u8; 56];
-        self.runtime.fill_random(&mut random);
-        let (id_random, rest) = random.split_at(16);
-        let (trace_random, lease_random) = rest.split_at(24);
-        let ids = RequestIds::new(&request.headers, id_random.try_into().unwrap_or_default());
-        let trace = TraceContext::new(&request.headers, trace_random.try_into().unwrap_or([1; 24]));
-        let record = LogRecord {
-            ts: self.runtime.now_ms(),
-            request_id: ids.client.clone(),
-            upstream_request_id: ids.upstream_if_different().map(str::to_owned),
-            trace_id: trace.trace_id.clone(),
-            span_id: trace.span_id.clone(),
-            method: request.method.clone(),
-            path: request.path.chars().take(200).collect(),
-            ..LogRecord::default()
-        };
-        let mut cx = Context { ids, trace, lease_id: hex(lease_random), record, decisions: Vec::new() };
-        let cors_request: Headers =
-            request.headers.get("origin").map(|o| ("origin".to_string(), o.to_string())).into_iter().collect();
+        let mut cx = Context::new(&self.runtime, &request);
+        let origin: Headers = request.headers.get("origin").map(|o| ("origin".into(), o.into())).into_iter().collect();
         let disconnected = request.disconnected.take();
-
         let handling = Box::pin(async {
             match config {
                 Err(e) => Err(GatewayError::Config { message: e.0.clone() }),
@@ -130,61 +137,60 @@ where
                 Either::Right(_) => (None, None),
             },
         };
-        let Some(handled) = handled else {
-            cx.record.status = 499;
-            cx.record.error = Some("client_closed");
-            self.log(&mut cx.record);
-            return Response::empty(499);
-        };
-        let Handled { mut response, stream } = match handled {
-            Ok(handled) => handled,
-            Err(error) => {
-                cx.record.error = error.code();
-                cx.record.detail = error.detail();
-                error.render().into()
-            }
-        };
-
+        let Some(handled) = handled else { return self.client_left(&mut cx) };
+        let Handled { mut response, stream } = handled.unwrap_or_else(|error| {
+            cx.record.error = error.code();
+            cx.record.detail = error.detail();
+            error.render().into()
+        });
         let headers = &mut response.headers;
         headers.set("x-request-id", cx.ids.client.clone());
         headers.set("traceparent", cx.trace.traceparent());
         set_rate_limit_headers(headers, &cx.decisions);
         if let Ok(config) = config {
-            cors::apply(&config.cors, &cors_request, headers);
+            cors::apply(&config.cors, &origin, headers);
         }
         match stream {
             None => {
                 cx.record.status = response.status;
                 self.log(&mut cx.record);
             }
-            // The stream logs itself when it ends. It must end by its deadline even if the client
-            // stops reading (nothing polls the relay then), and — on platforms that stop polling
-            // a response whose client left instead of dropping it (workerd) — when the platform
-            // says the client is gone. Either way the backend request is let go of.
-            Some((ending, deadline_ms)) => {
-                let runtime = self.runtime.clone();
-                let ended = ending.ended();
-                self.runtime.spawn(Box::pin(async move {
-                    let gone = async move {
-                        match disconnected {
-                            Some(gone) => gone.await,
-                            None => futures::future::pending().await,
-                        }
-                    };
-                    let late = async {
-                        let left = deadline_ms.saturating_sub(runtime.now_ms());
-                        runtime.sleep(left).await;
-                    };
-                    let watched = select(Box::pin(gone), Box::pin(late));
-                    match select(watched, Box::pin(ended)).await {
-                        Either::Left((Either::Left(_), _)) => ending.fire(StreamEnd::ClientClosed, None),
-                        Either::Left((Either::Right(_), _)) => ending.fire(StreamEnd::Timeout, None),
-                        Either::Right(_) => {}
-                    }
-                }));
-            }
+            Some((ending, deadline_ms)) => self.watch(ending, deadline_ms, disconnected),
         }
         response
+    }
+
+    /// The client left before its answer: logged as nginx's 499.
+    fn client_left(&self, cx: &mut Context) -> Response {
+        cx.record.status = 499;
+        cx.record.error = Some("client_closed");
+        self.log(&mut cx.record);
+        Response::empty(499)
+    }
+
+    /// A stream logs itself when it ends. It must end by its deadline even if the client stops
+    /// reading (nothing polls the relay then), and — on platforms that stop polling a response
+    /// whose client left instead of dropping it (workerd) — when the platform says the client is
+    /// gone. Either way the backend request is let go of.
+    fn watch(&self, ending: StreamEnding, deadline_ms: u64, disconnected: Option<Disconnected>) {
+        let runtime = self.runtime.clone();
+        let ended = ending.ended();
+        self.runtime.spawn(Box::pin(async move {
+            let gone = async move {
+                match disconnected {
+                    Some(gone) => gone.await,
+                    None => futures::future::pending().await,
+                }
+            };
+            let late = async {
+                runtime.sleep(deadline_ms.saturating_sub(runtime.now_ms())).await;
+            };
+            match select(select(Box::pin(gone), Box::pin(late)), Box::pin(ended)).await {
+                Either::Left((Either::Left(_), _)) => ending.fire(StreamEnd::ClientClosed, None),
+                Either::Left((Either::Right(_), _)) => ending.fire(StreamEnd::Timeout, None),
+                Either::Right(_) => {}
+            }
+        }));
     }
 
     fn log(&self, record: &mut LogRecord) {
@@ -211,82 +217,80 @@ where
         }
     }
 
+    /// `POST /v1/chat/completions`, step by step.
+    async fn chat_completions(&self, config: &Config, mut request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
+        let caller = self.authenticate(config, &request, cx)?;
+        let chat = self.validate(config, &mut request, &caller, cx).await?;
+        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.caps.max_tokens);
+        // Settled exactly once: by the answer's usage, by the stream's end, or when dropped.
+        let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
+        let backends = attempt_order(config, &chat.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
+        if let Some(settler) = settler.as_mut() {
+            settler.sent();
+        }
+        let ending = StreamEnding::new();
+        let (relayed, backend, tried) = match self.proxy(config, &chat, &backends, cx, ending.clone()).await {
+            Ok(sent) => sent,
+            Err(error) => {
+                settle_failure(settler, &error);
+                return Err(error);
+            }
+        };
+        cx.record.backend = Some(backend.name.clone());
+        cx.record.attempts = Some(tried);
+        cx.record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(cx.record.ts));
+        Ok(match relayed {
+            Relayed::Completion { body, usage } => {
+                cx.record.usage = usage;
+                settle_completion(settler, usage, estimate);
+                Response::json(200, body).into()
+            }
+            Relayed::Stream { body, deadline_ms } => {
+                let account = StreamAccount::new(settler, cx.record.clone(), self.runtime.clone());
+                ending.on_end(Box::new(move |summary| account.ended(summary)));
+                Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
+            }
+        })
+    }
+
     fn authenticate<'c>(&self, config: &'c Config, request: &Request, cx: &mut Context) -> Result<Caller<'c>, GatewayError> {
         let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
         cx.record.key_id = Some(caller.id.to_string());
         Ok(caller)
     }
 
-    async fn chat_completions(&self, config: &Config, mut request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
-        let caller = self.authenticate(config, &request, cx)?;
-        let body = read_body(&mut request, config.limits.max_body_bytes).await?;
-        let chat = validate_chat(&body, &config.limits)?;
+    /// Reads the body (capped), validates it, and checks the caller may use its model.
+    async fn validate(&self, config: &Config, request: &mut Request, caller: &Caller<'_>, cx: &mut Context) -> Result<ValidatedChat, GatewayError> {
+        let body = read_body(request, config.caps.max_body_bytes).await?;
+        let chat = validate_chat(&body, &config.caps)?;
         cx.record.model = Some(chat.model.clone());
         cx.record.stream = Some(chat.stream);
         if !caller.models.allows(&chat.model) || config.backends_serving(&chat.model).next().is_none() {
             return Err(GatewayError::ModelNotFound { model: chat.model });
         }
-        let cap = config.limits.max_tokens;
-        let estimate = chat.token_estimate(config.backends_serving(&chat.model), cap);
+        Ok(chat)
+    }
 
-        // Settled exactly once: by the stream's end, by the completion's usage, or when dropped.
-        let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
-        let now = self.runtime.now_ms();
-        let backends = attempt_order(config, &chat.model, &self.health, now, random_u64(&self.runtime))?;
-
+    /// Sends the request to the first of `backends` that answers; the backend gets its own
+    /// credential, a request id of the gateway's and the trace context.
+    async fn proxy<'a>(
+        &self,
+        config: &'a Config,
+        chat: &ValidatedChat,
+        backends: &[&'a Backend],
+        cx: &Context,
+        ending: StreamEnding,
+    ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
         let traceparent = cx.trace.traceparent();
-        let forwarded = Forwarded {
-            request_id: &cx.ids.upstream,
-            traceparent: Some(&traceparent),
-            tracestate: cx.trace.tracestate.as_deref(),
-        };
-        let build = |backend: &crate::core::config::Backend| {
-            let body = chat.upstream_body(backend, cap);
+        let forwarded =
+            Forwarded { request_id: &cx.ids.upstream, traceparent: Some(&traceparent), tracestate: cx.trace.tracestate.as_deref() };
+        let build = |backend: &Backend| {
+            let body = chat.upstream_body(backend, config.caps.max_tokens);
             proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
         };
-        let attempts =
-            Attempts { backends: &backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
+        let attempts = Attempts { backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
         let exchange = Exchange { stream: chat.stream, client_wants_usage: chat.client_wants_usage };
-        let ending = StreamEnding::new();
-        if let Some(settler) = settler.as_mut() {
-            settler.sent();
-        }
-        let sent = proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, (&config.timeouts).into(), ending.clone()).await;
-        let (relayed, backend, tried) = match sent {
-            Ok(sent) => sent,
-            Err(error) => {
-                if let Some(settler) = settler {
-                    match error {
-                        // The backend took the request and worked on it until the deadline.
-                        GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total } => settler.charge_prompt(),
-                        // Nothing was generated for the client: its budgets are given back.
-                        _ => settler.settle(0),
-                    }
-                }
-                return Err(error);
-            }
-        };
-        let record = &mut cx.record;
-        record.backend = Some(backend.name.clone());
-        record.attempts = Some(tried);
-        record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(record.ts));
-        match relayed {
-            Relayed::Completion { body, usage } => {
-                record.usage = usage;
-                settle_completion(settler, usage, estimate);
-                Ok(Response::json(200, body).into())
-            }
-            Relayed::Stream { body, deadline_ms } => {
-                let mut account = StreamAccount { settler, record: record.clone(), runtime: self.runtime.clone() };
-                account.record.status = 200;
-                ending.on_end(Box::new(move |summary| account.ended(summary)));
-                let mut response = Response { status: 200, headers: Headers::new(), body: Body::Stream(body) };
-                response.headers.set("content-type", "text/event-stream");
-                response.headers.set("cache-control", "no-cache");
-                response.headers.set("x-accel-buffering", "no");
-                Ok(Handled { response, stream: Some((ending, deadline_ms)) })
-            }
-        }
+        proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, &config.timeouts, ending).await
     }
 
     /// Takes this request from the caller's budgets in the consistent store (one atomic step).
@@ -301,21 +305,19 @@ where
     ) -> Result<Option<Settler<S, R>>, GatewayError> {
         // A slot outlives the longest request by a margin, so only a lost release lets it expire.
         let lease_ttl_ms = config.timeouts.total_ms.saturating_add(60_000);
-        let plan = Plan::new(caller.limits, estimate, &cx.lease_id, lease_ttl_ms);
+        let plan = Plan::new(caller.budgets, estimate, &cx.lease_id, lease_ttl_ms);
         if plan.is_empty() {
             return Ok(None);
         }
         // Made before the store is asked: if the client leaves while the store's answer is on its
         // way (the lease may already be taken), dropping it releases the lease.
         let settler = plan.settler(self.store.clone(), self.runtime.clone(), caller.scope.clone(), prompt_estimate);
-        let admitted = match self.store.admit(&caller.scope, &plan.admission).await {
+        let answer = self.store.admit(&caller.scope, &plan.admission).await;
+        let admitted = match answer.and_then(|admitted| store::checked(admitted, &plan.admission)) {
             Ok(admitted) => admitted,
             Err(e) if config.limits_fail_open => {
                 settler.forget();
-                self.runtime.log(&format!(
-                    r#"{{"level":"warn","event":"limit_store_unavailable","admitted":true,"detail":{}}}"#,
-                    serde_json::Value::from(e.0)
-                ));
+                self.runtime.log(&log::event("warn", "limit_store_unavailable", &[("admitted", true.into()), ("detail", e.0.into())]));
                 return Ok(None);
             }
             Err(e) => {

@@ -142,6 +142,15 @@ impl Response {
         Response { status, headers, body: Body::Full(body.into()) }
     }
 
+    /// A server-sent event stream, marked so that no proxy in between buffers it.
+    pub fn event_stream(body: BodyStream) -> Self {
+        let mut headers = Headers::new();
+        headers.set("content-type", "text/event-stream");
+        headers.set("cache-control", "no-cache");
+        headers.set("x-accel-buffering", "no");
+        Response { status: 200, headers, body: Body::Stream(body) }
+    }
+
     /// An empty response (preflight, 204s).
     pub fn empty(status: u16) -> Self {
         Response { status, headers: Headers::new(), body: Body::Full(Vec::new()) }

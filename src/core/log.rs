@@ -44,3 +44,15 @@ impl LogRecord {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"log\":\"unserializable\"}"))
     }
 }
+
+/// One operational event as a JSON log line (`{"level","event",…}`): the one way lines other than
+/// the request record are written, by the core and the adapters alike.
+pub fn event(level: &str, event: &str, fields: &[(&str, serde_json::Value)]) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert("level".into(), level.into());
+    line.insert("event".into(), event.into());
+    for (name, value) in fields {
+        line.insert((*name).into(), value.clone());
+    }
+    serde_json::Value::Object(line).to_string()
+}

@@ -23,16 +23,6 @@ pub enum Asset {
 }
 
 impl Asset {
-    /// The asset served at `path`, if any.
-    pub fn at(path: &str) -> Option<Asset> {
-        match path {
-            "/" => Some(Asset::Page),
-            "/playground.js" => Some(Asset::Script),
-            "/playground.css" => Some(Asset::Style),
-            _ => None,
-        }
-    }
-
     /// The asset with its type and security headers.
     pub fn response(self) -> Response {
         let (content_type, body) = match self {

@@ -1,4 +1,5 @@
-//! The platform services the core needs besides HTTP and limits: time, randomness, logging.
+//! The platform services the core needs besides HTTP and the limit store: time, randomness, logs,
+//! and work after the response.
 
 use std::future::Future;
 
@@ -14,7 +15,7 @@ pub trait Runtime {
     /// Writes one structured log line.
     fn log(&self, line: &str);
     /// Runs `task` after the response, keeping the instance alive until it is done (settling
-    /// limits once a stream has ended).
+    /// budgets once a stream has ended).
     fn spawn(&self, task: std::pin::Pin<Box<dyn Future<Output = ()>>>);
 }
 

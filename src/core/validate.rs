@@ -11,7 +11,7 @@
 //! parts (images, audio, video, files) count a fixed [`MEDIA_PART_TOKENS`] each; their URLs must be
 //! inline `data:` unless the operator allows remote media, because vLLM fetches them itself.
 
-use crate::core::config::{Backend, RequestLimits};
+use crate::core::config::{Backend, RequestCaps};
 use crate::core::error::GatewayError;
 use serde_json::{Map, Value};
 
@@ -83,7 +83,7 @@ pub enum Injection {
 }
 
 /// Parses and validates a `/v1/chat/completions` body.
-pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedChat, GatewayError> {
+pub fn validate_chat(body: &[u8], caps: &RequestCaps) -> Result<ValidatedChat, GatewayError> {
     let mut request = parse_object(body)?;
 
     let model = match request.get("model") {
@@ -98,10 +98,10 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
     };
 
     let mut prompt = PromptSize::default();
-    let messages = check_messages(request.get("messages"), limits, &mut prompt)?;
+    let messages = check_messages(request.get("messages"), caps, &mut prompt)?;
     for field in PROMPT_FIELDS {
         if let Some(value) = request.get(*field).filter(|v| !v.is_null()) {
-            prompt.add_text(json_len(value), field, limits)?;
+            prompt.add_text(json_len(value), field, caps)?;
         }
     }
 
@@ -114,17 +114,17 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
     check_number(&request, "temperature", |t| (0.0..=2.0).contains(&t), "a number from 0 to 2")?;
     check_number(&request, "top_p", |p| p > 0.0 && p <= 1.0, "a number greater than 0 and at most 1")?;
     let n = match optional_integer(&request, "n")? {
-        Some(n) if n < 1 || n > u64::from(limits.max_n) => {
-            return Err(GatewayError::invalid("n", format!("n must be an integer from 1 to {}", limits.max_n)))
+        Some(n) if n < 1 || n > u64::from(caps.max_n) => {
+            return Err(GatewayError::invalid("n", format!("n must be an integer from 1 to {}", caps.max_n)))
         }
         Some(n) => n as u32,
         None => 1,
     };
     let best_of = match optional_integer(&request, "best_of")? {
-        Some(b) if b < u64::from(n) || b > u64::from(limits.max_n) => {
+        Some(b) if b < u64::from(n) || b > u64::from(caps.max_n) => {
             return Err(GatewayError::invalid(
                 "best_of",
-                format!("best_of must be an integer from n ({n}) to {}", limits.max_n),
+                format!("best_of must be an integer from n ({n}) to {}", caps.max_n),
             ))
         }
         Some(b) => b as u32,
@@ -141,10 +141,10 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
     let mut max_tokens: Option<u32> = None;
     for field in ["max_tokens", "max_completion_tokens"] {
         if let Some(value) = optional_integer(&request, field)? {
-            if value < 1 || value > u64::from(limits.max_tokens) {
+            if value < 1 || value > u64::from(caps.max_tokens) {
                 return Err(GatewayError::invalid(
                     field,
-                    format!("{field} must be an integer from 1 to {}", limits.max_tokens),
+                    format!("{field} must be an integer from 1 to {}", caps.max_tokens),
                 ));
             }
             // Backends honour one or the other (vLLM and SGLang prefer max_completion_tokens):
@@ -153,7 +153,7 @@ pub fn validate_chat(body: &[u8], limits: &RequestLimits) -> Result<ValidatedCha
         }
     }
     if let Some(min) = optional_integer(&request, "min_tokens")? {
-        let most = max_tokens.unwrap_or(limits.max_tokens);
+        let most = max_tokens.unwrap_or(caps.max_tokens);
         if min > u64::from(most) {
             return Err(GatewayError::invalid(
                 "min_tokens",
@@ -255,12 +255,12 @@ struct PromptSize {
 }
 
 impl PromptSize {
-    fn add_text(&mut self, bytes: usize, param: &str, limits: &RequestLimits) -> Result<(), GatewayError> {
+    fn add_text(&mut self, bytes: usize, param: &str, caps: &RequestCaps) -> Result<(), GatewayError> {
         self.text_bytes = self.text_bytes.saturating_add(bytes);
-        if self.text_bytes > limits.max_content_bytes {
+        if self.text_bytes > caps.max_content_bytes {
             return Err(GatewayError::invalid(
                 param,
-                format!("the request's text exceeds the limit of {} bytes", limits.max_content_bytes),
+                format!("the request's text exceeds the limit of {} bytes", caps.max_content_bytes),
             ));
         }
         Ok(())
@@ -284,7 +284,7 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
 }
 
 /// Checks `messages`, adding what they will cost to `prompt`; returns how many there are.
-fn check_messages(messages: Option<&Value>, limits: &RequestLimits, prompt: &mut PromptSize) -> Result<u32, GatewayError> {
+fn check_messages(messages: Option<&Value>, caps: &RequestCaps, prompt: &mut PromptSize) -> Result<u32, GatewayError> {
     let messages = match messages {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
@@ -295,10 +295,10 @@ fn check_messages(messages: Option<&Value>, limits: &RequestLimits, prompt: &mut
         }
         Some(_) => return Err(GatewayError::invalid("messages", "messages must be an array")),
     };
-    if messages.len() > limits.max_messages {
+    if messages.len() > caps.max_messages {
         return Err(GatewayError::invalid(
             "messages",
-            format!("too many messages: {} (the limit is {})", messages.len(), limits.max_messages),
+            format!("too many messages: {} (the limit is {})", messages.len(), caps.max_messages),
         ));
     }
     for (i, message) in messages.iter().enumerate() {
@@ -323,9 +323,9 @@ fn check_messages(messages: Option<&Value>, limits: &RequestLimits, prompt: &mut
         for (field, value) in message {
             match field.as_str() {
                 "role" => {}
-                "content" => check_content(value, i, limits, prompt)?,
+                "content" => check_content(value, i, caps, prompt)?,
                 // name, refusal, tool_calls (arguments), tool_call_id, reasoning…: all tokenized.
-                _ => prompt.add_text(string_bytes(value), "messages", limits)?,
+                _ => prompt.add_text(string_bytes(value), "messages", caps)?,
             }
         }
     }
@@ -334,10 +334,10 @@ fn check_messages(messages: Option<&Value>, limits: &RequestLimits, prompt: &mut
 
 /// One message's `content`: a string, an array of content parts, or null (assistant messages that
 /// only carry tool calls).
-fn check_content(content: &Value, i: usize, limits: &RequestLimits, prompt: &mut PromptSize) -> Result<(), GatewayError> {
+fn check_content(content: &Value, i: usize, caps: &RequestCaps, prompt: &mut PromptSize) -> Result<(), GatewayError> {
     match content {
         Value::Null => Ok(()),
-        Value::String(s) => prompt.add_text(s.len(), "messages", limits),
+        Value::String(s) => prompt.add_text(s.len(), "messages", caps),
         Value::Array(parts) => {
             for (j, part) in parts.iter().enumerate() {
                 let at = || format!("messages[{i}].content[{j}]");
@@ -352,14 +352,14 @@ fn check_content(content: &Value, i: usize, limits: &RequestLimits, prompt: &mut
                     return Err(GatewayError::invalid(format!("{}.text", at()), "a text part must have a string text"));
                 }
                 // Templates join parts with a separator: every part is at least one byte.
-                prompt.add_text(1, "messages", limits)?;
+                prompt.add_text(1, "messages", caps)?;
                 if MEDIA_PARTS.contains(&kind) {
-                    check_media_urls(part, &at(), limits)?;
+                    check_media_urls(part, &at(), caps)?;
                     prompt.media_parts = prompt.media_parts.saturating_add(1);
                 } else {
                     // Text parts, refusals, and parts we do not know: every string counts.
                     let bytes = part.iter().filter(|(k, _)| *k != "type").map(|(_, v)| string_bytes(v)).sum();
-                    prompt.add_text(bytes, "messages", limits)?;
+                    prompt.add_text(bytes, "messages", caps)?;
                 }
             }
             Ok(())
@@ -373,7 +373,7 @@ fn check_content(content: &Value, i: usize, limits: &RequestLimits, prompt: &mut
 
 /// Media must come inline (`data:`) unless the operator allows remote media: the backend would
 /// fetch any other URL itself, from inside the operator's network. `file:` is never allowed.
-fn check_media_urls(part: &Map<String, Value>, at: &str, limits: &RequestLimits) -> Result<(), GatewayError> {
+fn check_media_urls(part: &Map<String, Value>, at: &str, caps: &RequestCaps) -> Result<(), GatewayError> {
     for (key, value) in part {
         // `{"image_url": {"url": …}}` (chat) or `{"image_url": "…"}` (Responses API).
         let (url, param) = match value {
@@ -385,9 +385,9 @@ fn check_media_urls(part: &Map<String, Value>, at: &str, limits: &RequestLimits)
             _ => continue,
         };
         let scheme = url.split_once(':').map(|(s, _)| s.trim().to_ascii_lowercase()).unwrap_or_default();
-        let allowed = scheme == "data" || (limits.allow_remote_media && matches!(scheme.as_str(), "http" | "https"));
+        let allowed = scheme == "data" || (caps.allow_remote_media && matches!(scheme.as_str(), "http" | "https"));
         if !allowed {
-            let message = if limits.allow_remote_media {
+            let message = if caps.allow_remote_media {
                 "media URLs must be http(s) or inline data: URLs"
             } else {
                 "this gateway accepts media only inline, as data: URLs (remote media URLs are disabled)"

@@ -6,7 +6,7 @@
 
 pub mod jwt;
 
-use crate::core::config::{ApiKey, Config, LimitPolicy, ModelAccess};
+use crate::core::config::{ApiKey, Config, Budgets, ModelAccess};
 use crate::core::error::GatewayError;
 use crate::core::http::Headers;
 use crate::core::auth::jwt::looks_like_jwt;
@@ -22,7 +22,7 @@ pub struct Caller<'a> {
     /// Whose budgets the request spends: `key:<id>`, `jwt:<sub>`, or `ip:<address>`.
     pub scope: String,
     pub models: Cow<'a, ModelAccess>,
-    pub limits: &'a LimitPolicy,
+    pub budgets: &'a Budgets,
 }
 
 /// Identifies the caller: a valid API key, or a valid token when JWTs are enabled; or, with no
@@ -45,7 +45,7 @@ pub fn identify<'a>(
                 id: Cow::Borrowed("anonymous"),
                 scope: format!("ip:{network}"),
                 models: Cow::Borrowed(&anonymous.models),
-                limits: &anonymous.limits,
+                budgets: &anonymous.budgets,
             });
         }
     };
@@ -58,7 +58,7 @@ pub fn identify<'a>(
                 None => Cow::Borrowed(&jwt.models),
             };
             let id = format!("jwt:{}", claims.subject);
-            return Ok(Caller { scope: id.clone(), id: Cow::Owned(id), models, limits: &jwt.limits });
+            return Ok(Caller { scope: id.clone(), id: Cow::Owned(id), models, budgets: &jwt.budgets });
         }
     }
     let key = find_key(presented, &config.api_keys)?;
@@ -66,7 +66,7 @@ pub fn identify<'a>(
         id: Cow::Borrowed(&key.id),
         scope: format!("key:{}", key.id),
         models: Cow::Borrowed(&key.models),
-        limits: &key.limits,
+        budgets: &key.budgets,
     })
 }
 

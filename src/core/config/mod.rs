@@ -80,7 +80,7 @@ pub struct Config {
     /// (the Spin build requires it; Workers use Durable Objects instead).
     pub redis: Option<RedisTarget>,
     pub cors: Cors,
-    pub limits: RequestLimits,
+    pub caps: RequestCaps,
     pub timeouts: Timeouts,
     /// Backends tried for one request (the first and its failovers), at most.
     pub max_attempts: u32,
@@ -125,13 +125,13 @@ pub struct ApiKey {
     pub id: String,
     pub sha256: [u8; 32],
     pub models: ModelAccess,
-    pub limits: LimitPolicy,
+    pub budgets: Budgets,
 }
 
 /// The budgets of one caller (a key, or one client IP of the anonymous tier).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitPolicy {
+pub struct Budgets {
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
     /// Prompt plus completion tokens; admitted on an estimate, settled on real usage.
@@ -148,14 +148,14 @@ pub struct JwtAuth {
     pub verifier: JwtVerifier,
     /// Models any token may use; a token's `models` claim narrows it further.
     pub models: ModelAccess,
-    pub limits: LimitPolicy,
+    pub budgets: Budgets,
 }
 
 /// The anonymous tier: callers without a key, each client IP with its own budgets.
 #[derive(Debug, Clone)]
 pub struct Anonymous {
     pub models: ModelAccess,
-    pub limits: LimitPolicy,
+    pub budgets: Budgets,
 }
 
 /// Which models a key may use.
@@ -185,7 +185,7 @@ pub enum Cors {
 
 /// Caps on what one request may ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestLimits {
+pub struct RequestCaps {
     pub max_body_bytes: usize,
     pub max_messages: usize,
     /// Total bytes of text content across all messages.
@@ -218,6 +218,15 @@ impl Config {
     /// Builds and validates the configuration; the error names the offending variable.
     pub fn from_lookup(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         parse::config(lookup)
+    }
+
+    /// For a platform without a consistent store of its own (Spin): Redis must be configured, and
+    /// its absence is a configuration error like any other.
+    pub fn require_redis(self) -> Result<Config, ConfigError> {
+        match self.redis {
+            Some(_) => Ok(self),
+            None => Err(ConfigError(format!("{} is not set (this build keeps limit state in Redis)", vars::REDIS_URL))),
+        }
     }
 
     /// The backends that serve `model`.

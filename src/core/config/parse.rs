@@ -16,7 +16,7 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
     let anonymous = parse_anonymous(lookup, &backends)?;
     let jwt = parse_jwt(lookup, &backends)?;
     let cors = parse_cors(lookup)?;
-    let limits = RequestLimits {
+    let caps = RequestCaps {
         max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
         max_messages: number(lookup, vars::MAX_MESSAGES, 256, 1, 100_000)? as usize,
         max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)?
@@ -56,7 +56,7 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         }
     };
     let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
-    Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, limits, timeouts, max_attempts, breaker, limits_fail_open })
+    Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, caps, timeouts, max_attempts, breaker, limits_fail_open })
 }
 
 #[derive(Deserialize)]
@@ -100,8 +100,8 @@ struct RawCaller {
 }
 
 impl RawCaller {
-    fn limits(&self, at: &str) -> Result<LimitPolicy, ConfigError> {
-        let policy = LimitPolicy {
+    fn budgets(&self, at: &str) -> Result<Budgets, ConfigError> {
+        let policy = Budgets {
             requests_per_minute: self.requests_per_minute,
             tokens_per_minute: self.tokens_per_minute,
             max_in_flight: self.max_in_flight,
@@ -227,8 +227,8 @@ fn parse_api_keys(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Vec<ApiKe
             ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))
         })?;
         let models = model_access(&k.models, backends, &at)?;
-        let limits = k.limits(&at)?;
-        keys.push(ApiKey { id, sha256, models, limits });
+        let budgets = k.budgets(&at)?;
+        keys.push(ApiKey { id, sha256, models, budgets });
     }
     Ok(keys)
 }
@@ -256,12 +256,12 @@ fn parse_anonymous(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<A
         return Err(ConfigError(format!("{name} describes callers without a key: no id or sha256")));
     }
     let models = model_access(&raw.models, backends, name)?;
-    let limits = raw.limits(name)?;
-    if limits.requests_per_minute.is_none() {
+    let budgets = raw.budgets(name)?;
+    if budgets.requests_per_minute.is_none() {
         // An unlimited public tier in front of GPUs is never what anyone meant.
         return Err(ConfigError(format!("{name}.requests_per_minute is required")));
     }
-    Ok(Some(Anonymous { models, limits }))
+    Ok(Some(Anonymous { models, budgets }))
 }
 
 /// Repeats `RawCaller`'s budget fields rather than flattening them: serde cannot combine
@@ -358,7 +358,7 @@ fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth
             accepted_types: raw.typ,
         },
         models: model_access(&raw.models, backends, name)?,
-        limits: caller.limits(name)?,
+        budgets: caller.budgets(name)?,
     }))
 }
 

@@ -6,7 +6,7 @@
 //! used less gives the difference back. The in-flight slot is a lease released when the request
 //! ends — however it ends — and that expires on its own if the release never arrives.
 
-use crate::core::config::LimitPolicy;
+use crate::core::config::Budgets;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
 use crate::core::runtime::Runtime;
@@ -30,7 +30,7 @@ impl Plan {
     /// is named `lease_id` — random, made by the gateway: a caller-chosen id (its `x-request-id`)
     /// would let concurrent requests share one slot — and expires after `lease_ttl_ms` if never
     /// released.
-    pub fn new(policy: &LimitPolicy, estimate: u64, lease_id: &str, lease_ttl_ms: u64) -> Plan {
+    pub fn new(policy: &Budgets, estimate: u64, lease_id: &str, lease_ttl_ms: u64) -> Plan {
         let mut takes = Vec::new();
         let mut kinds = Vec::new();
         if let Some(rpm) = policy.requests_per_minute {
@@ -162,11 +162,7 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
         let scope = std::mem::take(&mut self.scope);
         self.runtime.spawn(Box::pin(async move {
             if let Err(e) = store.settle(&scope, &settlement).await {
-                runtime.log(&format!(
-                    r#"{{"level":"error","event":"limit_settle_failed","scope":{},"detail":{}}}"#,
-                    serde_json::Value::from(scope),
-                    serde_json::Value::from(e.0)
-                ));
+                runtime.log(&crate::core::log::event("error", "limit_settle_failed", &[("scope", scope.into()), ("detail", e.0.into())]));
             }
         }));
     }

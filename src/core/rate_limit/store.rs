@@ -23,6 +23,15 @@ pub trait LimitStore {
     async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError>;
 }
 
+/// A store's answer, checked to be about `admission`: one decision per take, a lease decision
+/// exactly when a lease was asked for. Anything else is the store's failure, never an admission.
+pub fn checked(admitted: Admitted, admission: &Admission) -> Result<Admitted, StoreError> {
+    if admitted.decisions.len() != admission.takes.len() || admitted.lease.is_some() != admission.lease.is_some() {
+        return Err(StoreError("the limit store answered the wrong number of decisions".into()));
+    }
+    Ok(admitted)
+}
+
 /// What an adapter sends to its store actor (e.g. a Durable Object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod errors;
 pub mod proxy;
 pub mod readiness;
+pub mod relay;
 pub mod sse;
 
 use crate::core::http::{BodyStream, Headers};

@@ -1,0 +1,286 @@
+//! Relays a committed stream to the client: chunk by chunk through the [`SseScanner`], within the
+//! idle and total deadlines, ending it with one OpenAI-shaped error event when the backend fails,
+//! and reporting its end exactly once — which also lets go of the backend request.
+
+use crate::core::error::{GatewayError, TimeoutPhase};
+use crate::core::http::BodyStream;
+use crate::core::openai::Usage;
+use crate::core::runtime::{timeout, Runtime};
+use crate::core::upstream::sse::{SseScanner, Stop};
+use futures::channel::oneshot;
+use futures::stream::StreamExt;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The backend sent `[DONE]`.
+    Done,
+    /// The backend failed or broke the stream after it started; the client got an error event.
+    UpstreamError,
+    /// The stream ran past a timeout; the client got an `upstream_timeout` event.
+    Timeout,
+    /// The client went away (the stream was dropped, or the platform said so, before its end).
+    ClientClosed,
+}
+
+impl StreamEnd {
+    /// For the log line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamEnd::Done => "done",
+            StreamEnd::UpstreamError => "upstream_error",
+            StreamEnd::Timeout => "timeout",
+            StreamEnd::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// What is known when a relayed stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub end: StreamEnd,
+    /// The backend's own count, when its usage chunk arrived.
+    pub usage: Option<Usage>,
+    /// Chunks with choices relayed (about one token each), for streams cut short.
+    pub content_events: u64,
+}
+
+/// Called once when a relayed stream ends.
+pub type OnStreamEnd = Box<dyn FnOnce(StreamSummary)>;
+
+/// Reports a stream's end exactly once, whoever learns of it first: the relay (done, failed,
+/// dropped by the client), the platform saying the client left while the stream was no longer
+/// polled (workerd), or the total deadline passing while the client does not read. Whatever
+/// reports it also lets go of the backend's body, which aborts the backend request.
+#[derive(Clone, Default)]
+pub struct StreamEnding(Rc<Ending>);
+
+#[derive(Default)]
+struct Ending {
+    on_end: RefCell<Option<OnStreamEnd>>,
+    end: Cell<Option<StreamEnd>>,
+    /// Dropped when the end is reported, which wakes [`StreamEnding::ended`].
+    fired_tx: RefCell<Option<oneshot::Sender<()>>>,
+    fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
+    content_events: Cell<u64>,
+    /// The backend's body, let go of when the stream ends.
+    upstream: RefCell<Option<Rc<RefCell<Option<BodyStream>>>>>,
+}
+
+impl StreamEnding {
+    pub fn new() -> Self {
+        let (tx, rx) = oneshot::channel();
+        StreamEnding(Rc::new(Ending {
+            fired_tx: RefCell::new(Some(tx)),
+            fired_rx: RefCell::new(Some(rx)),
+            ..Ending::default()
+        }))
+    }
+
+    /// What to do when the stream ends.
+    pub fn on_end(&self, on_end: OnStreamEnd) {
+        *self.0.on_end.borrow_mut() = Some(on_end);
+    }
+
+    /// Reports the end (the first call only) and drops the backend's body.
+    pub fn fire(&self, end: StreamEnd, usage: Option<Usage>) {
+        if self.0.end.get().is_some() {
+            return;
+        }
+        self.0.end.set(Some(end));
+        self.0.fired_tx.borrow_mut().take();
+        let upstream = self.0.upstream.borrow_mut().take();
+        if let Some(upstream) = upstream {
+            let body = upstream.borrow_mut().take();
+            drop(body);
+        }
+        let on_end = self.0.on_end.borrow_mut().take();
+        if let Some(on_end) = on_end {
+            on_end(StreamSummary { end, usage, content_events: self.0.content_events.get() });
+        }
+    }
+
+    /// How the stream ended, once it has.
+    pub fn end(&self) -> Option<StreamEnd> {
+        self.0.end.get()
+    }
+
+    /// Resolves once the end has been reported (for a watcher that must not outlive the stream).
+    pub fn ended(&self) -> impl std::future::Future<Output = ()> {
+        let receiver = self.0.fired_rx.borrow_mut().take();
+        async move {
+            if let Some(receiver) = receiver {
+                let _ = receiver.await;
+            }
+        }
+    }
+
+    fn count(&self, content_events: u64) {
+        self.0.content_events.set(content_events);
+    }
+
+    /// The backend's body, owned here so that whoever reports the end can drop it.
+    fn hold(&self, body: BodyStream) -> Detachable {
+        let slot = Rc::new(RefCell::new(Some(body)));
+        *self.0.upstream.borrow_mut() = Some(slot.clone());
+        Detachable(slot)
+    }
+}
+
+/// A body another owner may drop between polls (the cell is borrowed only inside `poll_next`,
+/// and everything runs on one thread, so no borrow ever overlaps).
+struct Detachable(Rc<RefCell<Option<BodyStream>>>);
+
+impl futures::Stream for Detachable {
+    type Item = Result<Vec<u8>, crate::core::http::BodyError>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        match self.0.borrow_mut().as_mut() {
+            Some(body) => body.as_mut().poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// The client's stream: `first` (what the first complete events gave, scanned before committing
+/// to 200), then the rest of `body` as it arrives, until `[DONE]`, a failure or a deadline.
+pub(super) fn relay<R: Runtime + 'static>(
+    body: BodyStream,
+    scanner: SseScanner,
+    first: Vec<u8>,
+    runtime: R,
+    idle_ms: u64,
+    deadline_ms: u64,
+    ending: &StreamEnding,
+) -> BodyStream {
+    let relay = Relay {
+        upstream: ending.hold(body),
+        scanner,
+        first: Some(first),
+        runtime,
+        idle_ms,
+        deadline_ms,
+        guard: EndGuard(ending.clone()),
+        told: false,
+    };
+    Box::pin(futures::stream::unfold(relay, Relay::next))
+}
+
+/// The state of one relayed stream.
+struct Relay<R> {
+    upstream: Detachable,
+    scanner: SseScanner,
+    /// What the first complete events gave, scanned before committing to 200.
+    first: Option<Vec<u8>>,
+    runtime: R,
+    /// The longest wait for the next chunk.
+    idle_ms: u64,
+    /// When the whole answer must be done (ms on the runtime's clock).
+    deadline_ms: u64,
+    guard: EndGuard,
+    /// Whether the client was sent the stream's final error event.
+    told: bool,
+}
+
+/// Reports the stream's end; if dropped first, the client went away.
+struct EndGuard(StreamEnding);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.fire(StreamEnd::ClientClosed, None);
+    }
+}
+
+type Item = Result<Vec<u8>, crate::core::http::BodyError>;
+
+/// What to do with the bytes one chunk gave.
+enum Step<R> {
+    Yield((Item, Relay<R>)),
+    End,
+    Read(Relay<R>),
+}
+
+impl<R: Runtime> Relay<R> {
+    /// Yields the next bytes for the client; `None` once the stream has ended.
+    async fn next(mut self) -> Option<(Item, Relay<R>)> {
+        if let Some(first) = self.first.take() {
+            match self.forward(first) {
+                Step::Yield(item) => return Some(item),
+                Step::End => return None,
+                Step::Read(relay) => self = relay,
+            }
+        }
+        loop {
+            match self.guard.0.end() {
+                // The deadline passed while the client was not reading: tell it, once.
+                Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
+                    self.told = true;
+                    let event = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event();
+                    return Some((Ok(event), self));
+                }
+                Some(_) => return None,
+                None => {}
+            }
+            let now = self.runtime.now_ms();
+            let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
+                (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
+            } else {
+                (self.idle_ms, TimeoutPhase::Idle)
+            };
+            let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
+                None => return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())),
+                Some(Some(Ok(chunk))) => chunk,
+                Some(Some(Err(_))) => return Some(self.fail("The inference backend failed during the stream.", Vec::new())),
+                Some(None) if self.guard.0.end().is_some() => continue, // let go of by another owner
+                Some(None) => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
+            };
+            let out = match self.scanner.feed(chunk) {
+                Ok(out) => out,
+                Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
+            };
+            match self.forward(out) {
+                Step::Yield(item) => return Some(item),
+                Step::End => return None,
+                Step::Read(relay) => self = relay,
+            }
+        }
+    }
+
+    /// What the scanner returned for a chunk: forward it, end the stream, or read on.
+    fn forward(self, out: Vec<u8>) -> Step<R> {
+        self.guard.0.count(self.scanner.content_events());
+        match self.scanner.stopped().cloned() {
+            // Relay what came before the bad event, then end with the gateway's own error.
+            Some(Stop::Malformed) => return Step::Yield(self.fail("The inference backend sent a malformed stream.", out)),
+            Some(Stop::BackendError { message, .. }) => {
+                let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
+                return Step::Yield(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));
+            }
+            None => {}
+        }
+        if self.scanner.done() {
+            // `[DONE]` is the end, whether or not the backend closes its side.
+            self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
+            return if out.is_empty() { Step::End } else { Step::Yield((Ok(out), self)) };
+        }
+        if out.is_empty() {
+            Step::Read(self)
+        } else {
+            Step::Yield((Ok(out), self))
+        }
+    }
+
+    fn fail(self, message: &str, before: Vec<u8>) -> (Item, Relay<R>) {
+        self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message: message.into() }, before)
+    }
+
+    /// Ends the stream: what came `before` the failure, then one OpenAI-shaped error event.
+    fn end_with(mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
+        self.told = true;
+        self.guard.0.fire(end, self.scanner.usage());
+        before.extend_from_slice(&error.to_sse_event());
+        (Ok(before), self)
+    }
+}
