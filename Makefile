@@ -10,7 +10,7 @@ WORKER_BUILD_VERSION := 0.8.7
 WASM_BINDGEN_VERSION := 0.2.130
 # The WASI-HTTP host the Spin component is tested in (50 needs a newer rustc than 1.95).
 WASMTIME_VERSION := 48.0.8
-# Reads the Spin component's WIT world back (tests/component_world.rs). Built with only its
+# Reads the Spin component's WIT world back (tests/e2e/component_world.rs). Built with only its
 # `component` feature, into .tools/ so a full wasm-tools elsewhere on PATH is left alone.
 WASM_TOOLS_VERSION := 1.263.0
 export WASM_TOOLS := $(CURDIR)/.tools/bin/wasm-tools

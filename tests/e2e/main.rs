@@ -9,7 +9,9 @@
 mod support;
 
 mod cases;
+mod component_world;
 mod harness;
+mod redis_scripts;
 mod wasi;
 mod workerd;
 

@@ -1,5 +1,4 @@
 //! Every chat validation rule, table-driven: each bad input is a 400 naming its `param`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use edge_gateway::core::config::{Backend, RequestCaps};
 use edge_gateway::core::validate::{validate_chat, Injection, ValidatedChat, MEDIA_PART_TOKENS};

@@ -1,7 +1,4 @@
 //! The Redis limit store's wire format: commands, replies, URLs, and reading decisions.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Lease, Rule, Settlement, Take};
@@ -134,7 +131,7 @@ fn refuses_malformed_urls_and_tls_with_a_reason() {
 }
 
 fn config_with(vars: &[(&str, &str)]) -> Result<Config, String> {
-    let mut all = fakes::vars();
+    let mut all = crate::support::vars();
     for (name, value) in vars {
         all.insert(name.to_string(), value.to_string());
     }

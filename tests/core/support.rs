@@ -4,7 +4,7 @@
 //! moves the clock straight to the next deadline whenever every future is waiting on one. So a
 //! test can tell a 2 s timeout from a 3 s one, instantly and deterministically, and a future
 //! that waits on nothing at all (a hang the gateway failed to bound) fails the test.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code)]
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};

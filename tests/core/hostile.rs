@@ -1,9 +1,6 @@
 //! Hostile callers and real-backend faults found by an adversarial review of the README's claims
 //! ("Requests", "Errors", "Headers", "Backends, failover and timeouts", "Limits"). Each test pins
 //! one defect; each failed on the code it was written against, and its message names the defect.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::config::{Config, RequestCaps};
 use edge_gateway::core::http::{Body, Request};
@@ -12,7 +9,7 @@ use edge_gateway::core::upstream::sse::SseScanner;
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
 use edge_gateway::core::validate::validate_chat;
 use edge_gateway::core::Gateway;
-use fakes::*;
+use crate::support::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::cell::RefCell;

@@ -1,14 +1,11 @@
 //! The whole pipeline in-process against fakes: routing, auth, errors, proxying, streaming, limits.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::config::ConfigError;
 use edge_gateway::core::http::{BodyError, Request};
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
 use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
 use edge_gateway::core::request_id::is_uuid;
-use fakes::*;
+use crate::support::*;
 use serde_json::json;
 
 const CHAT: &str = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;

@@ -1,13 +1,10 @@
 //! JWT auth beside API keys: HS256, ES256 and RS256 (inline JWKS), claims, and no confusion.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use edge_gateway::core::http::Request;
 use edge_gateway::core::Config;
-use fakes::*;
+use crate::support::*;
 use hmac::Mac;
 use serde_json::{json, Value};
 
@@ -17,7 +14,7 @@ const NOW_MS: u64 = 1_800_000_000_000;
 const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
 
 fn tokens() -> Value {
-    serde_json::from_str(include_str!("fixtures/jwt/tokens.json")).unwrap()
+    serde_json::from_str(include_str!("../../fixtures/jwt/tokens.json")).unwrap()
 }
 
 fn token(name: &str) -> String {
@@ -29,7 +26,7 @@ fn jwt_config(extra: Value) -> Config {
         "issuer": "https://auth.example.com",
         "audience": "edge-gateway",
         "hs256_secret": "JWT_SECRET",
-        "jwks": serde_json::from_str::<Value>(include_str!("fixtures/jwt/jwks.json")).unwrap(),
+        "jwks": serde_json::from_str::<Value>(include_str!("../../fixtures/jwt/jwks.json")).unwrap(),
         "requests_per_minute": 2,
     });
     for (k, v) in extra.as_object().unwrap() {

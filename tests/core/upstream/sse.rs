@@ -1,10 +1,9 @@
 //! The SSE scanner: same results for a recorded stream split at every byte offset.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use edge_gateway::core::openai::Usage;
 use edge_gateway::core::upstream::sse::{SseScanner, Stop};
 
-const RECORDED: &str = include_str!("fixtures/vllm_stream_with_usage.sse");
+const RECORDED: &str = include_str!("../../fixtures/vllm_stream_with_usage.sse");
 const USAGE_EVENT_START: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"llama\",\"choices\":[],";
 
 fn scan(chunks: &[&[u8]], drop_usage_only: bool) -> (Vec<u8>, SseScanner) {

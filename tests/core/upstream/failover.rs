@@ -1,13 +1,10 @@
 //! Several backends per model: order, passive health, failover before the first byte, timeouts.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::config::Breaker;
 use edge_gateway::core::upstream::balance::{attempt_order, HealthBook};
 use edge_gateway::core::http::BodyError;
 use edge_gateway::core::Config;
-use fakes::*;
+use crate::support::*;
 
 const CHAT: &str = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM: &str = r#"{"model":"llama","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;

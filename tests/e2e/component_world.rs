@@ -3,7 +3,6 @@
 //! every Spin (3.x, 4.x, SpinKube's containerd shim, Fermyon Cloud) and `wasmtime serve`
 //! provide. A dependency that drags in a WASI 0.3 or Spin-only import fails here, not in a
 //! user's deploy. Needs `wasm-tools` (`make wasm-tools-tool`; `WASM_TOOLS` overrides the path).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,10 +1,7 @@
 //! Token budgets, in-flight slots and the anonymous tier, through the whole pipeline in-process.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::http::{BodyError, Request};
-use fakes::*;
+use crate::support::*;
 use futures::StreamExt;
 
 /// 10 prompt tokens (40 bytes of text / 4) plus a 100-token budget: admitted as 110.
@@ -189,7 +186,7 @@ fn anonymous_callers_get_only_their_models_and_wrong_keys_are_still_401() {
     let mut wrong = anonymous_chat(Some("203.0.113.7"));
     wrong.headers.set("authorization", "Bearer sk-wrong");
     assert_eq!(text(run(gw.handle(Ok(&config), wrong))).0, 401);
-    let without_tier = fakes::config();
+    let without_tier = crate::support::config();
     assert_eq!(text(run(gw.handle(Ok(&without_tier), anonymous_chat(Some("203.0.113.7"))))).0, 401);
 }
 

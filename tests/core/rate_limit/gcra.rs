@@ -1,5 +1,4 @@
 //! GCRA arithmetic with an injected clock: bursts, refill, reset times, skew, all-or-nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use edge_gateway::core::openai::{format_duration, retry_after_seconds};
 use edge_gateway::core::rate_limit::gcra::{

@@ -1,8 +1,5 @@
 //! The admission script in a real `redis-server`: exact under concurrency, all-or-nothing,
 //! and the same GCRA numbers as the core's `limits` module.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
 use edge_gateway::core::config::RedisTarget;
@@ -13,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{free_port, wait_until, Proc};
+use crate::support::{free_port, wait_until, Proc};
 
 struct Redis {
     _proc: Proc,

@@ -1,7 +1,4 @@
 //! Configuration: one validated struct; every error names its variable; secrets never defaulted.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod fakes;
 
 use edge_gateway::core::config::{Config, Cors, Lookup, ModelAccess};
 
@@ -10,7 +7,7 @@ type Vars = std::collections::HashMap<String, String>;
 type Edit = Box<dyn FnOnce(&mut Vars)>;
 
 fn build(edit: impl FnOnce(&mut Vars)) -> Result<Config, String> {
-    let mut vars = fakes::vars();
+    let mut vars = crate::support::vars();
     edit(&mut vars);
     Config::from_lookup(&vars as &dyn Lookup).map_err(|e| e.0)
 }

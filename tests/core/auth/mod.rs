@@ -1,0 +1,3 @@
+//! `src/core/auth`: credentials are pinned in `gateway`, tokens here.
+
+mod jwt;

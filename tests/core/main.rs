@@ -1,0 +1,14 @@
+//! Native tests of the runtime-free core: one module per module of `src/core`, all against the
+//! in-memory platform in `support` (virtual time, a scripted backend, an in-memory limit store).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod auth;
+mod config;
+mod gateway;
+mod hostile;
+mod rate_limit;
+mod redis;
+mod upstream;
+mod validate;

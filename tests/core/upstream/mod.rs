@@ -1,0 +1,4 @@
+//! `src/core/upstream`: failover, timeouts and readiness; the SSE scanner.
+
+mod failover;
+mod sse;
