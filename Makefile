@@ -37,11 +37,12 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
+.PHONY: check help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
-	@echo "make test   - run every test (native core tests, end to end in workerd and wasmtime serve)"
+	@echo "make test   - run every test (make check, then end to end in workerd and wasmtime serve)"
+	@echo "make check  - formatting, clippy on all three builds, native tests (seconds)"
 	@echo "make worker - build the release Workers bundle into build/"
 	@echo "make spin   - build the release Spin component, one WASI 0.2 component ($(SPIN_OUT))"
 	@echo "make test-real - test against a real inference server (llama-cpp-python; ~35 min first time)"
@@ -136,11 +137,18 @@ dev: worker target/debug/mock-backend
 # end-to-end suite against the release Workers bundle in workerd and the release Spin component
 # in wasmtime serve's WASI 0.2 mode (with Redis) — including the official Python and Node SDKs
 # and a real Chromium; then lints for the native and both wasm builds.
-test: worker spin wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool
-	cargo test --features e2e --all-targets
+test: check worker spin wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool
+	cargo test --features e2e --test e2e
+
+# What fails in seconds, before anything is built or installed: formatting, clippy (-D warnings,
+# with the architectural bans of clippy.toml) on the native build and both wasm builds, and the
+# native tests (the core in virtual time, the mock backend). `make test` runs it first.
+check: rust-targets
+	cargo fmt --check
 	cargo clippy --features e2e --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features cloudflare -- -D warnings
 	cargo clippy --lib --target wasm32-wasip2 --features spin -- -D warnings
+	cargo test --features e2e --test core --test mock_backend --lib
 
 clean:
 	rm -rf build target .wrangler

@@ -5,12 +5,12 @@
 
 use divan::counter::BytesCount;
 use divan::{black_box, Bencher};
-use edge_gateway::core::rate_limit::plan::Plan;
 use edge_gateway::core::auth::{identify, sha256_hex};
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::Headers;
-use edge_gateway::core::upstream::sse::SseScanner;
+use edge_gateway::core::rate_limit::plan::Plan;
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore};
+use edge_gateway::core::upstream::sse::SseScanner;
 use edge_gateway::core::validate::validate_chat;
 use std::collections::HashMap;
 
@@ -38,7 +38,8 @@ fn config() -> Config {
 
 /// A typical 2 KB chat request: a system prompt, a few turns, sampling parameters.
 fn request_2kb() -> Vec<u8> {
-    let turn = "Explain, in two short paragraphs, how a token bucket rate limiter works and why it suits bursty API traffic. ";
+    let turn =
+        "Explain, in two short paragraphs, how a token bucket rate limiter works and why it suits bursty API traffic. ";
     let body = serde_json::json!({
         "model": "llama-3.1-8b",
         "stream": true,

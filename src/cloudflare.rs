@@ -10,13 +10,14 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
-use crate::core::upstream::balance::HealthBook;
 use crate::core::config::{Config, ConfigError};
-use crate::core::upstream::readiness::MemoryProbeCache;
+use crate::core::http::Disconnected;
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
 use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
-use crate::core::runtime::Runtime;
 use crate::core::rate_limit::store::{LimitStore, StoreCall, StoreError};
+use crate::core::runtime::Runtime;
+use crate::core::upstream::balance::HealthBook;
+use crate::core::upstream::readiness::MemoryProbeCache;
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::{http::Body, Gateway};
 use futures::stream::{self, Stream, TryStreamExt};
@@ -25,13 +26,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use crate::core::http::Disconnected;
 use worker::js_sys::{Math, Promise, Uint8Array};
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
-    console_log, durable_object, event, AbortController, Date, Delay, DurableObject, Env, Fetch, Method,
-    RequestInit, ResponseBuilder, State,
+    console_log, durable_object, event, AbortController, Date, Delay, DurableObject, Env, Fetch, Method, RequestInit,
+    ResponseBuilder, State,
 };
 
 /// The Durable Object binding (see `wrangler.toml`).
@@ -195,10 +195,7 @@ impl Upstream for WorkersFetch {
         }
         let mut response = response;
         let body: BodyStream = match response.stream() {
-            Ok(stream) => Box::pin(Guarded {
-                inner: Box::pin(stream.map_err(|e| BodyError(e.to_string()))),
-                abort,
-            }),
+            Ok(stream) => Box::pin(Guarded { inner: Box::pin(stream.map_err(|e| BodyError(e.to_string()))), abort }),
             Err(_) => Box::pin(stream::empty()),
         };
         Ok(UpstreamResponse { status, headers, body })

@@ -19,16 +19,16 @@
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
-use crate::core::log::event;
-use crate::core::upstream::balance::HealthBook;
-use crate::core::config::{Config, ConfigError};
-use crate::core::upstream::readiness::{ProbeCache, ProbeRound};
-use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
-use crate::core::rate_limit::gcra::{Admission, Admitted, Settlement};
 use crate::core::config::RedisTarget;
+use crate::core::config::{Config, ConfigError};
+use crate::core::http::{Body, BodyError, BodyStream, Headers, Request, Response};
+use crate::core::log::event;
+use crate::core::rate_limit::gcra::{Admission, Admitted, Settlement};
+use crate::core::rate_limit::store::{LimitStore, StoreError};
 use crate::core::redis::{self, Reply, ReplyReader};
 use crate::core::runtime::Runtime;
-use crate::core::rate_limit::store::{LimitStore, StoreError};
+use crate::core::upstream::balance::HealthBook;
+use crate::core::upstream::readiness::{ProbeCache, ProbeRound};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::Gateway;
 use futures::future::{select, Either};
@@ -46,7 +46,9 @@ use wasip2::http::types::{
 };
 use wasip2::io::poll::Pollable;
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
-use wasip2::sockets::network::{ErrorCode as SocketError, IpAddress, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network};
+use wasip2::sockets::network::{
+    ErrorCode as SocketError, IpAddress, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network,
+};
 use wasip2::sockets::tcp::{IpAddressFamily, TcpSocket};
 use wstd::io::AsyncOutputStream;
 use wstd::runtime::{AsyncPollable, WaitFor};
@@ -70,13 +72,14 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
     // Read only if the request gets as far as choosing a backend; the core asks synchronously,
     // so this read blocks the instance, within the Redis timeout like every other call.
     let loader = store.clone();
-    let health = Rc::new(HealthBook::shared(Box::new(move || match loader.call_blocking(&redis::health_load_command()) {
-        Ok(reply) => redis::health_entries(reply),
-        Err(e) => {
-            log(&event("warn", "health_read_failed", &[("detail", e.0.into())]));
-            Vec::new()
-        }
-    })));
+    let health =
+        Rc::new(HealthBook::shared(Box::new(move || match loader.call_blocking(&redis::health_load_command()) {
+            Ok(reply) => redis::health_entries(reply),
+            Err(e) => {
+                log(&event("warn", "health_read_failed", &[("detail", e.0.into())]));
+                Vec::new()
+            }
+        })));
     let gateway = Gateway::new(WasiHttp, store.clone(), WasiRuntime)
         .with_health(health.clone())
         .with_probes(RedisProbes(store.clone()));
@@ -182,7 +185,8 @@ impl Upstream for WasiHttp {
         outgoing.set_authority(Some(authority)).map_err(|()| refused("authority"))?;
         outgoing.set_path_with_query(Some(path)).map_err(|()| refused("path"))?;
         let body = outgoing.body().map_err(|()| refused("body"))?;
-        let pending = wasip2::http::outgoing_handler::handle(outgoing, None).map_err(|e| ConnectError(format!("{e:?}")))?;
+        let pending =
+            wasip2::http::outgoing_handler::handle(outgoing, None).map_err(|e| ConnectError(format!("{e:?}")))?;
         {
             let stream = AsyncOutputStream::new(body.write().map_err(|()| refused("body"))?);
             if let Some(bytes) = &request.body {
@@ -249,11 +253,7 @@ fn method_name(method: Method) -> String {
 /// Every header, its bytes read as Latin-1 as workerd does: a value that is not ASCII reaches the
 /// core as something it refuses (an unreadable credential is a 401), never as nothing.
 fn header_pairs(fields: Fields) -> Headers {
-    fields
-        .entries()
-        .into_iter()
-        .map(|(name, value)| (name, value.iter().map(|b| char::from(*b)).collect()))
-        .collect()
+    fields.entries().into_iter().map(|(name, value)| (name, value.iter().map(|b| char::from(*b)).collect())).collect()
 }
 
 /// The core's headers as WASI fields; a field the host forbids (`connection`, `host`, …) is left
@@ -512,7 +512,12 @@ async fn exchange(
 }
 
 /// Writes one command and reads its reply.
-async fn request(connection: &mut Connection, command: &[u8], deadline: u64, wait: &impl Wait) -> Result<Reply, Failure> {
+async fn request(
+    connection: &mut Connection,
+    command: &[u8],
+    deadline: u64,
+    wait: &impl Wait,
+) -> Result<Reply, Failure> {
     let stream_failed = |e: StreamError| match e {
         StreamError::Closed => Failure::Io("Redis closed the connection".into()),
         StreamError::LastOperationFailed(e) => Failure::Io(e.to_debug_string()),
@@ -574,7 +579,13 @@ async fn resolve(network: &Network, host: &str, deadline: u64, wait: &impl Wait)
     }
 }
 
-async fn connect_to(network: &Network, address: IpAddress, port: u16, deadline: u64, wait: &impl Wait) -> Result<Connection, Failure> {
+async fn connect_to(
+    network: &Network,
+    address: IpAddress,
+    port: u16,
+    deadline: u64,
+    wait: &impl Wait,
+) -> Result<Connection, Failure> {
     let (family, remote) = match address {
         IpAddress::Ipv4(address) => (IpAddressFamily::Ipv4, IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address })),
         IpAddress::Ipv6(address) => (
@@ -586,7 +597,9 @@ async fn connect_to(network: &Network, address: IpAddress, port: u16, deadline: 
     socket.start_connect(network, remote).map_err(socket_failed)?;
     loop {
         match socket.finish_connect() {
-            Ok((input, output)) => return Ok(Connection { input, output, _socket: socket, replies: ReplyReader::default() }),
+            Ok((input, output)) => {
+                return Ok(Connection { input, output, _socket: socket, replies: ReplyReader::default() })
+            }
             Err(SocketError::WouldBlock) => wait.ready(socket.subscribe(), deadline).await?,
             Err(e) => return Err(socket_failed(e)),
         }

@@ -1,6 +1,8 @@
 //! Native tests of the mock inference backend (`src/bin/mock-backend/`): the
 //! end-to-end tests of the gateway rely on it behaving like vLLM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Drives real processes over real sockets on real time (the core's own tests run on a virtual clock).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{
-    connect, read_response, request, request_streaming, send_request, sse_events, wait_until,
-    HttpResponse, MockBackend, StreamingResponse,
+    connect, read_response, request, request_streaming, send_request, sse_events, wait_until, HttpResponse,
+    MockBackend, StreamingResponse,
 };
 
 const CHAT: &str = "/v1/chat/completions";
@@ -31,39 +33,21 @@ fn chat_body(extra: Value) -> Value {
 
 fn chat(mock: &MockBackend, extra: Value) -> HttpResponse {
     let body = chat_body(extra).to_string();
-    request(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(body.as_bytes()),
-    )
+    request(&mock.host_port(), "POST", CHAT, &[JSON], Some(body.as_bytes()))
 }
 
 fn chat_stream(mock: &MockBackend, extra: Value) -> StreamingResponse {
     let mut extra = extra;
     extra["stream"] = json!(true);
     let body = chat_body(extra).to_string();
-    request_streaming(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(body.as_bytes()),
-    )
+    request_streaming(&mock.host_port(), "POST", CHAT, &[JSON], Some(body.as_bytes()))
 }
 
 /// The SSE payloads of a stream, parsed as JSON except for `[DONE]`.
 fn parsed_events(body: &[u8]) -> Vec<Value> {
     sse_events(body)
         .iter()
-        .map(|data| {
-            if data == "[DONE]" {
-                json!("[DONE]")
-            } else {
-                serde_json::from_str(data).unwrap()
-            }
-        })
+        .map(|data| if data == "[DONE]" { json!("[DONE]") } else { serde_json::from_str(data).unwrap() })
         .collect()
 }
 
@@ -81,12 +65,7 @@ fn serves_health_and_lists_models() {
     assert_eq!(models.header("content-type"), Some("application/json"));
     let models = models.json();
     assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["alpha", "beta"]);
     assert_eq!(models["data"][0]["owned_by"], "vllm");
     assert_eq!(models["data"][0]["max_model_len"], 4096);
@@ -111,17 +90,11 @@ fn non_stream_completion_has_tokens_and_usage() {
     assert_eq!(body["model"], "mock-llama");
     assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
     let choice = &body["choices"][0];
-    assert_eq!(
-        choice["message"],
-        json!({"role": "assistant", "content": "tok0 tok1 tok2 "})
-    );
+    assert_eq!(choice["message"], json!({"role": "assistant", "content": "tok0 tok1 tok2 "}));
     assert_eq!(choice["finish_reason"], "stop");
     assert_eq!(choice["logprobs"], Value::Null);
     // "Hello there!" is 12 bytes: 12 / 4 + 1 message = 4 prompt tokens.
-    assert_eq!(
-        body["usage"],
-        json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
-    );
+    assert_eq!(body["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
 }
 
 #[test]
@@ -149,10 +122,7 @@ fn stream_sends_role_tokens_finish_and_done_without_usage() {
     let mock = MockBackend::start(&["--chunks", "3"]);
     let mut stream = chat_stream(&mock, json!({}));
     assert_eq!(stream.status, 200);
-    assert!(stream
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(stream.header("content-type").unwrap().starts_with("text/event-stream"));
     assert_eq!(stream.header("transfer-encoding"), Some("chunked"));
 
     let chunks: Vec<Vec<u8>> = stream.by_ref().map(|(_, data)| data).collect();
@@ -160,25 +130,15 @@ fn stream_sends_role_tokens_finish_and_done_without_usage() {
     // Each SSE event travels in its own HTTP chunk.
     assert_eq!(chunks.len(), 6);
     for chunk in &chunks {
-        assert!(
-            chunk.starts_with(b"data: ") && chunk.ends_with(b"\n\n"),
-            "{:?}",
-            String::from_utf8_lossy(chunk)
-        );
+        assert!(chunk.starts_with(b"data: ") && chunk.ends_with(b"\n\n"), "{:?}", String::from_utf8_lossy(chunk));
     }
 
     let events = parsed_events(&chunks.concat());
     assert_eq!(events.len(), 6);
     assert_eq!(events[0]["object"], "chat.completion.chunk");
-    assert_eq!(
-        events[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""})
-    );
+    assert_eq!(events[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
     for (i, event) in events[1..4].iter().enumerate() {
-        assert_eq!(
-            event["choices"][0]["delta"],
-            json!({ "content": format!("tok{i} ") })
-        );
+        assert_eq!(event["choices"][0]["delta"], json!({ "content": format!("tok{i} ") }));
         assert_eq!(event["choices"][0]["finish_reason"], Value::Null);
         assert_eq!(event["id"], events[0]["id"]);
     }
@@ -193,10 +153,7 @@ fn stream_sends_role_tokens_finish_and_done_without_usage() {
 #[test]
 fn stream_with_include_usage_ends_with_a_usage_chunk() {
     let mock = MockBackend::start(&["--chunks", "2"]);
-    let mut stream = chat_stream(
-        &mock,
-        json!({"stream_options": {"include_usage": true}, "max_tokens": 1}),
-    );
+    let mut stream = chat_stream(&mock, json!({"stream_options": {"include_usage": true}, "max_tokens": 1}));
     let events = parsed_events(&stream.read_to_end());
     // role, 1 token, finish, usage, [DONE]
     assert_eq!(events.len(), 5);
@@ -206,10 +163,7 @@ fn stream_with_include_usage_ends_with_a_usage_chunk() {
     }
     assert_eq!(events[2]["choices"][0]["finish_reason"], "length");
     assert_eq!(events[3]["choices"], json!([]));
-    assert_eq!(
-        events[3]["usage"],
-        json!({"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5})
-    );
+    assert_eq!(events[3]["usage"], json!({"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}));
     assert_eq!(events[4], "[DONE]");
 }
 
@@ -223,10 +177,7 @@ fn stream_chunks_arrive_spaced_by_delay_ms() {
     // reached the client on its own, not buffered until the end.
     for pair in arrivals[..5].windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(80),
-            "tokens arrived only {gap:?} apart"
-        );
+        assert!(gap >= Duration::from_millis(80), "tokens arrived only {gap:?} apart");
     }
 }
 
@@ -247,33 +198,15 @@ fn api_key_is_enforced_on_v1_routes() {
     let missing = request(&addr, "GET", "/v1/models", &[], None);
     assert_eq!(missing.status, 401);
     assert_eq!(missing.json(), json!({"error": "Unauthorized"}));
-    let wrong = request(
-        &addr,
-        "GET",
-        "/v1/models",
-        &[("authorization", "Bearer nope")],
-        None,
-    );
+    let wrong = request(&addr, "GET", "/v1/models", &[("authorization", "Bearer nope")], None);
     assert_eq!(wrong.status, 401);
     let body = chat_body(json!({})).to_string();
     let chat_without_key = request(&addr, "POST", CHAT, &[JSON], Some(body.as_bytes()));
     assert_eq!(chat_without_key.status, 401);
 
-    let right = request(
-        &addr,
-        "GET",
-        "/v1/models",
-        &[("authorization", "Bearer sekret")],
-        None,
-    );
+    let right = request(&addr, "GET", "/v1/models", &[("authorization", "Bearer sekret")], None);
     assert_eq!(right.status, 200);
-    let chat = request(
-        &addr,
-        "POST",
-        CHAT,
-        &[JSON, ("Authorization", "Bearer sekret")],
-        Some(body.as_bytes()),
-    );
+    let chat = request(&addr, "POST", CHAT, &[JSON, ("Authorization", "Bearer sekret")], Some(body.as_bytes()));
     assert_eq!(chat.status, 200);
     assert_eq!(request(&addr, "GET", "/health", &[], None).status, 200);
 }
@@ -292,21 +225,12 @@ fn unknown_model_is_404_in_vllm_shape() {
 #[test]
 fn invalid_json_is_400_in_vllm_shape() {
     let mock = MockBackend::start(&[]);
-    let response = request(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(b"{\"model\": "),
-    );
+    let response = request(&mock.host_port(), "POST", CHAT, &[JSON], Some(b"{\"model\": "));
     assert_eq!(response.status, 400);
     let body = response.json();
     assert_eq!(body["error"]["type"], "BadRequestError");
     assert_eq!(body["error"]["code"], 400);
-    assert_eq!(
-        chat(&mock, json!({"mock": {"fault": "nonsense"}})).status,
-        400
-    );
+    assert_eq!(chat(&mock, json!({"mock": {"fault": "nonsense"}})).status, 400);
 }
 
 #[test]
@@ -315,10 +239,7 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
     let missing = request(&mock.host_port(), "GET", "/v1/nothing", &[], None);
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json(), json!({"detail": "Not Found"}));
-    assert_eq!(
-        request(&mock.host_port(), "GET", CHAT, &[], None).status,
-        405
-    );
+    assert_eq!(request(&mock.host_port(), "GET", CHAT, &[], None).status, 405);
 }
 
 #[test]
@@ -346,10 +267,7 @@ fn fault_400_reports_the_context_length() {
     let mock = MockBackend::start(&[]);
     let response = chat(&mock, json!({"mock": {"fault": "400"}}));
     assert_eq!(response.status, 400);
-    assert_eq!(
-        response.json()["error"]["message"],
-        "This model's maximum context length is 4096 tokens."
-    );
+    assert_eq!(response.json()["error"]["message"], "This model's maximum context length is 4096 tokens.");
 }
 
 #[test]
@@ -362,10 +280,7 @@ fn fault_garbage_and_plain_text_500_return_non_json_bodies() {
 
     let plain = chat(&mock, json!({"mock": {"fault": "plain_text_500"}}));
     assert_eq!(plain.status, 500);
-    assert!(plain
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
+    assert!(plain.header("content-type").unwrap().starts_with("text/plain"));
     assert_eq!(plain.text(), "upstream exploded");
 }
 
@@ -374,10 +289,7 @@ fn fault_malformed_sse_sends_broken_events() {
     let mock = MockBackend::start(&[]);
     let mut stream = chat_stream(&mock, json!({"mock": {"fault": "malformed_sse"}}));
     assert_eq!(stream.status, 200);
-    assert!(stream
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(stream.header("content-type").unwrap().starts_with("text/event-stream"));
     assert_eq!(sse_events(&stream.read_to_end()), ["{not json", "[DONE]"]);
 }
 
@@ -386,31 +298,12 @@ fn fault_hang_never_answers_until_the_client_leaves() {
     let mock = MockBackend::start(&[]);
     let conn = connect(&mock.host_port()).unwrap();
     let body = chat_body(json!({"mock": {"fault": "hang"}})).to_string();
-    send_request(
-        &conn,
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let err = (&conn)
-        .read(&mut [0; 64])
-        .expect_err("the hanging request was answered");
-    assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        "{err}"
-    );
+    send_request(&conn, &mock.host_port(), "POST", CHAT, &[JSON], Some(body.as_bytes())).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let err = (&conn).read(&mut [0; 64]).expect_err("the hanging request was answered");
+    assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err}");
     drop(conn);
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("client_disconnects")
-        == 1));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("client_disconnects") == 1));
 }
 
 #[test]
@@ -419,10 +312,7 @@ fn fault_reset_cuts_the_stream_after_two_tokens() {
     let mut stream = chat_stream(&mock, json!({"mock": {"fault": "reset"}}));
     assert_eq!(stream.status, 200);
     let body = stream.read_to_end();
-    assert!(
-        !stream.finished_cleanly(),
-        "the stream ended with its terminating chunk"
-    );
+    assert!(!stream.finished_cleanly(), "the stream ended with its terminating chunk");
     assert!(stream.error().is_some());
     let events = parsed_events(&body);
     assert_eq!(events.len(), 3);
@@ -433,13 +323,7 @@ fn fault_reset_cuts_the_stream_after_two_tokens() {
 fn fault_reset_truncates_a_non_stream_body() {
     let mock = MockBackend::start(&[]);
     let body = chat_body(json!({"mock": {"fault": "reset"}})).to_string();
-    let result = support::try_request(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(body.as_bytes()),
-    );
+    let result = support::try_request(&mock.host_port(), "POST", CHAT, &[JSON], Some(body.as_bytes()));
     assert!(result.is_err(), "a truncated body was accepted: {result:?}");
 }
 
@@ -449,9 +333,7 @@ fn stats_count_open_streams_and_client_disconnects() {
     let mut first = chat_stream(&mock, json!({}));
     let mut second = chat_stream(&mock, json!({}));
     assert!(first.next_chunk().is_some() && second.next_chunk().is_some());
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("open_streams")
-        == 2));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("open_streams") == 2));
 
     drop(first);
     assert!(wait_until(Duration::from_secs(2), || {
@@ -459,9 +341,7 @@ fn stats_count_open_streams_and_client_disconnects() {
         stats["client_disconnects"] == 1 && stats["open_streams"] == 1
     }));
     second.disconnect();
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("open_streams")
-        == 0));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("open_streams") == 0));
 
     let stats = mock.stats();
     assert_eq!(stats["requests"], 2);
@@ -481,19 +361,11 @@ fn disconnect_is_noticed_during_a_long_delay() {
     let mock = MockBackend::start(&[]);
     let mut stream = chat_stream(&mock, json!({"mock": {"chunks": 3, "delay_ms": 5000}}));
     assert!(stream.next_chunk().is_some(), "no role chunk");
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("open_streams")
-        == 1));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("open_streams") == 1));
     let dropped = Instant::now();
     drop(stream);
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("client_disconnects")
-        == 1));
-    assert!(
-        dropped.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        dropped.elapsed()
-    );
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("client_disconnects") == 1));
+    assert!(dropped.elapsed() < Duration::from_secs(1), "took {:?}", dropped.elapsed());
     assert_eq!(mock.stat("open_streams"), 0);
 }
 
@@ -504,22 +376,8 @@ fn last_request_records_headers_and_body() {
     assert_eq!(before["body"], Value::Null);
 
     let body = chat_body(json!({"temperature": 0.5})).to_string();
-    let headers = [
-        JSON,
-        ("X-Trace-Id", "abc123"),
-        ("Authorization", "Bearer k"),
-    ];
-    assert_eq!(
-        request(
-            &mock.host_port(),
-            "POST",
-            CHAT,
-            &headers,
-            Some(body.as_bytes())
-        )
-        .status,
-        200
-    );
+    let headers = [JSON, ("X-Trace-Id", "abc123"), ("Authorization", "Bearer k")];
+    assert_eq!(request(&mock.host_port(), "POST", CHAT, &headers, Some(body.as_bytes())).status, 200);
 
     let last = mock.last_request();
     assert_eq!(last["path"], CHAT);
@@ -541,48 +399,20 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(read_response(&mut reader, "GET").unwrap().status, 200);
 
     let body = chat_body(json!({})).to_string();
-    send_request(
-        &conn,
-        &addr,
-        "POST",
-        CHAT,
-        &[keep_alive, JSON],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
+    send_request(&conn, &addr, "POST", CHAT, &[keep_alive, JSON], Some(body.as_bytes())).unwrap();
     let completion = read_response(&mut reader, "POST").unwrap();
     assert_eq!(completion.json()["usage"]["completion_tokens"], 2);
 
     let stream_body = chat_body(json!({"stream": true})).to_string();
-    send_request(
-        &conn,
-        &addr,
-        "POST",
-        CHAT,
-        &[keep_alive, JSON],
-        Some(stream_body.as_bytes()),
-    )
-    .unwrap();
+    send_request(&conn, &addr, "POST", CHAT, &[keep_alive, JSON], Some(stream_body.as_bytes())).unwrap();
     let streamed = read_response(&mut reader, "POST").unwrap();
     assert_eq!(sse_events(&streamed.body).last().unwrap(), "[DONE]");
 
     // `Connection: close` is honoured: the server closes after answering.
-    send_request(
-        &conn,
-        &addr,
-        "GET",
-        "/v1/models",
-        &[("Connection", "close")],
-        None,
-    )
-    .unwrap();
+    send_request(&conn, &addr, "GET", "/v1/models", &[("Connection", "close")], None).unwrap();
     let last = read_response(&mut reader, "GET").unwrap();
     assert_eq!(last.header("connection"), Some("close"));
-    assert_eq!(
-        reader.read(&mut [0; 16]).unwrap(),
-        0,
-        "connection left open"
-    );
+    assert_eq!(reader.read(&mut [0; 16]).unwrap(), 0, "connection left open");
 }
 
 #[test]
@@ -613,21 +443,12 @@ fn malformed_requests_get_400_without_killing_the_server() {
         b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n",
     ] {
         let mut conn = TcpStream::connect(mock.addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         conn.write_all(raw).unwrap();
         let response = read_response(&mut BufReader::new(conn), "GET").unwrap();
-        assert_eq!(
-            response.status,
-            400,
-            "for {:?}",
-            String::from_utf8_lossy(raw)
-        );
+        assert_eq!(response.status, 400, "for {:?}", String::from_utf8_lossy(raw));
     }
-    assert_eq!(
-        request(&mock.host_port(), "GET", "/health", &[], None).status,
-        200
-    );
+    assert_eq!(request(&mock.host_port(), "GET", "/health", &[], None).status, 200);
 }
 
 #[test]
@@ -651,15 +472,7 @@ fn restarts_on_the_same_address() {
 fn send_chat(mock: &MockBackend, extra: Value) -> TcpStream {
     let conn = connect(&mock.host_port()).unwrap();
     let body = chat_body(extra).to_string();
-    send_request(
-        &conn,
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
+    send_request(&conn, &mock.host_port(), "POST", CHAT, &[JSON], Some(body.as_bytes())).unwrap();
     conn
 }
 
@@ -671,13 +484,7 @@ fn wrote_anything_within(conn: &TcpStream, wait: Duration) -> bool {
     match outcome {
         Ok(n) => n > 0,
         Err(err) => {
-            assert!(
-                matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "{err}"
-            );
+            assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err}");
             false
         }
     }
@@ -688,10 +495,7 @@ fn non_stream_answer_is_written_only_after_the_whole_generation() {
     let mock = MockBackend::start(&[]);
     let started = Instant::now();
     // 300 ms prefill + 4 tokens × 100 ms = 700 ms before anything, status line included.
-    let conn = send_chat(
-        &mock,
-        json!({"mock": {"chunks": 4, "delay_ms": 100, "prefill_ms": 300}}),
-    );
+    let conn = send_chat(&mock, json!({"mock": {"chunks": 4, "delay_ms": 100, "prefill_ms": 300}}));
     assert!(
         !wrote_anything_within(&conn, Duration::from_millis(550)),
         "bytes arrived {:?} into a 700 ms generation",
@@ -701,14 +505,8 @@ fn non_stream_answer_is_written_only_after_the_whole_generation() {
     let elapsed = started.elapsed();
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["usage"]["completion_tokens"], 4);
-    assert!(
-        elapsed >= Duration::from_millis(680),
-        "answered after {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_millis(3000),
-        "answered after {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(680), "answered after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(3000), "answered after {elapsed:?}");
 }
 
 #[test]
@@ -716,47 +514,26 @@ fn non_stream_generation_time_counts_only_the_tokens_generated() {
     let mock = MockBackend::start(&[]);
     let started = Instant::now();
     // max_tokens 2 of 20: 2 × 200 ms, not 20 × 200 ms.
-    let response = chat(
-        &mock,
-        json!({"max_tokens": 2, "mock": {"chunks": 20, "delay_ms": 200}}),
-    );
+    let response = chat(&mock, json!({"max_tokens": 2, "mock": {"chunks": 20, "delay_ms": 200}}));
     let elapsed = started.elapsed();
     assert_eq!(response.json()["usage"]["completion_tokens"], 2);
-    assert!(
-        elapsed >= Duration::from_millis(380),
-        "answered after {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_millis(2500),
-        "answered after {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(380), "answered after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "answered after {elapsed:?}");
 }
 
 #[test]
 fn stream_headers_go_out_at_once_and_the_role_chunk_after_prefill() {
     let mock = MockBackend::start(&[]);
     let started = Instant::now();
-    let mut stream = chat_stream(
-        &mock,
-        json!({"mock": {"chunks": 2, "delay_ms": 50, "prefill_ms": 1000}}),
-    );
+    let mut stream = chat_stream(&mock, json!({"mock": {"chunks": 2, "delay_ms": 50, "prefill_ms": 1000}}));
     let head_after = started.elapsed();
     assert_eq!(stream.status, 200);
-    assert!(
-        head_after < Duration::from_millis(700),
-        "headers after {head_after:?}"
-    );
+    assert!(head_after < Duration::from_millis(700), "headers after {head_after:?}");
     let (role_at, role) = stream.next_chunk().expect("no role chunk");
     let role_after = role_at - started;
-    assert!(
-        role_after >= Duration::from_millis(980),
-        "role chunk after {role_after:?}"
-    );
+    assert!(role_after >= Duration::from_millis(980), "role chunk after {role_after:?}");
     let role = parsed_events(&role);
-    assert_eq!(
-        role[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""})
-    );
+    assert_eq!(role[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
     let rest = parsed_events(&stream.read_to_end());
     assert_eq!(rest.last().unwrap(), "[DONE]");
 }
@@ -767,37 +544,23 @@ fn prefill_flag_sets_the_default_time_to_first_token() {
     let started = Instant::now();
     let mut stream = chat_stream(&mock, json!({}));
     let (first_at, _) = stream.next_chunk().expect("no first chunk");
-    assert!(
-        first_at - started >= Duration::from_millis(980),
-        "first chunk after {:?}",
-        first_at - started
-    );
+    assert!(first_at - started >= Duration::from_millis(980), "first chunk after {:?}", first_at - started);
     drop(stream);
 
     let started = Instant::now();
     assert_eq!(chat(&mock, json!({})).status, 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(980),
-        "non-stream after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(980), "non-stream after {:?}", started.elapsed());
     // A request may override it.
     let started = Instant::now();
     assert_eq!(chat(&mock, json!({"mock": {"prefill_ms": 0}})).status, 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(700),
-        "override ignored: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(700), "override ignored: {:?}", started.elapsed());
 }
 
 #[test]
 fn client_leaving_a_non_stream_generation_stops_it_and_counts_as_a_disconnect() {
     let mock = MockBackend::start(&[]);
     let conn = send_chat(&mock, json!({"mock": {"chunks": 10, "delay_ms": 1000}}));
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("non_stream_in_progress")
-        == 1));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("non_stream_in_progress") == 1));
     assert_eq!(mock.stat("open_streams"), 0);
     let dropped = Instant::now();
     drop(conn);
@@ -805,11 +568,7 @@ fn client_leaving_a_non_stream_generation_stops_it_and_counts_as_a_disconnect() 
         let stats = mock.stats();
         stats["client_disconnects"] == 1 && stats["non_stream_in_progress"] == 0
     }));
-    assert!(
-        dropped.elapsed() < Duration::from_secs(1),
-        "noticed after {:?}",
-        dropped.elapsed()
-    );
+    assert!(dropped.elapsed() < Duration::from_secs(1), "noticed after {:?}", dropped.elapsed());
 }
 
 #[test]
@@ -822,13 +581,9 @@ fn non_stream_in_progress_falls_back_when_the_answer_is_sent() {
             request(&addr, "POST", CHAT, &[JSON], Some(body.as_bytes()))
         }
     });
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("non_stream_in_progress")
-        == 1));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("non_stream_in_progress") == 1));
     assert_eq!(waiter.join().unwrap().status, 200);
-    assert!(wait_until(Duration::from_secs(2), || mock
-        .stat("non_stream_in_progress")
-        == 0));
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("non_stream_in_progress") == 0));
     assert_eq!(mock.stat("client_disconnects"), 0);
 }
 
@@ -897,18 +652,8 @@ fn max_completion_tokens_is_preferred_over_max_tokens() {
     assert_eq!(body["usage"]["completion_tokens"], 2);
     // And it is the one checked against the context.
     let limited = MockBackend::start(&["--max-model-len", "10"]);
-    assert_eq!(
-        chat(
-            &limited,
-            json!({"max_tokens": 100, "max_completion_tokens": 6})
-        )
-        .status,
-        200
-    );
-    let refused = chat(
-        &limited,
-        json!({"max_tokens": 1, "max_completion_tokens": 7}),
-    );
+    assert_eq!(chat(&limited, json!({"max_tokens": 100, "max_completion_tokens": 6})).status, 200);
+    let refused = chat(&limited, json!({"max_tokens": 1, "max_completion_tokens": 7}));
     assert_eq!(refused.status, 400);
     assert_eq!(refused.json()["error"]["param"], "max_tokens");
 }
@@ -924,14 +669,11 @@ fn models_report_the_max_model_len() {
 // Mid-stream failures like vLLM's chat_completion_stream_generator.
 // ---------------------------------------------------------------------------
 
-const ENGINE_FAILURE: &str =
-    "CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)";
+const ENGINE_FAILURE: &str = "CUDA error: an illegal memory access at /srv/secret/model.py:42 (http://10.1.2.3:8000)";
 
 /// Each HTTP chunk of a stream as text.
 fn chunk_texts(stream: &mut StreamingResponse) -> Vec<String> {
-    stream
-        .map(|(_, data)| String::from_utf8(data).unwrap())
-        .collect()
+    stream.map(|(_, data)| String::from_utf8(data).unwrap()).collect()
 }
 
 #[test]
@@ -940,10 +682,7 @@ fn fault_error_event_streams_two_tokens_then_vllms_error_event_and_done() {
     let mut stream = chat_stream(&mock, json!({"mock": {"fault": "error_event"}}));
     assert_eq!(stream.status, 200);
     let chunks = chunk_texts(&mut stream);
-    assert!(
-        stream.finished_cleanly(),
-        "vLLM ends the body normally after [DONE]"
-    );
+    assert!(stream.finished_cleanly(), "vLLM ends the body normally after [DONE]");
     assert_eq!(chunks.len(), 5, "{chunks:#?}");
     let events = parsed_events(chunks[..3].concat().as_bytes());
     assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
@@ -963,10 +702,7 @@ fn fault_error_event_streams_two_tokens_then_vllms_error_event_and_done() {
 #[test]
 fn fault_error_event_legacy_streams_the_error_shape_of_vllm_0_9() {
     let mock = MockBackend::start(&[]);
-    let chunks = chunk_texts(&mut chat_stream(
-        &mock,
-        json!({"mock": {"fault": "error_event_legacy"}}),
-    ));
+    let chunks = chunk_texts(&mut chat_stream(&mock, json!({"mock": {"fault": "error_event_legacy"}})));
     assert_eq!(chunks.len(), 5, "{chunks:#?}");
     assert_eq!(
         chunks[3],
@@ -982,15 +718,8 @@ fn fault_error_event_legacy_streams_the_error_shape_of_vllm_0_9() {
 fn fault_error_event_on_a_non_stream_is_vllms_error_after_the_tokens() {
     let mock = MockBackend::start(&[]);
     let started = Instant::now();
-    let response = chat(
-        &mock,
-        json!({"mock": {"fault": "error_event", "delay_ms": 150}}),
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(280),
-        "after {:?}",
-        started.elapsed()
-    );
+    let response = chat(&mock, json!({"mock": {"fault": "error_event", "delay_ms": 150}}));
+    assert!(started.elapsed() >= Duration::from_millis(280), "after {:?}", started.elapsed());
     assert_eq!(response.status, 500);
     assert_eq!(
         response.json(),
@@ -1011,13 +740,7 @@ fn fault_error_event_on_a_non_stream_is_vllms_error_after_the_tokens() {
 fn chat_with_request_id(mock: &MockBackend, id: &str) -> HttpResponse {
     let body = chat_body(json!({})).to_string();
     let auth = ("authorization", "Bearer k");
-    request(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON, auth, ("x-request-id", id)],
-        Some(body.as_bytes()),
-    )
+    request(&mock.host_port(), "POST", CHAT, &[JSON, auth, ("x-request-id", id)], Some(body.as_bytes()))
 }
 
 #[test]
@@ -1042,13 +765,7 @@ fn strict_request_id_refuses_a_non_uuid_with_an_empty_400_before_routing() {
         assert!(response.body.is_empty(), "{method} {path}");
     }
     // The mock's own endpoints are not the server's.
-    let stats = request(
-        &mock.host_port(),
-        "GET",
-        "/mock/stats",
-        &[("x-request-id", "x")],
-        None,
-    );
+    let stats = request(&mock.host_port(), "GET", "/mock/stats", &[("x-request-id", "x")], None);
     assert_eq!(stats.status, 200);
 }
 
@@ -1084,13 +801,7 @@ fn strict_request_id_accepts_what_pythons_uuid_accepts() {
     }
     // No header: the plugin makes one up.
     let body = chat_body(json!({})).to_string();
-    let plain = request(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON, ("authorization", "Bearer k")],
-        Some(body.as_bytes()),
-    );
+    let plain = request(&mock.host_port(), "POST", CHAT, &[JSON, ("authorization", "Bearer k")], Some(body.as_bytes()));
     assert_eq!(plain.status, 200);
 }
 
@@ -1143,31 +854,15 @@ fn mock_status_401_is_vllms_unauthorized() {
 #[test]
 fn mock_retry_after_is_sent_as_given() {
     let mock = MockBackend::start(&[]);
-    for value in [
-        "99999999999",
-        "-5",
-        "soon",
-        "Wed, 21 Oct 2015 07:28:00 GMT",
-        "0.5",
-        "",
-    ] {
-        let response = chat(
-            &mock,
-            json!({"mock": {"status": 429, "retry_after": value}}),
-        );
+    for value in ["99999999999", "-5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "0.5", ""] {
+        let response = chat(&mock, json!({"mock": {"status": 429, "retry_after": value}}));
         assert_eq!(response.status, 429);
         assert_eq!(response.header("retry-after"), Some(value), "{value:?}");
         assert_eq!(response.json()["error"]["type"], "Too Many Requests");
     }
     // It belongs to a status answer, and cannot smuggle in other headers.
-    assert_eq!(
-        chat(&mock, json!({"mock": {"retry_after": "1"}})).status,
-        400
-    );
-    let injected = chat(
-        &mock,
-        json!({"mock": {"status": 503, "retry_after": "1\r\nx-evil: 1"}}),
-    );
+    assert_eq!(chat(&mock, json!({"mock": {"retry_after": "1"}})).status, 400);
+    let injected = chat(&mock, json!({"mock": {"status": 503, "retry_after": "1\r\nx-evil: 1"}}));
     assert_eq!(injected.status, 400);
     assert_eq!(injected.header("x-evil"), None);
     assert_eq!(chat(&mock, json!({"mock": {"status": 200}})).status, 400);
@@ -1191,23 +886,12 @@ fn mock_status_obeys_fault_on() {
 fn strict_request_id_tags_every_answer_with_the_id_or_a_fresh_uuid4() {
     let mock = MockBackend::start(&["--strict-request-id", "--api-key", "k"]);
     let id = "123E4567-E89B-12D3-A456-426614174000";
-    assert_eq!(
-        chat_with_request_id(&mock, id).header("x-request-id"),
-        Some(id)
-    );
-    assert_eq!(
-        chat_with_request_id(&mock, "req-42").header("x-request-id"),
-        None
-    );
+    assert_eq!(chat_with_request_id(&mock, id).header("x-request-id"), Some(id));
+    assert_eq!(chat_with_request_id(&mock, "req-42").header("x-request-id"), None);
     let body = chat_body(json!({"stream": true})).to_string();
     let auth = ("authorization", "Bearer k");
-    let stream = request_streaming(
-        &mock.host_port(),
-        "POST",
-        CHAT,
-        &[JSON, auth, ("x-request-id", id)],
-        Some(body.as_bytes()),
-    );
+    let stream =
+        request_streaming(&mock.host_port(), "POST", CHAT, &[JSON, auth, ("x-request-id", id)], Some(body.as_bytes()));
     assert_eq!(stream.header("x-request-id"), Some(id));
     // Without one (even a 401 or 404 gets one), a fresh uuid4().hex each time.
     let fresh: Vec<String> = ["/v1/models", "/nowhere"]
@@ -1219,23 +903,13 @@ fn strict_request_id_tags_every_answer_with_the_id_or_a_fresh_uuid4() {
         .collect();
     for id in &fresh {
         assert_eq!(id.len(), 32, "{id}");
-        assert!(
-            id.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-            "{id}"
-        );
+        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
         assert_eq!(&id[12..13], "4", "version 4: {id}");
         assert!("89ab".contains(&id[16..17]), "RFC 4122 variant: {id}");
     }
     assert_ne!(fresh[0], fresh[1]);
     // vLLM (the default) sends none.
     let plain = MockBackend::start(&[]);
-    let response = request(
-        &plain.host_port(),
-        "GET",
-        "/v1/models",
-        &[("x-request-id", id)],
-        None,
-    );
+    let response = request(&plain.host_port(), "GET", "/v1/models", &[("x-request-id", id)], None);
     assert_eq!(response.header("x-request-id"), None);
 }

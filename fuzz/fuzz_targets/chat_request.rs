@@ -7,7 +7,14 @@ use edge_gateway::core::validate::validate_chat;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = RequestCaps { max_body_bytes: 1 << 20, max_messages: 8, max_content_bytes: 4096, max_tokens: 512, max_n: 2, allow_remote_media: false };
+    let limits = RequestCaps {
+        max_body_bytes: 1 << 20,
+        max_messages: 8,
+        max_content_bytes: 4096,
+        max_tokens: 512,
+        max_n: 2,
+        allow_remote_media: false,
+    };
     let backend = |max_model_len| Backend {
         name: "b".into(),
         base_url: "http://b".into(),
@@ -20,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(chat) = validate_chat(data, &limits) {
         for context in [None, Some(64), Some(4096)] {
-            let sent: serde_json::Value = serde_json::from_slice(&chat.upstream_body(&backend(context), 512)).expect("upstream body is JSON");
+            let sent: serde_json::Value =
+                serde_json::from_slice(&chat.upstream_body(&backend(context), 512)).expect("upstream body is JSON");
             assert!(sent.is_object());
             if chat.stream {
                 assert_eq!(sent["stream_options"]["include_usage"], true);

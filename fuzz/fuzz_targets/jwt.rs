@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else { return };
     let jwks: serde_json::Value = serde_json::from_str(include_str!("../../tests/fixtures/jwt/jwks.json")).unwrap();
-    let keys = jwks["keys"].as_array().unwrap().iter().map(|k| edge_gateway::core::auth::jwt::parse_jwk(k).unwrap()).collect();
+    let keys =
+        jwks["keys"].as_array().unwrap().iter().map(|k| edge_gateway::core::auth::jwt::parse_jwk(k).unwrap()).collect();
     let verifier = JwtVerifier {
         hs256: Some(Secret::new(b"fuzzing-secret-that-is-32-bytes-long!!".to_vec())),
         keys,
@@ -20,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         models_claim: "models".into(),
     };
     if verifier.verify(token, 1_800_000_000).is_ok() {
-        let tokens: serde_json::Value = serde_json::from_str(include_str!("../../tests/fixtures/jwt/tokens.json")).unwrap();
+        let tokens: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/jwt/tokens.json")).unwrap();
         let signed = [tokens["rs256_valid"].as_str().unwrap(), tokens["es256_valid"].as_str().unwrap()];
         assert!(signed.contains(&token), "accepted a token no one signed: {token}");
     }

@@ -2,12 +2,12 @@
 //! one log line written.
 
 use crate::core::error::{GatewayError, TimeoutPhase};
-use crate::core::rate_limit::plan::Settler;
 use crate::core::log::LogRecord;
-use crate::core::upstream::relay::{StreamEnd, StreamSummary};
-use crate::core::runtime::Runtime;
 use crate::core::openai::Usage;
+use crate::core::rate_limit::plan::Settler;
 use crate::core::rate_limit::store::LimitStore;
+use crate::core::runtime::Runtime;
+use crate::core::upstream::relay::{StreamEnd, StreamSummary};
 
 /// What a streamed answer still owes when it ends: the settlement and the log line.
 pub struct StreamAccount<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> {
@@ -55,7 +55,9 @@ pub fn settle_failure<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'sta
 ) {
     if let Some(settler) = settler {
         match error {
-            GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total } => settler.charge_prompt(),
+            GatewayError::UpstreamTimeout { phase: TimeoutPhase::FirstByte | TimeoutPhase::Total } => {
+                settler.charge_prompt()
+            }
             _ => settler.settle(0),
         }
     }

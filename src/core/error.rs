@@ -91,11 +91,7 @@ pub const MAX_RETRY_AFTER_S: u64 = 3600;
 impl GatewayError {
     /// Shorthand for a 400 about one JSON path.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        GatewayError::InvalidRequest {
-            message: message.into(),
-            param: Some(param.into()),
-            code: None,
-        }
+        GatewayError::InvalidRequest { message: message.into(), param: Some(param.into()), code: None }
     }
 
     /// The HTTP status this error is answered with.
@@ -138,12 +134,8 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => Some("request_too_large"),
             GatewayError::NotFound { .. } => Some("unknown_url"),
             GatewayError::MethodNotAllowed { .. } => Some("method_not_allowed"),
-            GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => {
-                Some("rate_limit_exceeded")
-            }
-            GatewayError::Upstream { .. } | GatewayError::UpstreamRejected { .. } => {
-                Some("upstream_error")
-            }
+            GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. } => Some("rate_limit_exceeded"),
+            GatewayError::Upstream { .. } | GatewayError::UpstreamRejected { .. } => Some("upstream_error"),
             GatewayError::ServiceUnavailable { .. } => Some("service_unavailable"),
             GatewayError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             GatewayError::Config { .. } => Some("configuration_error"),
@@ -193,9 +185,7 @@ impl GatewayError {
                     crate::core::openai::format_duration(*retry_after_ms)
                 )
             }
-            GatewayError::UpstreamBusy { .. } => {
-                "The inference backend is at capacity. Please retry shortly.".into()
-            }
+            GatewayError::UpstreamBusy { .. } => "The inference backend is at capacity. Please retry shortly.".into(),
             GatewayError::UpstreamTimeout { phase } => match phase {
                 TimeoutPhase::Connect => "The inference backend did not accept the request in time.",
                 TimeoutPhase::FirstByte => "The inference backend did not start answering in time.",
@@ -242,16 +232,10 @@ impl GatewayError {
             code: Option<&'a str>,
         }
         let body = Body {
-            error: Inner {
-                message: self.message(),
-                kind: self.error_type(),
-                param: self.param(),
-                code: self.code(),
-            },
+            error: Inner { message: self.message(), kind: self.error_type(), param: self.param(), code: self.code() },
         };
         serde_json::to_string(&body).unwrap_or_else(|_| {
-            r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#
-                .into()
+            r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#.into()
         })
     }
 

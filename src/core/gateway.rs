@@ -3,26 +3,26 @@
 //! translate the [`Response`] back.
 
 use crate::core::account::{settle_completion, settle_failure, StreamAccount};
-use crate::core::rate_limit::plan::{Plan, Settler};
 use crate::core::auth::{identify, Caller};
-use crate::core::upstream::balance::{attempt_order, HealthBook};
+use crate::core::config::Backend;
 use crate::core::config::{Config, ConfigError};
 use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
-use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
-use crate::core::config::Backend;
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
-use crate::core::openai::format_duration;
-use crate::core::rate_limit::gcra::Decision;
 use crate::core::log::{self, LogRecord};
+use crate::core::openai::format_duration;
 use crate::core::openai::ModelList;
-use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
-use crate::core::upstream::relay::{StreamEnd, StreamEnding};
+use crate::core::rate_limit::gcra::Decision;
+use crate::core::rate_limit::plan::{Plan, Settler};
+use crate::core::rate_limit::store::{self, LimitStore};
 use crate::core::request_id::{hex, RequestIds};
 use crate::core::route::{route, Route};
 use crate::core::runtime::Runtime;
-use crate::core::rate_limit::store::{self, LimitStore};
 use crate::core::trace::TraceContext;
+use crate::core::upstream::balance::{attempt_order, HealthBook};
+use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
+use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
+use crate::core::upstream::relay::{StreamEnd, StreamEnding};
 use crate::core::upstream::Upstream;
 use crate::core::validate::{validate_chat, ValidatedChat};
 use futures::future::{select, Either};
@@ -218,13 +218,19 @@ where
     }
 
     /// `POST /v1/chat/completions`, step by step.
-    async fn chat_completions(&self, config: &Config, mut request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
+    async fn chat_completions(
+        &self,
+        config: &Config,
+        mut request: Request,
+        cx: &mut Context,
+    ) -> Result<Handled, GatewayError> {
         let caller = self.authenticate(config, &request, cx)?;
         let chat = self.validate(config, &mut request, &caller, cx).await?;
         let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.caps.max_tokens);
         // Settled exactly once: by the answer's usage, by the stream's end, or when dropped.
         let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
-        let backends = attempt_order(config, &chat.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
+        let backends =
+            attempt_order(config, &chat.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
         if let Some(settler) = settler.as_mut() {
             settler.sent();
         }
@@ -253,14 +259,25 @@ where
         })
     }
 
-    fn authenticate<'c>(&self, config: &'c Config, request: &Request, cx: &mut Context) -> Result<Caller<'c>, GatewayError> {
+    fn authenticate<'c>(
+        &self,
+        config: &'c Config,
+        request: &Request,
+        cx: &mut Context,
+    ) -> Result<Caller<'c>, GatewayError> {
         let caller = identify(&request.headers, request.client_ip.as_deref(), config, self.runtime.now_ms())?;
         cx.record.key_id = Some(caller.id.to_string());
         Ok(caller)
     }
 
     /// Reads the body (capped), validates it, and checks the caller may use its model.
-    async fn validate(&self, config: &Config, request: &mut Request, caller: &Caller<'_>, cx: &mut Context) -> Result<ValidatedChat, GatewayError> {
+    async fn validate(
+        &self,
+        config: &Config,
+        request: &mut Request,
+        caller: &Caller<'_>,
+        cx: &mut Context,
+    ) -> Result<ValidatedChat, GatewayError> {
         let body = read_body(request, config.caps.max_body_bytes).await?;
         let chat = validate_chat(&body, &config.caps)?;
         cx.record.model = Some(chat.model.clone());
@@ -282,8 +299,11 @@ where
         ending: StreamEnding,
     ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
         let traceparent = cx.trace.traceparent();
-        let forwarded =
-            Forwarded { request_id: &cx.ids.upstream, traceparent: Some(&traceparent), tracestate: cx.trace.tracestate.as_deref() };
+        let forwarded = Forwarded {
+            request_id: &cx.ids.upstream,
+            traceparent: Some(&traceparent),
+            tracestate: cx.trace.tracestate.as_deref(),
+        };
         let build = |backend: &Backend| {
             let body = chat.upstream_body(backend, config.caps.max_tokens);
             proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
@@ -317,7 +337,11 @@ where
             Ok(admitted) => admitted,
             Err(e) if config.limits_fail_open => {
                 settler.forget();
-                self.runtime.log(&log::event("warn", "limit_store_unavailable", &[("admitted", true.into()), ("detail", e.0.into())]));
+                self.runtime.log(&log::event(
+                    "warn",
+                    "limit_store_unavailable",
+                    &[("admitted", true.into()), ("detail", e.0.into())],
+                ));
                 return Ok(None);
             }
             Err(e) => {
@@ -325,7 +349,7 @@ where
                 return Err(GatewayError::Internal {
                     message: "The rate-limit store is unavailable; please retry.".into(),
                     detail: format!("limit store: {}", e.0),
-                })
+                });
             }
         };
         let (decisions, refusal) = plan.outcome(&admitted);
@@ -369,10 +393,6 @@ fn set_rate_limit_headers(headers: &mut Headers, decisions: &[(RateLimitKind, De
 }
 
 fn list_models(config: &Config, caller: &Caller<'_>) -> Response {
-    let models = config
-        .served_models()
-        .into_iter()
-        .filter(|m| caller.models.allows(m))
-        .map(str::to_owned);
+    let models = config.served_models().into_iter().filter(|m| caller.models.allows(m)).map(str::to_owned);
     Response::json(200, serde_json::to_vec(&ModelList::new(models)).unwrap_or_default())
 }

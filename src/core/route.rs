@@ -38,7 +38,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
     if same {
         Ok(*route)
     } else {
-        Err(GatewayError::MethodNotAllowed { method: printable(method), path: path.to_string(), allow: allowed_methods(path) })
+        Err(GatewayError::MethodNotAllowed {
+            method: printable(method),
+            path: path.to_string(),
+            allow: allowed_methods(path),
+        })
     }
 }
 

@@ -40,9 +40,17 @@ impl TraceContext {
             let tracestate = headers
                 .get("tracestate")
                 .map(str::trim)
-                .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE_BYTES && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                .filter(|s| {
+                    !s.is_empty() && s.len() <= MAX_TRACESTATE_BYTES && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+                })
                 .map(str::to_owned);
-            return TraceContext { trace_id: trace_id.into(), span_id, parent_span_id: Some(parent.into()), flags, tracestate };
+            return TraceContext {
+                trace_id: trace_id.into(),
+                span_id,
+                parent_span_id: Some(parent.into()),
+                flags,
+                tracestate,
+            };
         }
         let mut trace = [0u8; 16];
         trace.copy_from_slice(&random[..16]);
@@ -65,7 +73,8 @@ pub fn parse_traceparent(value: &str) -> Option<(&str, &str, u8)> {
     else {
         return None;
     };
-    let lower_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
     let valid = version == "00"
         && lower_hex(trace_id, 32)

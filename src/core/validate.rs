@@ -22,8 +22,18 @@ const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "fu
 pub const MEDIA_PART_TOKENS: u64 = 1024;
 
 /// Content part types that carry media rather than text.
-const MEDIA_PARTS: &[&str] =
-    &["image_url", "input_image", "image", "input_audio", "audio_url", "audio", "video_url", "video", "file", "input_file"];
+const MEDIA_PARTS: &[&str] = &[
+    "image_url",
+    "input_image",
+    "image",
+    "input_audio",
+    "audio_url",
+    "audio",
+    "video_url",
+    "video",
+    "file",
+    "input_file",
+];
 
 /// Top-level fields a chat template renders into the prompt (vLLM, SGLang and llama.cpp merge
 /// `chat_template_kwargs` into the template's variables, where `tools` and `documents` override
@@ -225,11 +235,8 @@ impl ValidatedChat {
     /// The most this request can cost on any of `backends`: its prompt plus every sequence at full
     /// length. Admission takes this from the token budget; settlement gives back what was not used.
     pub fn token_estimate<'a>(&self, backends: impl IntoIterator<Item = &'a Backend>, cap: u32) -> u64 {
-        let per_choice = backends
-            .into_iter()
-            .map(|b| self.completion_bound(b, cap))
-            .max()
-            .unwrap_or(self.max_tokens.unwrap_or(cap));
+        let per_choice =
+            backends.into_iter().map(|b| self.completion_bound(b, cap)).max().unwrap_or(self.max_tokens.unwrap_or(cap));
         self.prompt_estimate() + u64::from(per_choice) * u64::from(self.choices)
     }
 
@@ -346,9 +353,16 @@ fn check_content(content: &Value, i: usize, caps: &RequestCaps, prompt: &mut Pro
                 };
                 let kind = match part.get("type") {
                     Some(Value::String(t)) => t.as_str(),
-                    _ => return Err(GatewayError::invalid(format!("{}.type", at()), "each content part must have a string type")),
+                    _ => {
+                        return Err(GatewayError::invalid(
+                            format!("{}.type", at()),
+                            "each content part must have a string type",
+                        ))
+                    }
                 };
-                if matches!(kind, "text" | "input_text" | "output_text") && !part.get("text").is_some_and(Value::is_string) {
+                if matches!(kind, "text" | "input_text" | "output_text")
+                    && !part.get("text").is_some_and(Value::is_string)
+                {
                     return Err(GatewayError::invalid(format!("{}.text", at()), "a text part must have a string text"));
                 }
                 // Templates join parts with a separator: every part is at least one byte.
@@ -466,24 +480,16 @@ fn check_stream_options(request: &mut Map<String, Value>, stream: bool) -> Resul
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => {
-                return Err(GatewayError::invalid(
-                    "stream_options.include_usage",
-                    "include_usage must be a boolean",
-                ))
+                return Err(GatewayError::invalid("stream_options.include_usage", "include_usage must be a boolean"))
             }
         },
         Some(_) => return Err(GatewayError::invalid("stream_options", "stream_options must be an object")),
     };
     if !stream && request.get("stream_options").is_some_and(|o| !o.is_null()) {
-        return Err(GatewayError::invalid(
-            "stream_options",
-            "stream_options is only allowed when stream is true",
-        ));
+        return Err(GatewayError::invalid("stream_options", "stream_options is only allowed when stream is true"));
     }
     if stream {
-        let options = request
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
+        let options = request.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if !options.is_object() {
             *options = Value::Object(Map::new());
         }

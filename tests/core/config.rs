@@ -37,29 +37,163 @@ fn parses_a_typical_deployment() {
 #[test]
 fn every_error_names_its_variable() {
     let cases: Vec<(&str, Edit)> = vec![
-        ("GATEWAY_BACKENDS is not set", Box::new(|v| { v.remove("GATEWAY_BACKENDS"); })),
-        ("GATEWAY_API_KEYS is not set", Box::new(|v| { v.remove("GATEWAY_API_KEYS"); })),
-        ("GATEWAY_BACKENDS is not a valid JSON", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), "[{".into()); })),
-        ("GATEWAY_BACKENDS must list", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), "[]".into()); })),
-        ("GATEWAY_BACKENDS is not a valid JSON", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"http://x","models":["m"],"typo":1}]"#.into()); })),
-        ("GATEWAY_BACKENDS[0].url", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"ftp://x","models":["m"]}]"#.into()); })),
-        ("GATEWAY_BACKENDS[0].url", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"https://user:pw@x","models":["m"]}]"#.into()); })),
-        ("GATEWAY_BACKENDS[0].models", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"http://x","models":[]}]"#.into()); })),
-        ("GATEWAY_BACKENDS[1].name `a` is used twice", Box::new(|v| { v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"http://x","models":["m"]},{"name":"a","url":"http://y","models":["m"]}]"#.into()); })),
-        ("GPU_A_KEY (the api_key_secret of GATEWAY_BACKENDS[0]) is not set", Box::new(|v| { v.remove("GPU_A_KEY"); })),
-        ("GATEWAY_API_KEYS[0].sha256", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), r#"[{"id":"a","sha256":"abc","models":["*"]}]"#.into()); })),
-        ("GATEWAY_API_KEYS[0].models names `nope`", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), format!(r#"[{{"id":"a","sha256":"{}","models":["nope"]}}]"#, "0".repeat(64))); })),
-        ("GATEWAY_API_KEYS[0].requests_per_minute", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"requests_per_minute":0}}]"#, "0".repeat(64))); })),
-        ("GATEWAY_MAX_TOKENS must be an integer", Box::new(|v| { v.insert("GATEWAY_MAX_TOKENS".into(), "lots".into()); })),
-        ("GATEWAY_MAX_BODY_BYTES must be an integer", Box::new(|v| { v.insert("GATEWAY_MAX_BODY_BYTES".into(), "0".into()); })),
-        ("GATEWAY_ANONYMOUS.requests_per_minute is required", Box::new(|v| { v.insert("GATEWAY_ANONYMOUS".into(), r#"{"models":["qwen"]}"#.into()); })),
-        ("GATEWAY_ANONYMOUS describes callers without a key", Box::new(|v| { v.insert("GATEWAY_ANONYMOUS".into(), r#"{"id":"x","models":["qwen"],"requests_per_minute":1}"#.into()); })),
-        ("GATEWAY_ANONYMOUS.models names `nope`", Box::new(|v| { v.insert("GATEWAY_ANONYMOUS".into(), r#"{"models":["nope"],"requests_per_minute":1}"#.into()); })),
-        ("GATEWAY_API_KEYS[0].max_in_flight must be at least 1", Box::new(|v| { v.insert("GATEWAY_API_KEYS".into(), format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"max_in_flight":0}}]"#, "0".repeat(64))); })),
-        ("GATEWAY_FIRST_BYTE_TIMEOUT_MS must not be longer than GATEWAY_TOTAL_TIMEOUT_MS", Box::new(|v| { v.insert("GATEWAY_TOTAL_TIMEOUT_MS".into(), "1000".into()); })),
-        ("GATEWAY_REDIS_URL must be a redis://", Box::new(|v| { v.insert("GATEWAY_REDIS_URL".into(), "localhost:6379".into()); })),
-        ("GATEWAY_LIMITS_FAIL_OPEN must be true or false", Box::new(|v| { v.insert("GATEWAY_LIMITS_FAIL_OPEN".into(), "maybe".into()); })),
-        ("GATEWAY_CORS_ORIGINS", Box::new(|v| { v.insert("GATEWAY_CORS_ORIGINS".into(), "app.example.com".into()); })),
+        (
+            "GATEWAY_BACKENDS is not set",
+            Box::new(|v| {
+                v.remove("GATEWAY_BACKENDS");
+            }),
+        ),
+        (
+            "GATEWAY_API_KEYS is not set",
+            Box::new(|v| {
+                v.remove("GATEWAY_API_KEYS");
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS is not a valid JSON",
+            Box::new(|v| {
+                v.insert("GATEWAY_BACKENDS".into(), "[{".into());
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS must list",
+            Box::new(|v| {
+                v.insert("GATEWAY_BACKENDS".into(), "[]".into());
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS is not a valid JSON",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_BACKENDS".into(),
+                    r#"[{"name":"a","url":"http://x","models":["m"],"typo":1}]"#.into(),
+                );
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS[0].url",
+            Box::new(|v| {
+                v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"ftp://x","models":["m"]}]"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS[0].url",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_BACKENDS".into(),
+                    r#"[{"name":"a","url":"https://user:pw@x","models":["m"]}]"#.into(),
+                );
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS[0].models",
+            Box::new(|v| {
+                v.insert("GATEWAY_BACKENDS".into(), r#"[{"name":"a","url":"http://x","models":[]}]"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_BACKENDS[1].name `a` is used twice",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_BACKENDS".into(),
+                    r#"[{"name":"a","url":"http://x","models":["m"]},{"name":"a","url":"http://y","models":["m"]}]"#
+                        .into(),
+                );
+            }),
+        ),
+        (
+            "GPU_A_KEY (the api_key_secret of GATEWAY_BACKENDS[0]) is not set",
+            Box::new(|v| {
+                v.remove("GPU_A_KEY");
+            }),
+        ),
+        (
+            "GATEWAY_API_KEYS[0].sha256",
+            Box::new(|v| {
+                v.insert("GATEWAY_API_KEYS".into(), r#"[{"id":"a","sha256":"abc","models":["*"]}]"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_API_KEYS[0].models names `nope`",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_API_KEYS".into(),
+                    format!(r#"[{{"id":"a","sha256":"{}","models":["nope"]}}]"#, "0".repeat(64)),
+                );
+            }),
+        ),
+        (
+            "GATEWAY_API_KEYS[0].requests_per_minute",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_API_KEYS".into(),
+                    format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"requests_per_minute":0}}]"#, "0".repeat(64)),
+                );
+            }),
+        ),
+        (
+            "GATEWAY_MAX_TOKENS must be an integer",
+            Box::new(|v| {
+                v.insert("GATEWAY_MAX_TOKENS".into(), "lots".into());
+            }),
+        ),
+        (
+            "GATEWAY_MAX_BODY_BYTES must be an integer",
+            Box::new(|v| {
+                v.insert("GATEWAY_MAX_BODY_BYTES".into(), "0".into());
+            }),
+        ),
+        (
+            "GATEWAY_ANONYMOUS.requests_per_minute is required",
+            Box::new(|v| {
+                v.insert("GATEWAY_ANONYMOUS".into(), r#"{"models":["qwen"]}"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_ANONYMOUS describes callers without a key",
+            Box::new(|v| {
+                v.insert("GATEWAY_ANONYMOUS".into(), r#"{"id":"x","models":["qwen"],"requests_per_minute":1}"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_ANONYMOUS.models names `nope`",
+            Box::new(|v| {
+                v.insert("GATEWAY_ANONYMOUS".into(), r#"{"models":["nope"],"requests_per_minute":1}"#.into());
+            }),
+        ),
+        (
+            "GATEWAY_API_KEYS[0].max_in_flight must be at least 1",
+            Box::new(|v| {
+                v.insert(
+                    "GATEWAY_API_KEYS".into(),
+                    format!(r#"[{{"id":"a","sha256":"{}","models":["*"],"max_in_flight":0}}]"#, "0".repeat(64)),
+                );
+            }),
+        ),
+        (
+            "GATEWAY_FIRST_BYTE_TIMEOUT_MS must not be longer than GATEWAY_TOTAL_TIMEOUT_MS",
+            Box::new(|v| {
+                v.insert("GATEWAY_TOTAL_TIMEOUT_MS".into(), "1000".into());
+            }),
+        ),
+        (
+            "GATEWAY_REDIS_URL must be a redis://",
+            Box::new(|v| {
+                v.insert("GATEWAY_REDIS_URL".into(), "localhost:6379".into());
+            }),
+        ),
+        (
+            "GATEWAY_LIMITS_FAIL_OPEN must be true or false",
+            Box::new(|v| {
+                v.insert("GATEWAY_LIMITS_FAIL_OPEN".into(), "maybe".into());
+            }),
+        ),
+        (
+            "GATEWAY_CORS_ORIGINS",
+            Box::new(|v| {
+                v.insert("GATEWAY_CORS_ORIGINS".into(), "app.example.com".into());
+            }),
+        ),
     ];
     for (expected, edit) in cases {
         let err = build(edit).expect_err(expected);
@@ -77,6 +211,20 @@ fn never_prints_a_secret() {
 
 #[test]
 fn star_origin_allows_any() {
-    assert_eq!(build(|v| { v.insert("GATEWAY_CORS_ORIGINS".into(), "*".into()); }).unwrap().cors, Cors::AnyOrigin);
-    assert_eq!(build(|v| { v.remove("GATEWAY_CORS_ORIGINS"); }).unwrap().cors, Cors::Disabled);
+    assert_eq!(
+        build(|v| {
+            v.insert("GATEWAY_CORS_ORIGINS".into(), "*".into());
+        })
+        .unwrap()
+        .cors,
+        Cors::AnyOrigin
+    );
+    assert_eq!(
+        build(|v| {
+            v.remove("GATEWAY_CORS_ORIGINS");
+        })
+        .unwrap()
+        .cors,
+        Cors::Disabled
+    );
 }

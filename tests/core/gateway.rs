@@ -1,11 +1,11 @@
 //! The whole pipeline in-process against fakes: routing, auth, errors, proxying, streaming, limits.
 
+use crate::support::*;
 use edge_gateway::core::config::ConfigError;
 use edge_gateway::core::http::{BodyError, Request};
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
 use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
 use edge_gateway::core::request_id::is_uuid;
-use crate::support::*;
 use serde_json::json;
 
 const CHAT: &str = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
@@ -13,7 +13,8 @@ const STREAM: &str = r#"{"model":"llama","stream":true,"messages":[{"role":"user
 const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hey"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
 const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n";
 const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hey\"}}],\"usage\":null}\n\n";
-const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
+const USAGE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
 const DONE: &str = "data: [DONE]\n\n";
 
 fn handle(request: Request) -> (u16, edge_gateway::core::http::Headers, String) {
@@ -124,10 +125,23 @@ fn proxies_non_stream_with_backend_credential_and_an_allow_list_of_headers() {
     upstream.push(Script::json(200, COMPLETION));
     let mut request = post_chat(KEY, CHAT);
     let hostile = [
-        ("cookie", "session=1"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("cf-connecting-ip", "1.2.3.4"),
-        ("x-custom", "dropped"), ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil"), ("x-envoy-original-path", "/admin"),
-        ("spin-full-url", "http://x"), ("proxy-authorization", "Basic eA=="), ("content-encoding", "gzip"), ("expect", "100-continue"),
-        ("http2-settings", "AAA"), ("digest", "sha-256=x"), ("transfer-encoding", "chunked"), ("te", "trailers"), ("forwarded", "for=1.1.1.1"),
+        ("cookie", "session=1"),
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "1"),
+        ("cf-connecting-ip", "1.2.3.4"),
+        ("x-custom", "dropped"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil"),
+        ("x-envoy-original-path", "/admin"),
+        ("spin-full-url", "http://x"),
+        ("proxy-authorization", "Basic eA=="),
+        ("content-encoding", "gzip"),
+        ("expect", "100-continue"),
+        ("http2-settings", "AAA"),
+        ("digest", "sha-256=x"),
+        ("transfer-encoding", "chunked"),
+        ("te", "trailers"),
+        ("forwarded", "for=1.1.1.1"),
     ];
     for (n, v) in hostile {
         request.headers.append(n, v);
@@ -144,7 +158,11 @@ fn proxies_non_stream_with_backend_credential_and_an_allow_list_of_headers() {
     assert_eq!(sent.url, "http://10.0.0.1:8000/v1/chat/completions");
     let mut names: Vec<&str> = sent.headers.iter().map(|(n, _)| n).collect();
     names.sort_unstable();
-    assert_eq!(names, ["accept", "authorization", "content-type", "traceparent", "x-request-id"], "only the allow-list");
+    assert_eq!(
+        names,
+        ["accept", "authorization", "content-type", "traceparent", "x-request-id"],
+        "only the allow-list"
+    );
     assert_eq!(sent.headers.get("authorization"), Some("Bearer backend-secret-a"));
     assert!(!sent.headers.iter().any(|(_, v)| v.contains(KEY)), "the client's key never leaves");
 
@@ -214,13 +232,13 @@ fn joins_a_valid_trace_and_replaces_a_malformed_one() {
     assert_eq!((line["trace_id"].as_str(), line["span_id"].as_str()), (Some(trace), Some(parts[2])));
 
     for malformed in [
-        format!("01-{trace}-b7ad6b7169203331-01"),                  // unknown version
+        format!("01-{trace}-b7ad6b7169203331-01"), // unknown version
         "00-00000000000000000000000000000000-b7ad6b7169203331-01".into(), // all-zero trace id
-        format!("00-{trace}-0000000000000000-01"),                  // all-zero span id
+        format!("00-{trace}-0000000000000000-01"), // all-zero span id
         format!("00-{}-b7ad6b7169203331-01", trace.to_uppercase()), // not lowercase hex
-        format!("00-{trace}-b7ad6b716920333-01"),                   // wrong length
-        format!("00-{trace}-b7ad6b7169203331-01-extra"),            // extra part
-        "00-xyz-b7ad6b7169203331-01".into(),                         // bad hex
+        format!("00-{trace}-b7ad6b716920333-01"),  // wrong length
+        format!("00-{trace}-b7ad6b7169203331-01-extra"), // extra part
+        "00-xyz-b7ad6b7169203331-01".into(),       // bad hex
     ] {
         let (gw, upstream, _) = gateway();
         upstream.push(Script::json(200, COMPLETION));
@@ -347,7 +365,17 @@ fn maps_backend_failures_before_the_first_byte_to_openai_errors() {
     let cases: Vec<(Script, u16, &str, bool)> = vec![
         (Script::Refuse, 502, "upstream_error", true),
         (Script::json(500, vllm_500), 502, "upstream_error", true),
-        (Script::Answer { status: 503, headers: vec![("content-type", "text/plain")], after_ms: 0, chunks: vec![(0, Ok(b"upstream exploded".to_vec()))] }, 502, "upstream_error", true),
+        (
+            Script::Answer {
+                status: 503,
+                headers: vec![("content-type", "text/plain")],
+                after_ms: 0,
+                chunks: vec![(0, Ok(b"upstream exploded".to_vec()))],
+            },
+            502,
+            "upstream_error",
+            true,
+        ),
         (Script::json(400, vllm_400), 400, "upstream_error", false),
         (Script::json(429, r#"{"error":"busy"}"#), 429, "rate_limit_exceeded", true),
         (Script::json(200, "\u{0}not json"), 502, "upstream_error", true),
@@ -441,7 +469,11 @@ fn preflight_is_answered_before_auth_for_allowed_origins_only() {
         Request::new(
             "OPTIONS",
             "/v1/chat/completions",
-            headers(&[("origin", origin), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization, content-type, x-stainless-os")]),
+            headers(&[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization, content-type, x-stainless-os"),
+            ]),
             vec![],
         )
     };
@@ -531,12 +563,17 @@ fn an_unreachable_limit_store_fails_closed_by_default_and_open_when_configured()
 
 #[test]
 fn serves_the_playground_under_a_strict_content_security_policy() {
-    for (path, content_type) in [("/", "text/html"), ("/playground.js", "text/javascript"), ("/playground.css", "text/css")] {
+    for (path, content_type) in
+        [("/", "text/html"), ("/playground.js", "text/javascript"), ("/playground.css", "text/css")]
+    {
         let (status, headers, body) = handle(get(path, None));
         assert_eq!(status, 200, "{path}");
         assert!(headers.get("content-type").unwrap().starts_with(content_type), "{path}");
         let csp = headers.get("content-security-policy").unwrap();
-        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
         assert_eq!(headers.get("x-content-type-options"), Some("nosniff"));
         assert_eq!(headers.get("x-frame-options"), Some("DENY"));
         assert!(!body.is_empty());
@@ -586,7 +623,12 @@ fn vary_origin_on_every_answer_when_cors_is_configured_and_null_is_never_granted
     let any = config_with("GATEWAY_CORS_ORIGINS", "*");
     for path in ["/healthz", "/v1/chat/completions"] {
         let method = if path == "/healthz" { "GET" } else { "OPTIONS" };
-        let request = Request::new(method, path, headers(&[("origin", "null"), ("access-control-request-method", "POST")]), vec![]);
+        let request = Request::new(
+            method,
+            path,
+            headers(&[("origin", "null"), ("access-control-request-method", "POST")]),
+            vec![],
+        );
         let (_, headers, _) = text(run(gw.handle(Ok(&any), request)));
         assert_eq!(headers.get("access-control-allow-origin"), None, "{path}: `null` is anyone's origin");
         assert_eq!(headers.get("vary"), Some("Origin"));

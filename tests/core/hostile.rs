@@ -2,14 +2,14 @@
 //! ("Requests", "Errors", "Headers", "Backends, failover and timeouts", "Limits"). Each test pins
 //! one defect; each failed on the code it was written against, and its message names the defect.
 
+use crate::support::*;
 use edge_gateway::core::config::{Config, RequestCaps};
 use edge_gateway::core::http::{Body, Request};
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Lease, Settlement};
-use edge_gateway::core::upstream::sse::SseScanner;
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
+use edge_gateway::core::upstream::sse::SseScanner;
 use edge_gateway::core::validate::validate_chat;
 use edge_gateway::core::Gateway;
-use crate::support::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -20,7 +20,8 @@ const CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"use
 const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
 const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
 const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
-const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\n";
+const USAGE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\n";
 const DONE: &str = "data: [DONE]\n\n";
 
 fn stream_chat() -> String {
@@ -134,7 +135,10 @@ fn a_backend_error_on_a_later_data_line_reaches_the_client_raw() {
         !body.contains("10.9.8.7") && !body.contains("/srv/secret") && !body.contains("InternalServerError"),
         "DEFECT: the client received the backend's raw error event:\n{body}"
     );
-    assert!(body.trim_end().rsplit("data: ").next().unwrap().contains("upstream_error"), "ends with the gateway's error: {body}");
+    assert!(
+        body.trim_end().rsplit("data: ").next().unwrap().contains("upstream_error"),
+        "ends with the gateway's error: {body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +154,10 @@ fn backend_messages_leak_addresses_and_paths_the_cleaner_misses() {
         // urllib3/requests, the most common Python connection error (vLLM fetching media, proxies).
         ("HTTPConnectionPool(host='10.1.2.3', port=8000): Max retries exceeded", "10.1.2.3"),
         // pydantic's validation messages echo the input.
-        ("Input should be a valid path [type=path_type, input_value='/data/models/llama-70b', input_type=str]", "/data/models"),
+        (
+            "Input should be a valid path [type=path_type, input_value='/data/models/llama-70b', input_type=str]",
+            "/data/models",
+        ),
         ("model_path=/srv/weights/llama.gguf not found", "/srv/weights"),
         ("cannot connect to [fd00:10::5]:8000", "fd00:10::5"),
         ("peer fd00:10::5 reset the connection", "fd00:10::5"),
@@ -168,7 +175,9 @@ fn backend_messages_leak_addresses_and_paths_the_cleaner_misses() {
             after_ms: 0,
             chunks: vec![(0, Ok(body.into_bytes()))],
         });
-        let (status, _, answer) = text(run(gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#))));
+        let (status, _, answer) = text(run(
+            gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#))
+        ));
         assert_eq!(status, 400);
         let shown = error_of(&answer)["message"].as_str().unwrap().to_string();
         if shown.contains(secret) {
@@ -188,14 +197,24 @@ fn backend_messages_leak_addresses_and_paths_the_cleaner_misses() {
 // ---------------------------------------------------------------------------------------------
 
 fn small_limits() -> RequestCaps {
-    RequestCaps { max_body_bytes: 1 << 20, max_messages: 16, max_content_bytes: 1000, max_tokens: 512, max_n: 2, allow_remote_media: false }
+    RequestCaps {
+        max_body_bytes: 1 << 20,
+        max_messages: 16,
+        max_content_bytes: 1000,
+        max_tokens: 512,
+        max_n: 2,
+        allow_remote_media: false,
+    }
 }
 
 #[test]
 fn template_rendered_fields_escape_the_content_cap_and_the_estimate() {
     let big = "x".repeat(20_000);
     let cases: Vec<(&str, Value)> = vec![
-        ("chat_template_kwargs.tools", json!({"tools": [{"type": "function", "function": {"name": "f", "description": big}}]})),
+        (
+            "chat_template_kwargs.tools",
+            json!({"tools": [{"type": "function", "function": {"name": "f", "description": big}}]}),
+        ),
         ("chat_template_kwargs.documents", json!({"documents": [{"title": "t", "text": big}]})),
         ("documents", json!([{"title": "t", "text": big}])),
     ];
@@ -211,7 +230,9 @@ fn template_rendered_fields_escape_the_content_cap_and_the_estimate() {
     let amplifier = json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}],
         "chat_template": "{% for i in range(1000000) %}spam {% endfor %}"});
     if validate_chat(&serde_json::to_vec(&amplifier).unwrap(), &small_limits()).is_ok() {
-        escaped.push("chat_template: a client-supplied template (unbounded prompt from 60 bytes) is passed through".into());
+        escaped.push(
+            "chat_template: a client-supplied template (unbounded prompt from 60 bytes) is passed through".into(),
+        );
     }
     assert!(escaped.is_empty(), "DEFECT: text the backend tokenizes escaped the content cap:\n{}", escaped.join("\n"));
 }
@@ -273,7 +294,12 @@ fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
         (
             "stream prefilling past the first-byte timeout",
             config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
-            Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks: vec![(25_000, Ok(ROLE.into()))] },
+            Script::Answer {
+                status: 200,
+                headers: vec![("content-type", "text/event-stream")],
+                after_ms: 0,
+                chunks: vec![(25_000, Ok(ROLE.into()))],
+            },
             stream_chat(),
         ),
     ];
@@ -290,7 +316,11 @@ fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
             free.push(format!("{name}: settled with delta {delta} (charged {})", 110 + delta));
         }
     }
-    assert!(free.is_empty(), "DEFECT: the backend had the request and worked on it, yet nothing was charged:\n{}", free.join("\n"));
+    assert!(
+        free.is_empty(),
+        "DEFECT: the backend had the request and worked on it, yet nothing was charged:\n{}",
+        free.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,7 +487,11 @@ fn an_error_as_the_very_first_event_is_an_http_error_not_a_200_stream() {
             broken.push(format!("{name}: 200 with {body:?}"));
         }
     }
-    assert!(broken.is_empty(), "DEFECT: a backend that failed before sending a token became a 200 stream:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "DEFECT: a backend that failed before sending a token became a 200 stream:\n{}",
+        broken.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,12 +513,18 @@ fn a_200_that_is_not_a_completion_is_not_relayed() {
         let (gw, upstream, _) = gateway();
         upstream.push(Script::json(200, body));
         upstream.push(Script::json(200, COMPLETION));
-        let (status, _, answer) = text(run(gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#))));
+        let (status, _, answer) = text(run(
+            gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#))
+        ));
         if status == 200 && answer == body {
             relayed.push(answer);
         }
     }
-    assert!(relayed.is_empty(), "DEFECT: non-completions answered with 200 reached the client verbatim:\n{}", relayed.join("\n"));
+    assert!(
+        relayed.is_empty(),
+        "DEFECT: non-completions answered with 200 reached the client verbatim:\n{}",
+        relayed.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,13 +543,22 @@ fn a_credential_with_non_ascii_whitespace_is_refused_not_trimmed() {
     let mut accepted = Vec::new();
     for value in [format!("Bearer {KEY}\u{a0}"), format!("Bearer {KEY}\u{85}"), format!("\u{a0}Bearer {KEY}")] {
         upstream.push(Script::json(200, COMPLETION));
-        let request = Request::new("POST", "/v1/chat/completions", headers(&[("authorization", &value)]), CHAT.as_bytes().to_vec());
+        let request = Request::new(
+            "POST",
+            "/v1/chat/completions",
+            headers(&[("authorization", &value)]),
+            CHAT.as_bytes().to_vec(),
+        );
         let (status, _, _) = text(run(gw.handle(Ok(&config), request)));
         if status != 401 {
             accepted.push(format!("{value:?} → {status}"));
         }
     }
-    assert!(accepted.is_empty(), "DEFECT: a non-ASCII credential header was trimmed into a valid key:\n{}", accepted.join("\n"));
+    assert!(
+        accepted.is_empty(),
+        "DEFECT: a non-ASCII credential header was trimmed into a valid key:\n{}",
+        accepted.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,14 +621,23 @@ fn a_completion_too_large_for_the_gateway_is_not_replayed_on_every_backend() {
     let (gw, upstream, _) = gateway();
     let config = three_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
     let huge = || {
-        let mut body = br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"logprobs":{"content":[""#.to_vec();
+        let mut body =
+            br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"logprobs":{"content":[""#.to_vec();
         body.resize(33 << 20, b'x');
-        Script::Answer { status: 200, headers: vec![("content-type", "application/json")], after_ms: 0, chunks: vec![(0, Ok(body))] }
+        Script::Answer {
+            status: 200,
+            headers: vec![("content-type", "application/json")],
+            after_ms: 0,
+            chunks: vec![(0, Ok(body))],
+        }
     };
     for _ in 0..3 {
         upstream.push(huge());
     }
-    let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","prompt_logprobs":20,"messages":[{"role":"user","content":"hi"}]}"#))));
+    let (status, _, _) = text(run(gw.handle(
+        Ok(&config),
+        post_chat(KEY, r#"{"model":"llama","prompt_logprobs":20,"messages":[{"role":"user","content":"hi"}]}"#),
+    )));
     assert_eq!(status, 502);
     assert_eq!(
         upstream.hosts(),

@@ -1,8 +1,8 @@
 //! The Redis limit store's wire format: commands, replies, URLs, and reading decisions.
 
+use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Lease, Rule, Settlement, Take};
-use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::redis::{
     admit_command, admitted, command, handshake, parse_reply, settle_command, Reply, ReplyReader,
 };
@@ -22,7 +22,9 @@ fn admission_is_one_eval_with_a_key_per_bucket() {
     let admission = Admission { takes: takes.to_vec(), lease: None };
     let encoded = String::from_utf8(admit_command("key:alpha", &admission)).unwrap();
     assert!(encoded.starts_with("*12\r\n$4\r\nEVAL\r\n"));
-    for part in ["$1\r\n2\r\n$23\r\ngw:{key:alpha}:requests", "gw:{key:alpha}:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"] {
+    for part in
+        ["$1\r\n2\r\n$23\r\ngw:{key:alpha}:requests", "gw:{key:alpha}:tokens", "$4\r\n1000\r\n", "$3\r\n250\r\n"]
+    {
         assert!(encoded.contains(part), "{part:?} missing");
     }
 }
@@ -35,7 +37,10 @@ fn parses_every_reply_type_and_waits_for_more_bytes() {
         (b":-42\r\n", Reply::Integer(-42)),
         (b"$5\r\nhe\r\no\r\n", Reply::Bulk(Some(b"he\r\no".to_vec()))),
         (b"$-1\r\n", Reply::Bulk(None)),
-        (b"*2\r\n:1\r\n*1\r\n+x\r\n", Reply::Array(Some(vec![Reply::Integer(1), Reply::Array(Some(vec![Reply::Simple("x".into())]))]))),
+        (
+            b"*2\r\n:1\r\n*1\r\n+x\r\n",
+            Reply::Array(Some(vec![Reply::Integer(1), Reply::Array(Some(vec![Reply::Simple("x".into())]))])),
+        ),
         (b"*-1\r\n", Reply::Array(None)),
     ];
     for (bytes, expected) in cases {
@@ -55,7 +60,8 @@ fn parses_every_reply_type_and_waits_for_more_bytes() {
 
 #[test]
 fn reads_five_integers_per_bucket_as_decisions() {
-    let takes = Admission { takes: vec![Take { bucket: "requests".into(), rule: Rule::per_minute(3), cost: 1 }], lease: None };
+    let takes =
+        Admission { takes: vec![Take { bucket: "requests".into(), rule: Rule::per_minute(3), cost: 1 }], lease: None };
     let reply = Reply::Array(Some([0, 3, 0, 60_000, 20_000].map(Reply::Integer).to_vec()));
     let d = admitted(reply, &takes).unwrap().decisions[0];
     assert!(!d.allowed);
@@ -64,7 +70,8 @@ fn reads_five_integers_per_bucket_as_decisions() {
     assert_eq!(admitted(never, &takes).unwrap().decisions[0].retry_after_ms, u64::MAX);
     assert!(admitted(Reply::Error("NOSCRIPT".into()), &takes).is_err());
     assert!(admitted(Reply::Array(Some(vec![Reply::Integer(1)])), &takes).is_err());
-    let with_lease = Admission { lease: Some(Lease { bucket: "in_flight".into(), id: "r".into(), max: 2, ttl_ms: 1 }), ..takes };
+    let with_lease =
+        Admission { lease: Some(Lease { bucket: "in_flight".into(), id: "r".into(), max: 2, ttl_ms: 1 }), ..takes };
     let reply = Reply::Array(Some([1, 3, 2, 20_000, 0, 1, 2, 1, 0, 0].map(Reply::Integer).to_vec()));
     let a = admitted(reply, &with_lease).unwrap();
     assert_eq!(a.decisions.len(), 1);
@@ -186,10 +193,7 @@ fn eval_keys(encoded: &[u8]) -> Vec<String> {
 fn every_key_of_a_script_shares_one_cluster_hash_tag() {
     let rule = Rule::per_minute(10);
     let admission = Admission {
-        takes: vec![
-            Take { bucket: "requests".into(), rule, cost: 1 },
-            Take { bucket: "tokens".into(), rule, cost: 5 },
-        ],
+        takes: vec![Take { bucket: "requests".into(), rule, cost: 1 }, Take { bucket: "tokens".into(), rule, cost: 5 }],
         lease: Some(Lease { bucket: "in_flight".into(), id: "req_1".into(), max: 2, ttl_ms: 1000 }),
     };
     let settlement = Settlement {
@@ -236,7 +240,8 @@ fn the_reply_reader_assembles_replies_from_any_chunks() {
 fn reads_the_shared_health_book_and_skips_malformed_entries() {
     use edge_gateway::core::redis::health_entries;
     let bulk = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
-    let reply = Reply::Array(Some(vec![bulk("a"), bulk("2:0"), bulk("b"), bulk("0:1700000030000"), bulk("c"), bulk("junk")]));
+    let reply =
+        Reply::Array(Some(vec![bulk("a"), bulk("2:0"), bulk("b"), bulk("0:1700000030000"), bulk("c"), bulk("junk")]));
     assert_eq!(health_entries(reply), [("a".to_string(), 2, 0), ("b".to_string(), 0, 1_700_000_030_000)]);
     assert!(health_entries(Reply::Error("NOAUTH".into())).is_empty(), "health is advice: an error reads as healthy");
 }

@@ -8,8 +8,8 @@
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};
-use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::rate_limit::store::MemoryStore;
+use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use edge_gateway::core::{auth::sha256_hex, Gateway};
 use futures::stream::{self, StreamExt};
@@ -144,7 +144,12 @@ impl Default for FakeRuntime {
         let clock = Rc::new(Clock::default());
         clock.now.set(T0);
         CLOCK.with(|c| *c.borrow_mut() = clock.clone());
-        FakeRuntime { clock, logs: Rc::default(), tasks: Rc::default(), random: Rc::new(Cell::new(0x9E37_79B9_7F4A_7C15)) }
+        FakeRuntime {
+            clock,
+            logs: Rc::default(),
+            tasks: Rc::default(),
+            random: Rc::new(Cell::new(0x9E37_79B9_7F4A_7C15)),
+        }
     }
 }
 
@@ -165,7 +170,12 @@ impl FakeRuntime {
 
     /// The log lines that are JSON request records.
     pub fn records(&self) -> Vec<serde_json::Value> {
-        self.logs.borrow().iter().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &serde_json::Value| v.get("request_id").is_some()).collect()
+        self.logs
+            .borrow()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v.get("request_id").is_some())
+            .collect()
     }
 }
 
@@ -425,7 +435,14 @@ pub fn get(path: &str, key: Option<&str>) -> Request {
     if let Some(auth) = auth {
         h.set("authorization", auth);
     }
-    Request { method: "GET".into(), path: path.into(), headers: h, body: body_from_chunks(vec![]), client_ip: None, disconnected: None }
+    Request {
+        method: "GET".into(),
+        path: path.into(),
+        headers: h,
+        body: body_from_chunks(vec![]),
+        client_ip: None,
+        disconnected: None,
+    }
 }
 
 /// A response's body as text (a stream is read to its end, in virtual time).

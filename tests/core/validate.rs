@@ -5,7 +5,14 @@ use edge_gateway::core::validate::{validate_chat, Injection, ValidatedChat, MEDI
 use serde_json::{json, Value};
 
 fn limits() -> RequestCaps {
-    RequestCaps { max_body_bytes: 1 << 20, max_messages: 4, max_content_bytes: 100, max_tokens: 512, max_n: 2, allow_remote_media: false }
+    RequestCaps {
+        max_body_bytes: 1 << 20,
+        max_messages: 4,
+        max_content_bytes: 100,
+        max_tokens: 512,
+        max_n: 2,
+        allow_remote_media: false,
+    }
 }
 
 /// A backend, with the context length it declares (if any).
@@ -54,11 +61,30 @@ fn rejects_each_bad_input_with_400_naming_param() {
         ("content a number", with("messages", user(json!(5))), Some("messages[0].content")),
         ("content an object", with("messages", user(json!({"text": "x"}))), Some("messages[0].content")),
         ("content part not an object", with("messages", user(json!(["x"]))), Some("messages[0].content[0]")),
-        ("content part without type", with("messages", user(json!([{"text": "x"}]))), Some("messages[0].content[0].type")),
-        ("text part without text", with("messages", user(json!([{"type": "text"}]))), Some("messages[0].content[0].text")),
-        ("too many messages", with("messages", Value::Array(vec![json!({"role":"user","content":"a"}); 5])), Some("messages")),
+        (
+            "content part without type",
+            with("messages", user(json!([{"text": "x"}]))),
+            Some("messages[0].content[0].type"),
+        ),
+        (
+            "text part without text",
+            with("messages", user(json!([{"type": "text"}]))),
+            Some("messages[0].content[0].text"),
+        ),
+        (
+            "too many messages",
+            with("messages", Value::Array(vec![json!({"role":"user","content":"a"}); 5])),
+            Some("messages"),
+        ),
         ("content over cap", with("messages", user(json!("x".repeat(101)))), Some("messages")),
-        ("content parts over cap", with("messages", user(json!([{"type":"text","text":"x".repeat(60)},{"type":"text","text":"y".repeat(60)}]))), Some("messages")),
+        (
+            "content parts over cap",
+            with(
+                "messages",
+                user(json!([{"type":"text","text":"x".repeat(60)},{"type":"text","text":"y".repeat(60)}])),
+            ),
+            Some("messages"),
+        ),
         ("max_tokens over cap", with("max_tokens", json!(513)), Some("max_tokens")),
         ("max_tokens zero", with("max_tokens", json!(0)), Some("max_tokens")),
         ("max_tokens negative", with("max_tokens", json!(-1)), Some("max_tokens")),
@@ -74,31 +100,104 @@ fn rejects_each_bad_input_with_400_naming_param() {
         ("n zero", with("n", json!(0)), Some("n")),
         ("stream a string", with("stream", json!("yes")), Some("stream")),
         ("stream_options not an object", with("stream_options", json!(true)), Some("stream_options")),
-        ("stream_options without stream", with("stream_options", json!({"include_usage": true})), Some("stream_options")),
-        ("include_usage not a boolean", with("stream_options", json!({"include_usage": "y"})), Some("stream_options.include_usage")),
+        (
+            "stream_options without stream",
+            with("stream_options", json!({"include_usage": true})),
+            Some("stream_options"),
+        ),
+        (
+            "include_usage not a boolean",
+            with("stream_options", json!({"include_usage": "y"})),
+            Some("stream_options.include_usage"),
+        ),
         // Fields that set the length themselves would escape the cap and the estimate.
         ("llama.cpp n_predict", with("n_predict", json!(-1)), Some("n_predict")),
         ("TGI max_new_tokens", with("max_new_tokens", json!(10)), Some("max_new_tokens")),
         ("Ollama num_predict", with("num_predict", json!(10)), Some("num_predict")),
         ("best_of over cap", with("best_of", json!(3)), Some("best_of")),
-        ("best_of below n", { let mut v = valid(); v["n"] = json!(2); v["best_of"] = json!(1); serde_json::to_vec(&v).unwrap() }, Some("best_of")),
-        ("min_tokens over max_tokens", { let mut v = valid(); v["max_tokens"] = json!(10); v["min_tokens"] = json!(11); serde_json::to_vec(&v).unwrap() }, Some("min_tokens")),
+        (
+            "best_of below n",
+            {
+                let mut v = valid();
+                v["n"] = json!(2);
+                v["best_of"] = json!(1);
+                serde_json::to_vec(&v).unwrap()
+            },
+            Some("best_of"),
+        ),
+        (
+            "min_tokens over max_tokens",
+            {
+                let mut v = valid();
+                v["max_tokens"] = json!(10);
+                v["min_tokens"] = json!(11);
+                serde_json::to_vec(&v).unwrap()
+            },
+            Some("min_tokens"),
+        ),
         ("min_tokens over the cap", with("min_tokens", json!(513)), Some("min_tokens")),
         ("ignore_eos not a boolean", with("ignore_eos", json!("yes")), Some("ignore_eos")),
         ("use_beam_search not a boolean", with("use_beam_search", json!(1)), Some("use_beam_search")),
         // Every tokenized text counts toward the content cap, not only `content` strings.
-        ("refusal part over cap", with("messages", user(json!([{"type":"refusal","refusal":"r".repeat(101)}]))), Some("messages")),
-        ("input_text part over cap", with("messages", user(json!([{"type":"input_text","text":"t".repeat(101)}]))), Some("messages")),
-        ("name over cap", with("messages", json!([{"role":"user","content":"x","name":"n".repeat(100)}])), Some("messages")),
-        ("tool call arguments over cap", with("messages", json!([{"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"a".repeat(101)}}]}])), Some("messages")),
-        ("tools over cap", with("tools", json!([{"type":"function","function":{"name":"f","description":"d".repeat(100)}}])), Some("tools")),
-        ("response_format over cap", with("response_format", json!({"type":"json_schema","json_schema":{"name":"s".repeat(100)}})), Some("response_format")),
-        ("unknown part type over cap", with("messages", user(json!([{"type":"novel","payload":"p".repeat(101)}]))), Some("messages")),
+        (
+            "refusal part over cap",
+            with("messages", user(json!([{"type":"refusal","refusal":"r".repeat(101)}]))),
+            Some("messages"),
+        ),
+        (
+            "input_text part over cap",
+            with("messages", user(json!([{"type":"input_text","text":"t".repeat(101)}]))),
+            Some("messages"),
+        ),
+        (
+            "name over cap",
+            with("messages", json!([{"role":"user","content":"x","name":"n".repeat(100)}])),
+            Some("messages"),
+        ),
+        (
+            "tool call arguments over cap",
+            with(
+                "messages",
+                json!([{"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"a".repeat(101)}}]}]),
+            ),
+            Some("messages"),
+        ),
+        (
+            "tools over cap",
+            with("tools", json!([{"type":"function","function":{"name":"f","description":"d".repeat(100)}}])),
+            Some("tools"),
+        ),
+        (
+            "response_format over cap",
+            with("response_format", json!({"type":"json_schema","json_schema":{"name":"s".repeat(100)}})),
+            Some("response_format"),
+        ),
+        (
+            "unknown part type over cap",
+            with("messages", user(json!([{"type":"novel","payload":"p".repeat(101)}]))),
+            Some("messages"),
+        ),
         // Media is inline unless remote media is allowed: vLLM would fetch the URL itself.
-        ("remote image url", with("messages", user(json!([{"type":"image_url","image_url":{"url":"http://169.254.169.254/latest"}}]))), Some("messages[0].content[0].image_url.url")),
-        ("remote audio url", with("messages", user(json!([{"type":"audio_url","audio_url":{"url":"https://example.com/a.wav"}}]))), Some("messages[0].content[0].audio_url.url")),
-        ("file url", with("messages", user(json!([{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]))), Some("messages[0].content[0].image_url.url")),
-        ("responses-style image url", with("messages", user(json!([{"type":"input_image","image_url":"https://example.com/i.png"}]))), Some("messages[0].content[0].image_url")),
+        (
+            "remote image url",
+            with("messages", user(json!([{"type":"image_url","image_url":{"url":"http://169.254.169.254/latest"}}]))),
+            Some("messages[0].content[0].image_url.url"),
+        ),
+        (
+            "remote audio url",
+            with("messages", user(json!([{"type":"audio_url","audio_url":{"url":"https://example.com/a.wav"}}]))),
+            Some("messages[0].content[0].audio_url.url"),
+        ),
+        (
+            "file url",
+            with("messages", user(json!([{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]))),
+            Some("messages[0].content[0].image_url.url"),
+        ),
+        (
+            "responses-style image url",
+            with("messages", user(json!([{"type":"input_image","image_url":"https://example.com/i.png"}]))),
+            Some("messages[0].content[0].image_url"),
+        ),
     ];
     for (name, body, param) in cases {
         let err = validate_chat(&body, &limits()).expect_err(name);
@@ -122,9 +221,15 @@ fn accepts_boundary_values() {
         with("stream", json!(null)),
         with("temperature", json!(null)),
         with("messages", json!([{"role": "assistant", "content": null, "tool_calls": []}])),
-        with("messages", json!([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}])),
+        with(
+            "messages",
+            json!([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]),
+        ),
         with("messages", json!([{"role": "user", "content": "x".repeat(100)}])),
-        with("messages", json!([{"role":"system","content":"a"},{"role":"developer","content":"b"},{"role":"tool","content":"c","tool_call_id":"1"},{"role":"user","content":"d"}])),
+        with(
+            "messages",
+            json!([{"role":"system","content":"a"},{"role":"developer","content":"b"},{"role":"tool","content":"c","tool_call_id":"1"},{"role":"user","content":"d"}]),
+        ),
     ];
     for body in cases {
         validate_chat(&body, &limits()).unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&body)));
@@ -185,7 +290,10 @@ fn non_stream_requests_get_no_stream_options_added() {
 
 #[test]
 fn counts_content_bytes_for_estimates() {
-    let body = with("messages", json!([{"role":"system","content":"abc"},{"role":"user","content":[{"type":"text","text":"de"}]}]));
+    let body = with(
+        "messages",
+        json!([{"role":"system","content":"abc"},{"role":"user","content":[{"type":"text","text":"de"}]}]),
+    );
     // "abc" + "de", and one byte for the one content part (templates join parts with a separator).
     assert_eq!(validate_chat(&body, &limits()).unwrap().text_bytes, 6);
 }
@@ -233,11 +341,17 @@ fn counts_every_tokenized_text_and_a_fixed_cost_per_media_part() {
 
 #[test]
 fn allows_remote_media_only_when_the_operator_does() {
-    let body = with("messages", json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/cat.png"}}]}]));
+    let body = with(
+        "messages",
+        json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/cat.png"}}]}]),
+    );
     assert!(validate_chat(&body, &limits()).is_err());
     let open = RequestCaps { allow_remote_media: true, ..limits() };
     validate_chat(&body, &open).unwrap();
-    let file = with("messages", json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]));
+    let file = with(
+        "messages",
+        json!([{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]),
+    );
     assert!(validate_chat(&file, &open).is_err(), "file: is never allowed");
 }
 
@@ -253,5 +367,9 @@ fn injects_within_a_declared_context_length() {
     let sent: Value = serde_json::from_slice(&chat.upstream_body(&backend(Some(40)), 512)).unwrap();
     assert!(sent.get("max_tokens").is_none(), "nothing is injected that the backend could refuse");
     assert_eq!(chat.token_estimate([&backend(Some(40))], 512), chat.prompt_estimate() + 40, "bounded by the context");
-    assert_eq!(chat.token_estimate([&backend(Some(300)), &backend(None)], 512), chat.prompt_estimate() + 512, "the largest of the model's backends");
+    assert_eq!(
+        chat.token_estimate([&backend(Some(300)), &backend(None)], 512),
+        chat.prompt_estimate() + 512,
+        "the largest of the model's backends"
+    );
 }

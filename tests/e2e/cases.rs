@@ -1,8 +1,8 @@
 //! The end-to-end cases, each run against every runtime (see `main.rs`).
 
+use crate::harness::Setup;
 use crate::harness::*;
 use crate::support::{request, request_streaming, sse_events, try_request, wait_until, HttpResponse};
-use crate::harness::Setup;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -192,10 +192,26 @@ pub fn rejects_each_bad_input_class_with_400(gw: &Gateway) {
         ("malformed json", b"{\"model\":".to_vec(), Value::Null),
         ("missing messages", serde_json::to_vec(&json!({"model": MODEL})).unwrap(), json!("messages")),
         ("empty messages", serde_json::to_vec(&chat(json!({"messages": []}))).unwrap(), json!("messages")),
-        ("unknown role", serde_json::to_vec(&chat(json!({"messages": [{"role": "robot", "content": "x"}]}))).unwrap(), json!("messages[0].role")),
-        ("bad content", serde_json::to_vec(&chat(json!({"messages": user(json!(42))}))).unwrap(), json!("messages[0].content")),
-        ("too many messages", serde_json::to_vec(&chat(json!({"messages": vec![json!({"role":"user","content":"x"}); 300]}))).unwrap(), json!("messages")),
-        ("max_tokens over cap", serde_json::to_vec(&chat(json!({"max_tokens": 100_000}))).unwrap(), json!("max_tokens")),
+        (
+            "unknown role",
+            serde_json::to_vec(&chat(json!({"messages": [{"role": "robot", "content": "x"}]}))).unwrap(),
+            json!("messages[0].role"),
+        ),
+        (
+            "bad content",
+            serde_json::to_vec(&chat(json!({"messages": user(json!(42))}))).unwrap(),
+            json!("messages[0].content"),
+        ),
+        (
+            "too many messages",
+            serde_json::to_vec(&chat(json!({"messages": vec![json!({"role":"user","content":"x"}); 300]}))).unwrap(),
+            json!("messages"),
+        ),
+        (
+            "max_tokens over cap",
+            serde_json::to_vec(&chat(json!({"max_tokens": 100_000}))).unwrap(),
+            json!("max_tokens"),
+        ),
         ("temperature", serde_json::to_vec(&chat(json!({"temperature": 3}))).unwrap(), json!("temperature")),
         ("top_p", serde_json::to_vec(&chat(json!({"top_p": 0}))).unwrap(), json!("top_p")),
         ("n", serde_json::to_vec(&chat(json!({"n": 99}))).unwrap(), json!("n")),
@@ -242,7 +258,13 @@ pub fn refuses_over_the_request_limit_with_429(gw: &Gateway) {
 }
 
 pub fn maps_backend_errors_without_leaking_internals(gw: &Gateway) {
-    for (fault, status, code) in [("500", 502, "upstream_error"), ("plain_text_500", 502, "upstream_error"), ("garbage", 502, "upstream_error"), ("429", 429, "rate_limit_exceeded"), ("400", 400, "upstream_error")] {
+    for (fault, status, code) in [
+        ("500", 502, "upstream_error"),
+        ("plain_text_500", 502, "upstream_error"),
+        ("garbage", 502, "upstream_error"),
+        ("429", 429, "rate_limit_exceeded"),
+        ("400", 400, "upstream_error"),
+    ] {
         let r = post(gw, Some(KEY), &chat(json!({"mock": {"fault": fault}})));
         assert_eq!(r.status, status, "fault {fault}: {}", r.text());
         assert_eq!(error_of(&r)["code"], code, "fault {fault}");
@@ -270,7 +292,11 @@ pub fn answers_cors_preflight_for_allowed_origins(gw: &Gateway) {
             &gw.addr,
             "OPTIONS",
             "/v1/chat/completions",
-            &[("origin", origin), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization,content-type")],
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization,content-type"),
+            ],
             None,
         )
     };
@@ -358,9 +384,14 @@ pub fn in_flight_streams_never_exceed_the_cap(gw: &Gateway) {
     assert_eq!(count(&statuses, 429), 12 - IN_FLIGHT_MAX as usize);
     // Every slot comes back once the streams have ended.
     let all_free = wait_until(Duration::from_secs(5), || {
-        concurrently(gw, IN_FLIGHT_MAX as usize, IN_FLIGHT_KEY, json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}))
-            .iter()
-            .all(|s| *s == 200)
+        concurrently(
+            gw,
+            IN_FLIGHT_MAX as usize,
+            IN_FLIGHT_KEY,
+            json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+        )
+        .iter()
+        .all(|s| *s == 200)
     });
     assert!(all_free, "slots were not released after the streams ended");
 }
@@ -372,7 +403,9 @@ pub fn a_client_disconnect_releases_its_in_flight_slot(gw: &Gateway) {
     stream.next_chunk().expect("first chunk");
     assert_eq!(post(gw, Some(SINGLE_KEY), &chat(json!({}))).status, 429, "the open stream holds the only slot");
     stream.disconnect();
-    let released = wait_until(Duration::from_secs(5), || post(gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200);
+    let released = wait_until(Duration::from_secs(5), || {
+        post(gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200
+    });
     assert!(released, "the slot leaked when the client went away");
 }
 
@@ -409,7 +442,10 @@ type Launch = fn(Setup<'_>) -> Gateway;
 
 pub fn limits_anonymous_callers_per_client_ip(launch: Launch) {
     let anonymous = format!(r#"{{"models":["{MODEL}"],"requests_per_minute":2}}"#);
-    let gw = launch(Setup { vars: &[("GATEWAY_ANONYMOUS", anonymous.as_str()), ("GATEWAY_CORS_ORIGINS", "*")], ..Setup::default() });
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_ANONYMOUS", anonymous.as_str()), ("GATEWAY_CORS_ORIGINS", "*")],
+        ..Setup::default()
+    });
     let body = serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap();
     let send = |headers: &[(&str, &str)]| {
         let mut all = vec![("content-type", "application/json")];
@@ -489,7 +525,10 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
     let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
     let backends = [
         format!(r#"{{"name":"flaky","url":"{}","models":["ha-model","solo-model"]}}"#, flaky.base_url),
-        format!(r#"{{"name":"steady","url":"{}","models":["ha-model","dead-ha-model"],"priority":1}}"#, steady.base_url),
+        format!(
+            r#"{{"name":"steady","url":"{}","models":["ha-model","dead-ha-model"],"priority":1}}"#,
+            steady.base_url
+        ),
         format!(r#"{{"name":"dead","url":"{dead}","models":["dead-model","dead-ha-model"],"health_path":"/health"}}"#),
     ];
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
@@ -589,7 +628,10 @@ pub fn every_backend_fault_has_its_defined_outcome_with_and_without_failover(lau
             assert!(response.header("retry-after").is_some(), "{row}");
         }
         let text = response.text();
-        assert!(!text.contains("/srv/secret") && !text.contains("exploded") && !text.contains("10.1.2.3"), "{row} leaked: {text}");
+        assert!(
+            !text.contains("/srv/secret") && !text.contains("exploded") && !text.contains("10.1.2.3"),
+            "{row} leaked: {text}"
+        );
     }
 }
 
@@ -631,7 +673,12 @@ fn run_client(program: &str, args: &[&str], env: &[(&str, String)]) {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} (`make tools` installs it): {e}"));
     println!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{program} {args:?} failed:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 pub fn accepts_a_jwt_beside_api_keys(gw: &Gateway) {
@@ -645,7 +692,10 @@ pub fn accepts_a_jwt_beside_api_keys(gw: &Gateway) {
     forged_signature[10] = if forged_signature[10] == b'A' { b'B' } else { b'A' };
     let forged = format!("{signed}.{}", String::from_utf8(forged_signature).unwrap());
     use base64::Engine;
-    assert!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(forged.rsplit_once('.').unwrap().1).is_ok(), "the forgery decodes");
+    assert!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(forged.rsplit_once('.').unwrap().1).is_ok(),
+        "the forgery decodes"
+    );
     assert_eq!(post(gw, Some(&forged), &chat(json!({}))).status, 401);
 }
 
@@ -711,11 +761,18 @@ pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
 pub fn backends_get_uuid_request_ids_and_only_allow_listed_headers(gw: &Gateway) {
     // The strict backend answers an empty 400 to any x-request-id that is not a UUID, as
     // llama-cpp-python's server does: a client's own id must not reach it as-is.
-    let body = serde_json::to_vec(&json!({"model": STRICT_MODEL, "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+    let body =
+        serde_json::to_vec(&json!({"model": STRICT_MODEL, "messages": [{"role": "user", "content": "hi"}]})).unwrap();
     let hostile = [
-        ("x-api-key", KEY), ("x-request-id", "client-id-7"), ("cookie", "session=secret-cookie"),
-        ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil.example"), ("x-envoy-original-path", "/admin"),
-        ("x-custom", "dropped"), ("proxy-authorization", "Basic c2VjcmV0"), ("digest", "sha-256=abc"),
+        ("x-api-key", KEY),
+        ("x-request-id", "client-id-7"),
+        ("cookie", "session=secret-cookie"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-envoy-original-path", "/admin"),
+        ("x-custom", "dropped"),
+        ("proxy-authorization", "Basic c2VjcmV0"),
+        ("digest", "sha-256=abc"),
         ("content-type", "application/json"),
     ];
     let r = request(&gw.addr, "POST", "/v1/chat/completions", &hostile, Some(&body));
@@ -725,7 +782,16 @@ pub fn backends_get_uuid_request_ids_and_only_allow_listed_headers(gw: &Gateway)
     let headers = seen["headers"].as_object().unwrap();
     let id = headers["x-request-id"].as_str().unwrap();
     assert!(edge_gateway::core::request_id::is_uuid(id), "the backend got a UUID: {id}");
-    for name in ["x-api-key", "cookie", "x-forwarded-for", "x-forwarded-host", "x-envoy-original-path", "x-custom", "proxy-authorization", "digest"] {
+    for name in [
+        "x-api-key",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-envoy-original-path",
+        "x-custom",
+        "proxy-authorization",
+        "digest",
+    ] {
         assert!(!headers.contains_key(name), "{name} reached the backend: {seen}");
     }
     assert!(!seen.to_string().contains(KEY) && !seen.to_string().contains("secret-cookie"), "{seen}");
@@ -733,7 +799,13 @@ pub fn backends_get_uuid_request_ids_and_only_allow_listed_headers(gw: &Gateway)
     // Not even a client's UUID goes on (vLLM would take it as its engine request id).
     let uuid = "3f8c1d52-9a4b-4e7f-8c2d-1b0a9e8f7d6c";
     let auth = format!("Bearer {KEY}");
-    let r = request(&gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("x-request-id", uuid), ("content-type", "application/json")], Some(&body));
+    let r = request(
+        &gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("x-request-id", uuid), ("content-type", "application/json")],
+        Some(&body),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-request-id"), Some(uuid));
     let sent = gw.strict.last_request()["headers"]["x-request-id"].as_str().unwrap().to_string();
@@ -747,7 +819,11 @@ pub fn a_backends_error_event_mid_stream_becomes_the_gateways_error(gw: &Gateway
     assert!(events.iter().any(|e| e.contains("tok0")), "what came before was relayed");
     assert!(!events.iter().any(|e| e == "[DONE]"), "the backend's [DONE] after its error is not relayed");
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!((last["error"]["type"].as_str(), last["error"]["code"].as_str()), (Some("api_error"), Some("upstream_error")), "{last}");
+    assert_eq!(
+        (last["error"]["type"].as_str(), last["error"]["code"].as_str()),
+        (Some("api_error"), Some("upstream_error")),
+        "{last}"
+    );
     let text = r.text();
     for leak in ["/srv/secret", "10.1.2.3", "InternalServerError"] {
         assert!(!text.contains(leak), "{leak} leaked: {text}");
@@ -773,7 +849,10 @@ pub fn injected_max_tokens_fit_a_small_context(gw: &Gateway) {
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = gw.small.request_with_id(r.header("x-request-id").unwrap()).unwrap();
     let injected = seen["body"]["max_tokens"].as_u64().unwrap();
-    assert!(injected < 256 && injected + 3 <= u64::from(SMALL_CONTEXT), "injected {injected}: within the context, under the cap");
+    assert!(
+        injected < 256 && injected + 3 <= u64::from(SMALL_CONTEXT),
+        "injected {injected}: within the context, under the cap"
+    );
     // A client that asks for too much gets the backend's own reason, as a 400.
     let r = ask(json!({"max_tokens": 256}));
     assert_eq!(r.status, 400, "{}", r.text());
@@ -782,14 +861,20 @@ pub fn injected_max_tokens_fit_a_small_context(gw: &Gateway) {
 
 pub fn requests_sharing_one_request_id_each_need_their_own_slot(gw: &Gateway) {
     // Six streams with one x-request-id against max_in_flight 2: exactly two get in.
-    let body = std::sync::Arc::new(serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 10, "delay_ms": 150}}))).unwrap());
+    let body = std::sync::Arc::new(
+        serde_json::to_vec(&chat(json!({"stream": true, "mock": {"chunks": 10, "delay_ms": 150}}))).unwrap(),
+    );
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
     let threads: Vec<_> = (0..6)
         .map(|_| {
             let (addr, body, barrier) = (gw.addr.clone(), body.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let auth = format!("Bearer {SHARED_ID_KEY}");
-                let headers = [("authorization", auth.as_str()), ("content-type", "application/json"), ("x-request-id", "one-id-for-all")];
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                    ("x-request-id", "one-id-for-all"),
+                ];
                 barrier.wait();
                 try_request(&addr, "POST", "/v1/chat/completions", &headers, Some(&body)).map_or(0, |r| r.status)
             })
@@ -802,7 +887,11 @@ pub fn requests_sharing_one_request_id_each_need_their_own_slot(gw: &Gateway) {
 
 pub fn the_token_estimate_cannot_be_undercut(gw: &Gateway) {
     // max_completion_tokens is what vLLM and SGLang honour: it is what the estimate counts.
-    let r = post(gw, Some(BYPASS_KEY), &chat(json!({"max_tokens": 1, "max_completion_tokens": 200, "mock": {"chunks": 1}})));
+    let r = post(
+        gw,
+        Some(BYPASS_KEY),
+        &chat(json!({"max_tokens": 1, "max_completion_tokens": 200, "mock": {"chunks": 1}})),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let remaining: u32 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
     assert!(remaining <= METERED_TPM - 200, "admitted as if it could generate 200 tokens: {remaining} left");
@@ -816,10 +905,26 @@ pub fn the_token_estimate_cannot_be_undercut(gw: &Gateway) {
 pub fn every_tokenized_text_counts_toward_the_content_cap(gw: &Gateway) {
     let big = "r".repeat(MAX_CONTENT_BYTES + 1);
     let cases = [
-        ("a refusal part", json!({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": big}]}]}), "messages"),
-        ("tool call arguments", json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": big}}]}]}), "messages"),
-        ("a tool description", json!({"tools": [{"type": "function", "function": {"name": "f", "description": big}}]}), "tools"),
-        ("a remote image", json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}}]}]}), "messages[0].content[0].image_url.url"),
+        (
+            "a refusal part",
+            json!({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": big}]}]}),
+            "messages",
+        ),
+        (
+            "tool call arguments",
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": big}}]}]}),
+            "messages",
+        ),
+        (
+            "a tool description",
+            json!({"tools": [{"type": "function", "function": {"name": "f", "description": big}}]}),
+            "tools",
+        ),
+        (
+            "a remote image",
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}}]}]}),
+            "messages[0].content[0].image_url.url",
+        ),
     ];
     for (name, extra, param) in cases {
         let r = post(gw, Some(KEY), &chat(extra));
@@ -841,12 +946,31 @@ pub fn a_client_that_leaves_before_the_answer_does_not_keep_its_slot(gw: &Gatewa
     let conn = crate::support::connect(&gw.addr).unwrap();
     let auth = format!("Bearer {LEAVER_KEY}");
     let sent = std::time::Instant::now();
-    crate::support::send_request(&conn, &gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap())).unwrap();
+    crate::support::send_request(
+        &conn,
+        &gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(&serde_json::to_vec(&body).unwrap()),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}]})).status, 429, "the slot is held");
+    assert_eq!(
+        post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+            .status,
+        429,
+        "the slot is held"
+    );
     drop(conn);
     let released = wait_until(Duration::from_secs(6), || {
-        post(gw, Some(LEAVER_KEY), &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}})).status == 200
+        post(
+            gw,
+            Some(LEAVER_KEY),
+            &json!({"model": SLOW_MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+        )
+        .status
+            == 200
     });
     println!("slot back {:?} after the request (the backend answered after 3 s)", sent.elapsed());
     assert!(released && sent.elapsed() < Duration::from_millis(4_500), "the slot lingered: {:?}", sent.elapsed());
@@ -866,12 +990,54 @@ pub fn each_timeout_phase_fires_on_its_own_limit(launch: Launch) {
     // (phase, stream, mock controls, status, message or None for success, when in ms)
     type Row = (&'static str, bool, Value, u16, Option<&'static str>, u64);
     let rows: Vec<Row> = vec![
-        ("connect", true, json!({"fault": "hang"}), 504, Some("The inference backend did not accept the request in time."), 1_000),
-        ("first byte", true, json!({"prefill_ms": 10_000}), 504, Some("The inference backend did not start answering in time."), 2_500),
-        ("idle", true, json!({"chunks": 3, "delay_ms": 3_000}), 200, Some("The inference backend stopped sending the stream in time."), 1_500),
-        ("total (stream)", true, json!({"chunks": 30, "delay_ms": 400}), 200, Some("The inference backend did not finish the answer in time."), 5_000),
-        ("total (non-stream)", false, json!({"chunks": 30, "delay_ms": 400}), 504, Some("The inference backend did not finish the answer in time."), 5_000),
-        ("a non-stream longer than connect and first byte", false, json!({"chunks": 6, "delay_ms": 500}), 200, None, 3_000),
+        (
+            "connect",
+            true,
+            json!({"fault": "hang"}),
+            504,
+            Some("The inference backend did not accept the request in time."),
+            1_000,
+        ),
+        (
+            "first byte",
+            true,
+            json!({"prefill_ms": 10_000}),
+            504,
+            Some("The inference backend did not start answering in time."),
+            2_500,
+        ),
+        (
+            "idle",
+            true,
+            json!({"chunks": 3, "delay_ms": 3_000}),
+            200,
+            Some("The inference backend stopped sending the stream in time."),
+            1_500,
+        ),
+        (
+            "total (stream)",
+            true,
+            json!({"chunks": 30, "delay_ms": 400}),
+            200,
+            Some("The inference backend did not finish the answer in time."),
+            5_000,
+        ),
+        (
+            "total (non-stream)",
+            false,
+            json!({"chunks": 30, "delay_ms": 400}),
+            504,
+            Some("The inference backend did not finish the answer in time."),
+            5_000,
+        ),
+        (
+            "a non-stream longer than connect and first byte",
+            false,
+            json!({"chunks": 6, "delay_ms": 500}),
+            200,
+            None,
+            3_000,
+        ),
     ];
     let addr = gw.addr.clone();
     let results: Vec<_> = rows
@@ -894,14 +1060,19 @@ pub fn each_timeout_phase_fires_on_its_own_limit(launch: Launch) {
         let said = match (r.status, stream) {
             (200, true) => {
                 let events = sse_events(&r.body);
-                serde_json::from_str::<Value>(events.last().unwrap()).ok().and_then(|e| e["error"]["message"].as_str().map(str::to_owned))
+                serde_json::from_str::<Value>(events.last().unwrap())
+                    .ok()
+                    .and_then(|e| e["error"]["message"].as_str().map(str::to_owned))
             }
             (200, false) => None,
             _ => error_of(&r)["message"].as_str().map(str::to_owned),
         };
         assert_eq!(said.as_deref(), message, "{phase}");
         let at = Duration::from_millis(at);
-        assert!(elapsed >= at && elapsed < at + Duration::from_millis(1_500), "{phase}: answered after {elapsed:?}, expected about {at:?}");
+        assert!(
+            elapsed >= at && elapsed < at + Duration::from_millis(1_500),
+            "{phase}: answered after {elapsed:?}, expected about {at:?}"
+        );
     }
 }
 
@@ -961,7 +1132,10 @@ impl OwnRedis {
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
         let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
         let addr = format!("127.0.0.1:{port}");
-        assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()), "redis-server on {addr}");
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()),
+            "redis-server on {addr}"
+        );
         OwnRedis { addr, proc }
     }
 
@@ -1034,7 +1208,10 @@ pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resum
     }
 
     redis.proc.kill();
-    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(&redis.addr).is_err()), "Redis still listens");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(&redis.addr).is_err()),
+        "Redis still listens"
+    );
     for (gw, status) in [(&closed, 500), (&open, 200)] {
         let (r, took) = timed(gw);
         println!("Redis gone: {} in {took:?}", r.status);
@@ -1043,7 +1220,10 @@ pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resum
     }
     // The fail-open answers were logged as such (the gateways' logs are the runtime's stdout).
     let logs = gateway_logs();
-    assert!(logs.contains("limit_store_unavailable") && logs.contains("did not answer within 250 ms"), "no warning logged");
+    assert!(
+        logs.contains("limit_store_unavailable") && logs.contains("did not answer within 250 ms"),
+        "no warning logged"
+    );
 }
 
 /// Every gateway log of this test binary's `wasmtime serve` runs.
@@ -1060,9 +1240,15 @@ fn gateway_logs() -> String {
 /// Spin only: the configuration is validated by the core as on Workers; an error fails every
 /// request with a 500 naming the variable, and is logged once per instance. Served bare (a
 /// broken configuration fails `/healthz` too), with instances reused for several requests.
-pub fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance(serve: fn(&[(&str, &str)], usize) -> crate::wasi::Bare) {
+pub fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance(
+    serve: fn(&[(&str, &str)], usize) -> crate::wasi::Bare,
+) {
     let backends = r#"[{"name":"b","url":"http://127.0.0.1:9","models":["m"]}]"#;
-    let vars = [("GATEWAY_BACKENDS", backends), ("GATEWAY_API_KEYS", "[]"), ("GATEWAY_REDIS_URL", "rediss://:s3cret@cache.example.com:6380")];
+    let vars = [
+        ("GATEWAY_BACKENDS", backends),
+        ("GATEWAY_API_KEYS", "[]"),
+        ("GATEWAY_REDIS_URL", "rediss://:s3cret@cache.example.com:6380"),
+    ];
     let gw = serve(&vars, 100);
     for _ in 0..3 {
         let r = request(&gw.addr, "GET", "/v1/models", &[], None);

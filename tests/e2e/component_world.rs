@@ -94,11 +94,10 @@ fn wasm_tools() -> PathBuf {
 fn the_spin_component_exports_the_wasi_0_2_handler_and_imports_only_wasi_0_2() {
     let component = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasm32-wasip2/release/edge_gateway.wasm");
     assert!(component.exists(), "{} is missing: run `make spin` first (`make test` does)", component.display());
-    let output = Command::new(wasm_tools())
-        .args(["component", "wit"])
-        .arg(&component)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {} (`make wasm-tools-tool` installs it): {e}", wasm_tools().display()));
+    let output =
+        Command::new(wasm_tools()).args(["component", "wit"]).arg(&component).output().unwrap_or_else(|e| {
+            panic!("cannot run {} (`make wasm-tools-tool` installs it): {e}", wasm_tools().display())
+        });
     assert!(output.status.success(), "wasm-tools failed: {}", String::from_utf8_lossy(&output.stderr));
     let wit = String::from_utf8(output.stdout).unwrap();
     let problems = world_problems(&wit);
@@ -108,16 +107,24 @@ fn the_spin_component_exports_the_wasi_0_2_handler_and_imports_only_wasi_0_2() {
 #[test]
 fn the_check_refuses_wasi_0_3_spin_only_and_too_new_imports() {
     let world = |lines: &str| format!("package root:component;\n\nworld root {{\n{lines}\n}}\n");
-    let good = world("  import wasi:io/poll@0.2.6;\n  import wasi:http/types@0.2.0;\n\n  export wasi:http/incoming-handler@0.2.4;");
+    let good = world(
+        "  import wasi:io/poll@0.2.6;\n  import wasi:http/types@0.2.0;\n\n  export wasi:http/incoming-handler@0.2.4;",
+    );
     assert_eq!(world_problems(&good), Vec::<String>::new());
     for (bad, why) in [
         ("  import wasi:http/types@0.3.0;\n  export wasi:http/handler@0.3.0;", "not on the allow-list"),
-        ("  import wasi:http/types@0.3.0-rc-2026-03-15;\n  export wasi:http/incoming-handler@0.2.4;", "not on the allow-list"),
+        (
+            "  import wasi:http/types@0.3.0-rc-2026-03-15;\n  export wasi:http/incoming-handler@0.2.4;",
+            "not on the allow-list",
+        ),
         ("  import fermyon:spin/variables@2.0.0;\n  export wasi:http/incoming-handler@0.2.4;", "not on the allow-list"),
         ("  import wasi:filesystem/types@0.2.0;\n  export wasi:http/incoming-handler@0.2.4;", "not on the allow-list"),
         ("  import wasi:io/poll@0.2.9;\n  export wasi:http/incoming-handler@0.2.4;", "newer than 0.2.6"),
         ("  import wasi:io/poll@0.2.0;\n  export wasi:http/handler@0.3.0;", "not exactly"),
-        ("  import wasi:io/poll@0.2.0;\n  export wasi:cli/run@0.2.0;\n  export wasi:http/incoming-handler@0.2.0;", "not exactly"),
+        (
+            "  import wasi:io/poll@0.2.0;\n  export wasi:cli/run@0.2.0;\n  export wasi:http/incoming-handler@0.2.0;",
+            "not exactly",
+        ),
     ] {
         let problems = world_problems(&world(bad));
         assert!(problems.iter().any(|p| p.contains(why)), "{bad}: {problems:?}");

@@ -5,8 +5,8 @@
 use crate::support::{MockBackend, Proc};
 use edge_gateway::core::auth::sha256_hex;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -177,11 +177,17 @@ fn serve(host: &dyn Host, vars: &[(String, String)], port: u16, state: &Path) ->
 fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(String, String)> {
     let [primary, spare, slow, strict, small] = mocks;
     let mut backends = vec![
-        format!(r#"{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}}"#, primary.base_url),
+        format!(
+            r#"{{"name":"primary","url":"{}","models":["{MODEL}"],"api_key_secret":"PRIMARY_BACKEND_KEY"}}"#,
+            primary.base_url
+        ),
         format!(r#"{{"name":"spare","url":"{}","models":["{SPARE_MODEL}"]}}"#, spare.base_url),
         format!(r#"{{"name":"slow","url":"{}","models":["{SLOW_MODEL}"]}}"#, slow.base_url),
         format!(r#"{{"name":"strict","url":"{}","models":["{STRICT_MODEL}"]}}"#, strict.base_url),
-        format!(r#"{{"name":"small","url":"{}","models":["{SMALL_MODEL}"],"max_model_len":{SMALL_CONTEXT}}}"#, small.base_url),
+        format!(
+            r#"{{"name":"small","url":"{}","models":["{SMALL_MODEL}"],"max_model_len":{SMALL_CONTEXT}}}"#,
+            small.base_url
+        ),
     ];
     backends.extend(extra.iter().map(|b| b.to_string()));
     let backends = format!("[{}]", backends.join(","));
@@ -193,7 +199,12 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         key("limited", LIMITED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{LIMITED_RPM}"#)),
         key("narrow", NARROW_KEY, &format!(r#"["{SPARE_MODEL}"]"#), ""),
         key("burst", BURST_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{BURST_RPM}"#)),
-        key("inflight", IN_FLIGHT_KEY, &format!(r#"["{SLOW_MODEL}"]"#), &format!(r#","max_in_flight":{IN_FLIGHT_MAX}"#)),
+        key(
+            "inflight",
+            IN_FLIGHT_KEY,
+            &format!(r#"["{SLOW_MODEL}"]"#),
+            &format!(r#","max_in_flight":{IN_FLIGHT_MAX}"#),
+        ),
         key("single", SINGLE_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":1"#),
         key("metered", METERED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
         key("sdk-py", SDK_PY_KEY, &format!(r#"["{MODEL}"]"#), r#","requests_per_minute":60"#),

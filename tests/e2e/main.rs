@@ -4,6 +4,8 @@
 //! Workers bundle in workerd, and the Spin component in a WASI-HTTP host. Build the artefacts
 //! first (`make test` does): `make worker spin`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Drives real processes over real sockets on real time (the core's own tests run on a virtual clock).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -91,7 +93,9 @@ run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);
 mod wasi_gateway_only {
     #[test]
     fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes() {
-        crate::cases::a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(crate::wasi::dedicated);
+        crate::cases::a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(
+            crate::wasi::dedicated,
+        );
     }
 
     #[test]

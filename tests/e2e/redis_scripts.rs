@@ -1,8 +1,9 @@
 //! The admission script in a real `redis-server`: exact under concurrency, all-or-nothing,
 //! and the same GCRA numbers as the core's `limits` module.
 
-use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
+use crate::support::{free_port, wait_until, Proc};
 use edge_gateway::core::config::RedisTarget;
+use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
 use edge_gateway::core::redis::{
     admit_command, admitted, command, handshake, settle_command, settled, Reply, ReplyReader,
 };
@@ -10,7 +11,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use crate::support::{free_port, wait_until, Proc};
 
 struct Redis {
     _proc: Proc,
@@ -156,10 +156,18 @@ fn settling_refunds_unused_tokens_and_charges_overshoot() {
     let rule = Rule::per_minute(1_000);
     let tokens = |cost| Take { bucket: "tokens".into(), rule, cost };
     assert!(admit(&r.addr, "key:s", &[tokens(600)])[0].allowed);
-    settle(&r.addr, "key:s", &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -500 }] });
+    settle(
+        &r.addr,
+        "key:s",
+        &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: -500 }] },
+    );
     let d = admit(&r.addr, "key:s", &[tokens(1)])[0];
     assert!((898..=899).contains(&d.remaining), "{}", d.remaining);
-    settle(&r.addr, "key:s", &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: 2_000 }] });
+    settle(
+        &r.addr,
+        "key:s",
+        &Settlement { release: None, adjustments: vec![Adjustment { bucket: "tokens".into(), rule, delta: 2_000 }] },
+    );
     assert!(!admit(&r.addr, "key:s", &[tokens(1)])[0].allowed, "an overshoot refuses the next request");
 }
 

@@ -116,9 +116,12 @@ pub fn bare(vars: &[(&str, &str)], reuse: usize) -> Bare {
     let log = dir.join("wasmtime.log");
     let file = std::fs::File::create(&log).expect("log file");
     let vars: Vec<(String, String)> = vars.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    let runtime = watched(&serve_command(&vars, port, &["--max-instance-reuse-count", &reuse.to_string()]), Some(&file));
+    let runtime =
+        watched(&serve_command(&vars, port, &["--max-instance-reuse-count", &reuse.to_string()]), Some(&file));
     let addr = format!("127.0.0.1:{port}");
-    let up = wait_until(Duration::from_secs(60), || crate::support::try_request(&addr, "GET", "/healthz", &[], None).is_ok());
+    let up = wait_until(Duration::from_secs(60), || {
+        crate::support::try_request(&addr, "GET", "/healthz", &[], None).is_ok()
+    });
     assert!(up, "wasmtime serve did not answer on {addr}; see {}", log.display());
     Bare { addr, log, _runtime: runtime }
 }

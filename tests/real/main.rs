@@ -4,11 +4,13 @@
 //! Every test here is `#[ignore = "…"]`: `make test` (and CI) builds and lints them
 //! but only `make test-real` runs them (`-- --ignored`), after installing the server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Drives real processes over real sockets on real time (the core's own tests run on a virtual clock).
+#![allow(clippy::disallowed_methods)]
 
-#[path = "../support/mod.rs"]
-mod support;
 #[path = "../support/real_backend.rs"]
 mod real_backend;
+#[path = "../support/mod.rs"]
+mod support;
 
 use real_backend::RealBackend;
 use serde_json::json;
@@ -59,8 +61,8 @@ mod workerd;
 
 use harness::{Gateway, Setup, KEY};
 use serde_json::Value;
-use support::{request_streaming, sse_events};
 use std::time::Duration;
+use support::{request_streaming, sse_events};
 
 /// A key limited in tokens (on every model), to see settlement without a usage chunk.
 const METERED: &str = "sk-real-metered";
@@ -99,12 +101,22 @@ fn completion_and_stream_through_the_gateway(launch: fn(Setup<'_>) -> Gateway) {
     let backend = RealBackend::start();
     let gw = gateway_before(&backend, launch, &backend.api_key);
     // Non-stream, with a client request id that is not a UUID (the server refuses those).
-    let r = chat(&gw, KEY, json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}), &[("x-request-id", "client-7")]);
+    let r = chat(
+        &gw,
+        KEY,
+        json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}),
+        &[("x-request-id", "client-7")],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-request-id"), Some("client-7"));
     assert_eq!(r.json()["object"], "chat.completion");
     // A stream: the gateway asks for usage, the server ignores it; the stream still ends well.
-    let r = chat(&gw, KEY, json!({"model": backend.model, "stream": true, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}), &[]);
+    let r = chat(
+        &gw,
+        KEY,
+        json!({"model": backend.model, "stream": true, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let events = sse_events(&r.body);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
@@ -126,7 +138,12 @@ fn include_usage_is_ignored_and_tokens_are_settled_all_the_same(launch: fn(Setup
     // Without a usage chunk the stream is settled on its prompt plus one token per chunk, so
     // most of the 100-token estimate comes back.
     let settled = support::wait_until(Duration::from_secs(5), || {
-        let r = chat(&gw, METERED, json!({"model": backend.model, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}), &[]);
+        let r = chat(
+            &gw,
+            METERED,
+            json!({"model": backend.model, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}),
+            &[],
+        );
         r.header("x-ratelimit-remaining-tokens").and_then(|v| v.parse::<u32>().ok()).is_some_and(|now| now > admitted)
     });
     assert!(settled, "the stream was not settled");
@@ -137,14 +154,24 @@ fn the_servers_errors_are_mapped_without_internals(launch: fn(Setup<'_>) -> Gate
     // Over the context: its 400 (not OpenAI-shaped on every path) becomes ours, cleaned.
     let gw = gateway_before(&backend, launch, &backend.api_key);
     let long = "word ".repeat(400);
-    let r = chat(&gw, KEY, json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": long}]}), &[]);
+    let r = chat(
+        &gw,
+        KEY,
+        json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": long}]}),
+        &[],
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("maximum context length"), "{}", r.text());
     drop(gw);
     // A wrong backend credential: its `401 {"detail":…}` is the gateway's configuration
     // problem, a 502, never retried and never a leak of the server's words.
     let gw = gateway_before(&backend, launch, "not-the-key");
-    let r = chat(&gw, KEY, json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}), &[]);
+    let r = chat(
+        &gw,
+        KEY,
+        json!({"model": backend.model, "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}),
+        &[],
+    );
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(!r.text().contains("Invalid API key"), "{}", r.text());
 }
@@ -154,13 +181,24 @@ fn a_client_that_leaves_mid_stream_frees_the_server(launch: fn(Setup<'_>) -> Gat
     let gw = gateway_before(&backend, launch, &backend.api_key);
     let auth = format!("Bearer {KEY}");
     let body = json!({"model": backend.model, "stream": true, "max_tokens": 200, "messages": [{"role": "user", "content": "Tell me a long story"}]});
-    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &[("authorization", &auth), ("content-type", "application/json")], Some(&serde_json::to_vec(&body).unwrap()));
+    let mut stream = request_streaming(
+        &gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(&serde_json::to_vec(&body).unwrap()),
+    );
     assert_eq!(stream.status, 200);
     stream.next_chunk().expect("a first chunk");
     stream.disconnect();
     // The server takes one request at a time: the next one is served only once it is free.
     let started = std::time::Instant::now();
-    let r = chat(&gw, KEY, json!({"model": backend.model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}), &[]);
+    let r = chat(
+        &gw,
+        KEY,
+        json!({"model": backend.model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     println!("the next request was served {:?} after the client left", started.elapsed());
 }

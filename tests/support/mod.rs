@@ -37,13 +37,8 @@ impl Proc {
     /// Spawns `cmd` as the leader of a new process group. Panics if it cannot start.
     pub fn spawn(mut cmd: Command) -> Proc {
         cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot spawn {cmd:?}: {err}"));
-        Proc {
-            child,
-            killed: false,
-        }
+        let child = cmd.spawn().unwrap_or_else(|err| panic!("cannot spawn {cmd:?}: {err}"));
+        Proc { child, killed: false }
     }
 
     /// The process id, which is also the process group id.
@@ -152,10 +147,7 @@ impl MockBackend {
 
     fn launch(addr: &str, args: &[&str]) -> Result<MockBackend, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-backend"));
-        cmd.args(["--addr", addr])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        cmd.args(["--addr", addr]).args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         let mut proc = Proc::spawn(cmd);
         let stdout = proc.child.stdout.take().ok_or("no stdout pipe")?;
         let line = first_line(stdout, STARTUP_TIMEOUT)
@@ -169,11 +161,7 @@ impl MockBackend {
             .strip_prefix("http://")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("cannot parse address from {base_url:?}"))?;
-        Ok(MockBackend {
-            proc,
-            base_url,
-            addr,
-        })
+        Ok(MockBackend { proc, base_url, addr })
     }
 
     /// `127.0.0.1:PORT`, the form [`request`] takes.
@@ -194,9 +182,7 @@ impl MockBackend {
 
     /// One counter from [`MockBackend::stats`].
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats()[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no stat {name:?}"))
+        self.stats()[name].as_u64().unwrap_or_else(|| panic!("no stat {name:?}"))
     }
 
     /// `POST /mock/reset-stats`.
@@ -239,9 +225,7 @@ fn first_line(stdout: impl Read + Send + 'static, timeout: Duration) -> Option<S
         let _ = tx.send(line);
         let _ = io::copy(&mut reader, &mut io::sink());
     });
-    rx.recv_timeout(timeout)
-        .ok()
-        .filter(|line| !line.is_empty())
+    rx.recv_timeout(timeout).ok().filter(|line| !line.is_empty())
 }
 
 // ---------------------------------------------------------------------------
@@ -265,13 +249,8 @@ impl HttpResponse {
 
     /// The body parsed as JSON; panics with the body text if it is not JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!(
-                "status {} body is not JSON ({err}): {:?}",
-                self.status,
-                self.text()
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("status {} body is not JSON ({err}): {:?}", self.status, self.text()))
     }
 
     /// The body as (lossy) UTF-8.
@@ -283,15 +262,8 @@ impl HttpResponse {
 /// Sends one request on a fresh connection (`Connection: close`) to `addr`
 /// (`"127.0.0.1:PORT"`) and reads the whole response. Panics on I/O errors or
 /// after [`IO_TIMEOUT`] without progress.
-pub fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> HttpResponse {
-    try_request(addr, method, path, headers, body)
-        .unwrap_or_else(|err| panic!("{method} http://{addr}{path}: {err}"))
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpResponse {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|err| panic!("{method} http://{addr}{path}: {err}"))
 }
 
 /// [`request`], returning I/O errors (refused, reset, truncated body, timeout)
@@ -310,10 +282,7 @@ pub fn try_request(
 
 /// Opens a connection with [`IO_TIMEOUT`] for connect, reads and writes.
 pub fn connect(addr: &str) -> io::Result<TcpStream> {
-    let mut last_error = io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("no address for {addr}"),
-    );
+    let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, format!("no address for {addr}"));
     for socket_addr in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&socket_addr, IO_TIMEOUT) {
             Ok(conn) => {
@@ -371,11 +340,7 @@ pub fn read_response(reader: &mut impl BufRead, method: &str) -> io::Result<Http
     while let Some(piece) = framing.next_piece(reader)? {
         body.extend_from_slice(&piece);
     }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    Ok(HttpResponse { status, headers, body })
 }
 
 /// Sends one request on a fresh connection and returns as soon as the response
@@ -391,17 +356,11 @@ pub fn request_streaming(
     send_request(&conn, addr, method, path, headers, body)
         .unwrap_or_else(|err| panic!("{method} http://{addr}{path}: {err}"));
     let mut reader = BufReader::new(conn);
-    let (status, headers) = read_head(&mut reader)
-        .unwrap_or_else(|err| panic!("{method} http://{addr}{path}: no response head: {err}"));
-    let framing = BodyFraming::of(status, &headers, method)
-        .unwrap_or_else(|err| panic!("{method} http://{addr}{path}: {err}"));
-    StreamingResponse {
-        status,
-        headers,
-        reader,
-        framing,
-        error: None,
-    }
+    let (status, headers) =
+        read_head(&mut reader).unwrap_or_else(|err| panic!("{method} http://{addr}{path}: no response head: {err}"));
+    let framing =
+        BodyFraming::of(status, &headers, method).unwrap_or_else(|err| panic!("{method} http://{addr}{path}: {err}"));
+    StreamingResponse { status, headers, reader, framing, error: None }
 }
 
 /// A response whose body is read incrementally: one piece per decoded HTTP
@@ -466,10 +425,7 @@ impl StreamingResponse {
 
     /// Changes the socket read timeout (default [`IO_TIMEOUT`]).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) {
-        self.reader
-            .get_ref()
-            .set_read_timeout(timeout)
-            .expect("set_read_timeout");
+        self.reader.get_ref().set_read_timeout(timeout).expect("set_read_timeout");
     }
 
     /// Closes the connection at once, mid-body.
@@ -492,10 +448,7 @@ pub fn sse_events(body: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(body);
     let mut events = Vec::new();
     let mut data: Option<String> = None;
-    for line in text
-        .split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line))
-    {
+    for line in text.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line)) {
         if line.is_empty() {
             events.extend(data.take());
         } else if let Some(value) = line.strip_prefix("data:") {
@@ -514,10 +467,7 @@ pub fn sse_events(body: &[u8]) -> Vec<String> {
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// Reads a status line and headers, skipping `1xx` interim responses.
@@ -536,9 +486,7 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<(u16, Vec<(String, String)
             if line.is_empty() {
                 break;
             }
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
+            let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         if !(100..200).contains(&status) || status == 101 {
@@ -552,10 +500,7 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     if !line.ends_with('\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed mid-line",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-line"));
     }
     line.truncate(line.trim_end_matches(['\r', '\n']).len());
     Ok(line)
@@ -580,17 +525,15 @@ impl BodyFraming {
         if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
             return Ok(Self::Length(0));
         }
-        let chunked = find_header(headers, "transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            find_header(headers, "transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
         if chunked {
             return Ok(Self::Chunked { done: false });
         }
         match find_header(headers, "content-length") {
-            Some(length) => length
-                .trim()
-                .parse()
-                .map(Self::Length)
-                .map_err(|_| invalid(format!("bad content-length {length:?}"))),
+            Some(length) => {
+                length.trim().parse().map(Self::Length).map_err(|_| invalid(format!("bad content-length {length:?}")))
+            }
             None => Ok(Self::UntilEof { done: false }),
         }
     }
@@ -605,9 +548,7 @@ impl BodyFraming {
     /// The next piece of body, or `None` once the body is complete.
     fn next_piece(&mut self, reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
         match self {
-            Self::Chunked { done: true } | Self::UntilEof { done: true } | Self::Length(0) => {
-                Ok(None)
-            }
+            Self::Chunked { done: true } | Self::UntilEof { done: true } | Self::Length(0) => Ok(None),
             Self::Chunked { done } => {
                 let piece = read_chunk(reader)?;
                 *done = piece.is_none();
@@ -616,10 +557,7 @@ impl BodyFraming {
             Self::Length(left) => {
                 let piece = read_some(reader, *left)?;
                 if piece.is_empty() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "body shorter than content-length",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than content-length"));
                 }
                 *left -= piece.len();
                 Ok(Some(piece))
@@ -637,8 +575,7 @@ impl BodyFraming {
 fn read_chunk(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
     let line = read_line(reader)?;
     let size = line.split(';').next().unwrap_or_default().trim();
-    let size =
-        usize::from_str_radix(size, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+    let size = usize::from_str_radix(size, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
     if size == 0 {
         while !read_line(reader)?.is_empty() {}
         return Ok(None);

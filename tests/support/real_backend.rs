@@ -101,18 +101,9 @@ impl RealBackend {
                          time, then runs these tests) instead of `cargo test --test real`."
                     );
                 }
-                panic!(
-                    "the real backend exited ({status}) before answering; its log:\n{}",
-                    self.log_text()
-                );
+                panic!("the real backend exited ({status}) before answering; its log:\n{}", self.log_text());
             }
-            let models = try_request(
-                &self.host_port(),
-                "GET",
-                "/v1/models",
-                &[("authorization", &auth)],
-                None,
-            );
+            let models = try_request(&self.host_port(), "GET", "/v1/models", &[("authorization", &auth)], None);
             if models.is_ok_and(|response| response.status == 200) {
                 return;
             }

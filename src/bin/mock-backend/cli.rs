@@ -55,28 +55,20 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, mut inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
             _ => (arg, None),
         };
-        let mut value = || {
-            inline
-                .take()
-                .or_else(|| args.next())
-                .ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")))
-        };
+        let mut value =
+            || inline.take().or_else(|| args.next()).ok_or_else(|| CliError::Invalid(format!("{flag} needs a value")));
         match flag.as_str() {
             "--addr" => config.addr = value()?,
             "--model" => config.models.push(value()?),
             "--chunks" => config.chunks = parse_number(&flag, &value()?, MAX_TOKENS)?,
             "--chunk-delay-ms" => {
-                config.chunk_delay =
-                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+                config.chunk_delay = Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
             }
             "--prefill-ms" => {
-                config.prefill =
-                    Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
+                config.prefill = Duration::from_millis(parse_number(&flag, &value()?, millis(MAX_DELAY))?);
             }
             "--max-model-len" => {
                 let len = parse_number(&flag, &value()?, MAX_MODEL_LEN)?;
@@ -102,9 +94,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
 fn parse_number(flag: &str, text: &str, max: u64) -> Result<u64, CliError> {
     match text.parse::<u64>() {
         Ok(n) if n <= max => Ok(n),
-        _ => Err(CliError::Invalid(format!(
-            "{flag} expects an integer from 0 to {max}, got `{text}`"
-        ))),
+        _ => Err(CliError::Invalid(format!("{flag} expects an integer from 0 to {max}, got `{text}`"))),
     }
 }
 

@@ -38,10 +38,7 @@ impl Completion {
             model: &self.model,
             choices: [Choice {
                 index: 0,
-                message: Message {
-                    role: "assistant",
-                    content: (0..self.completion_tokens).map(token).collect(),
-                },
+                message: Message { role: "assistant", content: (0..self.completion_tokens).map(token).collect() },
                 logprobs: None,
                 finish_reason: self.finish_reason,
             }],
@@ -65,51 +62,18 @@ impl Completion {
     /// The stream's events: the role chunk after `prefill` (vLLM sends it with the first
     /// token, once prefill is over), each token `delay` after the previous chunk, then the
     /// finish chunk, the usage chunk if asked for, and `[DONE]` at once.
-    pub(crate) fn stream_events(
-        &self,
-        include_usage: bool,
-        prefill: Duration,
-        delay: Duration,
-    ) -> Vec<SseEvent> {
+    pub(crate) fn stream_events(&self, include_usage: bool, prefill: Duration, delay: Duration) -> Vec<SseEvent> {
         let usage_field = include_usage.then_some(None);
-        let choice = |delta, finish_reason| {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }]
-        };
-        let immediate = |data| SseEvent {
-            data,
-            delay: Duration::ZERO,
-        };
+        let choice = |delta, finish_reason| vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason }];
+        let immediate = |data| SseEvent { data, delay: Duration::ZERO };
 
-        let role = Delta {
-            role: Some("assistant"),
-            content: Some(String::new()),
-        };
-        let mut events = vec![SseEvent {
-            data: self.chunk(choice(role, None), usage_field),
-            delay: prefill,
-        }];
+        let role = Delta { role: Some("assistant"), content: Some(String::new()) };
+        let mut events = vec![SseEvent { data: self.chunk(choice(role, None), usage_field), delay: prefill }];
         events.extend((0..self.completion_tokens).map(|i| SseEvent {
-            data: self.chunk(
-                choice(
-                    Delta {
-                        role: None,
-                        content: Some(token(i)),
-                    },
-                    None,
-                ),
-                usage_field,
-            ),
+            data: self.chunk(choice(Delta { role: None, content: Some(token(i)) }, None), usage_field),
             delay,
         }));
-        events.push(immediate(self.chunk(
-            choice(Delta::default(), Some(self.finish_reason)),
-            usage_field,
-        )));
+        events.push(immediate(self.chunk(choice(Delta::default(), Some(self.finish_reason)), usage_field)));
         if include_usage {
             events.push(immediate(self.chunk(Vec::new(), Some(Some(self.usage())))));
         }

@@ -26,18 +26,11 @@ pub(crate) fn serve_connection(conn: TcpStream, state: &State) {
         let request = match read_request(&mut reader, &mut writer) {
             Ok(Some(request)) => request,
             Ok(None) | Err(ReadError::Io) => return,
-            Err(ReadError::Malformed(message)) => {
-                return reject(&mut reader, &mut writer, 400, message)
-            }
-            Err(ReadError::TooLarge) => {
-                return reject(&mut reader, &mut writer, 413, "request too large")
-            }
+            Err(ReadError::Malformed(message)) => return reject(&mut reader, &mut writer, 400, message),
+            Err(ReadError::TooLarge) => return reject(&mut reader, &mut writer, 413, "request too large"),
         };
         if state.config.verbose {
-            log(&format!(
-                "mock-backend: {} {}",
-                request.method, request.path
-            ));
+            log(&format!("mock-backend: {} {}", request.method, request.path));
         }
         let close = request.wants_close();
         let reply = route(state, &request);
@@ -74,11 +67,7 @@ fn execute(reply: Reply, state: &State, conn: &mut TcpStream, close: bool) -> Af
             Err(_) => After::Abort,
         },
         Reply::Stream(plan) => write_stream(conn, state, &plan, close),
-        Reply::Generated {
-            response,
-            takes,
-            ending,
-        } => {
+        Reply::Generated { response, takes, ending } => {
             if generate(conn, state, takes).is_err() {
                 state.stats.client_disconnected();
                 return After::Abort;

@@ -19,11 +19,7 @@ use crate::response::Response;
 
 /// The completion limit the request asks for, read as vLLM reads it.
 pub(crate) fn requested_limit(body: &Map<String, Value>) -> Result<Option<u64>, String> {
-    let max_completion_tokens = optional_count(
-        body.get("max_completion_tokens"),
-        "max_completion_tokens",
-        u64::MAX,
-    )?;
+    let max_completion_tokens = optional_count(body.get("max_completion_tokens"), "max_completion_tokens", u64::MAX)?;
     let max_tokens = optional_count(body.get("max_tokens"), "max_tokens", u64::MAX)?;
     Ok(match max_completion_tokens {
         Some(limit) if limit > 0 => Some(limit),

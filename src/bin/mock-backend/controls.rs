@@ -38,16 +38,10 @@ impl MockControls {
         if let Some(chunks) = optional_count(fields.get("chunks"), "mock.chunks", MAX_TOKENS)? {
             controls.chunks = chunks;
         }
-        if let Some(ms) =
-            optional_count(fields.get("delay_ms"), "mock.delay_ms", millis(MAX_DELAY))?
-        {
+        if let Some(ms) = optional_count(fields.get("delay_ms"), "mock.delay_ms", millis(MAX_DELAY))? {
             controls.delay = Duration::from_millis(ms);
         }
-        if let Some(ms) = optional_count(
-            fields.get("prefill_ms"),
-            "mock.prefill_ms",
-            millis(MAX_DELAY),
-        )? {
+        if let Some(ms) = optional_count(fields.get("prefill_ms"), "mock.prefill_ms", millis(MAX_DELAY))? {
             controls.prefill = Duration::from_millis(ms);
         }
         controls.fault = match fields.get("fault") {
@@ -91,11 +85,7 @@ impl MockControls {
 }
 
 /// An optional non-negative integer field no larger than `max`.
-pub(crate) fn optional_count(
-    value: Option<&Value>,
-    field: &str,
-    max: u64,
-) -> Result<Option<u64>, String> {
+pub(crate) fn optional_count(value: Option<&Value>, field: &str, max: u64) -> Result<Option<u64>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {

@@ -15,12 +15,7 @@ use crate::response::{reason_phrase, Response};
 /// `InternalServerError` / 500.
 pub(crate) fn stream_error_event(message: &str) -> String {
     python_json_dumps(&ErrorBody {
-        error: ErrorDetail {
-            message,
-            kind: "InternalServerError",
-            param: None,
-            code: 500,
-        },
+        error: ErrorDetail { message, kind: "InternalServerError", param: None, code: 500 },
     })
 }
 
@@ -28,9 +23,7 @@ pub(crate) fn stream_error_event(message: &str) -> String {
 /// the old top-level `ErrorResponse` (with `object: "error"`) in `{"error": …}`, and took
 /// the defaults `BadRequestError` / 400 whatever the failure.
 pub(crate) fn legacy_stream_error_event(message: &str) -> String {
-    python_json_dumps(&LegacyStreamError {
-        error: legacy_error(message),
-    })
+    python_json_dumps(&LegacyStreamError { error: legacy_error(message) })
 }
 
 /// The old top-level body vLLM up to 0.9 answered errors with (status 400 for the
@@ -40,13 +33,7 @@ pub(crate) fn legacy_error_response(message: &str) -> Response {
 }
 
 fn legacy_error(message: &str) -> LegacyError<'_> {
-    LegacyError {
-        object: "error",
-        message,
-        kind: "BadRequestError",
-        param: None,
-        code: 400,
-    }
+    LegacyError { object: "error", message, kind: "BadRequestError", param: None, code: 400 }
 }
 
 /// Field order as in vLLM's old `ErrorResponse` model.
@@ -79,11 +66,7 @@ fn python_json_dumps(value: &impl Serialize) -> String {
 struct PythonJson;
 
 impl serde_json::ser::Formatter for PythonJson {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -91,11 +74,7 @@ impl serde_json::ser::Formatter for PythonJson {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -107,11 +86,7 @@ impl serde_json::ser::Formatter for PythonJson {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         for c in fragment.chars() {
             if c.is_ascii() {
                 w.write_all(&[c as u8])?;
@@ -156,27 +131,12 @@ pub(crate) fn vllm_error(status: u16, kind: &str, message: &str) -> Response {
 }
 
 /// An error naming the offending request field, as vLLM's validation errors do.
-pub(crate) fn vllm_error_with_param(
-    status: u16,
-    kind: &str,
-    message: &str,
-    param: &str,
-) -> Response {
+pub(crate) fn vllm_error_with_param(status: u16, kind: &str, message: &str, param: &str) -> Response {
     error_body(status, kind, message, Some(param))
 }
 
 fn error_body(status: u16, kind: &str, message: &str, param: Option<&str>) -> Response {
-    Response::json(
-        status,
-        &ErrorBody {
-            error: ErrorDetail {
-                message,
-                kind,
-                param,
-                code: status,
-            },
-        },
-    )
+    Response::json(status, &ErrorBody { error: ErrorDetail { message, kind, param, code: status } })
 }
 
 #[derive(Serialize)]

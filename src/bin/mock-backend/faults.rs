@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use crate::errors::{
-    legacy_error_response, legacy_stream_error_event, stream_error_event, vllm_error,
-};
+use crate::errors::{legacy_error_response, legacy_stream_error_event, stream_error_event, vllm_error};
 use crate::reply::{Ending, Reply, SseEvent, StreamPlan};
 use crate::response::Response;
 
@@ -60,36 +58,19 @@ impl Fault {
     /// The reply for faults that replace the completion entirely.
     pub(crate) fn canned_reply(self) -> Option<Reply> {
         let response = match self {
-            Self::Internal => vllm_error(
-                500,
-                "InternalServerError",
-                "internal engine failure at /srv/secret/path",
-            ),
-            Self::RateLimited => vllm_error(
-                429,
-                "RateLimitError",
-                "Too many requests, please retry later.",
-            )
-            .with_header("retry-after", "1"),
-            Self::ContextLength => vllm_error(
-                400,
-                "BadRequestError",
-                "This model's maximum context length is 4096 tokens.",
-            ),
-            Self::Garbage => Response::raw(200, "application/json", b"\x00\xffnot json"),
-            Self::PlainText500 => {
-                Response::raw(500, "text/plain; charset=utf-8", b"upstream exploded")
+            Self::Internal => vllm_error(500, "InternalServerError", "internal engine failure at /srv/secret/path"),
+            Self::RateLimited => vllm_error(429, "RateLimitError", "Too many requests, please retry later.")
+                .with_header("retry-after", "1"),
+            Self::ContextLength => {
+                vllm_error(400, "BadRequestError", "This model's maximum context length is 4096 tokens.")
             }
+            Self::Garbage => Response::raw(200, "application/json", b"\x00\xffnot json"),
+            Self::PlainText500 => Response::raw(500, "text/plain; charset=utf-8", b"upstream exploded"),
             Self::Hang => return Some(Reply::Hang),
             Self::MalformedSse => {
-                let events = ["{not json", "[DONE]"].map(|data| SseEvent {
-                    data: data.to_owned(),
-                    delay: Duration::ZERO,
-                });
-                return Some(Reply::Stream(StreamPlan::new(
-                    events.into(),
-                    Ending::Complete,
-                )));
+                let events =
+                    ["{not json", "[DONE]"].map(|data| SseEvent { data: data.to_owned(), delay: Duration::ZERO });
+                return Some(Reply::Stream(StreamPlan::new(events.into(), Ending::Complete)));
             }
             Self::Reset | Self::ErrorEvent | Self::ErrorEventLegacy => return None,
         };
@@ -101,20 +82,14 @@ impl Fault {
     /// 500 `InternalServerError`, up to 0.9 the old top-level 400.
     pub(crate) fn failure(self) -> Option<Failure> {
         let (event, response) = match self {
-            Self::ErrorEvent => (
-                stream_error_event(ENGINE_FAILURE),
-                vllm_error(500, "InternalServerError", ENGINE_FAILURE),
-            ),
-            Self::ErrorEventLegacy => (
-                legacy_stream_error_event(ENGINE_FAILURE),
-                legacy_error_response(ENGINE_FAILURE),
-            ),
+            Self::ErrorEvent => {
+                (stream_error_event(ENGINE_FAILURE), vllm_error(500, "InternalServerError", ENGINE_FAILURE))
+            }
+            Self::ErrorEventLegacy => {
+                (legacy_stream_error_event(ENGINE_FAILURE), legacy_error_response(ENGINE_FAILURE))
+            }
             _ => return None,
         };
-        Some(Failure {
-            after_tokens: 2,
-            event,
-            response,
-        })
+        Some(Failure { after_tokens: 2, event, response })
     }
 }

@@ -142,6 +142,8 @@
 //! `state` (counters and recorded requests). Planners (`routes`, `chat`, `plan`,
 //! `faults`) and writers (`connection`, `stream`) meet only in `reply`, so no two
 //! modules import each other.
+// A native test server, not the edge: it uses the OS clock, threads and sockets directly.
+#![allow(clippy::disallowed_methods)]
 
 mod chat;
 mod cli;
@@ -212,13 +214,10 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
         match conn {
             Ok(stream) => {
                 let state = Arc::clone(state);
-                let spawned = thread::Builder::new()
-                    .name("mock-conn".to_owned())
-                    .spawn(move || serve_connection(stream, &state));
+                let spawned =
+                    thread::Builder::new().name("mock-conn".to_owned()).spawn(move || serve_connection(stream, &state));
                 if let Err(err) = spawned {
-                    log(&format!(
-                        "mock-backend: cannot spawn a connection thread: {err}"
-                    ));
+                    log(&format!("mock-backend: cannot spawn a connection thread: {err}"));
                 }
             }
             Err(err) => {

@@ -12,17 +12,8 @@ use crate::response::Response;
 /// How a stream answered with the `reset` fault ends: the role chunk and 2 tokens.
 const EVENTS_BEFORE_RESET: usize = 3;
 
-pub(crate) fn plan_reply(
-    completion: &Completion,
-    controls: &MockControls,
-    stream: bool,
-    include_usage: bool,
-) -> Reply {
-    let ending = if controls.fault == Some(Fault::Reset) {
-        Ending::Reset
-    } else {
-        Ending::Complete
-    };
+pub(crate) fn plan_reply(completion: &Completion, controls: &MockControls, stream: bool, include_usage: bool) -> Reply {
+    let ending = if controls.fault == Some(Fault::Reset) { Ending::Reset } else { Ending::Complete };
     if let Some(failure) = controls.fault.and_then(Fault::failure) {
         return plan_failure(completion, controls, failure, stream, include_usage);
     }
@@ -61,21 +52,13 @@ fn plan_failure(
     }
     let mut events = completion.stream_events(include_usage, controls.prefill, controls.delay);
     events.truncate(1 + usize::try_from(tokens).unwrap_or(usize::MAX));
-    events.push(SseEvent {
-        data: failure.event,
-        delay: controls.delay,
-    });
-    events.push(SseEvent {
-        data: "[DONE]".to_owned(),
-        delay: Duration::ZERO,
-    });
+    events.push(SseEvent { data: failure.event, delay: controls.delay });
+    events.push(SseEvent { data: "[DONE]".to_owned(), delay: Duration::ZERO });
     Reply::Stream(StreamPlan::new(events, Ending::Complete))
 }
 
 /// How long a non-stream generation of `tokens` takes: prefill, then `delay` each.
 fn generation_time(controls: &MockControls, tokens: u64) -> Duration {
-    let per_token = controls
-        .delay
-        .saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
+    let per_token = controls.delay.saturating_mul(u32::try_from(tokens).unwrap_or(u32::MAX));
     controls.prefill.saturating_add(per_token)
 }

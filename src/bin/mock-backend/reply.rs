@@ -16,11 +16,7 @@ pub(crate) enum Reply {
     /// generation (`takes`) is over; a client that leaves meanwhile stops it. Then the
     /// response is sent whole (`Ending::Complete`) or, for the `reset` fault, its head
     /// and half of its body before the socket is shut down (`Ending::Reset`).
-    Generated {
-        response: Response,
-        takes: Duration,
-        ending: Ending,
-    },
+    Generated { response: Response, takes: Duration, ending: Ending },
     /// Headers at once, then the events at their pace.
     Stream(StreamPlan),
     /// Never answer.
@@ -32,15 +28,9 @@ impl Reply {
     pub(crate) fn with_header(self, name: &'static str, value: String) -> Self {
         match self {
             Self::Respond(response) => Self::Respond(response.with_header(name, &value)),
-            Self::Generated {
-                response,
-                takes,
-                ending,
-            } => Self::Generated {
-                response: response.with_header(name, &value),
-                takes,
-                ending,
-            },
+            Self::Generated { response, takes, ending } => {
+                Self::Generated { response: response.with_header(name, &value), takes, ending }
+            }
             Self::Stream(mut plan) => {
                 plan.headers.push((name, value));
                 Self::Stream(plan)
@@ -60,11 +50,7 @@ pub(crate) struct StreamPlan {
 
 impl StreamPlan {
     pub(crate) fn new(events: Vec<SseEvent>, ending: Ending) -> Self {
-        Self {
-            events,
-            ending,
-            headers: Vec::new(),
-        }
+        Self { events, ending, headers: Vec::new() }
     }
 }
 

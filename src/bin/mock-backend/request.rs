@@ -23,10 +23,7 @@ pub(crate) struct Request {
 
 impl Request {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     fn connection_has(&self, token: &str) -> bool {
@@ -59,10 +56,7 @@ impl From<io::Error> for ReadError {
 
 /// Reads one request; `Ok(None)` when the client closed the connection cleanly
 /// between requests.
-pub(crate) fn read_request(
-    reader: &mut impl BufRead,
-    conn: &mut TcpStream,
-) -> Result<Option<Request>, ReadError> {
+pub(crate) fn read_request(reader: &mut impl BufRead, conn: &mut TcpStream) -> Result<Option<Request>, ReadError> {
     let mut budget = MAX_HEAD_BYTES;
     let request_line = loop {
         match read_line(reader, &mut budget)? {
@@ -73,17 +67,8 @@ pub(crate) fn read_request(
     };
     let (method, path, http_1_0) = parse_request_line(&request_line)?;
     let headers = read_headers(reader, &mut budget)?;
-    let mut request = Request {
-        method,
-        path,
-        http_1_0,
-        headers,
-        body: Vec::new(),
-    };
-    if request
-        .header("expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
+    let mut request = Request { method, path, http_1_0, headers, body: Vec::new() };
+    if request.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     request.body = read_body(reader, &request)?;
@@ -102,31 +87,23 @@ fn read_line(reader: &mut impl BufRead, budget: &mut usize) -> Result<Option<Str
         return Ok(None);
     }
     if line.last() != Some(&b'\n') {
-        return Err(if read >= *budget {
-            ReadError::TooLarge
-        } else {
-            ReadError::Io
-        });
+        return Err(if read >= *budget { ReadError::TooLarge } else { ReadError::Io });
     }
     *budget -= read;
     line.pop();
     if line.last() == Some(&b'\r') {
         line.pop();
     }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| ReadError::Malformed("request head is not UTF-8"))
+    String::from_utf8(line).map(Some).map_err(|_| ReadError::Malformed("request head is not UTF-8"))
 }
 
 fn parse_request_line(line: &str) -> Result<(String, String, bool), ReadError> {
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ReadError::Malformed("malformed request line"));
     };
-    let method_ok =
-        !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
     if !method_ok || !target.starts_with('/') {
         return Err(ReadError::Malformed("malformed request line"));
     }
@@ -139,10 +116,7 @@ fn parse_request_line(line: &str) -> Result<(String, String, bool), ReadError> {
     Ok((method.to_owned(), path.to_owned(), http_1_0))
 }
 
-fn read_headers(
-    reader: &mut impl BufRead,
-    budget: &mut usize,
-) -> Result<Vec<(String, String)>, ReadError> {
+fn read_headers(reader: &mut impl BufRead, budget: &mut usize) -> Result<Vec<(String, String)>, ReadError> {
     let mut headers = Vec::new();
     loop {
         let line = read_line(reader, budget)?.ok_or(ReadError::Io)?;
@@ -155,11 +129,7 @@ fn read_headers(
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Malformed("header line without a colon"));
         };
-        if name.is_empty()
-            || name
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
             return Err(ReadError::Malformed("malformed header name"));
         }
         headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
@@ -168,11 +138,7 @@ fn read_headers(
 
 fn read_body(reader: &mut impl BufRead, request: &Request) -> Result<Vec<u8>, ReadError> {
     if let Some(codings) = request.header("transfer-encoding") {
-        let last = codings
-            .rsplit(',')
-            .next()
-            .map(str::trim)
-            .unwrap_or_default();
+        let last = codings.rsplit(',').next().map(str::trim).unwrap_or_default();
         if !last.eq_ignore_ascii_case("chunked") {
             return Err(ReadError::Malformed("unsupported transfer-encoding"));
         }
@@ -192,11 +158,7 @@ fn read_body(reader: &mut impl BufRead, request: &Request) -> Result<Vec<u8>, Re
 /// The request's `Content-Length`; every occurrence must agree.
 fn content_length(request: &Request) -> Result<Option<usize>, ReadError> {
     let mut length = None;
-    let values = request
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .flat_map(|(_, v)| v.split(','));
+    let values = request.headers.iter().filter(|(n, _)| n == "content-length").flat_map(|(_, v)| v.split(','));
     for value in values {
         let value = value.trim();
         let parsed = match value.parse::<usize>() {
@@ -216,10 +178,7 @@ fn read_chunked_body(reader: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     loop {
         let line = read_line(reader, &mut framing_budget)?.ok_or(ReadError::Io)?;
-        let size = line
-            .split_once(';')
-            .map_or(line.as_str(), |(size, _)| size)
-            .trim();
+        let size = line.split_once(';').map_or(line.as_str(), |(size, _)| size).trim();
         let size = match usize::from_str_radix(size, 16) {
             Ok(n) if size.bytes().all(|b| b.is_ascii_hexdigit()) => n,
             _ => return Err(ReadError::Malformed("invalid chunk size")),
@@ -228,23 +187,14 @@ fn read_chunked_body(reader: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
             break;
         }
         let start = body.len();
-        let end = start
-            .checked_add(size)
-            .filter(|&end| end <= MAX_BODY_BYTES)
-            .ok_or(ReadError::TooLarge)?;
+        let end = start.checked_add(size).filter(|&end| end <= MAX_BODY_BYTES).ok_or(ReadError::TooLarge)?;
         body.resize(end, 0);
         reader.read_exact(&mut body[start..])?;
-        if !read_line(reader, &mut framing_budget)?
-            .ok_or(ReadError::Io)?
-            .is_empty()
-        {
+        if !read_line(reader, &mut framing_budget)?.ok_or(ReadError::Io)?.is_empty() {
             return Err(ReadError::Malformed("chunk data not followed by CRLF"));
         }
     }
     // Trailer fields are read and ignored.
-    while !read_line(reader, &mut framing_budget)?
-        .ok_or(ReadError::Io)?
-        .is_empty()
-    {}
+    while !read_line(reader, &mut framing_budget)?.ok_or(ReadError::Io)?.is_empty() {}
     Ok(body)
 }

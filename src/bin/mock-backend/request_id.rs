@@ -33,22 +33,14 @@ pub(crate) fn accepted(value: &str) -> bool {
 /// Python's `int(text, 16)` succeeds (for text without `-`, which `uuid.UUID`
 /// has removed).
 fn python_int_base16(text: &str) -> bool {
-    let is_space = |c: char| {
-        matches!(
-            c,
-            '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}'
-        )
-    };
+    let is_space = |c: char| matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}');
     let text = text.trim_matches(is_space);
     let text = text.strip_prefix('+').unwrap_or(text);
     let text = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(rest) => rest.strip_prefix('_').unwrap_or(rest),
         None => text,
     };
-    !text.is_empty()
-        && text
-            .split('_')
-            .all(|group| !group.is_empty() && group.chars().all(|c| c.is_ascii_hexdigit()))
+    !text.is_empty() && text.split('_').all(|group| !group.is_empty() && group.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// A new id as the plugin makes one, `uuid.uuid4().hex`: 32 lowercase hex digits of

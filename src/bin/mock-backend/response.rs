@@ -17,31 +17,16 @@ pub(crate) struct Response {
 
 impl Response {
     pub(crate) fn empty(status: u16) -> Self {
-        Self {
-            status,
-            content_type: None,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Self { status, content_type: None, headers: Vec::new(), body: Vec::new() }
     }
 
     pub(crate) fn json(status: u16, value: &impl Serialize) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        Self {
-            status,
-            content_type: Some("application/json"),
-            headers: Vec::new(),
-            body,
-        }
+        Self { status, content_type: Some("application/json"), headers: Vec::new(), body }
     }
 
     pub(crate) fn raw(status: u16, content_type: &'static str, body: &[u8]) -> Self {
-        Self {
-            status,
-            content_type: Some(content_type),
-            headers: Vec::new(),
-            body: body.to_vec(),
-        }
+        Self { status, content_type: Some(content_type), headers: Vec::new(), body: body.to_vec() }
     }
 
     pub(crate) fn with_header(mut self, name: &'static str, value: &str) -> Self {
@@ -50,13 +35,7 @@ impl Response {
     }
 
     pub(crate) fn head(&self, close: bool) -> String {
-        response_head(
-            self.status,
-            self.content_type,
-            &self.headers,
-            Framing::Length(self.body.len()),
-            close,
-        )
+        response_head(self.status, self.content_type, &self.headers, Framing::Length(self.body.len()), close)
     }
 }
 
@@ -72,10 +51,7 @@ pub(crate) fn response_head(
     framing: Framing,
     close: bool,
 ) -> String {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nserver: mock-backend\r\n",
-        reason_phrase(status)
-    );
+    let mut head = format!("HTTP/1.1 {status} {}\r\nserver: mock-backend\r\n", reason_phrase(status));
     if let Some(content_type) = content_type {
         let _ = write!(head, "content-type: {content_type}\r\n");
     }
@@ -88,11 +64,7 @@ pub(crate) fn response_head(
         }
         Framing::Chunked => head.push_str("transfer-encoding: chunked\r\n"),
     }
-    head.push_str(if close {
-        "connection: close\r\n\r\n"
-    } else {
-        "connection: keep-alive\r\n\r\n"
-    });
+    head.push_str(if close { "connection: close\r\n\r\n" } else { "connection: keep-alive\r\n\r\n" });
     head
 }
 
@@ -145,11 +117,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-pub(crate) fn write_response(
-    conn: &mut TcpStream,
-    response: &Response,
-    close: bool,
-) -> io::Result<()> {
+pub(crate) fn write_response(conn: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
     let mut bytes = response.head(close).into_bytes();
     bytes.extend_from_slice(&response.body);
     conn.write_all(&bytes)?;

@@ -32,11 +32,7 @@ pub(crate) fn route(state: &State, request: &Request) -> Reply {
     if !request_id::accepted(id) {
         return Reply::Respond(Response::empty(400));
     }
-    let id = if id.is_empty() {
-        request_id::fresh()
-    } else {
-        id.to_owned()
-    };
+    let id = if id.is_empty() { request_id::fresh() } else { id.to_owned() };
     dispatch(state, request).with_header("x-request-id", id)
 }
 
@@ -51,9 +47,7 @@ fn dispatch(state: &State, request: &Request) -> Reply {
             Response::empty(200)
         }
         ("GET", "/v1/models") => Response::json(200, &model_list(&state.config)),
-        ("POST", CHAT_PATH) => {
-            return chat_completions(state, request).unwrap_or_else(Reply::Respond)
-        }
+        ("POST", CHAT_PATH) => return chat_completions(state, request).unwrap_or_else(Reply::Respond),
         ("GET", "/mock/last-request") => Response::json(200, &state.last_request()),
         ("GET", path) if path.starts_with(REQUESTS_PREFIX) => {
             match state.request_by_id(&path[REQUESTS_PREFIX.len()..]) {
@@ -66,10 +60,9 @@ fn dispatch(state: &State, request: &Request) -> Reply {
             state.stats.reset();
             Response::json(200, &state.stats.snapshot())
         }
-        (
-            _,
-            "/health" | "/v1/models" | "/mock/last-request" | "/mock/stats" | "/mock/reset-stats",
-        ) => Response::json(405, &json!({"detail": "Method Not Allowed"})),
+        (_, "/health" | "/v1/models" | "/mock/last-request" | "/mock/stats" | "/mock/reset-stats") => {
+            Response::json(405, &json!({"detail": "Method Not Allowed"}))
+        }
         _ if is_chat => Response::json(405, &json!({"detail": "Method Not Allowed"})),
         _ => Response::json(404, &json!({"detail": "Not Found"})),
     };
@@ -77,12 +70,10 @@ fn dispatch(state: &State, request: &Request) -> Reply {
 }
 
 fn authorized(config: &Config, request: &Request) -> bool {
-    config.api_key.as_ref().is_none_or(|key| {
-        request
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            == Some(key.as_str())
-    })
+    config
+        .api_key
+        .as_ref()
+        .is_none_or(|key| request.header("authorization").and_then(|v| v.strip_prefix("Bearer ")) == Some(key.as_str()))
 }
 
 fn model_list(config: &Config) -> Value {

@@ -62,41 +62,24 @@ impl State {
         let body = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         let record = json!({"method": request.method, "path": request.path, "headers": headers, "body": body});
         if let Some(id) = request.header("x-request-id") {
-            let mut recent = self
-                .by_request_id
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut recent = self.by_request_id.lock().unwrap_or_else(PoisonError::into_inner);
             if recent.len() == REMEMBERED_REQUESTS {
                 recent.pop_front();
             }
             recent.push_back((id.to_string(), record.clone()));
         }
-        *self
-            .last_request
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(record);
+        *self.last_request.lock().unwrap_or_else(PoisonError::into_inner) = Some(record);
     }
 
     /// The chat request that carried `x-request-id: id`, if it is still remembered.
     pub(crate) fn request_by_id(&self, id: &str) -> Option<Value> {
-        let recent = self
-            .by_request_id
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        recent
-            .iter()
-            .rev()
-            .find(|(seen, _)| seen == id)
-            .map(|(_, record)| record.clone())
+        let recent = self.by_request_id.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.iter().rev().find(|(seen, _)| seen == id).map(|(_, record)| record.clone())
     }
 
     pub(crate) fn last_request(&self) -> Value {
-        let last = self
-            .last_request
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        last.clone()
-            .unwrap_or_else(|| json!({"path": null, "headers": {}, "body": null}))
+        let last = self.last_request.lock().unwrap_or_else(PoisonError::into_inner);
+        last.clone().unwrap_or_else(|| json!({"path": null, "headers": {}, "body": null}))
     }
 }
 
@@ -118,8 +101,7 @@ impl Stats {
         self.requests.store(0, Ordering::SeqCst);
         self.client_disconnects.store(0, Ordering::SeqCst);
         self.health_checks.store(0, Ordering::SeqCst);
-        self.max_open_streams
-            .store(self.open_streams.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.max_open_streams.store(self.open_streams.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     pub(crate) fn health_checked(&self) {

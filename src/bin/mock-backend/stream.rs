@@ -9,12 +9,7 @@ use crate::reply::{After, Ending, StreamPlan};
 use crate::response::{response_head, write_chunk, Framing};
 use crate::state::State;
 
-pub(crate) fn write_stream(
-    conn: &mut TcpStream,
-    state: &State,
-    plan: &StreamPlan,
-    close: bool,
-) -> After {
+pub(crate) fn write_stream(conn: &mut TcpStream, state: &State, plan: &StreamPlan, close: bool) -> After {
     let _open = state.stats.stream_opened();
     if send_events(conn, plan, close).is_err() {
         state.stats.client_disconnected();
@@ -33,13 +28,7 @@ pub(crate) fn write_stream(
 fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Result<()> {
     let mut headers = vec![("cache-control", "no-cache".to_owned())];
     headers.extend(plan.headers.iter().cloned());
-    let head = response_head(
-        200,
-        Some("text/event-stream; charset=utf-8"),
-        &headers,
-        Framing::Chunked,
-        close,
-    );
+    let head = response_head(200, Some("text/event-stream; charset=utf-8"), &headers, Framing::Chunked, close);
     conn.write_all(head.as_bytes())?;
     for event in &plan.events {
         if event.delay.is_zero() {

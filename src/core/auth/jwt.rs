@@ -52,8 +52,8 @@ impl JwtVerifier {
             return Err(JwtError("not three parts"));
         };
         let decode = |part: &str, what: &'static str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError(what));
-        let header: Header =
-            serde_json::from_slice(&decode(header_b64, "header is not base64url")?).map_err(|_| JwtError("bad header"))?;
+        let header: Header = serde_json::from_slice(&decode(header_b64, "header is not base64url")?)
+            .map_err(|_| JwtError("bad header"))?;
         if header.crit.is_some() {
             return Err(JwtError("crit is not supported"));
         }
@@ -61,8 +61,8 @@ impl JwtVerifier {
         let signature = decode(signature_b64, "signature is not base64url")?;
         let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
         self.check_signature(&header, signed, &signature)?;
-        let claims: Value =
-            serde_json::from_slice(&decode(payload_b64, "payload is not base64url")?).map_err(|_| JwtError("bad payload"))?;
+        let claims: Value = serde_json::from_slice(&decode(payload_b64, "payload is not base64url")?)
+            .map_err(|_| JwtError("bad payload"))?;
         self.check_claims(&claims, now_s)
     }
 
@@ -191,4 +191,3 @@ impl JwtVerifier {
         Ok(Claims { subject, models })
     }
 }
-

@@ -6,10 +6,10 @@
 
 pub mod jwt;
 
-use crate::core::config::{ApiKey, Config, Budgets, ModelAccess};
+use crate::core::auth::jwt::looks_like_jwt;
+use crate::core::config::{ApiKey, Budgets, Config, ModelAccess};
 use crate::core::error::GatewayError;
 use crate::core::http::Headers;
-use crate::core::auth::jwt::looks_like_jwt;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -54,7 +54,9 @@ pub fn identify<'a>(
             let claims = jwt.verifier.verify(presented, now_ms / 1000).map_err(|_| GatewayError::InvalidApiKey)?;
             let models = match claims.models {
                 // The token narrows what the configuration allows; it never widens it.
-                Some(named) => Cow::Owned(ModelAccess::Only(named.into_iter().filter(|m| jwt.models.allows(m)).collect())),
+                Some(named) => {
+                    Cow::Owned(ModelAccess::Only(named.into_iter().filter(|m| jwt.models.allows(m)).collect()))
+                }
                 None => Cow::Borrowed(&jwt.models),
             };
             let id = format!("jwt:{}", claims.subject);
@@ -107,9 +109,7 @@ fn presented_credential(headers: &Headers) -> Result<Option<&str>, GatewayError>
 
 fn is_token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && token.len() <= 8192
-        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    !body.is_empty() && token.len() <= 8192 && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// The key whose hash matches, compared against every key in constant time.

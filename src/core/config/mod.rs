@@ -282,7 +282,6 @@ impl std::fmt::Debug for RedisTarget {
     }
 }
 
-
 /// The verification keys and the claims required of every token.
 #[derive(Debug, Clone)]
 pub struct JwtVerifier {
@@ -319,4 +318,3 @@ impl KeyKind {
         }
     }
 }
-

@@ -19,8 +19,7 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
     let caps = RequestCaps {
         max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
         max_messages: number(lookup, vars::MAX_MESSAGES, 256, 1, 100_000)? as usize,
-        max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)?
-            as usize,
+        max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)? as usize,
         max_tokens: number(lookup, vars::MAX_TOKENS, 4096, 1, 10_000_000)? as u32,
         max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,
         allow_remote_media: flag(lookup, vars::ALLOW_REMOTE_MEDIA)?,
@@ -56,7 +55,20 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         }
     };
     let playground = !matches!(lookup.get(vars::PLAYGROUND).as_deref().map(str::trim), Some("false" | "0"));
-    Ok(Config { backends, api_keys, anonymous, jwt, playground, redis, cors, caps, timeouts, max_attempts, breaker, limits_fail_open })
+    Ok(Config {
+        backends,
+        api_keys,
+        anonymous,
+        jwt,
+        playground,
+        redis,
+        cors,
+        caps,
+        timeouts,
+        max_attempts,
+        breaker,
+        limits_fail_open,
+    })
 }
 
 #[derive(Deserialize)]
@@ -119,7 +131,6 @@ impl RawCaller {
     }
 }
 
-
 fn required(lookup: &dyn Lookup, name: &str) -> Result<String, ConfigError> {
     match lookup.get(name) {
         Some(v) if !v.trim().is_empty() => Ok(v),
@@ -165,11 +176,7 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
         let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
         match rest {
             Some(host) if !host.is_empty() && !host.contains('@') => {}
-            _ => {
-                return Err(ConfigError(format!(
-                    "{at}.url must be an http:// or https:// URL without credentials"
-                )))
-            }
+            _ => return Err(ConfigError(format!("{at}.url must be an http:// or https:// URL without credentials"))),
         }
         if b.models.is_empty() || b.models.iter().any(|m| m.trim().is_empty()) {
             return Err(ConfigError(format!("{at}.models must list at least one non-empty model")));
@@ -178,11 +185,7 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
             None => None,
             Some(secret_name) => match lookup.get(&secret_name) {
                 Some(v) if !v.is_empty() => Some(Secret::new(v)),
-                _ => {
-                    return Err(ConfigError(format!(
-                        "{secret_name} (the api_key_secret of {at}) is not set"
-                    )))
-                }
+                _ => return Err(ConfigError(format!("{secret_name} (the api_key_secret of {at}) is not set"))),
             },
         };
         let health_path = b.health_path.unwrap_or_else(|| "/health".into());
@@ -223,9 +226,11 @@ fn parse_api_keys(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Vec<ApiKe
         if keys.iter().any(|o| o.id == id) {
             return Err(ConfigError(format!("{at}.id `{id}` is used twice")));
         }
-        let sha256 = k.sha256.as_deref().and_then(parse_sha256_hex).ok_or_else(|| {
-            ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))
-        })?;
+        let sha256 = k
+            .sha256
+            .as_deref()
+            .and_then(parse_sha256_hex)
+            .ok_or_else(|| ConfigError(format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)")))?;
         let models = model_access(&k.models, backends, &at)?;
         let budgets = k.budgets(&at)?;
         keys.push(ApiKey { id, sha256, models, budgets });
@@ -250,8 +255,8 @@ fn model_access(models: &[String], backends: &[Backend], at: &str) -> Result<Mod
 fn parse_anonymous(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<Anonymous>, ConfigError> {
     let name = vars::ANONYMOUS;
     let Some(raw) = lookup.get(name).filter(|v| !v.trim().is_empty()) else { return Ok(None) };
-    let raw: RawCaller = serde_json::from_str(&raw)
-        .map_err(|e| ConfigError(format!("{name} is not a valid JSON object: {e}")))?;
+    let raw: RawCaller =
+        serde_json::from_str(&raw).map_err(|e| ConfigError(format!("{name} is not a valid JSON object: {e}")))?;
     if raw.id.is_some() || raw.sha256.is_some() {
         return Err(ConfigError(format!("{name} describes callers without a key: no id or sha256")));
     }
@@ -316,16 +321,21 @@ fn parse_jwt(lookup: &dyn Lookup, backends: &[Backend]) -> Result<Option<JwtAuth
         None => None,
         Some(secret_name) => match lookup.get(secret_name) {
             Some(v) if v.len() >= 32 => Some(Secret::new(v.into_bytes())),
-            Some(_) => return Err(ConfigError(format!("{secret_name} (the hs256_secret of {name}) must be at least 32 bytes"))),
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "{secret_name} (the hs256_secret of {name}) must be at least 32 bytes"
+                )))
+            }
             None => return Err(ConfigError(format!("{secret_name} (the hs256_secret of {name}) is not set"))),
         },
     };
     let keys = match &raw.jwks {
         None => Vec::new(),
         Some(jwks) => {
-            let list = jwks.get("keys").and_then(serde_json::Value::as_array).ok_or_else(|| {
-                ConfigError(format!("{name}.jwks must be a JWKS object with a `keys` array"))
-            })?;
+            let list = jwks
+                .get("keys")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| ConfigError(format!("{name}.jwks must be a JWKS object with a `keys` array")))?;
             list.iter()
                 .enumerate()
                 .map(|(i, jwk)| parse_jwk(jwk).map_err(|e| ConfigError(format!("{name}.jwks.keys[{i}]: {e}"))))
@@ -432,7 +442,9 @@ impl RedisTarget {
         };
         let port = match port {
             None => 6379,
-            Some(p) => p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: the port `{p}` is not a port"))?,
+            Some(p) => {
+                p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: the port `{p}` is not a port"))?
+            }
         };
         if host.is_empty() {
             return Err(format!("{SHAPE}: it has no host"));
@@ -480,14 +492,18 @@ pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
 pub fn parse_jwk(jwk: &Value) -> Result<PublicKey, String> {
     let field = |name: &str| jwk.get(name).and_then(Value::as_str);
     let bytes = |name: &str| -> Result<Vec<u8>, String> {
-        URL_SAFE_NO_PAD.decode(field(name).ok_or(format!("no `{name}`"))?).map_err(|_| format!("`{name}` is not base64url"))
+        URL_SAFE_NO_PAD
+            .decode(field(name).ok_or(format!("no `{name}`"))?)
+            .map_err(|_| format!("`{name}` is not base64url"))
     };
     let kind = match (field("kty"), field("crv")) {
         (Some("EC"), Some("P-256")) => {
             let mut point = vec![4u8];
             point.extend(bytes("x")?);
             point.extend(bytes("y")?);
-            KeyKind::Es256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "not a P-256 point".to_string())?)
+            KeyKind::Es256(
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "not a P-256 point".to_string())?,
+            )
         }
         (Some("RSA"), _) => {
             let n = rsa::BigUint::from_bytes_be(&bytes("n")?);

@@ -94,11 +94,8 @@ pub fn decide(bucket: Bucket, rule: Rule, cost: u32, now_ms: u64) -> (Decision, 
 /// Takes from every bucket or from none. `buckets[i]` is the state for `takes[i]`; it is updated
 /// in place only when all of them allow and `also_allowed` (another limit, e.g. a lease) agrees.
 pub fn admit(buckets: &mut [Bucket], takes: &[Take], now_ms: u64, also_allowed: bool) -> Vec<Decision> {
-    let outcomes: Vec<(Decision, Bucket)> = takes
-        .iter()
-        .zip(buckets.iter())
-        .map(|(take, bucket)| decide(*bucket, take.rule, take.cost, now_ms))
-        .collect();
+    let outcomes: Vec<(Decision, Bucket)> =
+        takes.iter().zip(buckets.iter()).map(|(take, bucket)| decide(*bucket, take.rule, take.cost, now_ms)).collect();
     let all_allowed = also_allowed && outcomes.iter().all(|(d, _)| d.allowed);
     outcomes
         .into_iter()

@@ -9,8 +9,8 @@
 use crate::core::config::Budgets;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::rate_limit::gcra::{Adjustment, Admission, Admitted, Decision, Lease, Rule, Settlement, Take};
-use crate::core::runtime::Runtime;
 use crate::core::rate_limit::store::LimitStore;
+use crate::core::runtime::Runtime;
 
 pub const REQUESTS: &str = "requests";
 pub const TOKENS: &str = "tokens";
@@ -162,7 +162,11 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
         let scope = std::mem::take(&mut self.scope);
         self.runtime.spawn(Box::pin(async move {
             if let Err(e) = store.settle(&scope, &settlement).await {
-                runtime.log(&crate::core::log::event("error", "limit_settle_failed", &[("scope", scope.into()), ("detail", e.0.into())]));
+                runtime.log(&crate::core::log::event(
+                    "error",
+                    "limit_settle_failed",
+                    &[("scope", scope.into()), ("detail", e.0.into())],
+                ));
             }
         }));
     }

@@ -44,7 +44,10 @@ pub fn health_entries(reply: Reply) -> Vec<(String, u32, u64)> {
 }
 
 /// The `EVAL` that replays `events` into the shared book.
-pub fn health_record_command(events: &[crate::core::upstream::balance::HealthEvent], breaker: crate::core::config::Breaker) -> Vec<u8> {
+pub fn health_record_command(
+    events: &[crate::core::upstream::balance::HealthEvent],
+    breaker: crate::core::config::Breaker,
+) -> Vec<u8> {
     use crate::core::upstream::balance::HealthEvent;
     let mut args = vec![breaker.eject_after.to_string(), breaker.eject_for_ms.to_string()];
     for event in events {
@@ -96,8 +99,6 @@ pub fn probe_store_commands(round: &crate::core::upstream::readiness::ProbeRound
         command(&[b"DEL", PROBE_CLAIM_KEY.as_bytes()]),
     ]
 }
-
-
 
 /// Encodes one command as a RESP2 array of bulk strings.
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
@@ -260,9 +261,7 @@ impl ReplyReader {
                 self.pending.drain(..used);
                 Ok(Some(reply))
             }
-            None if self.pending.len() > MAX_PENDING_BYTES => {
-                Err(StoreError("reply from Redis too large".into()))
-            }
+            None if self.pending.len() > MAX_PENDING_BYTES => Err(StoreError("reply from Redis too large".into())),
             None => Ok(None),
         }
     }

@@ -13,7 +13,6 @@ use crate::core::error::GatewayError;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Health {
     consecutive_failures: u32,
@@ -24,8 +23,13 @@ struct Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthEvent {
     /// The backend answered well after failing: its streak and ejection end.
-    Recovered { backend: String },
-    Failed { backend: String, at_ms: u64 },
+    Recovered {
+        backend: String,
+    },
+    Failed {
+        backend: String,
+        at_ms: u64,
+    },
 }
 
 /// Reads a shared book's entries: `(backend, consecutive failures, ejected until ms)`.

@@ -57,10 +57,8 @@ impl Blame {
 pub fn classify(status: u16, headers: &Headers, body: &[u8]) -> (GatewayError, Blame) {
     match status {
         429 => {
-            let retry_after_s = headers
-                .get("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| s.min(MAX_RETRY_AFTER_S));
+            let retry_after_s =
+                headers.get("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s.min(MAX_RETRY_AFTER_S));
             (GatewayError::UpstreamBusy { retry_after_s }, Blame::BUSY)
         }
         400 | 413 | 422 => (rejected(400, body, "The inference backend rejected the request."), Blame::NOBODY),
@@ -70,7 +68,9 @@ pub fn classify(status: u16, headers: &Headers, body: &[u8]) -> (GatewayError, B
             Blame::NOBODY,
         ),
         501 | 505 => (
-            GatewayError::Upstream { message: format!("The inference backend does not support this request (HTTP {status}).") },
+            GatewayError::Upstream {
+                message: format!("The inference backend does not support this request (HTTP {status})."),
+            },
             Blame::NOBODY,
         ),
         400..=499 => (
@@ -81,14 +81,17 @@ pub fn classify(status: u16, headers: &Headers, body: &[u8]) -> (GatewayError, B
             Blame::NOBODY,
         ),
         _ => (
-            GatewayError::Upstream { message: format!("The inference backend answered with an error (HTTP {status}).") },
+            GatewayError::Upstream {
+                message: format!("The inference backend answered with an error (HTTP {status})."),
+            },
             Blame::SUSPECT,
         ),
     }
 }
 
 fn rejected(status: u16, body: &[u8], fallback: &str) -> GatewayError {
-    let message = serde_json::from_slice::<Value>(body).ok().and_then(|v| message_of(&v)).unwrap_or_else(|| fallback.into());
+    let message =
+        serde_json::from_slice::<Value>(body).ok().and_then(|v| message_of(&v)).unwrap_or_else(|| fallback.into());
     GatewayError::UpstreamRejected { status, message }
 }
 
@@ -138,7 +141,8 @@ fn reveals_internals(word: &str) -> bool {
     let drive = bytes.windows(3).any(|w| w[0].is_ascii_alphabetic() && w[1] == b':' && (w[2] == b'/' || w[2] == b'\\'));
     lower.contains("://")
         || slashes >= 2
-        || (slashes == 1 && (lower.starts_with('/') || lower.starts_with("'/") || lower.contains("=/") || lower.contains("~/")))
+        || (slashes == 1
+            && (lower.starts_with('/') || lower.starts_with("'/") || lower.contains("=/") || lower.contains("~/")))
         || lower.contains('\\')
         || drive
         || has_ipv4(bytes)
@@ -148,7 +152,8 @@ fn reveals_internals(word: &str) -> bool {
 }
 
 /// Name suffixes of private networks and clusters.
-const INTERNAL_SUFFIXES: &[&str] = &[".local", ".internal", ".svc", ".cluster", ".lan", ".corp", ".home.arpa", ".intranet"];
+const INTERNAL_SUFFIXES: &[&str] =
+    &[".local", ".internal", ".svc", ".cluster", ".lan", ".corp", ".home.arpa", ".intranet"];
 
 /// Four dot-separated groups of 1–3 digits anywhere in `bytes`.
 fn has_ipv4(bytes: &[u8]) -> bool {

@@ -17,18 +17,18 @@
 //! failures before that are ordinary HTTP errors; after it they become one final
 //! `data: {"error":…}` event.
 
-use crate::core::config::{Breaker, Timeouts};
-use crate::core::upstream::balance::HealthBook;
 use crate::core::config::Backend;
+use crate::core::config::{Breaker, Timeouts};
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::{read_capped, BodyStream, Headers, ReadError};
 use crate::core::openai::CompletionUsage;
-use crate::core::runtime::{timeout, Runtime};
 use crate::core::openai::Usage;
+use crate::core::runtime::{timeout, Runtime};
+use crate::core::upstream::balance::HealthBook;
+use crate::core::upstream::errors::{classify, Blame, Counts};
 use crate::core::upstream::relay::{self, StreamEnding};
 use crate::core::upstream::sse::{SseScanner, Stop};
 use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
-use crate::core::upstream::errors::{classify, Blame, Counts};
 use futures::stream::StreamExt;
 
 /// Largest non-stream answer we accept from a backend.
@@ -49,7 +49,13 @@ pub struct Forwarded<'a> {
 }
 
 /// Builds the backend request: the allow-listed headers, the backend's credential, the body.
-pub fn upstream_request(backend: &Backend, path: &str, stream: bool, body: Vec<u8>, forwarded: &Forwarded<'_>) -> UpstreamRequest {
+pub fn upstream_request(
+    backend: &Backend,
+    path: &str,
+    stream: bool,
+    body: Vec<u8>,
+    forwarded: &Forwarded<'_>,
+) -> UpstreamRequest {
     let mut headers = Headers::new();
     headers.set("content-type", "application/json");
     headers.set("accept", if stream { "text/event-stream" } else { "application/json" });
@@ -68,9 +74,15 @@ pub fn upstream_request(backend: &Backend, path: &str, stream: bool, body: Vec<u
 
 /// A backend's successful answer, ready for the client.
 pub enum Relayed {
-    Completion { body: Vec<u8>, usage: Option<Usage> },
+    Completion {
+        body: Vec<u8>,
+        usage: Option<Usage>,
+    },
     /// A stream, which must be over by `deadline_ms` (on the runtime's clock).
-    Stream { body: BodyStream, deadline_ms: u64 },
+    Stream {
+        body: BodyStream,
+        deadline_ms: u64,
+    },
 }
 
 /// Where to send a request, and what to do when a backend fails.
@@ -242,12 +254,20 @@ async fn first_event<R: Runtime>(
                 return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
             }
             Some(Some(Ok(chunk))) => chunk,
-            Some(_) => return Err(Failed::upstream("The inference backend closed the stream before sending anything.", Blame::BROKEN)),
+            Some(_) => {
+                return Err(Failed::upstream(
+                    "The inference backend closed the stream before sending anything.",
+                    Blame::BROKEN,
+                ))
+            }
         };
-        let out = scanner.feed(chunk).map_err(|_| Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))?;
+        let out = scanner
+            .feed(chunk)
+            .map_err(|_| Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))?;
         match scanner.stopped() {
             Some(Stop::BackendError { message, request_fault }) if out.is_empty() => {
-                let message = message.clone().unwrap_or_else(|| "The inference backend failed before answering.".into());
+                let message =
+                    message.clone().unwrap_or_else(|| "The inference backend failed before answering.".into());
                 return Err(match request_fault {
                     true => Failed::new(GatewayError::UpstreamRejected { status: 400, message }, Blame::NOBODY),
                     false => Failed::new(GatewayError::Upstream { message }, Blame::SUSPECT),
@@ -275,11 +295,16 @@ async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, lef
 async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Failed> {
     let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| match e {
         // The generation is done: replaying it elsewhere would only produce it again.
-        ReadError::TooLarge => Failed::upstream("The inference backend's answer was too large to relay.", Blame::NOBODY),
+        ReadError::TooLarge => {
+            Failed::upstream("The inference backend's answer was too large to relay.", Blame::NOBODY)
+        }
         ReadError::Broken(_) => Failed::upstream("The inference backend's answer was cut off.", Blame::BROKEN),
     })?;
     match serde_json::from_slice::<CompletionUsage>(&body) {
         Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
-        Err(_) => Err(Failed::upstream("The inference backend answered with something that is not a completion.", Blame::BROKEN)),
+        Err(_) => Err(Failed::upstream(
+            "The inference backend answered with something that is not a completion.",
+            Blame::BROKEN,
+        )),
     }
 }

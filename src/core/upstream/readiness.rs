@@ -9,10 +9,10 @@
 //! backend is reported as such. The answer names backends and their status only — no URL, and no
 //! model, since it is the same for everyone.
 
-use crate::core::upstream::balance::HealthBook;
 use crate::core::config::{Backend, Config};
 use crate::core::http::Headers;
 use crate::core::runtime::{timeout, Runtime};
+use crate::core::upstream::balance::HealthBook;
 use crate::core::upstream::{Upstream, UpstreamRequest};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
@@ -44,7 +44,11 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn http_status(&self) -> u16 {
-        if self.status == "ready" { 200 } else { 503 }
+        if self.status == "ready" {
+            200
+        } else {
+            503
+        }
     }
 }
 
@@ -159,7 +163,12 @@ pub async fn readiness<U: Upstream, R: Runtime, P: ProbeCache>(
 }
 
 /// The round another request is taking, once stored; every backend `unknown` if it never is.
-async fn wait_for_round<R: Runtime, P: ProbeCache>(config: &Config, runtime: &R, cache: &P, hold_ms: u64) -> ProbeRound {
+async fn wait_for_round<R: Runtime, P: ProbeCache>(
+    config: &Config,
+    runtime: &R,
+    cache: &P,
+    hold_ms: u64,
+) -> ProbeRound {
     const POLL_MS: u64 = 50;
     let mut waited = 0;
     while waited < hold_ms {
@@ -169,7 +178,8 @@ async fn wait_for_round<R: Runtime, P: ProbeCache>(config: &Config, runtime: &R,
             return round;
         }
     }
-    let backends = config.backends.iter().map(|b| BackendHealth { name: b.name.clone(), status: "unknown".into() }).collect();
+    let backends =
+        config.backends.iter().map(|b| BackendHealth { name: b.name.clone(), status: "unknown".into() }).collect();
     ProbeRound { at_ms: runtime.now_ms(), backends }
 }
 

@@ -136,7 +136,10 @@ struct Detachable(Rc<RefCell<Option<BodyStream>>>);
 impl futures::Stream for Detachable {
     type Item = Result<Vec<u8>, crate::core::http::BodyError>;
 
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         match self.0.borrow_mut().as_mut() {
             Some(body) => body.as_mut().poll_next(cx),
             None => std::task::Poll::Ready(None),
@@ -230,9 +233,13 @@ impl<R: Runtime> Relay<R> {
                 (self.idle_ms, TimeoutPhase::Idle)
             };
             let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
-                None => return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())),
+                None => {
+                    return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new()))
+                }
                 Some(Some(Ok(chunk))) => chunk,
-                Some(Some(Err(_))) => return Some(self.fail("The inference backend failed during the stream.", Vec::new())),
+                Some(Some(Err(_))) => {
+                    return Some(self.fail("The inference backend failed during the stream.", Vec::new()))
+                }
                 Some(None) if self.guard.0.end().is_some() => continue, // let go of by another owner
                 Some(None) => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
             };
@@ -253,7 +260,9 @@ impl<R: Runtime> Relay<R> {
         self.guard.0.count(self.scanner.content_events());
         match self.scanner.stopped().cloned() {
             // Relay what came before the bad event, then end with the gateway's own error.
-            Some(Stop::Malformed) => return Step::Yield(self.fail("The inference backend sent a malformed stream.", out)),
+            Some(Stop::Malformed) => {
+                return Step::Yield(self.fail("The inference backend sent a malformed stream.", out))
+            }
             Some(Stop::BackendError { message, .. }) => {
                 let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
                 return Step::Yield(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));

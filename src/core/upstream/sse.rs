@@ -13,8 +13,8 @@
 use crate::core::openai::Usage;
 use crate::core::upstream::errors::message_of;
 use serde::de::IgnoredAny;
-use std::borrow::Cow;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// The stream broke the SSE framing (an event larger than the cap).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,12 +173,7 @@ impl SseScanner {
 
     /// Walks the complete events of `buf` (searching for terminators from `from`), calling
     /// `emit(range, keep)` for each; returns where the incomplete tail begins.
-    fn scan_events(
-        &mut self,
-        buf: &[u8],
-        from: usize,
-        emit: &mut dyn FnMut(std::ops::Range<usize>, bool),
-    ) -> usize {
+    fn scan_events(&mut self, buf: &[u8], from: usize, emit: &mut dyn FnMut(std::ops::Range<usize>, bool)) -> usize {
         let mut start = 0;
         let mut pos = from;
         while let Some(end) = find_event_end(buf, pos) {

@@ -1,10 +1,10 @@
 //! JWT auth beside API keys: HS256, ES256 and RS256 (inline JWKS), claims, and no confusion.
 
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use edge_gateway::core::http::Request;
 use edge_gateway::core::Config;
-use crate::support::*;
 use hmac::Mac;
 use serde_json::{json, Value};
 
@@ -79,7 +79,10 @@ fn accepts_rs256_and_es256_tokens_from_the_jwks_and_logs_the_subject() {
 fn accepts_hs256_with_the_shared_secret() {
     let config = jwt_config(json!({}));
     assert_eq!(status(&config, chat(&hs256(claims("browser-7"), HS_SECRET), "llama")).0, 200);
-    assert_eq!(status(&config, chat(&hs256(claims("browser-7"), "a-different-secret-also-32-bytes-long!!"), "llama")).0, 401);
+    assert_eq!(
+        status(&config, chat(&hs256(claims("browser-7"), "a-different-secret-also-32-bytes-long!!"), "llama")).0,
+        401
+    );
 }
 
 #[test]
@@ -139,7 +142,11 @@ fn the_models_claim_narrows_what_the_token_may_use() {
     let narrow_config = jwt_config(json!({"models": ["llama"]}));
     let mut greedy = claims("greedy");
     greedy["models"] = json!(["qwen"]);
-    assert_eq!(status(&narrow_config, chat(&hs256(greedy, HS_SECRET), "qwen")).0, 404, "a claim never widens the configuration");
+    assert_eq!(
+        status(&narrow_config, chat(&hs256(greedy, HS_SECRET), "qwen")).0,
+        404,
+        "a claim never widens the configuration"
+    );
 }
 
 #[test]
@@ -166,7 +173,10 @@ fn configuration_errors_name_the_variable() {
         (json!({"hs256_secret": "JWT_SECRET"}), "GATEWAY_JWT.audience is required"),
         (json!({"audience": "a", "hs256_secret": "MISSING"}), "MISSING (the hs256_secret of GATEWAY_JWT) is not set"),
         (json!({"audience": "a", "jwks": {"keys": [{"kty": "oct", "k": "x"}]}}), "GATEWAY_JWT.jwks.keys[0]"),
-        (json!({"audience": "a", "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}}), "not a P-256 point"),
+        (
+            json!({"audience": "a", "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}}),
+            "not a P-256 point",
+        ),
     ] {
         vars.insert("GATEWAY_JWT".into(), jwt.to_string());
         vars.insert("JWT_SECRET".into(), HS_SECRET.into());
@@ -191,7 +201,12 @@ fn hs256_with_header(header: Value, claims: Value) -> String {
 fn time_claims_must_be_numbers_when_present() {
     let config = jwt_config(json!({}));
     let now = NOW_MS / 1000;
-    for (claim, value) in [("nbf", json!((now + 3600).to_string())), ("nbf", json!(null)), ("iat", json!("yesterday")), ("exp", json!((now + 600).to_string()))] {
+    for (claim, value) in [
+        ("nbf", json!((now + 3600).to_string())),
+        ("nbf", json!(null)),
+        ("iat", json!("yesterday")),
+        ("exp", json!((now + 600).to_string())),
+    ] {
         let mut c = claims("times");
         c[claim] = value.clone();
         assert_eq!(status(&config, chat(&hs256(c, HS_SECRET), "llama")).0, 401, "{claim}: {value}");

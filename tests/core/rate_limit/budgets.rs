@@ -1,7 +1,7 @@
 //! Token budgets, in-flight slots and the anonymous tier, through the whole pipeline in-process.
 
-use edge_gateway::core::http::{BodyError, Request};
 use crate::support::*;
+use edge_gateway::core::http::{BodyError, Request};
 use futures::StreamExt;
 
 /// 10 prompt tokens (40 bytes of text / 4) plus a 100-token budget: admitted as 110.
@@ -9,7 +9,8 @@ const CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"use
 const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
 const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
 const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
-const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":300,\"total_tokens\":312}}\n\n";
+const USAGE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":300,\"total_tokens\":312}}\n\n";
 const DONE: &str = "data: [DONE]\n\n";
 
 fn stream_chat() -> String {
@@ -41,7 +42,10 @@ fn admits_tokens_on_the_estimate_and_settles_on_real_usage() {
 fn a_request_whose_estimate_exceeds_the_budget_is_refused_as_tokens_and_told_not_to_retry() {
     let (gw, upstream, _) = gateway();
     let config = config();
-    let (status, headers, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &CHAT.replace("\"max_tokens\":100", "\"max_tokens\":500,\"n\":2")))));
+    let (status, headers, body) = text(run(gw.handle(
+        Ok(&config),
+        post_chat(METERED_KEY, &CHAT.replace("\"max_tokens\":100", "\"max_tokens\":500,\"n\":2")),
+    )));
     assert_eq!(status, 429);
     let e = error_of(&body);
     assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("tokens"), Some("rate_limit_exceeded")));
@@ -101,7 +105,11 @@ fn an_open_stream_holds_its_in_flight_slot_until_it_ends() {
     assert!(streamed.ends_with(DONE));
     runtime.run_spawned();
     upstream.push(Script::json(200, COMPLETION));
-    assert_eq!(text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0, 200, "released when the stream ended");
+    assert_eq!(
+        text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0,
+        200,
+        "released when the stream ended"
+    );
 }
 
 #[test]
@@ -111,12 +119,16 @@ fn every_way_a_request_can_end_releases_its_slot() {
         ("backend 500", Script::json(500, "{}"), false),
         ("backend garbage", Script::json(200, "\u{0}"), false),
         ("completion", Script::json(200, COMPLETION), false),
-        ("stream reset mid-way", Script::Answer {
-            status: 200,
-            headers: vec![("content-type", "text/event-stream")],
-            after_ms: 0,
-            chunks: vec![(0, Ok(ROLE.into())), (0, Err(BodyError("reset".into())))],
-        }, true),
+        (
+            "stream reset mid-way",
+            Script::Answer {
+                status: 200,
+                headers: vec![("content-type", "text/event-stream")],
+                after_ms: 0,
+                chunks: vec![(0, Ok(ROLE.into())), (0, Err(BodyError("reset".into())))],
+            },
+            true,
+        ),
         ("stream without [DONE]", Script::sse(&[ROLE, TOKEN]), true),
         ("backend never answers (timeout)", Script::Hang, true),
     ];
@@ -144,7 +156,12 @@ fn a_failure_before_the_backend_answers_refunds_the_whole_estimate() {
 }
 
 fn anonymous_chat(ip: Option<&str>) -> Request {
-    let mut request = Request::new("POST", "/v1/chat/completions", headers(&[("content-type", "application/json")]), br#"{"model":"qwen","messages":[{"role":"user","content":"hi"}]}"#.to_vec());
+    let mut request = Request::new(
+        "POST",
+        "/v1/chat/completions",
+        headers(&[("content-type", "application/json")]),
+        br#"{"model":"qwen","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+    );
     request.client_ip = ip.map(str::to_owned);
     request
 }
@@ -161,7 +178,11 @@ fn anonymous_callers_are_limited_per_client_ip() {
     assert_eq!(status, 429);
     assert_eq!(headers.get("x-ratelimit-limit-requests"), Some("2"));
     upstream.push(Script::json(200, COMPLETION));
-    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.1"))))).0, 200, "another IP has its own budget");
+    assert_eq!(
+        text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.1"))))).0,
+        200,
+        "another IP has its own budget"
+    );
 }
 
 #[test]
@@ -266,7 +287,12 @@ fn leaving_after(ms: u64, body: &str) -> Request {
 
 #[test]
 fn a_client_that_leaves_while_the_backend_works_aborts_it_and_frees_its_budget() {
-    let thinking_stream = Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks: vec![(50_000, Ok(ROLE.into()))] };
+    let thinking_stream = Script::Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        after_ms: 0,
+        chunks: vec![(50_000, Ok(ROLE.into()))],
+    };
     let cases: Vec<(&str, Script, String)> = vec![
         ("a long non-stream generation", Script::json(200, COMPLETION).after(50_000), CHAT.to_string()),
         ("a stream before its first byte", thinking_stream, stream_chat()),
@@ -297,22 +323,36 @@ fn a_client_that_leaves_while_the_backend_works_aborts_it_and_frees_its_budget()
 fn anonymous_ipv6_callers_share_a_budget_per_64_and_mapped_ipv4_is_ipv4() {
     let (gw, upstream, _) = gateway();
     let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":2}"#);
-    let statuses: Vec<u16> = ["2001:db8:1:2::1", "2001:db8:1:2::2", "[2001:db8:1:2:ffff::3]", "2001:0db8:0001:0002:aaaa::9", "2001:db8:1:2::5"]
-        .into_iter()
-        .map(|ip| {
-            upstream.push(Script::json(200, COMPLETION));
-            text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip))))).0
-        })
-        .collect();
+    let statuses: Vec<u16> = [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "[2001:db8:1:2:ffff::3]",
+        "2001:0db8:0001:0002:aaaa::9",
+        "2001:db8:1:2::5",
+    ]
+    .into_iter()
+    .map(|ip| {
+        upstream.push(Script::json(200, COMPLETION));
+        text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip))))).0
+    })
+    .collect();
     assert_eq!(statuses, [200, 200, 429, 429, 429], "one /64, one budget");
     upstream.push(Script::json(200, COMPLETION));
-    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("2001:db8:1:3::1"))))).0, 200, "the next /64 is someone else");
+    assert_eq!(
+        text(run(gw.handle(Ok(&config), anonymous_chat(Some("2001:db8:1:3::1"))))).0,
+        200,
+        "the next /64 is someone else"
+    );
 
     for ip in ["198.51.100.4", "::ffff:198.51.100.4"] {
         upstream.push(Script::json(200, COMPLETION));
         text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip)))));
     }
-    assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.4"))))).0, 429, "a mapped address is the same caller");
+    assert_eq!(
+        text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.4"))))).0,
+        429,
+        "a mapped address is the same caller"
+    );
 }
 
 #[test]

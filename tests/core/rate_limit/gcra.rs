@@ -2,8 +2,7 @@
 
 use edge_gateway::core::openai::{format_duration, retry_after_seconds};
 use edge_gateway::core::rate_limit::gcra::{
-    adjust, admit, decide, Adjustment, Admission, Bucket, BucketSet, Lease,
-    Rule, Settlement, Take,
+    adjust, admit, decide, Adjustment, Admission, Bucket, BucketSet, Lease, Rule, Settlement, Take,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -99,8 +98,18 @@ fn bucket_set_forgets_full_buckets() {
 
 #[test]
 fn formats_durations_like_openai() {
-    for (ms, text) in [(0, "0ms"), (12, "12ms"), (999, "999ms"), (1_000, "1s"), (1_500, "1.5s"),
-        (59_999, "59.999s"), (60_000, "1m0s"), (360_000, "6m0s"), (90_500, "1m30.5s"), (3_600_000, "1h0m0s")] {
+    for (ms, text) in [
+        (0, "0ms"),
+        (12, "12ms"),
+        (999, "999ms"),
+        (1_000, "1s"),
+        (1_500, "1.5s"),
+        (59_999, "59.999s"),
+        (60_000, "1m0s"),
+        (360_000, "6m0s"),
+        (90_500, "1m30.5s"),
+        (3_600_000, "1h0m0s"),
+    ] {
         assert_eq!(format_duration(ms), text);
     }
 }

@@ -1,10 +1,10 @@
 //! Several backends per model: order, passive health, failover before the first byte, timeouts.
 
-use edge_gateway::core::config::Breaker;
-use edge_gateway::core::upstream::balance::{attempt_order, HealthBook};
-use edge_gateway::core::http::BodyError;
-use edge_gateway::core::Config;
 use crate::support::*;
+use edge_gateway::core::config::Breaker;
+use edge_gateway::core::http::BodyError;
+use edge_gateway::core::upstream::balance::{attempt_order, HealthBook};
+use edge_gateway::core::Config;
 
 const CHAT: &str = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM: &str = r#"{"model":"llama","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -38,7 +38,8 @@ fn tries_the_primary_tier_by_weight_then_the_fallback_tier() {
     let health = HealthBook::default();
     let mut first_a = 0;
     for seed in 0..4_000u64 {
-        let order = names(&attempt_order(&config, "llama", &health, T0, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).unwrap());
+        let order =
+            names(&attempt_order(&config, "llama", &health, T0, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).unwrap());
         assert_eq!(order.len(), 3);
         assert_eq!(order[2], "fallback", "the fallback tier comes last");
         first_a += usize::from(order[0] == "a");
@@ -89,7 +90,11 @@ fn ordered(extra: &[(&str, &str)]) -> Config {
 }
 
 /// Sends `body` through a gateway whose backends answer with `scripts`, in virtual time.
-fn exchange(config: &Config, body: &str, scripts: Vec<Script>) -> (u16, edge_gateway::core::http::Headers, String, FakeUpstream, FakeRuntime, u64) {
+fn exchange(
+    config: &Config,
+    body: &str,
+    scripts: Vec<Script>,
+) -> (u16, edge_gateway::core::http::Headers, String, FakeUpstream, FakeRuntime, u64) {
     let (gw, upstream, runtime) = gateway();
     for script in scripts {
         upstream.push(script);
@@ -139,7 +144,19 @@ fn fails_over_on_the_backends_faults_before_the_first_byte() {
 #[test]
 fn never_retries_or_ejects_on_the_callers_faults() {
     // (backend status, what the client gets)
-    let cases = [(400, 400), (401, 502), (403, 502), (404, 404), (405, 400), (413, 400), (415, 400), (422, 400), (431, 400), (501, 502), (505, 502)];
+    let cases = [
+        (400, 400),
+        (401, 502),
+        (403, 502),
+        (404, 404),
+        (405, 400),
+        (413, 400),
+        (415, 400),
+        (422, 400),
+        (431, 400),
+        (501, 502),
+        (505, 502),
+    ];
     for (backend, client) in cases {
         let (gw, upstream, _) = gateway();
         let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
@@ -173,7 +190,8 @@ fn a_backends_4xx_message_is_shown_cleaned_of_internals() {
 fn a_non_stream_completion_may_take_longer_than_the_connect_timeout() {
     // vLLM sends a completion's headers after its last token: a 15 s generation is not a dead backend.
     let config = ordered(&[("GATEWAY_CONNECT_TIMEOUT_MS", "10000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "12000")]);
-    let (status, _, body, upstream, _, elapsed) = exchange(&config, CHAT, vec![Script::json(200, COMPLETION).after(15_000)]);
+    let (status, _, body, upstream, _, elapsed) =
+        exchange(&config, CHAT, vec![Script::json(200, COMPLETION).after(15_000)]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(elapsed, 15_000);
     assert_eq!(upstream.hosts(), ["a.internal"]);
@@ -181,7 +199,11 @@ fn a_non_stream_completion_may_take_longer_than_the_connect_timeout() {
 
 #[test]
 fn a_non_stream_past_the_total_timeout_is_a_504_neither_retried_nor_ejected() {
-    let config = ordered(&[("GATEWAY_TOTAL_TIMEOUT_MS", "20000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000"), ("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
+    let config = ordered(&[
+        ("GATEWAY_TOTAL_TIMEOUT_MS", "20000"),
+        ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000"),
+        ("GATEWAY_EJECT_AFTER_FAILURES", "1"),
+    ]);
     let (gw, upstream, runtime) = gateway();
     upstream.push(Script::json(200, COMPLETION).after(25_000));
     upstream.push(Script::json(200, COMPLETION));
@@ -207,19 +229,37 @@ fn each_stream_phase_times_out_on_its_own_limit() {
         ("GATEWAY_TOTAL_TIMEOUT_MS", "4000"),
     ];
     let solo = |extra: &[(&str, &str)]| {
-        let mut vars: Vec<(&str, &str)> = vec![("GATEWAY_BACKENDS", r#"[{"name":"a","url":"http://a.internal","models":["llama","qwen"]}]"#)];
+        let mut vars: Vec<(&str, &str)> =
+            vec![("GATEWAY_BACKENDS", r#"[{"name":"a","url":"http://a.internal","models":["llama","qwen"]}]"#)];
         vars.extend_from_slice(&limits);
         vars.extend_from_slice(extra);
         ha_config(&vars)
     };
     let config = solo(&[]);
-    let headers_only = Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks: vec![(60_000, Ok(ROLE.into()))] };
+    let headers_only = Script::Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        after_ms: 0,
+        chunks: vec![(60_000, Ok(ROLE.into()))],
+    };
     let token = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n";
     let cases: Vec<(&str, Script, u16, u64, &str)> = vec![
         ("connect", Script::Hang, 504, 1_000, "The inference backend did not accept the request in time."),
         ("first_byte", headers_only, 504, 2_500, "The inference backend did not start answering in time."),
-        ("idle", Script::sse_paced(&[ROLE, token, token], 1_600), 200, 1_600 + 1_500, "The inference backend stopped sending the stream in time."),
-        ("total", Script::sse_paced(&[ROLE, token, token, token, token, token, token], 900), 200, 4_000, "The inference backend did not finish the answer in time."),
+        (
+            "idle",
+            Script::sse_paced(&[ROLE, token, token], 1_600),
+            200,
+            1_600 + 1_500,
+            "The inference backend stopped sending the stream in time.",
+        ),
+        (
+            "total",
+            Script::sse_paced(&[ROLE, token, token, token, token, token, token], 900),
+            200,
+            4_000,
+            "The inference backend did not finish the answer in time.",
+        ),
     ];
     for (phase, script, status, at_ms, message) in cases {
         let (got, _, body, _, runtime, elapsed) = exchange(&config, STREAM, vec![script]);
@@ -228,7 +268,11 @@ fn each_stream_phase_times_out_on_its_own_limit() {
             504 => error_of(&body),
             _ => error_of(body.trim_end().rsplit("data: ").next().unwrap()),
         };
-        assert_eq!((error["code"].as_str(), error["message"].as_str()), (Some("upstream_timeout"), Some(message)), "{phase}");
+        assert_eq!(
+            (error["code"].as_str(), error["message"].as_str()),
+            (Some("upstream_timeout"), Some(message)),
+            "{phase}"
+        );
         if status == 504 {
             assert_eq!(log_line(&runtime)["detail"], format!("timeout: {phase}"));
         }
@@ -241,10 +285,19 @@ fn a_stream_that_never_sends_headers_fails_over_but_one_that_is_thinking_does_no
     let (status, _, _, upstream, _, _) = exchange(&config, STREAM, vec![Script::Hang, Script::sse(&[ROLE, DONE])]);
     assert_eq!(status, 200);
     assert_eq!(upstream.hosts(), ["a.internal", "b.internal"], "no headers: the request never started");
-    let thinking = Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks: vec![(60_000, Ok(ROLE.into()))] };
+    let thinking = Script::Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        after_ms: 0,
+        chunks: vec![(60_000, Ok(ROLE.into()))],
+    };
     let (status, _, _, upstream, _, _) = exchange(&config, STREAM, vec![thinking, Script::sse(&[ROLE, DONE])]);
     assert_eq!(status, 504);
-    assert_eq!(upstream.hosts(), ["a.internal"], "headers came: it may be generating, so no second GPU starts the same work");
+    assert_eq!(
+        upstream.hosts(),
+        ["a.internal"],
+        "headers came: it may be generating, so no second GPU starts the same work"
+    );
 }
 
 #[test]
@@ -297,7 +350,13 @@ fn a_stream_gone_silent_ends_with_a_timeout_event_after_the_idle_limit() {
 #[test]
 fn a_backends_retry_after_is_clamped() {
     let config = ordered(&[("GATEWAY_MAX_ATTEMPTS", "1")]);
-    for (sent, expected) in [("7", "7"), ("99999999999999999999999", "1"), ("999999999", "3600"), ("Wed, 21 Oct 2015 07:28:00 GMT", "1"), ("-5", "1")] {
+    for (sent, expected) in [
+        ("7", "7"),
+        ("99999999999999999999999", "1"),
+        ("999999999", "3600"),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "1"),
+        ("-5", "1"),
+    ] {
         let busy = Script::Answer { status: 429, headers: vec![("retry-after", sent)], after_ms: 0, chunks: vec![] };
         let (gw, upstream, _) = gateway();
         upstream.push(busy);
@@ -311,7 +370,11 @@ fn a_backends_retry_after_is_clamped() {
 #[test]
 fn every_backend_ejected_is_a_503_with_retry_headers() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "1"), ("GATEWAY_EJECT_FOR_MS", "12000"), ("GATEWAY_MAX_ATTEMPTS", "3")]);
+    let config = ordered(&[
+        ("GATEWAY_EJECT_AFTER_FAILURES", "1"),
+        ("GATEWAY_EJECT_FOR_MS", "12000"),
+        ("GATEWAY_MAX_ATTEMPTS", "3"),
+    ]);
     for _ in 0..3 {
         upstream.push(Script::Refuse);
     }
@@ -423,13 +486,7 @@ fn a_shared_book_journals_only_what_changed() {
     assert!(book.record_failure("a", T0, breaker), "the loaded streak counts: this is the second failure");
     book.record_success("a");
     use edge_gateway::core::upstream::balance::HealthEvent::*;
-    assert_eq!(
-        book.take_journal(),
-        [
-            Failed { backend: "a".into(), at_ms: T0 },
-            Recovered { backend: "a".into() },
-        ]
-    );
+    assert_eq!(book.take_journal(), [Failed { backend: "a".into(), at_ms: T0 }, Recovered { backend: "a".into() },]);
     assert_eq!(reads.get(), 1, "the store is read once");
     assert!(HealthBook::default().take_journal().is_empty(), "an isolate's own book keeps no journal");
 }

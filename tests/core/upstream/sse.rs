@@ -92,7 +92,8 @@ fn understands_crlf_line_endings() {
 
 #[test]
 fn ignores_usage_null_and_the_word_usage_in_content() {
-    let (_, scanner) = scan(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\"}}],\"usage\":null}\n\n"], true);
+    let (_, scanner) =
+        scan(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\"}}],\"usage\":null}\n\n"], true);
     assert_eq!(scanner.usage(), None);
     assert!(!scanner.done());
 }
@@ -153,13 +154,22 @@ fn a_large_event_dripped_one_byte_at_a_time_is_scanned_in_linear_time() {
 fn stops_at_the_backends_error_event_and_keeps_its_cleaned_message() {
     let vllm = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\": {\"message\": \"CUDA error at /srv/model.py:42 (http://10.1.2.3:8000)\", \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}\n\ndata: [DONE]\n\n";
     let legacy = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"object\":\"error\",\"message\":\"engine died\",\"type\":\"InternalServerError\",\"param\":null,\"code\":500}\n\ndata: [DONE]\n\n";
-    for (stream, expected, request_fault) in [(&vllm[..], "CUDA error at [redacted] [redacted]", true), (&legacy[..], "engine died", false)] {
+    for (stream, expected, request_fault) in
+        [(&vllm[..], "CUDA error at [redacted] [redacted]", true), (&legacy[..], "engine died", false)]
+    {
         let whole = scan(&[stream], false);
         for cut in 0..=stream.len() {
             let (out, scanner) = scan(&[&stream[..cut], &stream[cut..]], false);
             assert_eq!(out, whole.0, "cut at {cut}");
-            assert_eq!(out, b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", "nothing from the error on is relayed");
-            assert_eq!(scanner.stopped(), Some(&Stop::BackendError { message: Some(expected.to_string()), request_fault }), "cut at {cut}");
+            assert_eq!(
+                out, b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+                "nothing from the error on is relayed"
+            );
+            assert_eq!(
+                scanner.stopped(),
+                Some(&Stop::BackendError { message: Some(expected.to_string()), request_fault }),
+                "cut at {cut}"
+            );
             assert!(!scanner.done(), "the [DONE] after it is not relayed");
         }
     }
