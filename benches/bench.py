@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -215,40 +214,17 @@ def measure(name, url, headers, pid, seconds):
     return result
 
 
-def workerd_config(state, port, modules, bindings, outbound=True):
-    def text(s):
-        return json.dumps(s)
-    binding_lines = ",\n    ".join(f"(name = {text(k)}, text = {text(v)})" for k, v in bindings.items())
-    mods = ",\n    ".join(f'(name = {text(n)}, {kind} = embed {text(f)})' for n, kind, f in modules)
-    do = ""
-    services = '(name = "gateway", worker = .gateway),\n    (name = "internet", network = (allow = ["public", "private", "local"]))'
-    extra = ""
-    if any(n == "index_bg.wasm" for n, _, _ in modules):
-        services += f',\n    (name = "do-storage", disk = (path = {text(str(state / "do"))}, writable = true))'
-        (state / "do").mkdir(exist_ok=True)
-        binding_lines = '(name = "RATE_LIMITER", durableObjectNamespace = "RateLimiter"),\n    ' + binding_lines
-        extra = ('  durableObjectNamespaces = [(className = "RateLimiter", uniqueKey = "bench-RateLimiter", enableSql = true)],\n'
-                 '  durableObjectStorage = (localDisk = "do-storage"),\n'
-                 '  compatibilityFlags = ["enable_request_signal"],\n')
-    config = f'''using Workerd = import "/workerd/workerd.capnp";
-const config :Workerd.Config = (
-  services = [
-    {services},
-  ],
-  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "gateway")],
-);
-const gateway :Workerd.Worker = (
-  modules = [
-    {mods},
-  ],
-  compatibilityDate = "2025-09-01",
-  bindings = [
-    {binding_lines},
-  ],
-{extra}  globalOutbound = "internet",
-);
-'''
-    (state / "config.capnp").write_text(config)
+def launcher(*args):
+    """How the e2e suite starts a runtime (tests/support/launch.rs, through examples/launch.rs):
+    the one place each runtime's command line and configuration are written. Returns (argv, cwd)."""
+    out = subprocess.run(["cargo", "run", "-q", "--example", "launch", "--", *map(str, args)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    spec = json.loads(out)
+    return spec["argv"], spec["cwd"]
+
+
+def env_args(variables):
+    return [f"{k}={v}" for k, v in variables.items()]
 
 
 def gateway_vars(mock_url):
@@ -270,33 +246,20 @@ def launch(target, state, mock_url, auth):
         url, headers = mock_url, {}
     elif target in ("worker", "bare-js"):
         d = state / target
-        d.mkdir()
         if target == "worker":
-            (d / "worker").mkdir()
-            shutil.copy(ROOT / "build/worker/shim.mjs", d / "worker/shim.mjs")
-            shutil.copy(ROOT / "build/index.js", d / "index.js")
-            shutil.copy(ROOT / "build/index_bg.wasm", d / "index_bg.wasm")
-            modules = [("worker/shim.mjs", "esModule", "worker/shim.mjs"), ("index.js", "esModule", "index.js"),
-                       ("index_bg.wasm", "wasm", "index_bg.wasm")]
-            bindings = gateway_vars(mock_url)
+            argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url)))
         else:
-            shutil.copy(ROOT / "benches/bare-worker.js", d / "worker.js")
-            modules = [("worker.js", "esModule", "worker.js")]
-            bindings = {"BACKEND_URL": mock_url}
-        workerd_config(d, port, modules, bindings)
-        proc = start([str(ROOT / "node_modules/.bin/workerd"), "serve", "--experimental", "config.capnp"], cpu=1, cwd=d,
-                     log=d / "workerd.log")
+            argv, cwd = launcher("workerd", d, port, "--module", ROOT / "benches/bare-worker.js", f"BACKEND_URL={mock_url}")
+        proc = start(argv, cpu=1, cwd=cwd, log=d / "workerd.log")
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
     elif target == "spin":
         redis_port = free_port()
-        start(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no"], cpu=0)
-        env_args = []
-        for k, v in {**gateway_vars(mock_url), "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}"}.items():
-            env_args += ["--env", f"{k}={v}"]
-        proc = start([str(Path.home() / ".cargo/bin/wasmtime"), "serve", "--addr", f"127.0.0.1:{port}", "-Scli", "-Sp3",
-                      "-Shttp", "-Sinherit-network", "-Wcomponent-model-async", *env_args,
-                      str(ROOT / "target/wasm32-wasip2/release/edge_gateway.wasm")], cpu=1, log=state / "wasmtime.log")
+        argv, _ = launcher("redis", redis_port)
+        start(argv, cpu=0)
+        variables = {**gateway_vars(mock_url), "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
+        argv, _ = launcher("wasmtime", port, *env_args(variables))
+        proc = start(argv, cpu=1, log=state / "wasmtime.log")
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
     elif target == "portkey":
@@ -368,15 +331,9 @@ def profile_worker(seconds):
         wait_http(f"{mock_url}/health")
         port, inspector = free_port(), free_port()
         d = state / "worker"
-        (d / "worker").mkdir(parents=True)
-        shutil.copy(ROOT / "build/worker/shim.mjs", d / "worker/shim.mjs")
-        shutil.copy(ROOT / "build/index.js", d / "index.js")
-        shutil.copy(ROOT / "build/index_bg.wasm", d / "index_bg.wasm")
-        modules = [("worker/shim.mjs", "esModule", "worker/shim.mjs"), ("index.js", "esModule", "index.js"),
-                   ("index_bg.wasm", "wasm", "index_bg.wasm")]
-        workerd_config(d, port, modules, gateway_vars(mock_url))
-        start([str(ROOT / "node_modules/.bin/workerd"), "serve", "--experimental", f"--inspector-addr=127.0.0.1:{inspector}",
-               "config.capnp"], cpu=1, cwd=d, log=d / "workerd.log")
+        argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url)))
+        argv = argv[:-1] + [f"--inspector-addr=127.0.0.1:{inspector}", argv[-1]]
+        start(argv, cpu=1, cwd=cwd, log=d / "workerd.log")
         url = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {KEY}"}
         wait_http(f"{url}/v1/chat/completions", auth, body=chat_body().encode())

@@ -6,7 +6,7 @@
 //! unmodified because it only imports WASI 0.2 interfaces (`tests/component_world.rs`).
 
 use crate::harness::{launch, watched, Gateway, Host, Setup};
-use crate::support::{free_port, wait_until, Proc};
+use crate::support::{free_port, launch, wait_until, Proc};
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -26,19 +26,6 @@ pub fn dedicated(setup: Setup<'_>) -> Gateway {
     launch(&WasmtimeServe, setup)
 }
 
-/// `WASMTIME`, or `wasmtime` from `~/.cargo/bin` (`make tools` installs it).
-fn wasmtime() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("WASMTIME") {
-        return path.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    Path::new(&home).join(".cargo/bin/wasmtime")
-}
-
-fn component() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasm32-wasip2/release/edge_gateway.wasm")
-}
-
 impl Host for WasmtimeServe {
     fn name(&self) -> &'static str {
         "wasmtime"
@@ -49,13 +36,8 @@ impl Host for WasmtimeServe {
     }
 
     fn services(&self, state: &Path) -> (Vec<(String, String)>, Vec<Proc>) {
-        assert!(
-            component().exists() && wasmtime().exists(),
-            "the Spin component or wasmtime is missing: run `make spin tools` first (`make test` does)"
-        );
         let port = free_port();
-        let mut redis = Command::new("redis-server");
-        redis.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
+        let redis = launch::redis(port);
         let log = std::fs::File::create(state.join("redis.log")).expect("log file");
         let redis = watched(&redis, Some(&log));
         let addr = format!("127.0.0.1:{port}");
@@ -78,23 +60,8 @@ impl Host for WasmtimeServe {
     }
 }
 
-/// `wasmtime serve` of the component on `port` with `vars`, in WASI 0.2 mode: the CLI, HTTP and
-/// socket interfaces (`tests/component_world.rs` pins the component to those), `extra` flags
-/// before the component.
 fn serve_command(vars: &[(String, String)], port: u16, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(wasmtime());
-    cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["-Scli", "-Shttp", "-Sinherit-network", "-Sallow-ip-name-lookup"])
-        // In WASI 0.2 mode every request is an instance of its own (three core instances each):
-        // the pooling allocator's default of 1000 core instances would refuse part of the
-        // 1,000-request burst, so allocate on demand, as a host sized for that load would.
-        .args(["-Opooling-allocator=n"])
-        .args(extra);
-    for (name, value) in vars {
-        cmd.arg("--env").arg(format!("{name}={value}"));
-    }
-    cmd.arg(component());
-    cmd
+    launch::wasmtime(port, vars, extra)
 }
 
 /// The component served with exactly `vars` — no mock backends, no Redis — for what a launched

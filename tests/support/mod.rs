@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod launch;
+
 /// Connect, read and write timeout of the HTTP client.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`MockBackend::start`] waits for the `listening on` line.
