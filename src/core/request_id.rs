@@ -77,3 +77,33 @@ pub fn hex(bytes: &[u8]) -> String {
 fn hex_digit(nibble: u8) -> char {
     char::from_digit(u32::from(nibble), 16).unwrap_or('0')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makes_version_4_variant_1_uuids() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert!(is_uuid(&id));
+        let id = uuid_v4([0; 16]);
+        assert_eq!(id, "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn only_the_8_4_4_4_12_form_is_a_uuid() {
+        for id in ["0b7c4f52-7a1e-4c1a-9d5e-3f3c2b1a0e9d", "0B7C4F52-7A1E-4C1A-9D5E-3F3C2B1A0E9D"] {
+            assert!(is_uuid(id), "{id}");
+        }
+        for id in [
+            "",
+            "req_1",
+            "0b7c4f527a1e4c1a9d5e3f3c2b1a0e9d",
+            "{0b7c4f52-7a1e-4c1a-9d5e-3f3c2b1a0e9d}",
+            "0b7c4f52-7a1e-4c1a-9d5e-3f3c2b1a0e9",
+        ] {
+            assert!(!is_uuid(id), "{id}");
+        }
+    }
+}

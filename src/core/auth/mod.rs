@@ -128,7 +128,7 @@ fn find_key<'a>(presented: &str, keys: &'a [ApiKey]) -> Result<&'a ApiKey, Gatew
 /// The network an anonymous caller is limited as: an IPv4 address, or the /64 of an IPv6 one
 /// (an IPv4-mapped IPv6 address is its IPv4 address). The platform's value may be an address or
 /// an `address:port` (`[v6]:port`); `None` if it is neither.
-pub fn client_network(addr: &str) -> Option<String> {
+fn client_network(addr: &str) -> Option<String> {
     let addr = addr.trim();
     let ip: IpAddr = match addr.parse::<SocketAddr>() {
         Ok(socket) => socket.ip(),
@@ -153,4 +153,28 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The hex SHA-256 of a key, as it goes into `GATEWAY_API_KEYS`.
 pub fn sha256_hex(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_platforms_address_may_carry_a_port() {
+        assert_eq!(client_network("203.0.113.7:51234").as_deref(), Some("203.0.113.7"));
+        assert_eq!(client_network("[2001:db8:1:2::7]:443").as_deref(), Some("2001:db8:1:2::/64"));
+        assert_eq!(client_network("2001:db8:1:2::7").as_deref(), Some("2001:db8:1:2::/64"));
+        assert_eq!(client_network("::ffff:198.51.100.4").as_deref(), Some("198.51.100.4"));
+        assert_eq!(client_network("not an address"), None);
+    }
+
+    #[test]
+    fn a_token_is_b64token_characters_with_trailing_padding() {
+        for ok in ["sk-abc_123.x~y+z/0", "eyJ.a.b", "abc=="] {
+            assert!(is_token(ok), "{ok}");
+        }
+        for bad in ["", "=", "a b", "café", "a,b", "a=b"] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
 }

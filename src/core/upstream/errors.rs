@@ -207,3 +207,57 @@ fn host_with_port(word: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_internals_anywhere_in_a_word() {
+        for word in [
+            "http://10.0.0.3:8000/docs",
+            "(10.0.0.3:8000)",
+            "host='10.1.2.3',",
+            "input_value='/data/models/llama',",
+            "model_path=/srv/weights",
+            "/opt/vllm/x.py",
+            "C:/models/llama",
+            r"C:\models",
+            "[fd00:10::5]:8000",
+            "vllm-0.inference.svc.cluster.local:8000",
+            "10.1.2.3/24",
+            "gpu1.example.com:8000",
+        ] {
+            assert!(reveals_internals(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn keeps_ordinary_words() {
+        for word in [
+            "context",
+            "4096",
+            "tokens.",
+            "(M",
+            ">",
+            "N",
+            "-",
+            "P).",
+            "'max_tokens'",
+            "3.5",
+            "text/plain",
+            "12:30",
+            "v0.9.1",
+            "error:",
+        ] {
+            assert!(!reveals_internals(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn cuts_long_messages_on_a_character_boundary() {
+        let message = "é".repeat(2 * MAX_MESSAGE_CHARS);
+        let cleaned = clean(&message);
+        assert_eq!(cleaned.chars().count(), MAX_MESSAGE_CHARS);
+    }
+}

@@ -379,3 +379,26 @@ fn find_byte(haystack: &[u8], needle: u8) -> Option<usize> {
     }
     chunks.remainder().iter().position(|&b| b == needle).map(|p| offset + p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_byte_agrees_with_a_plain_search_at_every_length_and_offset() {
+        let hay: Vec<u8> = (0..40u8).collect();
+        for len in 0..hay.len() {
+            for needle in [0u8, 7, 8, 9, 15, 16, 39, 200] {
+                let expected = hay[..len].iter().position(|b| *b == needle);
+                assert_eq!(find_byte(&hay[..len], needle), expected, "len {len} needle {needle}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_ends_at_a_blank_line_of_either_ending() {
+        assert_eq!(find_event_end(b"data: x\n\nrest", 0), Some(9));
+        assert_eq!(find_event_end(b"data: x\r\n\r\nrest", 0), Some(11));
+        assert_eq!(find_event_end(b"data: x\ndata: y\n", 0), None);
+    }
+}

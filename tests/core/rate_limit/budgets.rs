@@ -366,12 +366,3 @@ fn an_anonymous_caller_without_a_platform_address_is_refused_not_pooled() {
     }
     assert!(upstream.sent.borrow().is_empty());
 }
-
-#[test]
-fn the_platforms_address_may_carry_a_port() {
-    use edge_gateway::core::auth::client_network;
-    assert_eq!(client_network("203.0.113.7:51234").as_deref(), Some("203.0.113.7"));
-    assert_eq!(client_network("[2001:db8:1:2::7]:443").as_deref(), Some("2001:db8:1:2::/64"));
-    assert_eq!(client_network("2001:db8:1:2::7").as_deref(), Some("2001:db8:1:2::/64"));
-    assert_eq!(client_network("not an address"), None);
-}
