@@ -15,30 +15,8 @@ use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// 10 prompt tokens (40 bytes / 4) and a 100-token budget: admitted on 110 tokens.
-const CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"user","content":"Count the tokens in this prompt please!!"}]}"#;
-const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
-const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
-const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
 const USAGE: &str =
     "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\n";
-const DONE: &str = "data: [DONE]\n\n";
-
-fn stream_chat() -> String {
-    CHAT.replace("\"max_tokens\":100", "\"max_tokens\":100,\"stream\":true")
-}
-
-/// `llama` on three backends in a fixed order: a, then b, then c.
-fn three_backends(extra: &[(&str, &str)]) -> Config {
-    let mut changes: Vec<(&str, &str)> = vec![(
-        "GATEWAY_BACKENDS",
-        r#"[{"name":"a","url":"http://a.internal","models":["llama"]},
-            {"name":"b","url":"http://b.internal","models":["llama"],"priority":1},
-            {"name":"c","url":"http://c.internal","models":["llama","qwen"],"priority":2}]"#,
-    )];
-    changes.extend_from_slice(extra);
-    config_with_all(&changes)
-}
 
 /// A limit store that remembers every settlement it was sent.
 #[derive(Clone)]
@@ -84,7 +62,7 @@ fn token_delta(store: &Recording) -> i64 {
 #[test]
 fn a_poison_request_that_makes_every_backend_answer_500_cannot_eject_them_all() {
     let (gw, upstream, _) = gateway();
-    let config = three_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "3"), ("GATEWAY_MAX_ATTEMPTS", "3")]);
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "3"), ("GATEWAY_MAX_ATTEMPTS", "3")]);
     // What llama-cpp-python answers to `"logit_bias": {"x": 1}` (errors.py wraps every unexpected
     // exception as a 500 internal_server_error).
     let llama_cpp_python_500 = r#"{"error":{"message":"invalid literal for int() with base 10: 'x'","type":"internal_server_error","param":null,"code":null}}"#;
@@ -96,8 +74,8 @@ fn a_poison_request_that_makes_every_backend_answer_500_cannot_eject_them_all() 
         let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(KEY, poison))));
         assert_eq!(status, 502);
     }
-    upstream.push(Script::json(200, COMPLETION));
-    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(
         status, 200,
         "DEFECT: three poison requests from one caller ejected every backend of the model, so every \
@@ -113,7 +91,7 @@ fn a_poison_request_that_makes_every_backend_answer_500_cannot_eject_them_all() 
 
 #[test]
 fn sse_an_error_on_a_later_data_line_of_an_event_is_never_relayed() {
-    let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\ndata: {\"error\":{\"message\":\"engine died at http://10.9.8.7:8000 /srv/secret/engine.py\",\"code\":500}}\n\ndata: [DONE]\n\n";
+    let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\ndata: {\"error\":{\"message\":\"engine died at http://10.9.8.7:8000 /srv/secret/engine.py\",\"code\":500}}\n\ndata: [DONE_EVENT]\n\n";
     let mut scanner = SseScanner::new(false, 1 << 20);
     let out = scanner.feed(stream.to_vec()).unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -128,8 +106,8 @@ fn sse_an_error_on_a_later_data_line_of_an_event_is_never_relayed() {
 fn a_backend_error_on_a_later_data_line_reaches_the_client_raw() {
     let (gw, upstream, _) = gateway();
     let error = "data: {\"choices\":[]}\ndata: {\"error\":{\"message\":\"CUDA OOM on http://10.9.8.7:8000 see /srv/secret/model.py\",\"type\":\"InternalServerError\",\"code\":500}}\n\n";
-    upstream.push(Script::sse(&[ROLE, TOKEN, error, DONE]));
-    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &stream_chat()))));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, error, DONE_EVENT]));
+    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &metered_stream()))));
     assert_eq!(status, 200);
     assert!(
         !body.contains("10.9.8.7") && !body.contains("/srv/secret") && !body.contains("InternalServerError"),
@@ -149,7 +127,7 @@ fn a_backend_error_on_a_later_data_line_reaches_the_client_raw() {
 
 #[test]
 fn backend_messages_leak_addresses_and_paths_the_cleaner_misses() {
-    let config = three_backends(&[]);
+    let config = ordered_backends(&[]);
     let cases: &[(&str, &str)] = &[
         // urllib3/requests, the most common Python connection error (vLLM fetching media, proxies).
         ("HTTPConnectionPool(host='10.1.2.3', port=8000): Max retries exceeded", "10.1.2.3"),
@@ -288,8 +266,8 @@ fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
         (
             "non-stream past the total timeout",
             config_with_all(&[("GATEWAY_TOTAL_TIMEOUT_MS", "20000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000")]),
-            Script::json(200, COMPLETION).after(25_000),
-            CHAT.to_string(),
+            Script::json(200, METERED_COMPLETION).after(25_000),
+            METERED_CHAT.to_string(),
         ),
         (
             "stream prefilling past the first-byte timeout",
@@ -298,9 +276,9 @@ fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
                 status: 200,
                 headers: vec![("content-type", "text/event-stream")],
                 after_ms: 0,
-                chunks: vec![(25_000, Ok(ROLE.into()))],
+                chunks: vec![(25_000, Ok(ROLE_EVENT.into()))],
             },
-            stream_chat(),
+            metered_stream(),
         ),
     ];
     let mut free = Vec::new();
@@ -335,9 +313,12 @@ fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
 fn a_disconnect_reported_by_the_platform_aborts_the_backend_stream() {
     let (gw, upstream, runtime, store) = gateway_with_store();
     let config = config();
-    upstream.push(Script::sse_paced(&[ROLE, TOKEN, TOKEN, TOKEN, TOKEN, USAGE, DONE], 1_000));
+    upstream.push(Script::sse_paced(
+        &[ROLE_EVENT, TOKEN_EVENT, TOKEN_EVENT, TOKEN_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT],
+        1_000,
+    ));
     let (gone_tx, gone_rx) = futures::channel::oneshot::channel::<()>();
-    let mut request = post_chat(METERED_KEY, &stream_chat());
+    let mut request = post_chat(METERED_KEY, &metered_stream());
     request.disconnected = Some(Box::pin(async move {
         let _ = gone_rx.await;
     }));
@@ -366,8 +347,8 @@ fn a_disconnect_reported_by_the_platform_aborts_the_backend_stream() {
 fn a_stream_the_client_stops_reading_is_still_bounded_by_the_total_timeout() {
     let (gw, upstream, runtime) = gateway();
     let config = config_with_all(&[("GATEWAY_TOTAL_TIMEOUT_MS", "10000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000")]);
-    upstream.push(Script::sse_paced(&[ROLE, TOKEN, TOKEN, TOKEN, USAGE, DONE], 100));
-    let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+    upstream.push(Script::sse_paced(&[ROLE_EVENT, TOKEN_EVENT, TOKEN_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT], 100));
+    let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &metered_stream())));
     let Body::Stream(mut body) = response.body else { panic!("a stream") };
     run(body.next()).unwrap().unwrap(); // the client reads the first chunk, then stalls
     run(sleep(600_000)); // ten minutes of not reading, a minute past the total timeout
@@ -381,22 +362,22 @@ fn a_stream_the_client_stops_reading_is_still_bounded_by_the_total_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 9. Garbage after `[DONE]` in the same chunk: the tail is held as if an event might still end,
-//    and when it passes the event cap the whole chunk — content and `[DONE]` included — is
+// 9. Garbage after `[DONE_EVENT]` in the same chunk: the tail is held as if an event might still end,
+//    and when it passes the event cap the whole chunk — content and `[DONE_EVENT]` included — is
 //    thrown away and the client gets an error instead of the answer it was already sent.
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn done_followed_by_an_oversized_unterminated_tail_still_delivers_the_answer() {
-    let mut chunk = format!("{ROLE}{TOKEN}{DONE}").into_bytes();
+    let mut chunk = format!("{ROLE_EVENT}{TOKEN_EVENT}{DONE_EVENT}").into_bytes();
     chunk.extend(std::iter::repeat_n(b'x', 2_000));
     let mut scanner = SseScanner::new(false, 1_024);
     let fed = scanner.feed(chunk);
-    assert!(scanner.done(), "[DONE] was seen");
+    assert!(scanner.done(), "[DONE_EVENT] was seen");
     assert_eq!(
         fed.as_deref().ok(),
-        Some(format!("{ROLE}{TOKEN}{DONE}").as_bytes()),
-        "DEFECT: bytes after [DONE] (never relayed) made the scanner fail the chunk and lose the answer: {fed:?}"
+        Some(format!("{ROLE_EVENT}{TOKEN_EVENT}{DONE_EVENT}").as_bytes()),
+        "DEFECT: bytes after [DONE_EVENT] (never relayed) made the scanner fail the chunk and lose the answer: {fed:?}"
     );
 }
 
@@ -436,8 +417,8 @@ fn test_runtime_gives_every_request_the_same_lease_id_so_max_in_flight_2_admits_
     let mut open: Vec<edge_gateway::core::http::Response> = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        upstream.push(Script::StreamThenStall(vec![ROLE]));
-        let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+        upstream.push(Script::StreamThenStall(vec![ROLE_EVENT]));
+        let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &metered_stream())));
         statuses.push(response.status);
         open.push(response);
     }
@@ -455,8 +436,8 @@ fn test_runtime_gives_every_request_the_same_lease_id_so_max_in_flight_2_admits_
 fn a_llama_cpp_error_field_mid_stream_is_not_relayed_raw() {
     let (gw, upstream, _) = gateway();
     let llama_cpp_error = "error: {\"code\":500,\"message\":\"ggml_cuda_compute_forward failed at /srv/llama.cpp/ggml-cuda.cu:2300 (10.1.2.3)\",\"type\":\"server_error\"}\n\n";
-    upstream.push(Script::sse(&[ROLE, TOKEN, llama_cpp_error])); // llama.cpp then closes the stream
-    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &stream_chat()))));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, llama_cpp_error])); // llama.cpp then closes the stream
+    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &metered_stream()))));
     assert_eq!(status, 200);
     assert!(
         !body.contains("/srv/llama.cpp") && !body.contains("10.1.2.3") && !body.contains("error: {"),
@@ -475,14 +456,14 @@ fn a_llama_cpp_error_field_mid_stream_is_not_relayed_raw() {
 #[test]
 fn an_error_as_the_very_first_event_is_an_http_error_not_a_200_stream() {
     let cases: Vec<(&str, &'static str)> = vec![
-        ("vLLM", "data: {\"error\":{\"message\":\"CUDA out of memory\",\"type\":\"InternalServerError\",\"code\":500}}\n\ndata: [DONE]\n\n"),
+        ("vLLM", "data: {\"error\":{\"message\":\"CUDA out of memory\",\"type\":\"InternalServerError\",\"code\":500}}\n\ndata: [DONE_EVENT]\n\n"),
         ("llama.cpp", "error: {\"code\":400,\"message\":\"the request exceeds the available context size, try increasing it\",\"type\":\"exceed_context_size_error\"}\n\n"),
     ];
     let mut broken = Vec::new();
     for (name, first) in cases {
         let (gw, upstream, _) = gateway();
         upstream.push(Script::sse(&[first]));
-        let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &stream_chat()))));
+        let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, &metered_stream()))));
         if status == 200 {
             broken.push(format!("{name}: 200 with {body:?}"));
         }
@@ -502,7 +483,7 @@ fn an_error_as_the_very_first_event_is_an_http_error_not_a_200_stream() {
 
 #[test]
 fn a_200_that_is_not_a_completion_is_not_relayed() {
-    let config = three_backends(&[]);
+    let config = ordered_backends(&[]);
     let cases = [
         r#"{"error":{"message":"upstream connect error at http://10.1.2.3:8000","type":"proxy_error"}}"#,
         r#"{"detail":"Not authenticated for /srv/models"}"#,
@@ -512,7 +493,7 @@ fn a_200_that_is_not_a_completion_is_not_relayed() {
     for body in cases {
         let (gw, upstream, _) = gateway();
         upstream.push(Script::json(200, body));
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         let (status, _, answer) = text(run(
             gw.handle(Ok(&config), post_chat(KEY, r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#))
         ));
@@ -542,12 +523,12 @@ fn a_credential_with_non_ascii_whitespace_is_refused_not_trimmed() {
     let config = config();
     let mut accepted = Vec::new();
     for value in [format!("Bearer {KEY}\u{a0}"), format!("Bearer {KEY}\u{85}"), format!("\u{a0}Bearer {KEY}")] {
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         let request = Request::new(
             "POST",
             "/v1/chat/completions",
             headers(&[("authorization", &value)]),
-            CHAT.as_bytes().to_vec(),
+            METERED_CHAT.as_bytes().to_vec(),
         );
         let (status, _, _) = text(run(gw.handle(Ok(&config), request)));
         if status != 401 {
@@ -596,7 +577,7 @@ fn a_client_that_leaves_during_admission_does_not_keep_its_slot() {
     let inner: TestStore = Rc::new(MemoryStore::new(Box::new(move || clock.now.get()) as Box<dyn Fn() -> u64>));
     let gw = Gateway::new(upstream.clone(), SlowReply { inner: inner.clone(), reply_ms: 50 }, runtime.clone());
     let config = config();
-    let mut request = post_chat(METERED_KEY, CHAT);
+    let mut request = post_chat(METERED_KEY, METERED_CHAT);
     request.disconnected = Some(Box::pin(sleep(10))); // gone while the store's reply is on its way
     let response = run(gw.handle(Ok(&config), request));
     assert_eq!(response.status, 499);
@@ -619,7 +600,7 @@ fn a_client_that_leaves_during_admission_does_not_keep_its_slot() {
 #[test]
 fn a_completion_too_large_for_the_gateway_is_not_replayed_on_every_backend() {
     let (gw, upstream, _) = gateway();
-    let config = three_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
     let huge = || {
         let mut body =
             br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"logprobs":{"content":[""#.to_vec();

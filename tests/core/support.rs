@@ -466,3 +466,30 @@ pub fn error_of(body: &str) -> serde_json::Value {
     assert!(e["message"].is_string());
     e
 }
+
+/// A chat of 10 prompt tokens (40 bytes / 4) with a 100-token budget: admitted on 110 tokens.
+pub const METERED_CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"user","content":"Count the tokens in this prompt please!!"}]}"#;
+/// A completion that used 20 tokens.
+pub const METERED_COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
+/// Stream events without `usage` fields.
+pub const ROLE_EVENT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+pub const TOKEN_EVENT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+pub const DONE_EVENT: &str = "data: [DONE]\n\n";
+
+/// [`METERED_CHAT`] as a stream.
+pub fn metered_stream() -> String {
+    METERED_CHAT.replace("\"max_tokens\":100", "\"max_tokens\":100,\"stream\":true")
+}
+
+/// `llama` on three backends whose order is fixed — `a`, then the fallback tiers `b` and `c`
+/// (weights within a tier are random) — with `extra` variables.
+pub fn ordered_backends(extra: &[(&str, &str)]) -> Config {
+    let mut changes: Vec<(&str, &str)> = vec![(
+        "GATEWAY_BACKENDS",
+        r#"[{"name":"a","url":"http://a.internal","models":["llama"]},
+            {"name":"b","url":"http://b.internal","models":["llama"],"priority":1},
+            {"name":"c","url":"http://c.internal","models":["llama","qwen"],"priority":2}]"#,
+    )];
+    changes.extend_from_slice(extra);
+    config_with_all(&changes)
+}

@@ -4,18 +4,8 @@ use crate::support::*;
 use edge_gateway::core::http::{BodyError, Request};
 use futures::StreamExt;
 
-/// 10 prompt tokens (40 bytes of text / 4) plus a 100-token budget: admitted as 110.
-const CHAT: &str = r#"{"model":"llama","max_tokens":100,"messages":[{"role":"user","content":"Count the tokens in this prompt please!!"}]}"#;
-const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
-const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
-const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
 const USAGE: &str =
     "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":300,\"total_tokens\":312}}\n\n";
-const DONE: &str = "data: [DONE]\n\n";
-
-fn stream_chat() -> String {
-    CHAT.replace("\"max_tokens\":100", "\"max_tokens\":100,\"stream\":true")
-}
 
 fn tokens_remaining(headers: &edge_gateway::core::http::Headers) -> u32 {
     headers.get("x-ratelimit-remaining-tokens").unwrap().parse().unwrap()
@@ -25,16 +15,16 @@ fn tokens_remaining(headers: &edge_gateway::core::http::Headers) -> u32 {
 fn admits_tokens_on_the_estimate_and_settles_on_real_usage() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
-    upstream.push(Script::json(200, COMPLETION));
-    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(status, 200);
     assert_eq!(headers.get("x-ratelimit-limit-tokens"), Some("1000"));
     assert_eq!(tokens_remaining(&headers), 1000 - 110, "admitted on the estimate");
     assert!(headers.get("x-ratelimit-reset-tokens").is_some());
     assert_eq!(runtime.run_spawned(), 1, "one settlement");
 
-    upstream.push(Script::json(200, COMPLETION));
-    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(tokens_remaining(&headers), 1000 - 20 - 110, "the first request was settled at its real 20");
 }
 
@@ -44,7 +34,7 @@ fn a_request_whose_estimate_exceeds_the_budget_is_refused_as_tokens_and_told_not
     let config = config();
     let (status, headers, body) = text(run(gw.handle(
         Ok(&config),
-        post_chat(METERED_KEY, &CHAT.replace("\"max_tokens\":100", "\"max_tokens\":500,\"n\":2")),
+        post_chat(METERED_KEY, &METERED_CHAT.replace("\"max_tokens\":100", "\"max_tokens\":500,\"n\":2")),
     )));
     assert_eq!(status, 429);
     let e = error_of(&body);
@@ -58,13 +48,13 @@ fn a_request_whose_estimate_exceeds_the_budget_is_refused_as_tokens_and_told_not
 fn a_stream_that_overshoots_its_estimate_is_charged_its_real_usage() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
-    upstream.push(Script::sse(&[ROLE, TOKEN, USAGE, DONE]));
-    let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat()))));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT]));
+    let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &metered_stream()))));
     assert_eq!(status, 200);
     runtime.run_spawned();
     // Budget 1000: 312 were really used; admitting another 110 leaves 578.
-    upstream.push(Script::json(200, COMPLETION));
-    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(status, 200);
     assert_eq!(tokens_remaining(&headers), 1000 - 312 - 110);
 }
@@ -73,15 +63,15 @@ fn a_stream_that_overshoots_its_estimate_is_charged_its_real_usage() {
 fn a_stream_cut_short_is_charged_its_prompt_and_what_was_relayed() {
     let (gw, upstream, runtime, store) = gateway_with_store();
     let config = config();
-    upstream.push(Script::sse(&[ROLE, TOKEN, TOKEN, TOKEN, TOKEN, USAGE, DONE]));
-    let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, TOKEN_EVENT, TOKEN_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT]));
+    let response = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &metered_stream())));
     let edge_gateway::core::http::Body::Stream(mut body) = response.body else { panic!("a stream") };
     run(body.next()).unwrap().unwrap(); // the client reads the first chunk, then goes away
     drop(body);
     runtime.run_spawned();
     assert!(store.state("key:gamma").leases.is_empty(), "the slot was released");
-    upstream.push(Script::json(200, COMPLETION));
-    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     // Charged the prompt estimate (10) and the one chunk relayed, not the 110 it was admitted on.
     let charged = 1000 - 110 - tokens_remaining(&headers);
     assert_eq!(charged, 11);
@@ -91,22 +81,22 @@ fn a_stream_cut_short_is_charged_its_prompt_and_what_was_relayed() {
 fn an_open_stream_holds_its_in_flight_slot_until_it_ends() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
-    upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
-    let first = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &stream_chat())));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, DONE_EVENT]));
+    let first = run(gw.handle(Ok(&config), post_chat(METERED_KEY, &metered_stream())));
     assert_eq!(first.status, 200);
 
-    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(status, 429, "the only slot is held by the open stream");
     let e = error_of(&body);
     assert_eq!(e["code"], "rate_limit_exceeded");
     assert!(e["message"].as_str().unwrap().contains("concurrent"));
 
     let (_, _, streamed) = text(first);
-    assert!(streamed.ends_with(DONE));
+    assert!(streamed.ends_with(DONE_EVENT));
     runtime.run_spawned();
-    upstream.push(Script::json(200, COMPLETION));
+    upstream.push(Script::json(200, METERED_COMPLETION));
     assert_eq!(
-        text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0,
+        text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT)))).0,
         200,
         "released when the stream ended"
     );
@@ -118,25 +108,25 @@ fn every_way_a_request_can_end_releases_its_slot() {
         ("backend refused", Script::Refuse, false),
         ("backend 500", Script::json(500, "{}"), false),
         ("backend garbage", Script::json(200, "\u{0}"), false),
-        ("completion", Script::json(200, COMPLETION), false),
+        ("completion", Script::json(200, METERED_COMPLETION), false),
         (
             "stream reset mid-way",
             Script::Answer {
                 status: 200,
                 headers: vec![("content-type", "text/event-stream")],
                 after_ms: 0,
-                chunks: vec![(0, Ok(ROLE.into())), (0, Err(BodyError("reset".into())))],
+                chunks: vec![(0, Ok(ROLE_EVENT.into())), (0, Err(BodyError("reset".into())))],
             },
             true,
         ),
-        ("stream without [DONE]", Script::sse(&[ROLE, TOKEN]), true),
+        ("stream without [DONE_EVENT]", Script::sse(&[ROLE_EVENT, TOKEN_EVENT]), true),
         ("backend never answers (timeout)", Script::Hang, true),
     ];
     for (name, script, stream) in endings {
         let (gw, upstream, runtime, store) = gateway_with_store();
         let config = config();
         upstream.push(script);
-        let body = if stream { stream_chat() } else { CHAT.to_string() };
+        let body = if stream { metered_stream() } else { METERED_CHAT.to_string() };
         let _ = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
         runtime.run_spawned();
         assert!(store.state("key:gamma").leases.is_empty(), "{name}: the slot leaked");
@@ -148,10 +138,10 @@ fn a_failure_before_the_backend_answers_refunds_the_whole_estimate() {
     let (gw, upstream, runtime) = gateway();
     let config = config();
     upstream.push(Script::Refuse);
-    assert_eq!(text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT)))).0, 502);
+    assert_eq!(text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT)))).0, 502);
     runtime.run_spawned();
-    upstream.push(Script::json(200, COMPLETION));
-    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    let (_, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(tokens_remaining(&headers), 1000 - 110, "nothing was charged for the failed request");
 }
 
@@ -171,13 +161,13 @@ fn anonymous_callers_are_limited_per_client_ip() {
     let (gw, upstream, _) = gateway();
     let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":2}"#);
     for _ in 0..2 {
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7"))))).0, 200);
     }
     let (status, headers, _) = text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7")))));
     assert_eq!(status, 429);
     assert_eq!(headers.get("x-ratelimit-limit-requests"), Some("2"));
-    upstream.push(Script::json(200, COMPLETION));
+    upstream.push(Script::json(200, METERED_COMPLETION));
     assert_eq!(
         text(run(gw.handle(Ok(&config), anonymous_chat(Some("198.51.100.1"))))).0,
         200,
@@ -189,7 +179,7 @@ fn anonymous_callers_are_limited_per_client_ip() {
 fn the_anonymous_ip_comes_from_the_platform_never_from_a_header() {
     let (gw, upstream, _) = gateway();
     let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":1}"#);
-    upstream.push(Script::json(200, COMPLETION));
+    upstream.push(Script::json(200, METERED_COMPLETION));
     assert_eq!(text(run(gw.handle(Ok(&config), anonymous_chat(Some("203.0.113.7"))))).0, 200);
     let mut spoofed = anonymous_chat(Some("203.0.113.7"));
     spoofed.headers.set("x-forwarded-for", "192.0.2.99");
@@ -202,7 +192,7 @@ fn anonymous_callers_get_only_their_models_and_wrong_keys_are_still_401() {
     let (gw, _, _) = gateway();
     let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":5}"#);
     let mut llama = anonymous_chat(Some("203.0.113.7"));
-    llama.body = edge_gateway::core::http::body_from_chunks(vec![CHAT.as_bytes().to_vec()]);
+    llama.body = edge_gateway::core::http::body_from_chunks(vec![METERED_CHAT.as_bytes().to_vec()]);
     assert_eq!(text(run(gw.handle(Ok(&config), llama))).0, 404);
     let mut wrong = anonymous_chat(Some("203.0.113.7"));
     wrong.headers.set("authorization", "Bearer sk-wrong");
@@ -217,9 +207,9 @@ fn a_platform_that_stops_polling_a_cancelled_stream_still_releases_its_slot() {
     // request's signal. The slot must come back all the same.
     let (gw, upstream, runtime, store) = gateway_with_store();
     let config = config();
-    upstream.push(Script::sse(&[ROLE, TOKEN, TOKEN, USAGE, DONE]));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT]));
     let (gone_tx, gone_rx) = futures::channel::oneshot::channel::<()>();
-    let mut request = post_chat(METERED_KEY, &stream_chat());
+    let mut request = post_chat(METERED_KEY, &metered_stream());
     request.disconnected = Some(Box::pin(async move {
         let _ = gone_rx.await;
     }));
@@ -240,11 +230,11 @@ fn a_platform_that_stops_polling_a_cancelled_stream_still_releases_its_slot() {
 fn a_stream_that_ends_normally_stops_watching_for_a_disconnect() {
     let (gw, upstream, runtime, store) = gateway_with_store();
     let config = config();
-    upstream.push(Script::sse(&[ROLE, TOKEN, USAGE, DONE]));
-    let mut request = post_chat(METERED_KEY, &stream_chat());
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, USAGE, DONE_EVENT]));
+    let mut request = post_chat(METERED_KEY, &metered_stream());
     request.disconnected = Some(Box::pin(futures::future::pending()));
     let (_, _, body) = text(run(gw.handle(Ok(&config), request)));
-    assert!(body.ends_with(DONE));
+    assert!(body.ends_with(DONE_EVENT));
     // The watcher finishes (it would otherwise keep a waitUntil open for ever) and the
     // settlement runs once.
     assert_eq!(runtime.run_spawned(), 2);
@@ -262,12 +252,12 @@ fn concurrent_requests_sharing_one_request_id_each_need_their_own_slot() {
         request.headers.set("x-request-id", "same-id");
         request
     };
-    upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
-    let open = run(gw.handle(Ok(&config), with_id(&stream_chat())));
+    upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, DONE_EVENT]));
+    let open = run(gw.handle(Ok(&config), with_id(&metered_stream())));
     assert_eq!(open.status, 200);
     for _ in 0..5 {
-        upstream.push(Script::sse(&[ROLE, TOKEN, DONE]));
-        assert_eq!(run(gw.handle(Ok(&config), with_id(&stream_chat()))).status, 429);
+        upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, DONE_EVENT]));
+        assert_eq!(run(gw.handle(Ok(&config), with_id(&metered_stream()))).status, 429);
     }
     let leases = store.state("key:gamma").leases;
     let held: Vec<&String> = leases.values().flat_map(|l| l.keys()).collect();
@@ -291,12 +281,12 @@ fn a_client_that_leaves_while_the_backend_works_aborts_it_and_frees_its_budget()
         status: 200,
         headers: vec![("content-type", "text/event-stream")],
         after_ms: 0,
-        chunks: vec![(50_000, Ok(ROLE.into()))],
+        chunks: vec![(50_000, Ok(ROLE_EVENT.into()))],
     };
     let cases: Vec<(&str, Script, String)> = vec![
-        ("a long non-stream generation", Script::json(200, COMPLETION).after(50_000), CHAT.to_string()),
-        ("a stream before its first byte", thinking_stream, stream_chat()),
-        ("a backend that has not answered at all", Script::Hang, CHAT.to_string()),
+        ("a long non-stream generation", Script::json(200, METERED_COMPLETION).after(50_000), METERED_CHAT.to_string()),
+        ("a stream before its first byte", thinking_stream, metered_stream()),
+        ("a backend that has not answered at all", Script::Hang, METERED_CHAT.to_string()),
     ];
     for (name, script, body) in cases {
         let (gw, upstream, runtime, store) = gateway_with_store();
@@ -312,8 +302,8 @@ fn a_client_that_leaves_while_the_backend_works_aborts_it_and_frees_its_budget()
         assert_eq!((line["status"].as_u64(), line["error"].as_str()), (Some(499), Some("client_closed")), "{name}");
         // Charged the prompt the backend may have read (10 tokens, of which 100 ms of refill at
         // 1000/min gave back 1.7), not the 110 it was admitted on.
-        upstream.push(Script::json(200, COMPLETION));
-        let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, CHAT))));
+        upstream.push(Script::json(200, METERED_COMPLETION));
+        let (status, headers, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
         assert_eq!(status, 200, "{name}: the key's next request is admitted");
         assert_eq!(1000 - 110 - tokens_remaining(&headers), 9, "{name}");
     }
@@ -332,12 +322,12 @@ fn anonymous_ipv6_callers_share_a_budget_per_64_and_mapped_ipv4_is_ipv4() {
     ]
     .into_iter()
     .map(|ip| {
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip))))).0
     })
     .collect();
     assert_eq!(statuses, [200, 200, 429, 429, 429], "one /64, one budget");
-    upstream.push(Script::json(200, COMPLETION));
+    upstream.push(Script::json(200, METERED_COMPLETION));
     assert_eq!(
         text(run(gw.handle(Ok(&config), anonymous_chat(Some("2001:db8:1:3::1"))))).0,
         200,
@@ -345,7 +335,7 @@ fn anonymous_ipv6_callers_share_a_budget_per_64_and_mapped_ipv4_is_ipv4() {
     );
 
     for ip in ["198.51.100.4", "::ffff:198.51.100.4"] {
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         text(run(gw.handle(Ok(&config), anonymous_chat(Some(ip)))));
     }
     assert_eq!(
@@ -360,7 +350,7 @@ fn an_anonymous_caller_without_a_platform_address_is_refused_not_pooled() {
     let (gw, upstream, _) = gateway();
     let config = config_with("GATEWAY_ANONYMOUS", r#"{"models":["qwen"],"requests_per_minute":100}"#);
     for ip in [None, Some("unknown"), Some("")] {
-        upstream.push(Script::json(200, COMPLETION));
+        upstream.push(Script::json(200, METERED_COMPLETION));
         let (status, _, body) = text(run(gw.handle(Ok(&config), anonymous_chat(ip))));
         assert_eq!(status, 401, "{ip:?}: {body}");
     }

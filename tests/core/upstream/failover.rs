@@ -76,19 +76,6 @@ fn all_backends_ejected_is_a_503_and_no_backend_is_a_404() {
     assert_eq!(attempt_order(&config, "gpt-9", &health, T0, 1).unwrap_err().status(), 404);
 }
 
-/// A gateway over fakes whose backend order is fixed: weights 3:1 are random, so these tests pin
-/// `a` first by making it the only primary.
-fn ordered(extra: &[(&str, &str)]) -> Config {
-    let mut vars: Vec<(&str, &str)> = vec![(
-        "GATEWAY_BACKENDS",
-        r#"[{"name":"a","url":"http://a.internal","models":["llama"]},
-            {"name":"b","url":"http://b.internal","models":["llama"],"priority":1},
-            {"name":"c","url":"http://c.internal","models":["llama","qwen"],"priority":2}]"#,
-    )];
-    vars.extend_from_slice(extra);
-    ha_config(&vars)
-}
-
 /// Sends `body` through a gateway whose backends answer with `scripts`, in virtual time.
 fn exchange(
     config: &Config,
@@ -131,7 +118,7 @@ fn fails_over_on_the_backends_faults_before_the_first_byte() {
         ("a stream that is not SSE", STREAM, Script::json(200, COMPLETION)),
     ];
     for (name, body, first) in cases {
-        let config = ordered(&[]);
+        let config = ordered_backends(&[]);
         let next = if body == STREAM { Script::sse(&[ROLE, DONE]) } else { Script::json(200, COMPLETION) };
         let (status, _, body, upstream, runtime, _) = exchange(&config, body, vec![first, next]);
         assert_eq!(status, 200, "{name}: {body}");
@@ -159,7 +146,7 @@ fn never_retries_or_ejects_on_the_callers_faults() {
     ];
     for (backend, client) in cases {
         let (gw, upstream, _) = gateway();
-        let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
+        let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
         upstream.push(Script::json(backend, r#"{"error":{"message":"bad field at /srv/app/server.py","code":400}}"#));
         upstream.push(Script::json(200, COMPLETION));
         let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
@@ -175,7 +162,7 @@ fn never_retries_or_ejects_on_the_callers_faults() {
 
 #[test]
 fn a_backends_4xx_message_is_shown_cleaned_of_internals() {
-    let config = ordered(&[]);
+    let config = ordered_backends(&[]);
     let vllm = r#"{"error":{"message":"This model's maximum context length is 4096 tokens. See /opt/vllm/x.py or http://10.0.0.3:8000/docs (10.0.0.3:8000)","type":"BadRequestError","code":400}}"#;
     let (status, _, body, ..) = exchange(&config, CHAT, vec![Script::json(400, vllm)]);
     assert_eq!(status, 400);
@@ -189,7 +176,8 @@ fn a_backends_4xx_message_is_shown_cleaned_of_internals() {
 #[test]
 fn a_non_stream_completion_may_take_longer_than_the_connect_timeout() {
     // vLLM sends a completion's headers after its last token: a 15 s generation is not a dead backend.
-    let config = ordered(&[("GATEWAY_CONNECT_TIMEOUT_MS", "10000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "12000")]);
+    let config =
+        ordered_backends(&[("GATEWAY_CONNECT_TIMEOUT_MS", "10000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "12000")]);
     let (status, _, body, upstream, _, elapsed) =
         exchange(&config, CHAT, vec![Script::json(200, COMPLETION).after(15_000)]);
     assert_eq!(status, 200, "{body}");
@@ -199,7 +187,7 @@ fn a_non_stream_completion_may_take_longer_than_the_connect_timeout() {
 
 #[test]
 fn a_non_stream_past_the_total_timeout_is_a_504_neither_retried_nor_ejected() {
-    let config = ordered(&[
+    let config = ordered_backends(&[
         ("GATEWAY_TOTAL_TIMEOUT_MS", "20000"),
         ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000"),
         ("GATEWAY_EJECT_AFTER_FAILURES", "1"),
@@ -281,7 +269,7 @@ fn each_stream_phase_times_out_on_its_own_limit() {
 
 #[test]
 fn a_stream_that_never_sends_headers_fails_over_but_one_that_is_thinking_does_not() {
-    let config = ordered(&[("GATEWAY_CONNECT_TIMEOUT_MS", "1000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "3000")]);
+    let config = ordered_backends(&[("GATEWAY_CONNECT_TIMEOUT_MS", "1000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "3000")]);
     let (status, _, _, upstream, _, _) = exchange(&config, STREAM, vec![Script::Hang, Script::sse(&[ROLE, DONE])]);
     assert_eq!(status, 200);
     assert_eq!(upstream.hosts(), ["a.internal", "b.internal"], "no headers: the request never started");
@@ -303,7 +291,7 @@ fn a_stream_that_never_sends_headers_fails_over_but_one_that_is_thinking_does_no
 #[test]
 fn gives_up_after_max_attempts_with_the_last_error() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[("GATEWAY_MAX_ATTEMPTS", "2")]);
+    let config = ordered_backends(&[("GATEWAY_MAX_ATTEMPTS", "2")]);
     upstream.push(Script::Refuse);
     upstream.push(Script::json(500, "{}"));
     upstream.push(Script::json(200, COMPLETION));
@@ -315,7 +303,7 @@ fn gives_up_after_max_attempts_with_the_last_error() {
 
 #[test]
 fn connect_timeouts_on_every_backend_are_a_504() {
-    let config = ordered(&[]);
+    let config = ordered_backends(&[]);
     let (status, _, body, upstream, ..) = exchange(&config, STREAM, vec![Script::Hang, Script::Hang, Script::Hang]);
     assert_eq!(status, 504);
     assert_eq!(error_of(&body)["code"], "upstream_timeout");
@@ -324,7 +312,7 @@ fn connect_timeouts_on_every_backend_are_a_504() {
 
 #[test]
 fn a_stream_that_fails_after_its_first_byte_is_never_retried() {
-    let config = ordered(&[]);
+    let config = ordered_backends(&[]);
     let broken = Script::Answer {
         status: 200,
         headers: vec![("content-type", "text/event-stream")],
@@ -339,7 +327,7 @@ fn a_stream_that_fails_after_its_first_byte_is_never_retried() {
 
 #[test]
 fn a_stream_gone_silent_ends_with_a_timeout_event_after_the_idle_limit() {
-    let config = ordered(&[("GATEWAY_IDLE_TIMEOUT_MS", "5000")]);
+    let config = ordered_backends(&[("GATEWAY_IDLE_TIMEOUT_MS", "5000")]);
     let (status, _, body, _, _, elapsed) = exchange(&config, STREAM, vec![Script::StreamThenStall(vec![ROLE])]);
     assert_eq!((status, elapsed), (200, 5_000));
     let (before, last) = body.rsplit_once("data: ").unwrap();
@@ -349,7 +337,7 @@ fn a_stream_gone_silent_ends_with_a_timeout_event_after_the_idle_limit() {
 
 #[test]
 fn a_backends_retry_after_is_clamped() {
-    let config = ordered(&[("GATEWAY_MAX_ATTEMPTS", "1")]);
+    let config = ordered_backends(&[("GATEWAY_MAX_ATTEMPTS", "1")]);
     for (sent, expected) in [
         ("7", "7"),
         ("99999999999999999999999", "1"),
@@ -370,7 +358,7 @@ fn a_backends_retry_after_is_clamped() {
 #[test]
 fn every_backend_ejected_is_a_503_with_retry_headers() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[
+    let config = ordered_backends(&[
         ("GATEWAY_EJECT_AFTER_FAILURES", "1"),
         ("GATEWAY_EJECT_FOR_MS", "12000"),
         ("GATEWAY_MAX_ATTEMPTS", "3"),
@@ -390,7 +378,7 @@ fn every_backend_ejected_is_a_503_with_retry_headers() {
 #[test]
 fn a_failing_backend_is_skipped_once_ejected() {
     let (gw, upstream, _runtime) = gateway();
-    let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_EJECT_FOR_MS", "30000")]);
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_EJECT_FOR_MS", "30000")]);
     for _ in 0..2 {
         upstream.push(Script::Refuse);
         upstream.push(Script::json(200, COMPLETION));
@@ -410,7 +398,7 @@ fn a_failing_backend_is_skipped_once_ejected() {
 #[test]
 fn a_backend_busy_with_429_is_not_ejected() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
     upstream.push(Script::json(429, "{}"));
     upstream.push(Script::json(200, COMPLETION));
     text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
@@ -423,7 +411,7 @@ fn a_backend_busy_with_429_is_not_ejected() {
 #[test]
 fn readiness_probes_never_eject_nor_reinstate() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[("GATEWAY_EJECT_AFTER_FAILURES", "1"), ("GATEWAY_READYZ_CACHE_MS", "0")]);
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1"), ("GATEWAY_READYZ_CACHE_MS", "0")]);
     upstream.push(Script::json(503, ""));
     upstream.push(Script::json(200, ""));
     upstream.push(Script::json(200, ""));
@@ -453,7 +441,7 @@ fn readiness_probes_never_eject_nor_reinstate() {
 #[test]
 fn readiness_probes_each_backend_once_per_cache_period_and_names_no_model() {
     let (gw, upstream, _) = gateway();
-    let config = ordered(&[("GATEWAY_READYZ_CACHE_MS", "5000")]);
+    let config = ordered_backends(&[("GATEWAY_READYZ_CACHE_MS", "5000")]);
     for _ in 0..3 {
         upstream.push(Script::json(200, ""));
     }
