@@ -31,13 +31,15 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 WORKER_OUT := build/worker/shim.mjs
 SPIN_OUT := target/wasm32-wasip2/release/edge_gateway.wasm
+# The Spin build's baseline in `make bench`: a bare WASI-HTTP pass-through, its own small crate.
+BARE_WASI_OUT := target/wasm32-wasip2/release/bare_wasi.wasm
 RUST_SOURCES := $(shell find src -name '*.rs' -o -name '*.lua') Cargo.toml Cargo.lock rust-toolchain.toml
 
 DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: check help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
+.PHONY: check help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin bare-wasi dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
@@ -206,15 +208,25 @@ bench-tool:
 		echo "installing wrk from Debian"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 
-# The core's microbenchmarks, then the gateway side by side with direct, a bare JS worker and the
-# Spin build (see benches/bench.py and BENCHMARKS.md). Prints numbers; never fails on them.
-bench: worker spin bench-tool redis-tool
+BENCH_ROUNDS ?= 1
+
+# Not a member of this package (it would slow every build): its own manifest and lock file, built
+# into the shared target dir with the same target and release profile as the Spin component.
+bare-wasi: $(BARE_WASI_OUT)
+
+$(BARE_WASI_OUT): benches/bare-wasi/src/lib.rs benches/bare-wasi/Cargo.toml benches/bare-wasi/Cargo.lock | rust-targets
+	cargo build --manifest-path benches/bare-wasi/Cargo.toml --target wasm32-wasip2 --release --target-dir target
+
+# The core's microbenchmarks, then the gateway side by side with direct, a bare JS worker, the
+# Spin build and a bare WASI pass-through (see benches/bench.py and BENCHMARKS.md). Prints
+# numbers; never fails on them. BENCH_ROUNDS=3 measures every target three times (medians).
+bench: worker spin bare-wasi wasmtime-tool bench-tool redis-tool
 	cargo build --release --bin mock-backend
 	cargo bench --bench core
-	BENCH_SECONDS=$(BENCH_SECONDS) python3 benches/bench.py
+	BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) python3 benches/bench.py
 
 # The same, plus Portkey's gateway (npm) and LiteLLM proxy (PyPI), installed on first use.
-bench-peers: worker spin bench-tool redis-tool benches/peers/node_modules/.package-lock.json .venv-litellm/bin/litellm
+bench-peers: worker spin bare-wasi wasmtime-tool bench-tool redis-tool benches/peers/node_modules/.package-lock.json .venv-litellm/bin/litellm
 	cargo build --release --bin mock-backend
 	BENCH_SECONDS=$(BENCH_SECONDS) python3 benches/bench.py --peers
 

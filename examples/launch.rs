@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example launch -- workerd DIR PORT [--module FILE.js] [NAME=VALUE]...
-//! cargo run --example launch -- wasmtime PORT [NAME=VALUE]...
+//! cargo run --example launch -- wasmtime PORT [--component FILE.wasm] [--flag FLAG]... [NAME=VALUE]...
 //! cargo run --example launch -- redis PORT
 //! ```
 //!
@@ -39,9 +39,24 @@ fn main() {
             };
             launch::workerd(&dir, port(&args[2]), script, &vars(rest))
         }
-        Some("wasmtime") => launch::wasmtime(port(&args[1]), &vars(&args[2..]), &[]),
+        Some("wasmtime") => {
+            // Options first (the component, then wasmtime flags), variables after.
+            let mut component = launch::component();
+            let mut flags: Vec<String> = Vec::new();
+            let mut rest = &args[2..];
+            loop {
+                match rest.first().map(String::as_str) {
+                    Some("--component") => component = PathBuf::from(&rest[1]),
+                    Some("--flag") => flags.push(rest[1].clone()),
+                    _ => break,
+                }
+                rest = &rest[2..];
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            launch::wasmtime_serve(&component, port(&args[1]), &vars(rest), &flags)
+        }
         Some("redis") => launch::redis(port(&args[1])),
-        _ => panic!("usage: launch workerd DIR PORT [--module FILE] [K=V]... | wasmtime PORT [K=V]... | redis PORT"),
+        _ => panic!("usage: launch workerd DIR PORT [--module FILE] [K=V]... | wasmtime PORT [--component F] [--flag F]... [K=V]... | redis PORT"),
     };
     let argv: Vec<String> =
         std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();

@@ -167,9 +167,15 @@ pub fn component() -> PathBuf {
 /// `wasmtime serve` of the component on `127.0.0.1:port` with `vars`, in WASI 0.2 mode: the CLI,
 /// HTTP and socket interfaces (the component imports only those), `extra` flags before it.
 pub fn wasmtime(port: u16, vars: &[(String, String)], extra: &[&str]) -> Command {
+    wasmtime_serve(&component(), port, vars, extra)
+}
+
+/// [`wasmtime`] for any WASI-HTTP component (the benchmark's bare pass-through too).
+pub fn wasmtime_serve(component: &Path, port: u16, vars: &[(String, String)], extra: &[&str]) -> Command {
     assert!(
-        component().exists() && wasmtime_path().exists(),
-        "the Spin component or wasmtime is missing: run `make spin tools` first (`make test` does)"
+        component.exists() && wasmtime_path().exists(),
+        "{} or wasmtime is missing: run `make spin tools` first (`make test` does)",
+        component.display()
     );
     let mut cmd = Command::new(wasmtime_path());
     cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}")])
@@ -182,7 +188,7 @@ pub fn wasmtime(port: u16, vars: &[(String, String)], extra: &[&str]) -> Command
     for (name, value) in vars {
         cmd.arg("--env").arg(format!("{name}={value}"));
     }
-    cmd.arg(component());
+    cmd.arg(component);
     cmd
 }
 
