@@ -62,6 +62,34 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
+
+    /// Every field as `name\nvalue\n` lines: a whole header list in one string, so an adapter
+    /// can hand it across a language boundary in one call. `None` when a name or value holds a
+    /// line break, which no platform's header list accepts (and which would shift the lines).
+    pub fn to_lines(&self) -> Option<String> {
+        let mut out = String::with_capacity(self.0.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
+        for (name, value) in &self.0 {
+            if name.contains(['\n', '\r']) || value.contains(['\n', '\r']) {
+                return None;
+            }
+            out.push_str(name);
+            out.push('\n');
+            out.push_str(value);
+            out.push('\n');
+        }
+        Some(out)
+    }
+
+    /// The fields of [`Headers::to_lines`] text, in order (a trailing name without its value is
+    /// ignored).
+    pub fn from_lines(text: &str) -> Headers {
+        let mut lines = text.split('\n');
+        let mut fields = Vec::new();
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            fields.push((name.to_string(), value.to_string()));
+        }
+        Headers(fields)
+    }
 }
 
 impl FromIterator<(String, String)> for Headers {

@@ -10,6 +10,8 @@ pub mod relay;
 pub mod sse;
 
 use crate::core::http::{BodyStream, Headers};
+use crate::core::runtime::Runtime;
+use crate::core::upstream::relay::Pipe;
 
 /// A request to a backend; the body is complete (requests are small, already validated).
 #[derive(Debug, Clone)]
@@ -35,4 +37,12 @@ pub struct ConnectError(pub String);
 #[allow(async_fn_in_trait)]
 pub trait Upstream {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError>;
+
+    /// The client's body for a committed stream: `pipe` decides what each chunk of the backend's
+    /// `body` becomes. By default the core pumps it ([`relay::stream`]); a platform whose byte
+    /// pipe is cheaper outside the core may pump the backend's bytes itself, handing each chunk
+    /// to `pipe` and forwarding what it says (the Workers build does, from JavaScript).
+    fn relay<R: Runtime + 'static>(&self, pipe: Pipe, body: BodyStream, runtime: R) -> BodyStream {
+        relay::stream(pipe, body, runtime)
+    }
 }

@@ -192,7 +192,8 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
         };
     }
     let (body, scanner, first) = first_event(runtime, response, exchange, first_byte_by, deadline_ms).await?;
-    let body = relay::relay(body, scanner, first, runtime.clone(), timeouts.idle_ms, deadline_ms, ending);
+    let (pipe, body) = relay::commit(body, scanner, first, timeouts.idle_ms, deadline_ms, ending);
+    let body = upstream.relay(pipe, body, runtime.clone());
     Ok(Relayed::Stream { body, deadline_ms })
 }
 

@@ -1,12 +1,15 @@
 //! Relays a committed stream to the client: chunk by chunk through the [`SseScanner`], within the
 //! idle and total deadlines, ending it with one OpenAI-shaped error event when the backend fails,
 //! and reporting its end exactly once — which also lets go of the backend request.
+//!
+//! The rules are a [`Pipe`] without I/O; [`stream`] pumps it in the core, and a platform whose
+//! byte pipe is cheaper outside wasm may pump it itself (see [`crate::core::upstream::Upstream::relay`]).
 
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::BodyStream;
 use crate::core::openai::Usage;
 use crate::core::runtime::{timeout, Runtime};
-use crate::core::upstream::sse::{SseScanner, Stop};
+use crate::core::upstream::sse::{Fed, SseScanner, Stop};
 use futures::channel::oneshot;
 use futures::stream::StreamExt;
 use std::cell::{Cell, RefCell};
@@ -147,37 +150,28 @@ impl futures::Stream for Detachable {
     }
 }
 
-/// The client's stream: `first` (what the first complete events gave, scanned before committing
-/// to 200), then the rest of `body` as it arrives, until `[DONE]`, a failure or a deadline.
-pub(super) fn relay<R: Runtime + 'static>(
+/// Commits to relaying `body`: the [`Pipe`] that decides what each of its chunks becomes, and the
+/// body itself, now owned by `ending` so that whoever reports the end can let go of it.
+pub(super) fn commit(
     body: BodyStream,
     scanner: SseScanner,
     first: Vec<u8>,
-    runtime: R,
     idle_ms: u64,
     deadline_ms: u64,
     ending: &StreamEnding,
-) -> BodyStream {
-    let relay = Relay {
-        upstream: ending.hold(body),
-        scanner,
-        first: Some(first),
-        runtime,
-        idle_ms,
-        deadline_ms,
-        guard: EndGuard(ending.clone()),
-        told: false,
-    };
-    Box::pin(futures::stream::unfold(relay, Relay::next))
+) -> (Pipe, BodyStream) {
+    let pipe = Pipe { scanner, first: Some(first), idle_ms, deadline_ms, guard: EndGuard(ending.clone()), told: false };
+    (pipe, Box::pin(ending.hold(body)))
 }
 
-/// The state of one relayed stream.
-struct Relay<R> {
-    upstream: Detachable,
+/// A committed stream's relay without I/O: what each chunk of the backend's body becomes, what
+/// the backend closing or failing means, and when time runs out. Whoever pumps the bytes — the
+/// core itself ([`stream`]), or a platform whose byte pipe lives outside wasm — calls it chunk by
+/// chunk and forwards what it says. Dropping it before the end means the client went away.
+pub struct Pipe {
     scanner: SseScanner,
     /// What the first complete events gave, scanned before committing to 200.
     first: Option<Vec<u8>>,
-    runtime: R,
     /// The longest wait for the next chunk.
     idle_ms: u64,
     /// When the whole answer must be done (ms on the runtime's clock).
@@ -185,6 +179,148 @@ struct Relay<R> {
     guard: EndGuard,
     /// Whether the client was sent the stream's final error event.
     told: bool,
+}
+
+/// What to send the client after something happened on the backend's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The chunk just given, exactly as it came (only from [`Pipe::chunk`]).
+    AsIs,
+    /// These bytes (nothing when empty); then read on.
+    Send(Vec<u8>),
+    /// These bytes (nothing when empty); then the client's stream ends. The end has been
+    /// reported, which let go of the backend's body.
+    End(Vec<u8>),
+}
+
+const MALFORMED: &str = "The inference backend sent a malformed stream.";
+const FAILED: &str = "The inference backend failed during the stream.";
+const ENDED_EARLY: &str = "The inference backend ended the stream early.";
+
+impl Pipe {
+    /// What the first complete events gave (once; nothing after).
+    pub fn first(&mut self) -> Verdict {
+        match self.first.take() {
+            Some(first) => self.forward(first),
+            None => Verdict::Send(Vec::new()),
+        }
+    }
+
+    /// The backend's next chunk, which the caller keeps: [`Verdict::AsIs`] on the fast path.
+    pub fn chunk(&mut self, chunk: &[u8]) -> Verdict {
+        if let Some(ended) = self.ended() {
+            return ended;
+        }
+        match self.scanner.feed_slice(chunk) {
+            Ok(Fed::AsIs) => match self.forward(Vec::new()) {
+                // Nothing stopped and nothing ended: the chunk goes on as it came.
+                Verdict::Send(_) => Verdict::AsIs,
+                // The chunk carried `[DONE]` (or a stop): it goes first, then the end.
+                Verdict::End(after) => Verdict::End([chunk, &after].concat()),
+                Verdict::AsIs => Verdict::AsIs,
+            },
+            Ok(Fed::Bytes(out)) => self.forward(out),
+            Err(_) => self.fail(MALFORMED, Vec::new()),
+        }
+    }
+
+    /// The backend's next chunk, moved in (the core's own pump): never [`Verdict::AsIs`].
+    fn chunk_owned(&mut self, chunk: Vec<u8>) -> Verdict {
+        if let Some(ended) = self.ended() {
+            return ended;
+        }
+        match self.scanner.feed(chunk) {
+            Ok(out) => self.forward(out),
+            Err(_) => self.fail(MALFORMED, Vec::new()),
+        }
+    }
+
+    /// The backend ended its body (before `[DONE]`, or the stream would have ended already).
+    pub fn closed(&mut self) -> Verdict {
+        self.ended().unwrap_or_else(|| self.fail(ENDED_EARLY, Vec::new()))
+    }
+
+    /// Reading the backend's body failed (a reset, or the body let go of by whoever reported
+    /// the end).
+    pub fn failed(&mut self) -> Verdict {
+        self.ended().unwrap_or_else(|| self.fail(FAILED, Vec::new()))
+    }
+
+    /// When waiting for the next chunk runs out (ms on the runtime's clock), and which limit
+    /// that is. `waiting_since_ms`: when the pump began waiting for the backend; `None` while it
+    /// is not (the client is not reading), when only the total deadline counts.
+    pub fn due(&self, waiting_since_ms: Option<u64>) -> (u64, TimeoutPhase) {
+        match waiting_since_ms {
+            Some(since) if self.deadline_ms.saturating_sub(since) > self.idle_ms => {
+                (since.saturating_add(self.idle_ms), TimeoutPhase::Idle)
+            }
+            _ => (self.deadline_ms, TimeoutPhase::Total),
+        }
+    }
+
+    /// The wait for the next chunk ran out: the final event.
+    pub fn timed_out(&mut self, phase: TimeoutPhase) -> Verdict {
+        self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new())
+    }
+
+    /// A platform's timer fired at `now_ms`: how long until it should fire again, or the end
+    /// (a timeout, or an end reported meanwhile by someone else).
+    pub fn tick(&mut self, now_ms: u64, waiting_since_ms: Option<u64>) -> Result<u64, Verdict> {
+        if let Some(ended) = self.ended() {
+            return Err(ended);
+        }
+        let (at, phase) = self.due(waiting_since_ms);
+        if now_ms >= at {
+            Err(self.timed_out(phase))
+        } else {
+            Ok(at - now_ms)
+        }
+    }
+
+    /// The end, if someone else reported it (the total deadline passing while the client did not
+    /// read, or the client gone): a stream cut by the deadline still tells the client, once.
+    pub fn ended(&mut self) -> Option<Verdict> {
+        match self.guard.0.end() {
+            Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
+                self.told = true;
+                Some(Verdict::End(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event()))
+            }
+            Some(_) => Some(Verdict::End(Vec::new())),
+            None => None,
+        }
+    }
+
+    /// What the scanner returned for a chunk: forward it, or end the stream.
+    fn forward(&mut self, out: Vec<u8>) -> Verdict {
+        self.guard.0.count(self.scanner.content_events());
+        match self.scanner.stopped().cloned() {
+            // Relay what came before the bad event, then end with the gateway's own error.
+            Some(Stop::Malformed) => return self.fail(MALFORMED, out),
+            Some(Stop::BackendError { message, .. }) => {
+                let message = message.unwrap_or_else(|| FAILED.into());
+                return self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out);
+            }
+            None => {}
+        }
+        if self.scanner.done() {
+            // `[DONE]` is the end, whether or not the backend closes its side.
+            self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
+            return Verdict::End(out);
+        }
+        Verdict::Send(out)
+    }
+
+    fn fail(&mut self, message: &str, before: Vec<u8>) -> Verdict {
+        self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message: message.into() }, before)
+    }
+
+    /// Ends the stream: what came `before` the failure, then one OpenAI-shaped error event.
+    fn end_with(&mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> Verdict {
+        self.told = true;
+        self.guard.0.fire(end, self.scanner.usage());
+        before.extend_from_slice(&error.to_sse_event());
+        Verdict::End(before)
+    }
 }
 
 /// Reports the stream's end; if dropped first, the client went away.
@@ -196,100 +332,54 @@ impl Drop for EndGuard {
     }
 }
 
-type Item = Result<Vec<u8>, crate::core::http::BodyError>;
-
-/// What to do with the bytes one chunk gave.
-enum Step<R> {
-    Yield((Item, Relay<R>)),
-    End,
-    Read(Relay<R>),
+/// The client's stream, pumped by the core: `pipe`'s first events, then `body` chunk by chunk as
+/// it arrives, each wait bounded by the idle and total deadlines, until the pipe says it ended.
+pub fn stream<R: Runtime + 'static>(pipe: Pipe, body: BodyStream, runtime: R) -> BodyStream {
+    let pump = Pump { pipe, body, runtime, started: false };
+    Box::pin(futures::stream::unfold(pump, Pump::next))
 }
 
-impl<R: Runtime> Relay<R> {
+/// The state of a stream the core pumps itself.
+struct Pump<R> {
+    pipe: Pipe,
+    body: BodyStream,
+    runtime: R,
+    /// Whether the first events went out.
+    started: bool,
+}
+
+type Item = Result<Vec<u8>, crate::core::http::BodyError>;
+
+impl<R: Runtime> Pump<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
-    async fn next(mut self) -> Option<(Item, Relay<R>)> {
-        if let Some(first) = self.first.take() {
-            match self.forward(first) {
-                Step::Yield(item) => return Some(item),
-                Step::End => return None,
-                Step::Read(relay) => self = relay,
-            }
-        }
+    async fn next(mut self) -> Option<(Item, Pump<R>)> {
         loop {
-            match self.guard.0.end() {
-                // The deadline passed while the client was not reading: tell it, once.
-                Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
-                    self.told = true;
-                    let event = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event();
-                    return Some((Ok(event), self));
-                }
-                Some(_) => return None,
-                None => {}
-            }
-            let now = self.runtime.now_ms();
-            let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
-                (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
+            let verdict = if !self.started {
+                self.started = true;
+                self.pipe.first()
             } else {
-                (self.idle_ms, TimeoutPhase::Idle)
-            };
-            let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
-                None => {
-                    return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new()))
+                match self.pipe.ended() {
+                    Some(ended) => ended,
+                    None => self.wait().await,
                 }
-                Some(Some(Ok(chunk))) => chunk,
-                Some(Some(Err(_))) => {
-                    return Some(self.fail("The inference backend failed during the stream.", Vec::new()))
-                }
-                Some(None) if self.guard.0.end().is_some() => continue, // let go of by another owner
-                Some(None) => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
             };
-            let out = match self.scanner.feed(chunk) {
-                Ok(out) => out,
-                Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
-            };
-            match self.forward(out) {
-                Step::Yield(item) => return Some(item),
-                Step::End => return None,
-                Step::Read(relay) => self = relay,
+            match verdict {
+                Verdict::Send(out) | Verdict::End(out) if !out.is_empty() => return Some((Ok(out), self)),
+                Verdict::End(_) => return None,
+                Verdict::Send(_) | Verdict::AsIs => {}
             }
         }
     }
 
-    /// What the scanner returned for a chunk: forward it, end the stream, or read on.
-    fn forward(self, out: Vec<u8>) -> Step<R> {
-        self.guard.0.count(self.scanner.content_events());
-        match self.scanner.stopped().cloned() {
-            // Relay what came before the bad event, then end with the gateway's own error.
-            Some(Stop::Malformed) => {
-                return Step::Yield(self.fail("The inference backend sent a malformed stream.", out))
-            }
-            Some(Stop::BackendError { message, .. }) => {
-                let message = message.unwrap_or_else(|| "The inference backend failed during the stream.".into());
-                return Step::Yield(self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message }, out));
-            }
-            None => {}
+    /// Waits for the backend's next chunk within the idle and total deadlines.
+    async fn wait(&mut self) -> Verdict {
+        let now = self.runtime.now_ms();
+        let (at, phase) = self.pipe.due(Some(now));
+        match timeout(&self.runtime, at.saturating_sub(now).max(1), self.body.next()).await {
+            None => self.pipe.timed_out(phase),
+            Some(Some(Ok(chunk))) => self.pipe.chunk_owned(chunk),
+            Some(Some(Err(_))) => self.pipe.failed(),
+            Some(None) => self.pipe.closed(),
         }
-        if self.scanner.done() {
-            // `[DONE]` is the end, whether or not the backend closes its side.
-            self.guard.0.fire(StreamEnd::Done, self.scanner.usage());
-            return if out.is_empty() { Step::End } else { Step::Yield((Ok(out), self)) };
-        }
-        if out.is_empty() {
-            Step::Read(self)
-        } else {
-            Step::Yield((Ok(out), self))
-        }
-    }
-
-    fn fail(self, message: &str, before: Vec<u8>) -> (Item, Relay<R>) {
-        self.end_with(StreamEnd::UpstreamError, GatewayError::Upstream { message: message.into() }, before)
-    }
-
-    /// Ends the stream: what came `before` the failure, then one OpenAI-shaped error event.
-    fn end_with(mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
-        self.told = true;
-        self.guard.0.fire(end, self.scanner.usage());
-        before.extend_from_slice(&error.to_sse_event());
-        (Ok(before), self)
     }
 }

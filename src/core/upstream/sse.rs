@@ -30,6 +30,15 @@ pub enum Stop {
     BackendError { message: Option<String>, request_fault: bool },
 }
 
+/// What [`SseScanner::feed_slice`] says to forward for a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fed {
+    /// The chunk itself, exactly as it came.
+    AsIs,
+    /// These bytes (empty when nothing is complete yet).
+    Bytes(Vec<u8>),
+}
+
 /// Scans one response stream. Feed chunks in order; forward what `feed` returns.
 #[derive(Debug)]
 pub struct SseScanner {
@@ -112,10 +121,20 @@ impl SseScanner {
     /// Takes the next chunk from the backend; returns the bytes to forward now (complete events,
     /// minus any dropped one). An incomplete trailing event is held until its end arrives.
     pub fn feed(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, SseError> {
+        Ok(match self.feed_slice(&chunk)? {
+            Fed::AsIs => chunk,
+            Fed::Bytes(out) => out,
+        })
+    }
+
+    /// [`Self::feed`] for a chunk the caller keeps (a platform's buffer outside the core): on the
+    /// fast path — whole events, every one kept — nothing is copied, and the caller forwards its
+    /// own chunk.
+    pub fn feed_slice(&mut self, chunk: &[u8]) -> Result<Fed, SseError> {
         if !self.pending.is_empty() {
             // Append (amortised O(chunk)) and search only what is new.
             let mut buf = std::mem::take(&mut self.pending);
-            buf.extend_from_slice(&chunk);
+            buf.extend_from_slice(chunk);
             let mut out = Vec::new();
             let end = self.scan_events(&buf, self.searched, &mut |range, keep| {
                 if keep {
@@ -124,18 +143,18 @@ impl SseScanner {
             });
             buf.drain(..end);
             self.hold_buffer(buf)?;
-            return Ok(out);
+            return Ok(Fed::Bytes(out));
         }
         // Fast path: a chunk of whole events that keeps every event is forwarded as it came;
         // only dropped events (rare: the usage chunk, a malformed tail) are noted.
         let mut dropped: Vec<std::ops::Range<usize>> = Vec::new();
-        let end = self.scan_events(&chunk, 0, &mut |range, keep| {
+        let end = self.scan_events(chunk, 0, &mut |range, keep| {
             if !keep {
                 dropped.push(range);
             }
         });
         if end == chunk.len() && dropped.is_empty() {
-            return Ok(chunk);
+            return Ok(Fed::AsIs);
         }
         let mut out = Vec::with_capacity(end);
         let mut at = 0;
@@ -145,7 +164,7 @@ impl SseScanner {
         }
         out.extend_from_slice(&chunk[at..end]);
         self.hold_buffer(chunk[end..].to_vec())?;
-        Ok(out)
+        Ok(Fed::Bytes(out))
     }
 
     /// The stream ended: returns any trailing bytes that never formed a complete event.
