@@ -113,10 +113,30 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 worker: $(WORKER_OUT)
 
-$(WORKER_OUT): $(RUST_SOURCES) | rust-targets worker-build-tool wasm-bindgen-tool node-tools
-	worker-build --release --features cloudflare
-	@wc -c < build/index_bg.wasm | awk '{print "wasm: " $$1 " bytes raw"}'; \
-		gzip -9c build/index_bg.wasm | wc -c | awk '{print "wasm: " $$1 " bytes gzip"}'
+# What worker-build does, with our own entry point instead of its generated shim: the release
+# wasm; wasm-bindgen's glue (the `module` target, with the state reset and abort handler that let
+# the glue re-instantiate the wasm after a trap, as worker-build's own build does); binaryen's
+# `wasm-opt -Oz`; then esbuild bundles src/workers/entry.js with the glue into one module that
+# imports the wasm beside it. wrangler.toml's `main` is that module.
+WORKER_WASM := target/wasm32-unknown-unknown/release/edge_gateway.wasm
+WORKER_JS := src/workers/entry.js src/workers/platform.js
+# Named, not --all-features, so binaryen never emits an encoding workerd does not read yet (the
+# list worker-build 0.8.7 passes: rustc's wasm32 defaults, and the exception handling of
+# wasm-bindgen's catch wrappers).
+WASM_OPT_FEATURES := $(addprefix --enable-,mutable-globals sign-ext nontrapping-float-to-int bulk-memory \
+	multivalue reference-types exception-handling)
+
+$(WORKER_OUT): $(RUST_SOURCES) $(WORKER_JS) | rust-targets wasm-bindgen-tool node-tools
+	cargo build --lib --target wasm32-unknown-unknown --release --features cloudflare
+	rm -rf build/glue build/worker && mkdir -p build/worker
+	$(WASM_BINDGEN_BIN) $(WORKER_WASM) --target module --out-dir build/glue --out-name index --no-typescript \
+		--experimental-reset-state-function --force-enable-abort-handler
+	sed -i 's/^import source wasmModule from /import wasmModule from /' build/glue/index.js
+	$(WASM_OPT_BIN) -Oz $(WASM_OPT_FEATURES) build/glue/index_bg.wasm -o build/worker/index_bg.wasm
+	$(ESBUILD_BIN) src/workers/entry.js --bundle --format=esm --minify --log-level=warning \
+		--external:cloudflare:* --external:*.wasm --outfile=$(WORKER_OUT)
+	@wc -c < build/worker/index_bg.wasm | awk '{print "wasm: " $$1 " bytes raw"}'; \
+		gzip -9c build/worker/index_bg.wasm | wc -c | awk '{print "wasm: " $$1 " bytes gzip"}'
 
 spin: $(SPIN_OUT)
 

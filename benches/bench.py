@@ -311,12 +311,13 @@ def launch(target, state, mock_url, auth, wasmtime=""):
     proc, headers = None, auth
     if target == "direct":
         url, headers = mock_url, {}
-    elif target in ("worker", "bare-js"):
-        d = state / target
+    elif target in ("worker", "bare-js") or target.startswith("js:"):
+        d = state / target.replace("/", "_")
         if target == "worker":
             argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url)))
         else:
-            argv, cwd = launcher("workerd", d, port, "--module", ROOT / "benches/bare-worker.js", f"BACKEND_URL={mock_url}")
+            module = ROOT / "benches/bare-worker.js" if target == "bare-js" else Path(target[3:]).resolve()
+            argv, cwd = launcher("workerd", d, port, "--module", module, f"BACKEND_URL={mock_url}")
         proc = start(argv, cpu=1, cwd=cwd, log=d / "workerd.log")
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
@@ -361,7 +362,8 @@ TARGETS = ["direct", "worker", "bare-js", "spin", "bare-wasi"]
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", action="store_true", help="also measure Portkey and LiteLLM")
-    parser.add_argument("--only", nargs="*", help="targets to measure")
+    parser.add_argument("--only", nargs="*", help="targets to measure; `js:FILE` adds a JavaScript module "
+                        "served like the bare worker (BACKEND_URL bound), for experiments")
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "10")))
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "1")),
                         help="measure every target this many times, round by round; report medians")
@@ -384,7 +386,9 @@ def main():
         wait_http(f"{mock_url}/health")
         auth = {"Authorization": f"Bearer {KEY}"}
         targets = TARGETS + (["portkey", "litellm"] if args.peers else [])
+        # `js:FILE` runs any JavaScript module as a worker on the same workerd (experiments).
         targets = [t for t in targets if not args.only or t in args.only]
+        targets += [t for t in args.only or [] if t.startswith("js:")]
         running = {}
         for target in targets:
             print(f"== starting {target}", file=sys.stderr, flush=True)
@@ -498,7 +502,7 @@ def report(rounds, args):
                 continue
             lines.append(f"- {r['name']}: added latency over direct at c=32: p50 +{r['c32']['p50'] - direct['c32']['p50']:.2f} ms, "
                          f"p99 +{r['c32']['p99'] - direct['c32']['p99']:.2f} ms; stream TTFB +{r['stream_ttfb_ms'] - direct['stream_ttfb_ms']:.2f} ms")
-    for name, path in [("worker", ROOT / "build/worker/index.wasm"), ("worker", ROOT / "build/index_bg.wasm"),
+    for name, path in [("worker", ROOT / "build/worker/index_bg.wasm"),
                        ("spin", ROOT / "target/wasm32-wasip2/release/edge_gateway.wasm"),
                        ("bare-wasi", ROOT / "target/wasm32-wasip2/release/bare_wasi.wasm")]:
         if path.exists():

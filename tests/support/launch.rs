@@ -18,6 +18,8 @@ pub fn root() -> &'static Path {
 /// What `wrangler.toml` deploys, as workerd needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wrangler {
+    /// The entry module (`make worker` bundles it; the wasm it imports lies beside it).
+    pub main: String,
     pub compatibility_date: String,
     pub compatibility_flags: Vec<String>,
     /// The rate limiter's Durable Object binding and class.
@@ -48,6 +50,7 @@ pub fn wrangler() -> Wrangler {
     let unquote = |s: &str| s.trim().trim_matches('"').to_string();
     let flags = value("", "compatibility_flags");
     Wrangler {
+        main: unquote(&value("", "main")),
         compatibility_date: unquote(&value("", "compatibility_date")),
         compatibility_flags: flags.trim_matches(['[', ']']).split(',').map(unquote).filter(|f| !f.is_empty()).collect(),
         limiter_binding: unquote(&value("[[durable_objects.bindings]]", "name")),
@@ -79,15 +82,26 @@ pub fn workerd(dir: &Path, port: u16, script: Script<'_>, vars: &[(String, Strin
     let mut extra = String::new();
     let modules = match script {
         Script::Gateway => {
-            let bundle = ["build/worker/shim.mjs", "build/index.js", "build/index_bg.wasm"].map(|p| root().join(p));
-            assert!(
-                bundle.iter().all(|p| p.exists()),
-                "the Workers bundle is missing: run `make worker` (`make test` does)"
+            // wrangler.toml's `main` and the wasm modules beside it, under the same names.
+            let main = root().join(&settings.main);
+            let folder = main.parent().expect("main has a folder");
+            assert!(main.exists(), "the Workers bundle is missing: run `make worker` (`make test` does)");
+            let mut files = vec![main.clone()];
+            files.extend(
+                std::fs::read_dir(folder)
+                    .expect("the bundle's folder")
+                    .map(|e| e.expect("an entry").path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "wasm")),
             );
-            std::fs::create_dir_all(dir.join("worker")).expect("worker dir");
+            let named = Path::new(&settings.main).parent().expect("main has a folder");
+            std::fs::create_dir_all(dir.join(named)).expect("bundle dir");
             std::fs::create_dir_all(dir.join("durable-objects")).expect("storage dir");
-            for (from, to) in bundle.iter().zip(["worker/shim.mjs", "index.js", "index_bg.wasm"]) {
-                std::fs::copy(from, dir.join(to)).expect("copy the bundle");
+            let mut modules = Vec::new();
+            for file in &files {
+                let name = named.join(file.file_name().expect("a file name")).display().to_string();
+                std::fs::copy(file, dir.join(&name)).expect("copy the bundle");
+                let kind = if file == &main { "esModule" } else { "wasm" };
+                modules.push(format!("(name = {}, {kind} = embed {})", text(&name), text(&name)));
             }
             services.push(format!(
                 "(name = \"do-storage\", disk = (path = {}, writable = true))",
@@ -106,11 +120,7 @@ pub fn workerd(dir: &Path, port: u16, script: Script<'_>, vars: &[(String, Strin
                 text(&settings.limiter_class),
                 text(&format!("edge-gateway-{}", settings.limiter_class)),
             );
-            vec![
-                "(name = \"worker/shim.mjs\", esModule = embed \"worker/shim.mjs\")".to_string(),
-                "(name = \"index.js\", esModule = embed \"index.js\")".to_string(),
-                "(name = \"index_bg.wasm\", wasm = embed \"index_bg.wasm\")".to_string(),
-            ]
+            modules
         }
         Script::Module(path) => {
             std::fs::copy(path, dir.join("worker.js")).expect("copy the module");
