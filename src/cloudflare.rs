@@ -1,15 +1,21 @@
 //! Cloudflare Workers adapter: translates between workerd and the core, and implements its traits.
 //!
 //! The entry point is JavaScript (`src/workers/entry.js`, bundled by `make worker`), so that a
-//! request crosses into wasm a handful of times: [`handle`] takes the request's headers as one
-//! string and a small body as one buffer and returns one [`Reply`]; the backend is called through
-//! one JavaScript function that returns its head and, for a small answer, its body
-//! (`src/workers/platform.js`); and a committed stream never passes through a Rust future: the
-//! JavaScript pumps the backend's bytes and hands each chunk to the core's relay through
-//! [`Relay::chunk`], one synchronous call.
+//! request crosses between JavaScript and wasm a handful of times, and no platform call costs a
+//! Rust future round trip (a promise, two closures and a microtask each):
 //!
-//! - [`Upstream`] with the Workers `fetch`, aborted when the core lets go of it (timeouts, the
-//!   client gone, the stream's end);
+//! - [`start`] takes the request — its headers as one string, a small body as one buffer — and
+//!   runs the core on this request's own small executor until it waits on the platform;
+//! - each platform event is one call back in — [`fetched`] (a backend answered: its head, and a
+//!   small answer's body), [`tick`] (the request's one timer), [`gone`] (the client left) — which
+//!   runs the core on until it waits again;
+//! - the answer goes out in one call to the JavaScript host (`respond`), and a committed stream's
+//!   bytes never pass through a Rust future: the host pumps the backend's body and hands each
+//!   chunk to the core's relay through [`Relay::chunk`], one synchronous call.
+//!
+//! What it implements:
+//! - [`Upstream`] with the Workers `fetch` (made by the host), aborted when the core lets go of it
+//!   (timeouts, the client gone, the stream's end);
 //! - [`LimitStore`] with one [`RateLimiter`] Durable Object per scope: a Durable Object runs one
 //!   event at a time and blocks new events while it awaits its storage, so check-and-take is
 //!   atomic and exact across every isolate of the fleet;
@@ -32,14 +38,15 @@ use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamRes
 use crate::core::Gateway;
 use futures::stream::{Stream, TryStreamExt};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use worker::js_sys::{Date, Promise, Uint8Array};
+use worker::js_sys::{Date, Uint8Array};
 use worker::wasm_bindgen_futures::{future_to_promise, JsFuture};
 use worker::web_sys::{AbortController, ReadableStream, ReadableStreamDefaultReader};
 use worker::{durable_object, DurableObject, Env, Method, RequestInit, ResponseBuilder, State};
@@ -57,46 +64,45 @@ const WHOLE_BODY_MAX_BYTES: u64 = 1 << 20;
 
 #[wasm_bindgen(module = "/src/workers/platform.js")]
 extern "C" {
-    /// A backend's answer: its head, and its body whole or as a reader.
-    type Fetched;
-    #[wasm_bindgen(method, getter)]
-    fn status(this: &Fetched) -> u16;
-    #[wasm_bindgen(method, getter)]
-    fn headers(this: &Fetched) -> String;
-    /// The whole body, when it was small and not an event stream.
-    #[wasm_bindgen(method, getter)]
-    fn body(this: &Fetched) -> Option<Vec<u8>>;
-    /// The body's reader otherwise.
-    #[wasm_bindgen(method, getter)]
-    fn reader(this: &Fetched) -> Option<ReadableStreamDefaultReader>;
+    /// Resolves to the body's next chunk (a `Uint8Array`), or `undefined` at its end.
+    #[wasm_bindgen(js_name = readChunk)]
+    fn read_chunk(reader: &ReadableStreamDefaultReader) -> worker::js_sys::Promise;
+}
 
-    /// Sends a backend request; resolves to a [`Fetched`].
-    #[wasm_bindgen(js_name = upstreamFetch)]
-    fn upstream_fetch(
-        controller: &AbortController,
+#[wasm_bindgen]
+extern "C" {
+    /// One request's JavaScript side (`Host` in `src/workers/entry.js`).
+    pub type Host;
+    /// (Re)arms the request's one timer to call [`tick`] in `ms`.
+    #[wasm_bindgen(method)]
+    fn arm(this: &Host, ms: f64);
+    #[wasm_bindgen(method)]
+    fn disarm(this: &Host);
+    /// Runs [`poll`] for this request in a microtask (something outside the host woke it).
+    #[wasm_bindgen(method)]
+    fn schedule(this: &Host);
+    /// Starts a backend call; its outcome comes back through [`fetched`] or [`fetch_failed`].
+    #[wasm_bindgen(method)]
+    fn fetch(
+        this: &Host,
+        call: u32,
         url: &str,
         method: &str,
         headers: &str,
         body: Option<&[u8]>,
         whole_max: f64,
-    ) -> Promise;
-
-    /// Resolves to the body's next chunk (a `Uint8Array`), or `undefined` at its end.
-    #[wasm_bindgen(js_name = readChunk)]
-    fn read_chunk(reader: &ReadableStreamDefaultReader) -> Promise;
-}
-
-#[wasm_bindgen]
-extern "C" {
-    /// One request's side of the platform (`Host` in `src/workers/entry.js`).
-    pub type Host;
-    /// (Re)arms the request's one timer to call [`Req::tick`] in `ms`.
+    ) -> AbortController;
+    /// The answer: a whole body.
     #[wasm_bindgen(method)]
-    fn arm(this: &Host, ms: f64);
-    #[wasm_bindgen(method)]
-    fn disarm(this: &Host);
+    fn respond(this: &Host, status: u16, headers: &str, body: &[u8]);
+    /// The answer: a committed stream for the host to pump from `reader` through `relay`.
+    #[wasm_bindgen(method, js_name = respondRelay)]
+    fn respond_relay(this: &Host, status: u16, headers: &str, relay: Relay, reader: ReadableStreamDefaultReader);
+    /// The answer: a finished `Response` (any other streamed body).
+    #[wasm_bindgen(method, js_name = respondWith)]
+    fn respond_with(this: &Host, response: worker::web_sys::Response);
     #[wasm_bindgen(method, js_name = waitUntil)]
-    fn wait_until(this: &Host, promise: &Promise);
+    fn wait_until(this: &Host, promise: &worker::js_sys::Promise);
 
     #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues, catch)]
     fn get_random_values(buf: &mut [u8]) -> Result<(), JsValue>;
@@ -112,6 +118,9 @@ thread_local! {
     static HEALTH: Rc<HealthBook> = Rc::new(HealthBook::default());
     /// This isolate's last `/readyz` probe round (probes are shared per isolate, as health is).
     static PROBES: Rc<MemoryProbeCache> = Rc::default();
+    /// The requests under way in this isolate, by id.
+    static REQUESTS: RefCell<HashMap<u32, Rc<Req>>> = RefCell::default();
+    static NEXT_REQUEST: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Bodies of known length up to this many bytes are read in one call by the entry point: the
@@ -124,31 +133,127 @@ pub fn whole_body_max(env: &Env) -> f64 {
     }
 }
 
-/// Answers one request: resolves to a [`Reply`]. `headers` is `name\nvalue\n` lines; `body` the
-/// whole body when small, else `stream`.
+/// Starts answering one request; returns its id, which the host's calls name. `headers` is
+/// `name\nvalue\n` lines; `body` the whole body when small, else `stream`. The answer goes to
+/// the host's `respond`, `respondRelay` or `respondWith`.
 #[wasm_bindgen]
-pub fn handle(
+pub fn start(
     method: String,
     path: String,
     headers: String,
     body: Option<Vec<u8>>,
     stream: Option<ReadableStream>,
-    req: &Req,
+    host: Host,
     env: Env,
-) -> Promise {
-    let req = req.0.clone();
-    future_to_promise(async move {
-        let config = config(&env);
-        let request = to_core_request(method, path, headers, body, stream, &req);
-        let runtime = WorkersRuntime(req);
-        let upstream = WorkersFetch { runtime: runtime.clone(), last_reader: RefCell::default(), piped: Rc::default() };
-        let piped = upstream.piped.clone();
-        let gateway = Gateway::new(upstream, DurableLimitStore { env }, runtime)
-            .with_health(HEALTH.with(Rc::clone))
-            .with_probes(PROBES.with(Rc::clone));
-        let response = gateway.handle(config.as_ref().as_ref(), request).await;
-        Ok(Reply::of(response, &piped).into())
-    })
+) -> u32 {
+    let id = NEXT_REQUEST.with(|n| {
+        let id = n.get().wrapping_add(1);
+        n.set(id);
+        id
+    });
+    let req = Rc::new(Req::new(id, host));
+    REQUESTS.with(|r| r.borrow_mut().insert(id, req.clone()));
+    let request = to_core_request(method, path, headers, body, stream, &req);
+    let task = answer(req.clone(), env, request);
+    *req.task.borrow_mut() = Some(Box::pin(task));
+    req.run(|| {});
+    id
+}
+
+/// What a request is answered with, then handed to the host.
+async fn answer(req: Rc<Req>, env: Env, request: Request) {
+    let config = config(&env);
+    let runtime = WorkersRuntime(req.clone());
+    let upstream = WorkersFetch { req: req.clone(), last_reader: RefCell::default(), piped: Rc::default() };
+    let piped = upstream.piped.clone();
+    let gateway = Gateway::new(upstream, DurableLimitStore { env }, runtime.clone())
+        .with_health(HEALTH.with(Rc::clone))
+        .with_probes(PROBES.with(Rc::clone));
+    let response = gateway.handle(config.as_ref().as_ref(), request).await;
+    let Response { status, headers, body } = response;
+    // A header no platform accepts (a line break) fails the request, as appending it would.
+    let Some(headers) = headers.to_lines() else {
+        req.host.respond(500, "content-type\napplication/json\n", b"{}");
+        req.forget();
+        return;
+    };
+    match body {
+        Body::Full(bytes) => {
+            req.host.respond(status, &headers, &bytes);
+            req.forget();
+        }
+        Body::Stream(stream) => match piped.borrow_mut().take() {
+            // The core's relay, for the host to pump; `stream` only stands in for it. The
+            // request stays known until the pump is done (`done`): its timer serves the relay.
+            Some(Piped { pipe, reader }) => {
+                req.host.respond_relay(status, &headers, Relay { pipe, out: Vec::new() }, reader);
+            }
+            None => {
+                match streamed_response(status, &headers, stream) {
+                    Some(response) => req.host.respond_with(response),
+                    None => req.host.respond(500, "content-type\napplication/json\n", b"{}"),
+                }
+                req.forget();
+            }
+        },
+    }
+}
+
+/// Runs request `id` on (the host's microtask, after something outside it woke it).
+#[wasm_bindgen]
+pub fn poll(id: u32) {
+    if let Some(req) = Req::find(id) {
+        req.scheduled.set(false);
+        req.run(|| {});
+    }
+}
+
+/// A backend call of request `id` answered: its status, headers (`name\nvalue\n` lines) and
+/// either its whole `body` or the `reader` of its body.
+#[wasm_bindgen]
+pub fn fetched(
+    id: u32,
+    call: u32,
+    status: u16,
+    headers: String,
+    body: Option<Vec<u8>>,
+    reader: Option<ReadableStreamDefaultReader>,
+) {
+    if let Some(req) = Req::find(id) {
+        req.run(|| req.finish_call(call, Ok(Fetched { status, headers, body, reader })));
+    }
+}
+
+/// A backend call of request `id` failed before its answer (refused, reset, aborted).
+#[wasm_bindgen(js_name = fetchFailed)]
+pub fn fetch_failed(id: u32, call: u32, error: String) {
+    if let Some(req) = Req::find(id) {
+        req.run(|| req.finish_call(call, Err(error)));
+    }
+}
+
+/// Request `id`'s timer fired: wakes every sleep that is due, re-arms for the next.
+#[wasm_bindgen]
+pub fn tick(id: u32) {
+    if let Some(req) = Req::find(id) {
+        req.run(|| req.tick());
+    }
+}
+
+/// Request `id`'s client went away (workerd's `request.signal`).
+#[wasm_bindgen]
+pub fn gone(id: u32) {
+    if let Some(req) = Req::find(id) {
+        req.run(|| req.gone());
+    }
+}
+
+/// The host is done with request `id` (its stream's pump ended).
+#[wasm_bindgen]
+pub fn done(id: u32) {
+    if let Some(req) = Req::find(id) {
+        req.forget();
+    }
 }
 
 fn config(env: &Env) -> Rc<Result<Config, ConfigError>> {
@@ -184,7 +289,7 @@ fn to_core_request(
     headers: String,
     body: Option<Vec<u8>>,
     stream: Option<ReadableStream>,
-    req: &Rc<ReqState>,
+    req: &Rc<Req>,
 ) -> Request {
     let headers = Headers::from_lines(&headers);
     let client_ip = headers.get(CLIENT_IP_HEADER).map(str::to_owned);
@@ -195,92 +300,6 @@ fn to_core_request(
     };
     let disconnected: Disconnected = Box::pin(Gone(req.clone()));
     Request { method, path, headers, body, client_ip, disconnected: Some(disconnected) }
-}
-
-/// What [`handle`] gives back to the entry point: a whole answer, a relay to pump, or (any other
-/// streamed body) a finished `Response`.
-#[wasm_bindgen]
-pub struct Reply {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
-    relay: Option<Relay>,
-    reader: Option<ReadableStreamDefaultReader>,
-    response: Option<worker::web_sys::Response>,
-}
-
-#[wasm_bindgen]
-impl Reply {
-    #[wasm_bindgen(getter)]
-    pub fn status(&self) -> u16 {
-        self.status
-    }
-
-    /// 0: [`Reply::body`] is the answer; 1: pump [`Reply::relay`] from [`Reply::reader`];
-    /// 2: [`Reply::response`] is the answer.
-    #[wasm_bindgen(getter)]
-    pub fn kind(&self) -> u8 {
-        match (&self.relay, &self.response) {
-            (Some(_), _) => 1,
-            (None, Some(_)) => 2,
-            (None, None) => 0,
-        }
-    }
-
-    /// The headers as `name\nvalue\n` lines (taken).
-    pub fn headers(&mut self) -> String {
-        std::mem::take(&mut self.headers)
-    }
-
-    /// The whole body (taken).
-    pub fn body(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body)
-    }
-
-    pub fn relay(&mut self) -> Option<Relay> {
-        self.relay.take()
-    }
-
-    /// The backend body's reader, which the relay's pump reads on from.
-    pub fn reader(&mut self) -> Option<ReadableStreamDefaultReader> {
-        self.reader.take()
-    }
-
-    pub fn response(&mut self) -> Option<worker::web_sys::Response> {
-        self.response.take()
-    }
-}
-
-impl Reply {
-    fn of(response: Response, piped: &Rc<RefCell<Option<Piped>>>) -> Reply {
-        let Response { status, headers, body } = response;
-        // A header no platform accepts (a line break) fails the request, as appending it would.
-        let Some(headers) = headers.to_lines() else {
-            return Reply::whole(500, "content-type\napplication/json\n".into(), b"{}".to_vec());
-        };
-        match body {
-            Body::Full(bytes) => Reply::whole(status, headers, bytes),
-            Body::Stream(stream) => match piped.borrow_mut().take() {
-                // The core's relay, for the entry point to pump; `stream` is only its stand-in.
-                Some(Piped { pipe, reader }) => Reply {
-                    status,
-                    headers,
-                    body: Vec::new(),
-                    relay: Some(Relay { pipe, out: Vec::new() }),
-                    reader: Some(reader),
-                    response: None,
-                },
-                None => {
-                    let response = streamed_response(status, &headers, stream);
-                    Reply { status, headers: String::new(), body: Vec::new(), relay: None, reader: None, response }
-                }
-            },
-        }
-    }
-
-    fn whole(status: u16, headers: String, body: Vec<u8>) -> Reply {
-        Reply { status, headers, body, relay: None, reader: None, response: None }
-    }
 }
 
 /// A streamed body the core pumps itself, pulled through wasm (nothing the gateway sends today:
@@ -305,8 +324,8 @@ const SEND: u8 = 1;
 const END: u8 = 2;
 const AS_IS: u8 = 4;
 
-/// A committed stream's relay, driven chunk by chunk by the entry point's pump: each call
-/// returns [`SEND`] and/or [`END`], [`AS_IS`], or 0.
+/// A committed stream's relay, driven chunk by chunk by the host's pump: each call returns
+/// [`SEND`] and/or [`END`], [`AS_IS`], or 0.
 #[wasm_bindgen]
 pub struct Relay {
     pipe: Pipe,
@@ -370,16 +389,41 @@ impl Relay {
     }
 }
 
-/// One request's wasm half (`Host` is its JavaScript half): the timer behind every sleep of the
-/// request, and whether the client went away.
-#[wasm_bindgen]
-pub struct Req(Rc<ReqState>);
-
-struct ReqState {
+/// One request's wasm side: its task (the core answering it), its backend calls in flight, the
+/// timer behind all its sleeps, and whether the client went away. Everything that wakes the task
+/// comes in through the host ([`fetched`], [`tick`], [`gone`]) and runs it on at once; anything
+/// else that wakes it (a Durable Object call, a large body's reader) has the host [`poll`] it in a
+/// microtask.
+struct Req {
+    id: u32,
     host: Host,
+    task: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
+    /// Set while the task runs, or while an event from the host is being taken in.
+    running: Cell<bool>,
+    /// Woken while running: run once more.
+    again: Cell<bool>,
+    /// A [`poll`] is queued.
+    scheduled: Cell<bool>,
+    calls: RefCell<HashMap<u32, CallSlot>>,
+    next_call: Cell<u32>,
     timers: RefCell<Timers>,
     gone: Cell<bool>,
     gone_waker: RefCell<Option<Waker>>,
+}
+
+/// A backend call in flight: its outcome once the host has it, and who waits for it.
+#[derive(Default)]
+struct CallSlot {
+    outcome: Option<Result<Fetched, String>>,
+    waker: Option<Waker>,
+}
+
+/// A backend's answer as the host read it.
+struct Fetched {
+    status: u16,
+    headers: String,
+    body: Option<Vec<u8>>,
+    reader: Option<ReadableStreamDefaultReader>,
 }
 
 /// The request's pending sleeps, by deadline; one JavaScript timer is armed for the earliest.
@@ -391,23 +435,90 @@ struct Timers {
     armed: Option<u64>,
 }
 
-#[wasm_bindgen]
 impl Req {
-    #[wasm_bindgen(constructor)]
-    pub fn new(host: Host) -> Req {
-        Req(Rc::new(ReqState {
+    fn new(id: u32, host: Host) -> Req {
+        Req {
+            id,
             host,
+            task: RefCell::default(),
+            running: Cell::new(false),
+            again: Cell::new(false),
+            scheduled: Cell::new(false),
+            calls: RefCell::default(),
+            next_call: Cell::new(0),
             timers: RefCell::default(),
             gone: Cell::new(false),
             gone_waker: RefCell::default(),
-        }))
+        }
     }
 
-    /// The host's timer fired: wakes every sleep that is due, re-arms for the next.
-    pub fn tick(&self) {
+    fn find(id: u32) -> Option<Rc<Req>> {
+        REQUESTS.with(|r| r.borrow().get(&id).cloned())
+    }
+
+    /// The host will not call about this request again.
+    fn forget(&self) {
+        REQUESTS.with(|r| r.borrow_mut().remove(&self.id));
+    }
+
+    /// Takes in an event (`event` may wake the task), then runs the task until it waits.
+    fn run(self: &Rc<Self>, event: impl FnOnce()) {
+        if self.running.replace(true) {
+            // Called from inside the task (cannot happen: the host calls in only from its own
+            // events): the outer run picks the event up.
+            event();
+            self.again.set(true);
+            return;
+        }
+        event();
+        let waker = Waker::from(Arc::new(TaskWaker(self.id)));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            self.again.set(false);
+            let mut slot = self.task.borrow_mut();
+            if let Some(task) = slot.as_mut() {
+                if task.as_mut().poll(&mut cx).is_ready() {
+                    *slot = None;
+                }
+            }
+            drop(slot);
+            if !self.again.get() {
+                break;
+            }
+        }
+        self.running.set(false);
+    }
+
+    /// Something woke the task: run it again now if it is running, else in a microtask.
+    fn wake(&self) {
+        if self.running.get() {
+            self.again.set(true);
+        } else if !self.scheduled.replace(true) {
+            self.host.schedule();
+        }
+    }
+
+    fn finish_call(&self, call: u32, outcome: Result<Fetched, String>) {
+        let waker = {
+            let mut calls = self.calls.borrow_mut();
+            match calls.get_mut(&call) {
+                Some(slot) => {
+                    slot.outcome = Some(outcome);
+                    slot.waker.take()
+                }
+                // Let go of already (a timeout): the outcome goes nowhere.
+                None => None,
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn tick(&self) {
         let now = Date::now() as u64;
         let due: Vec<Waker> = {
-            let mut timers = self.0.timers.borrow_mut();
+            let mut timers = self.timers.borrow_mut();
             timers.armed = None;
             let later = timers.waiting.split_off(&(now.saturating_add(1), 0));
             let due = std::mem::replace(&mut timers.waiting, later);
@@ -416,20 +527,17 @@ impl Req {
         for waker in due {
             waker.wake();
         }
-        self.0.rearm(now);
+        self.rearm(now);
     }
 
-    /// The client went away (workerd's `request.signal`).
-    pub fn gone(&self) {
-        self.0.gone.set(true);
-        let waker = self.0.gone_waker.borrow_mut().take();
+    fn gone(&self) {
+        self.gone.set(true);
+        let waker = self.gone_waker.borrow_mut().take();
         if let Some(waker) = waker {
             waker.wake();
         }
     }
-}
 
-impl ReqState {
     /// Arms the host's timer for the earliest pending sleep, if it is not armed for it already.
     fn rearm(&self, now: u64) {
         let call = {
@@ -456,10 +564,22 @@ impl ReqState {
     }
 }
 
+/// Wakes a request's task (by id: a waker must be `Send`, and everything here is one thread).
+struct TaskWaker(u32);
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        if let Some(req) = Req::find(self.0) {
+            req.wake();
+        }
+    }
+}
+
 /// A sleep of one request: registered with its timers on first poll, gone from them when done
 /// or dropped.
 struct Sleep {
-    req: Rc<ReqState>,
+    req: Rc<Req>,
+    made: u64,
     deadline: u64,
     key: Option<(u64, u64)>,
 }
@@ -477,7 +597,7 @@ impl Future for Sleep {
                         waker.clone_from(cx.waker());
                         Poll::Pending
                     }
-                    // Woken and removed by `Req::tick`.
+                    // Woken and removed by the tick.
                     None => {
                         this.key = None;
                         Poll::Ready(())
@@ -485,7 +605,8 @@ impl Future for Sleep {
                 }
             }
             None => {
-                let now = Date::now() as u64;
+                // `now` is when the sleep was made (this first poll follows at once).
+                let now = this.made;
                 if now >= this.deadline {
                     return Poll::Ready(());
                 }
@@ -507,9 +628,9 @@ impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             if let Ok(mut timers) = self.req.timers.try_borrow_mut() {
-                timers.waiting.remove(&key);
                 // The host's timer stays armed: a tick that finds nothing due costs less than a
-                // disarm now and an arm for the next sleep.
+                // disarm now and an arm for the next sleep (the host disarms it at the answer).
+                timers.waiting.remove(&key);
             }
         }
     }
@@ -518,7 +639,7 @@ impl Drop for Sleep {
 /// Resolves once workerd says the client went away (compatibility flag `enable_request_signal`).
 /// A cancelled response is not dropped, only no longer polled, so without this a stream's end
 /// would never be reported.
-struct Gone(Rc<ReqState>);
+struct Gone(Rc<Req>);
 
 impl Future for Gone {
     type Output = ();
@@ -532,73 +653,110 @@ impl Future for Gone {
     }
 }
 
-/// Outbound HTTP through the Workers `fetch`, called from JavaScript in one call per request.
+/// Outbound HTTP through the Workers `fetch`, made by the host in one call per backend call.
 struct WorkersFetch {
-    runtime: WorkersRuntime,
+    req: Rc<Req>,
     /// The reader of the last streamed answer: the relay's pump reads on from it.
     last_reader: RefCell<Option<ReadableStreamDefaultReader>>,
-    /// The committed stream, for [`Reply::of`] to hand to the entry point's pump.
+    /// The committed stream, for [`answer`] to hand to the host's pump.
     piped: Rc<RefCell<Option<Piped>>>,
 }
 
-/// A committed stream, for JavaScript to pump.
+/// A committed stream, for the host to pump.
 struct Piped {
     pipe: Pipe,
     reader: ReadableStreamDefaultReader,
 }
 
+/// A backend call in flight; dropping it before its answer aborts the fetch.
+struct Call {
+    req: Rc<Req>,
+    id: u32,
+    abort: Option<AbortOnDrop>,
+}
+
+impl Future for Call {
+    type Output = (Result<Fetched, String>, Option<AbortOnDrop>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut calls = this.req.calls.borrow_mut();
+        let slot = calls.entry(this.id).or_default();
+        match slot.outcome.take() {
+            Some(outcome) => {
+                calls.remove(&this.id);
+                Poll::Ready((outcome, this.abort.take()))
+            }
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.req.calls.try_borrow_mut() {
+            calls.remove(&self.id);
+        }
+    }
+}
+
 impl Upstream for WorkersFetch {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
-        let failed = |e: JsValue| ConnectError(format!("{e:?}"));
         let headers = request.headers.to_lines().ok_or_else(|| ConnectError("a header holds a line break".into()))?;
-        // Aborts the fetch if this future, or later the body, is dropped before the end.
-        let abort = AbortOnDrop(Some(AbortController::new().map_err(failed)?));
-        let Some(controller) = abort.0.as_ref() else { return Err(ConnectError("no abort controller".into())) };
-        let call = upstream_fetch(
-            controller,
+        let id = self.req.next_call.get().wrapping_add(1);
+        self.req.next_call.set(id);
+        self.req.calls.borrow_mut().insert(id, CallSlot::default());
+        let controller = self.req.host.fetch(
+            id,
             &request.url,
             request.method,
             &headers,
             request.body.as_deref(),
             WHOLE_BODY_MAX_BYTES as f64,
         );
-        let fetched: Fetched = JsFuture::from(call).await.map_err(failed)?.unchecked_into();
-        let status = fetched.status();
-        let headers = Headers::from_lines(&fetched.headers());
-        if let Some(body) = fetched.body() {
-            // Read whole in the same call: nothing left to abort.
-            abort.disarm();
-            let chunks = if body.is_empty() { vec![] } else { vec![body] };
-            return Ok(UpstreamResponse { status, headers, body: body_from_chunks(chunks) });
-        }
-        let Some(reader) = fetched.reader() else {
-            abort.disarm();
-            return Ok(UpstreamResponse { status, headers, body: body_from_chunks(vec![]) });
+        // Aborts the fetch if this future, or later the body, is dropped before the end.
+        let call = Call { req: self.req.clone(), id, abort: Some(AbortOnDrop(Some(controller))) };
+        let (outcome, abort) = call.await;
+        let fetched = outcome.map_err(ConnectError)?;
+        let status = fetched.status;
+        let headers = Headers::from_lines(&fetched.headers);
+        let (reader, abort) = match (fetched.reader, abort) {
+            (Some(reader), Some(abort)) => (reader, abort),
+            (_, abort) => {
+                // Read whole by the host: nothing left to abort.
+                if let Some(abort) = abort {
+                    abort.disarm();
+                }
+                let chunks = match fetched.body {
+                    Some(body) if !body.is_empty() => vec![body],
+                    _ => vec![],
+                };
+                return Ok(UpstreamResponse { status, headers, body: body_from_chunks(chunks) });
+            }
         };
         *self.last_reader.borrow_mut() = Some(reader.clone());
         Ok(UpstreamResponse { status, headers, body: Box::pin(JsBody::new(reader, Some(abort))) })
     }
 
-    /// The committed stream goes to the entry point's pump (see [`Reply::of`]); what is returned
-    /// stands in for it, and pumps it in wasm if anything ever polls it.
+    /// The committed stream goes to the host's pump (see [`answer`]); what is returned stands
+    /// in for it, and pumps it in wasm if anything ever polls it.
     fn relay<R: Runtime + 'static>(&self, pipe: Pipe, body: BodyStream, _runtime: R) -> BodyStream {
+        let runtime = WorkersRuntime(self.req.clone());
         match self.last_reader.borrow_mut().take() {
             Some(reader) => {
                 *self.piped.borrow_mut() = Some(Piped { pipe, reader });
-                Box::pin(StandIn {
-                    piped: self.piped.clone(),
-                    body: Some(body),
-                    runtime: self.runtime.clone(),
-                    inner: None,
-                })
+                Box::pin(StandIn { piped: self.piped.clone(), body: Some(body), runtime, inner: None })
             }
-            None => relay::stream(pipe, body, self.runtime.clone()),
+            None => relay::stream(pipe, body, runtime),
         }
     }
 }
 
-/// Stands in for a relay the entry point pumps; if polled first (nothing does today), it pumps
-/// the relay in wasm instead.
+/// Stands in for a relay the host pumps; if polled first (nothing does today), it pumps the
+/// relay in wasm instead.
 struct StandIn {
     piped: Rc<RefCell<Option<Piped>>>,
     body: Option<BodyStream>,
@@ -761,16 +919,17 @@ impl DurableObject for RateLimiter {
 
 /// Time, randomness, logs and background work from the Workers runtime, for one request.
 #[derive(Clone)]
-struct WorkersRuntime(Rc<ReqState>);
+struct WorkersRuntime(Rc<Req>);
 
 impl Runtime for WorkersRuntime {
     fn now_ms(&self) -> u64 {
         Date::now() as u64
     }
 
-    /// One of the request's sleeps: its one timer is armed for the earliest (see [`Req::tick`]).
+    /// One of the request's sleeps: its one timer is armed for the earliest.
     fn sleep(&self, ms: u64) -> impl Future<Output = ()> {
-        Sleep { req: self.0.clone(), deadline: (Date::now() as u64).saturating_add(ms), key: None }
+        let now = Date::now() as u64;
+        Sleep { req: self.0.clone(), made: now, deadline: now.saturating_add(ms), key: None }
     }
 
     /// `crypto.getRandomValues` (ids and trace ids should not be guessable).

@@ -69,7 +69,7 @@ impl Headers {
     pub fn to_lines(&self) -> Option<String> {
         let mut out = String::with_capacity(self.0.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
         for (name, value) in &self.0 {
-            if name.contains(['\n', '\r']) || value.contains(['\n', '\r']) {
+            if [name, value].iter().any(|s| s.bytes().any(|b| b == b'\n' || b == b'\r')) {
                 return None;
             }
             out.push_str(name);

@@ -1,18 +1,26 @@
 // The Workers entry point: the one hand-written module between workerd and the gateway's wasm
 // (`make worker` bundles it with wasm-bindgen's glue into build/worker/shim.mjs, wrangler.toml's
-// `main`). It exists so that a request crosses into wasm a handful of times instead of dozens:
-// the request's headers go in as one string and its body as one buffer, the answer comes back as
-// one object, and a stream's bytes never pass through a Rust future — this module reads the
-// backend, hands each chunk to the core's relay (`Relay.chunk`, one synchronous call that says
-// "forward as is", "send these bytes" or "end with this event") and writes what it says.
+// `main`). It exists so that a request crosses between JavaScript and wasm a handful of times
+// instead of dozens, and no platform call costs a Rust future round trip:
+//
+// - `start` hands the core the request — its headers as one string, a small body as one buffer —
+//   and the core runs until it waits on the platform;
+// - the platform's events come back one call each — a backend's answer (`fetched`: its head, and
+//   a small answer's body), the request's one timer (`tick`), the client leaving (`gone`) — and
+//   the core runs on until it waits again;
+// - the answer comes out in one call (`Host.respond`), and a committed stream's bytes never pass
+//   through a Rust future: `pump` reads the backend, hands each chunk to the core's relay
+//   (`Relay.chunk`, one synchronous call that says "forward as is", "send these bytes" or "end
+//   with this event") and writes what it says.
+//
 // Plumbing only: every rule — what to forward, when time is up, what an end means — is the
-// core's (src/core/upstream/relay.rs).
+// core's (src/core/upstream/relay.rs, src/core/gateway.rs).
 import * as gateway from "../../build/glue/index.js";
-import { headerLines, knownLengthAtMost, toHeaders } from "./platform.js";
+import { headerLines, isEventStream, knownLengthAtMost, toHeaders } from "./platform.js";
 
 export { RateLimiter } from "../../build/glue/index.js";
 
-/** What `Relay` calls return (see `Relay` in src/cloudflare.rs). */
+/** What `Relay` calls return (the same numbers as in src/cloudflare.rs). */
 const SEND = 1;
 const END = 2;
 const AS_IS = 4;
@@ -20,23 +28,37 @@ const AS_IS = 4;
 /** Bodies of known length up to this size are read in one call (see `wholeBodyMax`). */
 let wholeBodyMax;
 
+/** Requests whose answer is still due: a trap in the wasm loses them all (see `broken`). */
+const unanswered = new Set();
+
 /**
- * One request's side of the platform: its timer (the core's sleeps, one setTimeout at a time),
- * `waitUntil`, and the client going away. `req` is the wasm's half; both live until the request's
- * last byte.
+ * One request's JavaScript side: what the core asks of the platform for it (backend calls, its
+ * one timer, `waitUntil`) and its answer. The wasm names it by `id`.
  */
 class Host {
-  constructor(ctx) {
+  constructor(ctx, resolve, reject) {
     this.ctx = ctx;
+    this.resolve = resolve;
+    this.reject = reject;
+    this.id = 0;
     this.timer = undefined;
-    this.req = undefined;
+    unanswered.add(this);
+  }
+
+  /** Calls into the wasm for this request; a failure there fails the request, not the isolate. */
+  call(f) {
+    try {
+      f();
+    } catch (e) {
+      broken(this, e);
+    }
   }
 
   arm(ms) {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.req?.tick();
+      this.call(() => gateway.tick(this.id));
     }, ms);
   }
 
@@ -45,27 +67,104 @@ class Host {
     this.timer = undefined;
   }
 
+  schedule() {
+    queueMicrotask(() => this.call(() => gateway.poll(this.id)));
+  }
+
+  gone() {
+    this.call(() => gateway.gone(this.id));
+  }
+
   waitUntil(promise) {
     this.ctx.waitUntil(promise);
   }
 
-  gone() {
-    this.req?.gone();
+  /**
+   * Starts a backend call; its outcome goes back to the wasm as `fetched` or `fetchFailed`.
+   * `body` is a view of wasm memory, so it is copied now. A small answer of known length (not an
+   * event stream) is read whole here; any other body is handed over as a reader.
+   */
+  fetch(call, url, method, headers, body, wholeMax) {
+    const controller = new AbortController();
+    const failed = (e) => this.call(() => gateway.fetchFailed(this.id, call, String(e)));
+    try {
+      const init = { method, headers: toHeaders(headers), signal: controller.signal };
+      if (body !== undefined) init.body = body.slice();
+      fetch(url, init).then((response) => this.fetched(call, response, wholeMax, failed), failed);
+    } catch (e) {
+      Promise.resolve(e).then(failed);
+    }
+    return controller;
   }
 
-  /** The request is over on this side: the wasm keeps what its own tasks still need. */
+  async fetched(call, response, wholeMax, failed) {
+    const lines = headerLines(response.headers);
+    let body;
+    let reader;
+    if (response.body === null) {
+      body = new Uint8Array(0);
+    } else if (!isEventStream(response.headers.get("content-type")) && knownLengthAtMost(response.headers, wholeMax)) {
+      try {
+        body = new Uint8Array(await response.arrayBuffer());
+      } catch (e) {
+        return failed(e);
+      }
+    } else {
+      reader = response.body.getReader();
+    }
+    this.call(() => gateway.fetched(this.id, call, response.status, lines, body, reader));
+  }
+
+  /** The answer, whole. `body` is a view of wasm memory: the Response copies it. */
+  respond(status, headers, body) {
+    this.answer(() => new Response(body.length > 0 ? body.slice() : null, { status, headers: toHeaders(headers) }));
+  }
+
+  /** The answer is a committed stream: pumped from `reader` through `relay`. */
+  respondRelay(status, headers, relay, reader) {
+    this.answer(() => {
+      const { readable, writable } = new IdentityTransformStream();
+      this.ctx.waitUntil(pump(relay, reader, writable.getWriter(), this));
+      return new Response(readable, { status, headers: toHeaders(headers) });
+    });
+  }
+
+  respondWith(response) {
+    this.answer(() => response);
+  }
+
+  answer(make) {
+    this.disarm();
+    unanswered.delete(this);
+    try {
+      this.resolve(make());
+    } catch (e) {
+      this.reject(e);
+    }
+  }
+
+  /** The stream's pump is over: the wasm forgets the request. */
   done() {
-    const req = this.req;
-    this.req = undefined;
-    req?.free();
+    this.disarm();
+    this.call(() => gateway.done(this.id));
+  }
+}
+
+/**
+ * A call into the wasm threw. The request fails (workerd answers 500); a trap (the wasm's
+ * abort: it is re-instantiated on the next call) loses every request under way, so they fail too.
+ */
+function broken(host, error) {
+  const lost = error instanceof WebAssembly.RuntimeError ? [...unanswered] : [host];
+  for (const h of lost) {
+    unanswered.delete(h);
+    h.disarm();
+    h.reject(error);
   }
 }
 
 async function handle(request, env, ctx) {
   wholeBodyMax ??= gateway.wholeBodyMax(env);
-  const host = new Host(ctx);
-  host.req = new gateway.Req(host);
-  request.signal.addEventListener("abort", () => host.gone());
   let body;
   let stream;
   if (request.body !== null) {
@@ -75,36 +174,15 @@ async function handle(request, env, ctx) {
     else stream = request.body;
   }
   const path = new URL(request.url).pathname;
-  let reply;
-  try {
-    reply = await gateway.handle(request.method, path, headerLines(request.headers), body, stream, host.req, env);
-  } catch (e) {
-    host.done();
-    throw e;
-  }
-  const status = reply.status;
-  const kind = reply.kind;
-  if (kind === 0) {
-    const headers = toHeaders(reply.headers());
-    const bytes = reply.body();
-    reply.free();
-    host.done();
-    return new Response(bytes.length > 0 ? bytes : null, { status, headers });
-  }
-  if (kind === 1) {
-    const headers = toHeaders(reply.headers());
-    const relay = reply.relay();
-    const reader = reply.reader();
-    reply.free();
-    const { readable, writable } = new IdentityTransformStream();
-    ctx.waitUntil(pump(relay, reader, writable.getWriter(), host));
-    return new Response(readable, { status, headers });
-  }
-  // Any other streamed body: the core's own stream, pulled through wasm.
-  const response = reply.response();
-  reply.free();
-  host.done();
-  return response;
+  const lines = headerLines(request.headers);
+  return new Promise((resolve, reject) => {
+    const host = new Host(ctx, resolve, reject);
+    // (A property, not addEventListener: measured cheaper in workerd.)
+    request.signal.onabort = () => host.gone();
+    host.call(() => {
+      host.id = gateway.start(request.method, path, lines, body, stream, host, env);
+    });
+  });
 }
 
 /**
@@ -143,7 +221,11 @@ async function pump(relay, reader, writer, host) {
     if (over) return;
     over = true;
     if (timer !== undefined) clearTimeout(timer);
-    relay.free();
+    try {
+      relay.free();
+    } catch {
+      // A wasm re-instantiated after a trap no longer knows this relay.
+    }
     host.done();
     reader.cancel().catch(() => {});
     writer.abort().catch(() => {});
@@ -152,9 +234,13 @@ async function pump(relay, reader, writer, host) {
   const onTimer = () => {
     timer = undefined;
     if (over) return;
-    const next = relay.tick(Date.now(), waitingSince);
-    if (next >= 0) timer = setTimeout(onTimer, next);
-    else finish(-next);
+    try {
+      const next = relay.tick(Date.now(), waitingSince);
+      if (next >= 0) timer = setTimeout(onTimer, next);
+      else finish(-next);
+    } catch {
+      abandon();
+    }
   };
 
   // Forwards what the relay said about `chunk`; false once the stream has ended.

@@ -1,4 +1,4 @@
-// What the gateway's wasm asks of workerd, each in one call (imported by the wasm through
+// Small helpers shared by the entry point and the wasm (which imports `readChunk` through
 // wasm-bindgen: `#[wasm_bindgen(module = "/src/workers/platform.js")]` in src/cloudflare.rs).
 // Plumbing only: no rule about the API lives here.
 
@@ -18,7 +18,7 @@ export function toHeaders(lines) {
 }
 
 /** Whether a content type is `text/event-stream` (any parameters), as `http::is_event_stream`. */
-function isEventStream(type) {
+export function isEventStream(type) {
   return type !== null && type.split(";")[0].trim().toLowerCase() === "text/event-stream";
 }
 
@@ -26,39 +26,6 @@ function isEventStream(type) {
 export function knownLengthAtMost(headers, max) {
   const length = headers.get("content-length");
   return length !== null && /^\s*\d+\s*$/.test(length) && Number(length) <= max;
-}
-
-/** The backend's answer, read by the wasm through getters. */
-class Fetched {
-  constructor(status, headers, body, reader) {
-    this.status = status;
-    this.headers = headers;
-    this.body = body;
-    this.reader = reader;
-  }
-}
-
-/**
- * One backend call: the request sent, its head awaited, and a small answer of known length read
- * whole (not an event stream) — one promise for the wasm to await. A streamed answer comes back
- * as a reader. `controller` (the wasm's) aborts the call when the wasm lets go of it. `body` is a
- * view of wasm memory, so it is copied before the call returns.
- */
-export function upstreamFetch(controller, url, method, headers, body, wholeMax) {
-  const init = { method, headers: toHeaders(headers), signal: controller.signal };
-  if (body !== undefined) init.body = body.slice();
-  return answer(fetch(url, init), wholeMax);
-}
-
-async function answer(pending, wholeMax) {
-  const response = await pending;
-  const lines = headerLines(response.headers);
-  if (response.body === null) return new Fetched(response.status, lines, new Uint8Array(0), undefined);
-  if (!isEventStream(response.headers.get("content-type")) && knownLengthAtMost(response.headers, wholeMax)) {
-    const whole = new Uint8Array(await response.arrayBuffer());
-    return new Fetched(response.status, lines, whole, undefined);
-  }
-  return new Fetched(response.status, lines, undefined, response.body.getReader());
 }
 
 /** The next chunk of a body: a Uint8Array, or undefined at its end. */
