@@ -211,3 +211,31 @@ pub fn is_event_stream(headers: &Headers) -> bool {
         essence.eq_ignore_ascii_case("text/event-stream")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lines_round_trip_in_order_with_duplicates_and_latin1() {
+        let headers: Headers =
+            [("a", "1"), ("set-cookie", "x=1"), ("set-cookie", "y=2"), ("x-latin", "caf\u{e9}"), ("e", "")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+        let lines = "a\n1\nset-cookie\nx=1\nset-cookie\ny=2\nx-latin\ncaf\u{e9}\ne\n\n";
+        assert_eq!(headers.to_lines().as_deref(), Some(lines));
+        assert_eq!(Headers::from_lines(lines), headers);
+        assert_eq!(Headers::from_lines(""), Headers::new());
+        assert_eq!(Headers::from_lines("dangling"), Headers::new(), "a name without its value is ignored");
+    }
+
+    #[test]
+    fn a_line_break_in_a_name_or_value_cannot_shift_the_lines() {
+        for (name, value) in [("a", "1\nb"), ("a\nb", "1"), ("a", "1\r"), ("a", "\r\n")] {
+            let mut headers = Headers::new();
+            headers.append(name, value);
+            assert_eq!(headers.to_lines(), None, "{name:?}: {value:?}");
+        }
+    }
+}

@@ -1,4 +1,6 @@
-//! `src/core/upstream`: failover, timeouts and readiness; the SSE scanner.
+//! `src/core/upstream`: failover, timeouts and readiness; the relay's pipe pumped outside the core;
+//! the SSE scanner.
 
 mod failover;
+mod pipe;
 mod sse;
