@@ -29,6 +29,7 @@ use crate::core::redis::{self, Reply, ReplyReader};
 use crate::core::runtime::Runtime;
 use crate::core::upstream::balance::HealthBook;
 use crate::core::upstream::readiness::{ProbeCache, ProbeRound};
+use crate::core::upstream::relay::{Pipe, Verdict};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::Gateway;
 use futures::future::{select, Either};
@@ -149,15 +150,14 @@ async fn respond(response_out: ResponseOutparam, response: Response) {
     };
     ResponseOutparam::set(response_out, Ok(outgoing));
     let Ok(stream) = body.write() else { return };
-    let stream = AsyncOutputStream::new(stream);
     let sent = match response.body {
-        Body::Full(bytes) => stream.write_all(&bytes).await.is_ok(),
+        Body::Full(bytes) => write_flushed(&stream, &bytes).await,
         Body::Stream(mut chunks) => loop {
             match chunks.next().await {
                 None => break true,
                 // Flushed chunk by chunk: an SSE event leaves as soon as the backend sent it.
                 Some(Ok(chunk)) => {
-                    if stream.write_all(&chunk).await.is_err() || stream.flush().await.is_err() {
+                    if !write_flushed(&stream, &chunk).await {
                         break false;
                     }
                 }
@@ -165,11 +165,40 @@ async fn respond(response_out: ResponseOutparam, response: Response) {
             }
         },
     };
+    // The last flush completes before the body is finished.
+    let sent = sent && writable(&stream).await.is_some();
     drop(stream);
     if sent {
         let _ = OutgoingBody::finish(body, None);
     }
     // Otherwise the body is dropped unfinished, which tells the host the response is incomplete.
+}
+
+/// Writes `bytes` and starts a flush. The flush completes while the caller waits for its next
+/// bytes: only the next write waits for it (one wait per chunk, not one for the write and one for
+/// the flush). `false` once the client has gone.
+async fn write_flushed(stream: &OutputStream, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        let Some(permitted) = writable(stream).await else { return false };
+        let (now, later) = bytes.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(bytes.len()));
+        if stream.write(now).is_err() {
+            return false;
+        }
+        bytes = later;
+    }
+    stream.flush().is_ok()
+}
+
+/// How many bytes the stream takes now, waiting (for a flush, or room) until it takes some;
+/// `None` once it is closed.
+async fn writable(stream: &OutputStream) -> Option<u64> {
+    loop {
+        match stream.check_write() {
+            Ok(0) => AsyncPollable::new(stream.subscribe()).wait_for().await,
+            Ok(permitted) => return Some(permitted),
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Outbound HTTP through `wasi:http/outgoing-handler`.
@@ -204,6 +233,90 @@ impl Upstream for WasiHttp {
         let headers = header_pairs(response.headers());
         let body = IncomingStream::of_response(response).ok_or_else(|| ConnectError("no response body".into()))?;
         Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
+    }
+
+    fn relay<R: Runtime + 'static>(&self, pipe: Pipe, body: BodyStream, _runtime: R) -> BodyStream {
+        let pump = Pump { pipe, body, started: false, over: false, timer: None };
+        Box::pin(futures::stream::unfold(pump, Pump::next))
+    }
+}
+
+/// A committed stream, pumped here rather than by the core's own pump: each chunk is handed to
+/// the relay's pipe by reference and goes on as it came, and one timer serves the relay's idle and
+/// total deadlines, re-armed only when it fires (the core's pump makes a timer per chunk, which in
+/// a WASI host is a resource, a registration and a drop per chunk).
+struct Pump {
+    pipe: Pipe,
+    body: BodyStream,
+    started: bool,
+    over: bool,
+    timer: Option<Pin<Box<WaitFor>>>,
+}
+
+type Item = Result<Vec<u8>, BodyError>;
+
+impl Pump {
+    async fn next(mut self) -> Option<(Item, Pump)> {
+        if self.over {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            let first = self.pipe.first();
+            if let Some(out) = self.emit(first, Vec::new()) {
+                return Some((Ok(out), self));
+            }
+        }
+        while !self.over {
+            let since = WasiRuntime.now_ms();
+            let (verdict, chunk) = futures::future::poll_fn(|cx| self.step(cx, since)).await;
+            if let Some(out) = self.emit(verdict, chunk) {
+                return Some((Ok(out), self));
+            }
+        }
+        None
+    }
+
+    /// The backend's next chunk (or end, or failure), or the timer running out.
+    fn step(&mut self, cx: &mut Context<'_>, since: u64) -> Poll<(Verdict, Vec<u8>)> {
+        match self.body.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => return Poll::Ready((self.pipe.chunk(&chunk), chunk)),
+            Poll::Ready(Some(Err(_))) => return Poll::Ready((self.pipe.failed(), Vec::new())),
+            Poll::Ready(None) => return Poll::Ready((self.pipe.closed(), Vec::new())),
+            Poll::Pending => {}
+        }
+        loop {
+            let timer = match self.timer.as_mut() {
+                Some(timer) => timer,
+                None => match self.pipe.tick(WasiRuntime.now_ms(), Some(since)) {
+                    Ok(ms) => {
+                        let pollable =
+                            AsyncPollable::new(monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)));
+                        self.timer.insert(Box::pin(pollable.wait_for()))
+                    }
+                    Err(verdict) => return Poll::Ready((verdict, Vec::new())),
+                },
+            };
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Fired: `tick` says whether time is up, or how long is left since `since`.
+                Poll::Ready(()) => self.timer = None,
+            }
+        }
+    }
+
+    /// What to write for `verdict` about `chunk` (`None`: read on, or the end).
+    fn emit(&mut self, verdict: Verdict, chunk: Vec<u8>) -> Option<Vec<u8>> {
+        let out = match verdict {
+            Verdict::AsIs => chunk,
+            Verdict::Send(out) => out,
+            Verdict::End(out) => {
+                self.over = true;
+                self.timer = None;
+                out
+            }
+        };
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -636,9 +749,10 @@ impl Runtime for WasiRuntime {
         now.seconds.saturating_mul(1000).saturating_add(u64::from(now.nanoseconds / 1_000_000))
     }
 
-    fn sleep(&self, ms: u64) -> impl Future<Output = ()> {
-        let timer = AsyncPollable::new(monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)));
-        async move { timer.wait_for().await }
+    /// The timer is made on first poll (which follows at once): a timeout whose future is ready
+    /// then never makes one.
+    async fn sleep(&self, ms: u64) {
+        AsyncPollable::new(monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000))).wait_for().await
     }
 
     fn fill_random(&self, buf: &mut [u8]) {
