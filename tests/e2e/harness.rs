@@ -60,6 +60,9 @@ pub const LEAVER_KEY: &str = "sk-e2e-leaver";
 pub const BYPASS_KEY: &str = "sk-e2e-bypass";
 /// A key limited to two requests at once, for the shared-request-id case.
 pub const SHARED_ID_KEY: &str = "sk-e2e-shared-id";
+/// A key limited to one request at once, for the clients-leaving case.
+pub const LEAVING_KEY: &str = "sk-e2e-leaving";
+
 /// Total text (bytes) a request may carry: below the body cap, so the content cap is what refuses.
 pub const MAX_CONTENT_BYTES: usize = 16_384;
 
@@ -212,6 +215,7 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         key("leaver", LEAVER_KEY, &format!(r#"["{SLOW_MODEL}"]"#), r#","max_in_flight":1"#),
         key("bypass", BYPASS_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
         key("shared-id", SHARED_ID_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":2"#),
+        key("leaving", LEAVING_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":1"#),
     ];
     let jwt = format!(
         r#"{{"issuer":"{JWT_ISSUER}","audience":"{JWT_AUDIENCE}","hs256_secret":"JWT_SECRET","tokens_per_minute":100000}}"#

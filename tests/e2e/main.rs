@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod boundary;
 mod cases;
 mod component_world;
 mod harness;
@@ -31,6 +32,14 @@ macro_rules! run_cases {
                 each_timeout_phase_fires_on_its_own_limit,
                 all_backends_ejected_is_a_503_that_says_when_to_retry,
                 readyz_probes_once_per_period_and_names_no_model,
+            );
+            run_cases!(@dedicated_in boundary, $dedicated;
+                a_backend_splitting_events_anywhere_reaches_the_client_unchanged,
+                a_backend_dying_mid_event_ends_the_stream_with_one_error_event,
+            );
+            run_cases!(@each_in boundary, $start;
+                clients_leaving_at_any_moment_keep_no_slot,
+                odd_header_lists_and_a_chunked_body_cross_the_boundary,
             );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,
@@ -73,6 +82,22 @@ macro_rules! run_cases {
             #[test]
             fn $case() {
                 crate::cases::$case($launch);
+            }
+        )*
+    };
+    (@dedicated_in $module:ident, $launch:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                crate::$module::$case($launch);
+            }
+        )*
+    };
+    (@each_in $module:ident, $start:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                crate::$module::$case($start());
             }
         )*
     };

@@ -1,0 +1,273 @@
+//! Attacks on the platform boundary the adapters cross (the Workers build's JavaScript pump and
+//! header lines, the Spin build's own pump): bytes split anywhere and huge, a backend that dies
+//! mid-event, clients that leave at every moment, and header lists no client should send. Run on
+//! both runtimes like every case.
+
+use crate::harness::*;
+use crate::support::{connect, read_response, request, request_streaming, wait_until};
+use serde_json::json;
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::Duration;
+
+type Launch = fn(Setup<'_>) -> Gateway;
+
+const SCRIPTED_MODEL: &str = "scripted-model";
+const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}],\"usage\":null}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+const USAGE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n";
+
+fn token(text: &str) -> String {
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}],\"usage\":null}}\n\n")
+}
+
+/// One step of a scripted backend's stream.
+#[derive(Clone)]
+enum Step {
+    /// Bytes as one HTTP chunk (one write).
+    Send(String),
+    Pause(u64),
+    /// Ends the body properly.
+    End,
+    /// Drops the connection mid-body: the chunked body never ends.
+    Reset,
+}
+
+/// A backend on 127.0.0.1 that answers every request with one event stream played from `steps`.
+fn scripted_backend(steps: Vec<Step>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let steps = steps.clone();
+            std::thread::spawn(move || play(conn, &steps));
+        }
+    });
+    format!(r#"{{"name":"scripted","url":"http://{addr}","models":["{SCRIPTED_MODEL}"]}}"#)
+}
+
+fn play(mut conn: TcpStream, steps: &[Step]) {
+    // The request: its head, then as many body bytes as it says.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    let body_start = loop {
+        let Ok(n) = conn.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&seen[..body_start]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .unwrap_or(0);
+    while seen.len() < body_start + length {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = conn.set_nodelay(true);
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for step in steps {
+        let ok = match step {
+            Step::Send(bytes) => conn.write_all(format!("{:x}\r\n{bytes}\r\n", bytes.len()).as_bytes()).is_ok(),
+            Step::Pause(ms) => {
+                std::thread::sleep(Duration::from_millis(*ms));
+                true
+            }
+            Step::End => conn.write_all(b"0\r\n\r\n").is_ok(),
+            Step::Reset => {
+                let _ = conn.shutdown(Shutdown::Both);
+                false
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+    let _ = conn.read(&mut buf);
+}
+
+fn scripted_chat() -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"model": SCRIPTED_MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap()
+}
+
+fn stream_body(gw: &Gateway) -> (u16, String, bool) {
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&scripted_chat()));
+    let body = stream.read_to_end();
+    (stream.status, String::from_utf8_lossy(&body).into_owned(), stream.finished_cleanly())
+}
+
+/// Events cut at every kind of place — mid-field, mid-line ending, between the two newlines — and
+/// paced like tokens, a 600 KB event in 64 KB pieces, the usage chunk (which the client did not
+/// ask for): the client gets every byte the backend sent, in order, minus that chunk.
+pub fn a_backend_splitting_events_anywhere_reaches_the_client_unchanged(launch: Launch) {
+    let huge = token(&"x".repeat(600 << 10));
+    let (a, b, c) = (token("one"), token("two"), token("three"));
+    let mut steps = vec![
+        Step::Send(ROLE[..7].into()),
+        Step::Pause(5),
+        Step::Send(ROLE[7..ROLE.len() - 1].into()),
+        Step::Pause(5),
+        Step::Send(format!("\n{}", &a[..a.len() - 2])),
+        Step::Pause(5),
+        Step::Send(format!("\n\n{b}{}", &c[..12])),
+        Step::Pause(5),
+        Step::Send(c[12..c.len() - 1].into()),
+        Step::Send("\n".into()),
+    ];
+    steps.extend(huge.as_bytes().chunks(64 << 10).map(|piece| Step::Send(String::from_utf8_lossy(piece).into())));
+    steps.extend([Step::Send(USAGE.into()), Step::Pause(5), Step::Send(DONE.into()), Step::End]);
+    let backend = scripted_backend(steps);
+    let gw = launch(Setup { backends: &[&backend], ..Setup::default() });
+    let (status, body, clean) = stream_body(&gw);
+    assert_eq!(status, 200);
+    assert!(clean, "the stream ended properly");
+    let expected = format!("{ROLE}{a}{b}{c}{huge}{DONE}");
+    assert_eq!(body.len(), expected.len(), "byte count");
+    assert!(body == expected, "the bytes differ from what the backend sent (less the usage chunk)");
+}
+
+/// The backend's connection drops in the middle of an event: the client gets what came before
+/// that event, then exactly one error event, and a properly ended stream.
+pub fn a_backend_dying_mid_event_ends_the_stream_with_one_error_event(launch: Launch) {
+    let a = token("one");
+    let steps = vec![
+        Step::Send(ROLE.into()),
+        Step::Pause(20),
+        Step::Send(format!("{a}{}", &a[..20])),
+        Step::Pause(20),
+        Step::Reset,
+    ];
+    let backend = scripted_backend(steps);
+    let gw = launch(Setup { backends: &[&backend], ..Setup::default() });
+    let (status, body, clean) = stream_body(&gw);
+    assert_eq!(status, 200);
+    assert!(clean, "the client's stream is ended properly, not cut: {body}");
+    let (before, error) = body.split_at(body.find("data: {\"error\"").expect("an error event"));
+    assert_eq!(before, format!("{ROLE}{a}"));
+    assert_eq!(error.matches("data: ").count(), 1, "one error event, and nothing after it: {error}");
+    assert!(error.contains("upstream_error") && !error.contains("[DONE]"), "{error}");
+}
+
+/// A client leaving at each moment of a request: mid-body, as the stream's head arrives, after
+/// the last event but before reading the end. None keeps its in-flight slot, and the gateway
+/// keeps answering.
+pub fn clients_leaving_at_any_moment_keep_no_slot(gw: &Gateway) {
+    let auth = format!("Bearer {LEAVING_KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let free = || {
+        wait_until(Duration::from_secs(5), || {
+            let body = serde_json::to_vec(
+                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+            )
+            .unwrap();
+            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
+        })
+    };
+    // Mid-body: the head promises 1,000 bytes, 10 come, then the client is gone.
+    let conn = connect(&gw.addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"model\":",
+        gw.addr
+    );
+    (&conn).write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(conn);
+    assert!(free(), "mid-body: the gateway stopped answering or kept a slot");
+    // As the stream's head arrives, before any event is read.
+    let stream_of = |chunks: u64, delay_ms: u64| {
+        let body = json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": chunks, "delay_ms": delay_ms}});
+        request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+    };
+    let stream = stream_of(40, 100);
+    assert_eq!(stream.status, 200);
+    stream.disconnect();
+    assert!(free(), "at the head: the slot leaked");
+    // After the last event was sent, before the client read the end.
+    let stream = stream_of(3, 0);
+    assert_eq!(stream.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    stream.disconnect();
+    assert!(free(), "at the end: the slot leaked");
+}
+
+/// Header lists that cross the platform boundary oddly: bytes that are not ASCII, a repeated
+/// header, one 8 KB value, sixty extra fields; a credential with a non-ASCII byte is refused; a
+/// chunked request body (no length) is read through the streamed path.
+pub fn odd_header_lists_and_a_chunked_body_cross_the_boundary(gw: &Gateway) {
+    let body = serde_json::to_vec(
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 2}}),
+    )
+    .unwrap();
+    let send = |head: Vec<u8>, body: &[u8]| {
+        let conn = connect(&gw.addr).unwrap();
+        let mut bytes = head;
+        bytes.extend_from_slice(body);
+        (&conn).write_all(&bytes).unwrap();
+        read_response(&mut BufReader::new(conn), "POST").unwrap()
+    };
+    let head = |extra: &[u8], key: &[u8], framing: &str| {
+        let mut h = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-type: application/json\r\n{framing}", gw.addr).into_bytes();
+        h.extend_from_slice(b"authorization: Bearer ");
+        h.extend_from_slice(key);
+        h.extend_from_slice(b"\r\n");
+        h.extend_from_slice(extra);
+        h.extend_from_slice(b"\r\n");
+        h
+    };
+    let length = format!("content-length: {}\r\n", body.len());
+    let mut odd = Vec::new();
+    odd.extend_from_slice(b"x-request-id: caf\xe9-\xff-id\r\nx-request-id: second\r\n");
+    odd.extend_from_slice(b"x-latin: \xe9t\xe9\r\n");
+    odd.extend_from_slice(format!("x-big: {}\r\n", "v".repeat(8 << 10)).as_bytes());
+    for n in 0..60 {
+        odd.extend_from_slice(format!("x-extra-{n}: {n}\r\n").as_bytes());
+    }
+    let r = send(head(&odd, KEY.as_bytes(), &length), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("x-request-id").expect("an id");
+    assert!(id.is_ascii() && !id.contains("caf"), "an insane request id is replaced: {id:?}");
+    let mut latin_key = KEY.as_bytes().to_vec();
+    latin_key.push(0xe9);
+    let r = send(head(b"", &latin_key, &length), &body);
+    assert_eq!(r.status, 401, "{}", r.text());
+    // No length: the body streams in three chunks.
+    let third = body.len() / 3;
+    let mut chunked = Vec::new();
+    for piece in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &chunked);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A chunked body past the cap is refused, not buffered whole.
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    let mut over = Vec::new();
+    for piece in big.chunks(16 << 10) {
+        over.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        over.extend_from_slice(piece);
+        over.extend_from_slice(b"\r\n");
+    }
+    over.extend_from_slice(b"0\r\n\r\n");
+    let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &over);
+    assert_eq!(r.status, 413, "{}", r.text());
+}
