@@ -187,6 +187,7 @@ async fn answer(req: Rc<Req>, env: Env, request: Request) {
             // request stays known until the pump is done (`done`): its timer serves the relay.
             Some(Piped { pipe, reader }) => {
                 req.host.respond_relay(status, &headers, Relay { pipe, out: Vec::new() }, reader);
+                req.answered();
             }
             None => {
                 match streamed_response(status, &headers, stream) {
@@ -409,6 +410,8 @@ struct Req {
     timers: RefCell<Timers>,
     gone: Cell<bool>,
     gone_waker: RefCell<Option<Waker>>,
+    /// The host is done with it (see [`Req::forget`]).
+    forgotten: Cell<bool>,
 }
 
 /// A backend call in flight: its outcome once the host has it, and who waits for it.
@@ -449,6 +452,7 @@ impl Req {
             timers: RefCell::default(),
             gone: Cell::new(false),
             gone_waker: RefCell::default(),
+            forgotten: Cell::new(false),
         }
     }
 
@@ -456,9 +460,35 @@ impl Req {
         REQUESTS.with(|r| r.borrow().get(&id).cloned())
     }
 
-    /// The host will not call about this request again.
+    /// The host is done with this request. It stays known while a task of it still sleeps (the
+    /// host's timer names it by id), and goes when the last sleep ends.
     fn forget(&self) {
-        REQUESTS.with(|r| r.borrow_mut().remove(&self.id));
+        self.forgotten.set(true);
+        self.answered();
+        self.leave_if_idle();
+    }
+
+    /// The host disarms its timer when it sends the answer; a task that still sleeps (a stream's
+    /// watcher) gets it armed again.
+    fn answered(&self) {
+        let pending = {
+            let Ok(mut timers) = self.timers.try_borrow_mut() else { return };
+            timers.armed = None;
+            !timers.waiting.is_empty()
+        };
+        if pending {
+            self.rearm(Date::now() as u64);
+        }
+    }
+
+    /// Goes from the known requests once forgotten and no sleep is pending (the entry is dropped
+    /// outside the map's borrow: it may hold the last reference to this request).
+    fn leave_if_idle(&self) {
+        let idle = self.timers.try_borrow().is_ok_and(|t| t.waiting.is_empty());
+        if self.forgotten.get() && idle {
+            let removed = REQUESTS.with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.remove(&self.id)));
+            drop(removed);
+        }
     }
 
     /// Takes in an event (`event` may wake the task), then runs the task until it waits.
@@ -528,6 +558,7 @@ impl Req {
             waker.wake();
         }
         self.rearm(now);
+        self.leave_if_idle();
     }
 
     fn gone(&self) {
@@ -632,6 +663,7 @@ impl Drop for Sleep {
                 // disarm now and an arm for the next sleep (the host disarms it at the answer).
                 timers.waiting.remove(&key);
             }
+            self.req.leave_if_idle();
         }
     }
 }

@@ -192,6 +192,8 @@ async function handle(request, env, ctx) {
  * client (only the total deadline does).
  */
 async function pump(relay, reader, writer, host) {
+  // Starts once the wasm call that handed the relay over has returned.
+  await undefined;
   let over = false;
   let timer;
   let waitingSince = -1;
