@@ -5,7 +5,6 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-WORKER_BUILD_VERSION := 0.8.7
 # Must equal the wasm-bindgen version in Cargo.lock (pinned in Cargo.toml).
 WASM_BINDGEN_VERSION := 0.2.130
 # The WASI-HTTP host the Spin component is tested in (50 needs a newer rustc than 1.95).
@@ -22,7 +21,7 @@ LITELLM_VERSION := 1.106.2
 CARGO_BIN := $(HOME)/.cargo/bin
 export PATH := $(CARGO_BIN):$(PATH)
 
-# worker-build downloads nothing when these point at local binaries.
+# The Workers build's tools (`make worker`): wasm-bindgen's CLI, wrangler's esbuild, npm binaryen.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
 export ESBUILD_BIN := $(CURDIR)/node_modules/@esbuild/linux-x64/bin/esbuild
 export WASM_OPT_BIN := $(CURDIR)/node_modules/binaryen/bin/wasm-opt
@@ -39,7 +38,7 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: check help tools rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin bare-wasi dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
+.PHONY: check help tools rust-targets wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin bare-wasi dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
@@ -51,17 +50,11 @@ help:
 
 ## Tools ---------------------------------------------------------------------------------------
 
-tools: rust-targets worker-build-tool wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool node-tools browser-tool sdk-tool
+tools: rust-targets wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool node-tools browser-tool sdk-tool
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-
-worker-build-tool:
-	@if ! "$(CARGO_BIN)/worker-build" --version 2>/dev/null | grep -q "$(WORKER_BUILD_VERSION)"; then \
-		echo "installing worker-build $(WORKER_BUILD_VERSION) (one-time, several minutes)"; \
-		cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked; \
-	fi
 
 # `--locked` fails for this version because the index lags one of its locked dependencies.
 wasm-bindgen-tool:

@@ -368,8 +368,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "1")),
                         help="measure every target this many times, round by round; report medians")
     parser.add_argument("--wasmtime", default=os.environ.get("BENCH_WASMTIME", ""),
-                        help="extra `wasmtime serve` flags for spin and bare-wasi, e.g. "
-                             "'-Opooling-allocator=y --max-instance-reuse-count=128'")
+                        help="extra `wasmtime serve` flags for spin and bare-wasi, given with `=`, e.g. "
+                             "--wasmtime='-Opooling-allocator=y --max-instance-reuse-count=128'")
     parser.add_argument("--profile", action="store_true",
                         help="instead of measuring, profile the worker in workerd (V8 sampling profiler) under c=32 load")
     args = parser.parse_args()
