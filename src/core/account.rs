@@ -2,47 +2,60 @@
 //! one log line written.
 
 use crate::core::error::{GatewayError, TimeoutPhase};
-use crate::core::log::LogRecord;
+use crate::core::log::{self, LogRecord, Metrics};
 use crate::core::openai::Usage;
 use crate::core::rate_limit::plan::Settler;
 use crate::core::rate_limit::store::LimitStore;
 use crate::core::runtime::Runtime;
 use crate::core::upstream::relay::{StreamEnd, StreamSummary};
+use std::rc::Rc;
 
 /// What a streamed answer still owes when it ends: the settlement and the log line.
 pub struct StreamAccount<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> {
     pub settler: Option<Settler<S, R>>,
+    /// The request's record so far; logged as a 200, which its client got.
     pub record: LogRecord,
     pub runtime: R,
+    pub metrics: Rc<dyn Metrics>,
+    /// The prompt's estimated tokens, for a stream that ends without the backend's count.
+    pub prompt_estimate: u64,
 }
 
 impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> StreamAccount<S, R> {
-    /// What a stream that has just started owes; its record is logged as a 200.
-    pub fn new(settler: Option<Settler<S, R>>, mut record: LogRecord, runtime: R) -> Self {
-        record.status = 200;
-        StreamAccount { settler, record, runtime }
-    }
-
-    /// Settles on the backend's usage (or, for a stream cut short without it, the prompt plus the
-    /// chunks relayed) and logs the stream's end.
+    /// Settles on the backend's usage — or, for a stream without it (cut short, or from a server
+    /// that ignores `include_usage`), on the prompt estimate plus the chunks relayed, about one
+    /// token each — and logs the stream's end.
     pub fn ended(mut self, summary: StreamSummary) {
+        let usage = summary.usage.unwrap_or(Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: summary.content_events,
+            total_tokens: self.prompt_estimate.saturating_add(summary.content_events),
+        });
         if let Some(settler) = self.settler.take() {
-            let used = match summary.usage {
-                Some(usage) => usage.total_tokens,
-                None => settler.charge_for_partial_stream(summary.content_events),
-            };
-            settler.settle(used);
+            settler.settle(usage.total_tokens);
         }
+        let now = self.runtime.now_ms();
         let record = &mut self.record;
-        record.usage = summary.usage;
+        record.status = 200;
+        record.usage = Some(usage);
+        record.usage_estimated = summary.usage.is_none().then_some(true);
         record.stream_end = Some(summary.end.name());
         record.error = match summary.end {
             StreamEnd::UpstreamError => Some("upstream_error"),
             StreamEnd::Timeout => Some("upstream_timeout"),
             StreamEnd::Done | StreamEnd::ClientClosed => None,
         };
-        record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
-        self.runtime.log(&record.to_line());
+        record.latency_ms = now.saturating_sub(record.ts);
+        if let Some(first) = summary.first_content_ms {
+            record.ttft_ms = Some(first.saturating_sub(record.ts));
+            // OpenTelemetry's time per output token, of answers that completed: the decode time
+            // after the first token, per token after the first (the backend's count when it gave
+            // one, else the chunks).
+            if summary.end == StreamEnd::Done && usage.completion_tokens > 1 {
+                record.tpot_ms = Some(now.saturating_sub(first) as f64 / (usage.completion_tokens - 1) as f64);
+            }
+        }
+        log::finish(&self.runtime, &*self.metrics, record);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::core::config::{Config, ConfigError};
 use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
-use crate::core::log::{self, LogRecord};
+use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
 use crate::core::openai::format_duration;
 use crate::core::openai::ModelList;
 use crate::core::rate_limit::gcra::Decision;
@@ -37,6 +37,8 @@ pub struct Gateway<U, S, R, P = Rc<MemoryProbeCache>> {
     pub health: Rc<HealthBook>,
     /// Where `/readyz` keeps its last probe round.
     pub probes: P,
+    /// Where each request's final record goes besides the log line.
+    pub metrics: Rc<dyn Metrics>,
 }
 
 /// What one request is, as every step sees it.
@@ -93,7 +95,8 @@ where
     R: Runtime + Clone + 'static,
 {
     pub fn new(upstream: U, store: S, runtime: R) -> Self {
-        Gateway { upstream, store, runtime, health: Rc::new(HealthBook::default()), probes: Rc::default() }
+        let health = Rc::new(HealthBook::default());
+        Gateway { upstream, store, runtime, health, probes: Rc::default(), metrics: Rc::new(NoMetrics) }
     }
 }
 
@@ -112,8 +115,14 @@ where
 
     /// Keeps `/readyz` probe rounds in `probes` (an isolate's memory, or a shared store).
     pub fn with_probes<Q: ProbeCache>(self, probes: Q) -> Gateway<U, S, R, Q> {
-        let Gateway { upstream, store, runtime, health, .. } = self;
-        Gateway { upstream, store, runtime, health, probes }
+        let Gateway { upstream, store, runtime, health, metrics, .. } = self;
+        Gateway { upstream, store, runtime, health, probes, metrics }
+    }
+
+    /// Sends each request's final record to `metrics` as well as to the log.
+    pub fn with_metrics(mut self, metrics: Rc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Answers one request. Never panics; every failure is an OpenAI-shaped error. If the client
@@ -195,11 +204,13 @@ where
 
     fn log(&self, record: &mut LogRecord) {
         record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
-        self.runtime.log(&record.to_line());
+        log::finish(&self.runtime, &*self.metrics, record);
     }
 
     async fn dispatch(&self, config: &Config, request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
-        match route(&request.method, &request.path)? {
+        let route = route(&request.method, &request.path)?;
+        cx.record.route = Some(route.name());
+        match route {
             Route::Preflight => Ok(cors::preflight(&config.cors, &request.headers, &request.path).into()),
             Route::Healthz => Ok(Response::json(200, healthz_body()).into()),
             Route::Playground(asset) if config.playground => Ok(asset.response().into()),
@@ -252,7 +263,13 @@ where
                 Response::json(200, body).into()
             }
             Relayed::Stream { body, deadline_ms } => {
-                let account = StreamAccount::new(settler, cx.record.clone(), self.runtime.clone());
+                let account = StreamAccount {
+                    settler,
+                    record: cx.record.clone(),
+                    runtime: self.runtime.clone(),
+                    metrics: self.metrics.clone(),
+                    prompt_estimate: chat.prompt_estimate(),
+                };
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
                 Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
             }

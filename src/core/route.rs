@@ -15,6 +15,20 @@ pub enum Route {
     Playground(crate::core::playground::Asset),
 }
 
+impl Route {
+    /// A low-cardinality name for logs and metrics (OpenAI's operation names where there is one).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "chat.completions",
+            Route::Models => "models",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Preflight => "preflight",
+            Route::Playground(_) => "playground",
+        }
+    }
+}
+
 const ENDPOINTS: &[(&str, &str, Route)] = &[
     ("/v1/chat/completions", "POST", Route::ChatCompletions),
     ("/v1/models", "GET", Route::Models),

@@ -262,31 +262,41 @@ fn concurrent_readyz_on_a_cold_cache_probe_each_backend_once() {
 
 #[test]
 fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
-    let cases: Vec<(&str, Config, Script, String)> = vec![
+    let prefilling = || Script::Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        after_ms: 0,
+        chunks: vec![(25_000, Ok(ROLE_EVENT.into()))],
+    };
+    let cases: Vec<(&str, Config, Script, String, u16)> = vec![
         (
             "non-stream past the total timeout",
             config_with_all(&[("GATEWAY_TOTAL_TIMEOUT_MS", "20000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000")]),
             Script::json(200, METERED_COMPLETION).after(25_000),
             METERED_CHAT.to_string(),
+            504,
         ),
         (
-            "stream prefilling past the first-byte timeout",
-            config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
-            Script::Answer {
-                status: 200,
-                headers: vec![("content-type", "text/event-stream")],
-                after_ms: 0,
-                chunks: vec![(25_000, Ok(ROLE_EVENT.into()))],
-            },
+            "stream prefilling past the first-byte timeout, before its commit",
+            config_with_all(&[("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"), ("GATEWAY_STREAM_COMMIT_MS", "30000")]),
+            prefilling(),
             metered_stream(),
+            504,
+        ),
+        (
+            "stream prefilling past the first-byte timeout, committed and kept alive",
+            config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
+            prefilling(),
+            metered_stream(),
+            200,
         ),
     ];
     let mut free = Vec::new();
-    for (name, config, script, body) in cases {
+    for (name, config, script, body, expected) in cases {
         let (gw, upstream, runtime, store) = recording_gateway();
         upstream.push(script);
         let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
-        assert_eq!(status, 504, "{name}");
+        assert_eq!(status, expected, "{name}");
         runtime.run_spawned();
         // Admitted on 110 (10 prompt + 100); charging the prompt is a delta of -100.
         let delta = token_delta(&store);

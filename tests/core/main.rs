@@ -8,6 +8,7 @@ mod auth;
 mod config;
 mod gateway;
 mod hostile;
+mod log;
 mod rate_limit;
 mod redis;
 mod upstream;

@@ -8,6 +8,7 @@
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};
+use edge_gateway::core::log::{DataPoint, LogRecord, Metrics};
 use edge_gateway::core::rate_limit::store::MemoryStore;
 use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
@@ -240,6 +241,11 @@ impl Script {
         Script::sse_paced(chunks, 0)
     }
 
+    /// A stream of chunks, each after its own delay (an `Err` breaks the body there).
+    pub fn sse_timed(chunks: Vec<(u64, Result<Vec<u8>, BodyError>)>) -> Script {
+        Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks }
+    }
+
     /// A stream whose every chunk comes `gap_ms` after the one before (the first too).
     pub fn sse_paced(chunks: &[&str], gap_ms: u64) -> Script {
         Script::Answer {
@@ -247,6 +253,17 @@ impl Script {
             headers: vec![("content-type", "text/event-stream")],
             after_ms: 0,
             chunks: chunks.iter().map(|c| (gap_ms, Ok(c.as_bytes().to_vec()))).collect(),
+        }
+    }
+
+    /// The same answer, whose body then goes silent for a long time without closing.
+    pub fn then_silent(self) -> Script {
+        match self {
+            Script::Answer { status, headers, after_ms, mut chunks } => {
+                chunks.push((86_400_000, Ok(Vec::new())));
+                Script::Answer { status, headers, after_ms, chunks }
+            }
+            other => other,
         }
     }
 
@@ -348,6 +365,16 @@ impl Upstream for FakeUpstream {
                 Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
             }
         }
+    }
+}
+
+/// A metrics sink that keeps what it was fed.
+#[derive(Clone, Default)]
+pub struct CapturedMetrics(pub Rc<RefCell<Vec<DataPoint>>>);
+
+impl Metrics for CapturedMetrics {
+    fn record(&self, record: &LogRecord) {
+        self.0.borrow_mut().push(record.data_point());
     }
 }
 

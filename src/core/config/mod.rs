@@ -52,6 +52,8 @@ pub mod vars {
     pub const REDIS_URL: &str = "GATEWAY_REDIS_URL";
     pub const ALLOW_REMOTE_MEDIA: &str = "GATEWAY_ALLOW_REMOTE_MEDIA";
     pub const READYZ_CACHE_MS: &str = "GATEWAY_READYZ_CACHE_MS";
+    pub const STREAM_COMMIT_MS: &str = "GATEWAY_STREAM_COMMIT_MS";
+    pub const KEEPALIVE_MS: &str = "GATEWAY_KEEPALIVE_MS";
     pub const REDIS_TIMEOUT_MS: &str = "GATEWAY_REDIS_TIMEOUT_MS";
 }
 
@@ -212,6 +214,12 @@ pub struct Timeouts {
     pub total_ms: u64,
     /// How long a `/readyz` probe round is reused before backends are probed again.
     pub readyz_cache_ms: u64,
+    /// How long a stream that a backend has taken may go without its first event before the
+    /// gateway commits to `200` anyway and keeps the connection alive with SSE comments (after
+    /// that, no failover: a failure is the stream's final error event).
+    pub stream_commit_ms: u64,
+    /// How often a committed stream that still waits for its first event sends `: keep-alive`.
+    pub keepalive_ms: u64,
 }
 
 impl Config {

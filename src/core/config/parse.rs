@@ -31,6 +31,8 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
         total_ms: number(lookup, vars::TOTAL_TIMEOUT_MS, 600_000, 1, 86_400_000)?,
         readyz_cache_ms: number(lookup, vars::READYZ_CACHE_MS, 5_000, 0, 3_600_000)?,
+        stream_commit_ms: number(lookup, vars::STREAM_COMMIT_MS, 5_000, 0, 3_600_000)?,
+        keepalive_ms: number(lookup, vars::KEEPALIVE_MS, 15_000, 100, 3_600_000)?,
     };
     if timeouts.first_byte_ms > timeouts.total_ms {
         return Err(ConfigError(format!(

@@ -132,7 +132,9 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     timeouts: &Timeouts,
     ending: StreamEnding,
 ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
-    let deadline_ms = runtime.now_ms().saturating_add(timeouts.total_ms);
+    let started = runtime.now_ms();
+    let deadline_ms = started.saturating_add(timeouts.total_ms);
+    let commit_at = started.saturating_add(timeouts.stream_commit_ms);
     let mut last = None;
     let mut tried = 0;
     // Backends that failed in a way the request itself may have caused: held against them only
@@ -144,7 +146,7 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
             break;
         }
         tried += 1;
-        match attempt(upstream, runtime, build(backend), exchange, timeouts, deadline_ms, &ending).await {
+        match attempt(upstream, runtime, build(backend), exchange, timeouts, (commit_at, deadline_ms), &ending).await {
             Ok(relayed) => {
                 for suspect in suspects {
                     attempts.health.record_failure(&suspect.name, runtime.now_ms(), attempts.breaker);
@@ -173,14 +175,15 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     }))
 }
 
-/// One backend, up to its first event (streams) or its whole answer (completions).
+/// One backend, up to its first event (streams) or its whole answer (completions). `times` are
+/// when a stream is committed without its first event, and when the whole answer is due.
 async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     upstream: &U,
     runtime: &R,
     request: UpstreamRequest,
     exchange: Exchange,
     timeouts: &Timeouts,
-    deadline_ms: u64,
+    (commit_at, deadline_ms): (u64, u64),
     ending: &StreamEnding,
 ) -> Result<Relayed, Failed> {
     let first_byte_by = runtime.now_ms().saturating_add(timeouts.first_byte_ms).min(deadline_ms);
@@ -191,8 +194,11 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
             Some(result) => result,
         };
     }
-    let (body, scanner, first) = first_event(runtime, response, exchange, first_byte_by, deadline_ms).await?;
-    let body = relay::relay(body, scanner, first, runtime.clone(), timeouts.idle_ms, deadline_ms, ending);
+    let (body, scanner, first) =
+        first_event(runtime, response, exchange, first_byte_by, commit_at, deadline_ms).await?;
+    let timing =
+        relay::Timing { idle_ms: timeouts.idle_ms, keepalive_ms: timeouts.keepalive_ms, first_byte_by, deadline_ms };
+    let body = relay::relay(body, scanner, first, runtime.clone(), timing, ending);
     Ok(Relayed::Stream { body, deadline_ms })
 }
 
@@ -238,17 +244,27 @@ async fn answer_head<R: Runtime, U: Upstream>(
 
 /// Reads a stream up to its first complete event. Nothing is committed before it: an error there
 /// is still an ordinary HTTP error (with failover when it is the backend's), never a broken 200
-/// stream. Returns the body, its scanner and what the first events gave.
+/// stream — unless the backend, having taken the request, is still silent at `commit_at`: then
+/// the stream is committed without it (`None`), so the client hears `: keep-alive` comments
+/// instead of nothing while a long prefill or a queue keeps it waiting, and no proxy in between
+/// drops the idle connection. Returns the body, its scanner and what the first events gave.
 async fn first_event<R: Runtime>(
     runtime: &R,
     mut response: UpstreamResponse,
     exchange: Exchange,
     first_byte_by: u64,
+    commit_at: u64,
     deadline_ms: u64,
-) -> Result<(BodyStream, SseScanner, Vec<u8>), Failed> {
+) -> Result<(BodyStream, SseScanner, Option<Vec<u8>>), Failed> {
     let mut scanner = SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES);
     loop {
-        let chunk = match timeout(runtime, left(runtime, first_byte_by), response.body.next()).await {
+        let commit = commit_at < first_byte_by;
+        if commit && runtime.now_ms() >= commit_at {
+            return Ok((response.body, scanner, None));
+        }
+        let wait_until = if commit { commit_at } else { first_byte_by };
+        let chunk = match timeout(runtime, left(runtime, wait_until), response.body.next()).await {
+            None if commit => return Ok((response.body, scanner, None)),
             None => {
                 let phase = if first_byte_by >= deadline_ms { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
                 return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
@@ -279,7 +295,7 @@ async fn first_event<R: Runtime>(
             _ => {}
         }
         if !out.is_empty() || scanner.done() || scanner.stopped().is_some() {
-            return Ok((response.body, scanner, out));
+            return Ok((response.body, scanner, Some(out)));
         }
     }
 }

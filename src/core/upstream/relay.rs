@@ -45,6 +45,8 @@ pub struct StreamSummary {
     pub usage: Option<Usage>,
     /// Chunks with choices relayed (about one token each), for streams cut short.
     pub content_events: u64,
+    /// When the first of them was relayed (ms on the runtime's clock): time to first token.
+    pub first_content_ms: Option<u64>,
 }
 
 /// Called once when a relayed stream ends.
@@ -65,6 +67,7 @@ struct Ending {
     fired_tx: RefCell<Option<oneshot::Sender<()>>>,
     fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
     content_events: Cell<u64>,
+    first_content_ms: Cell<Option<u64>>,
     /// The backend's body, let go of when the stream ends.
     upstream: RefCell<Option<Rc<RefCell<Option<BodyStream>>>>>,
 }
@@ -98,7 +101,13 @@ impl StreamEnding {
         }
         let on_end = self.0.on_end.borrow_mut().take();
         if let Some(on_end) = on_end {
-            on_end(StreamSummary { end, usage, content_events: self.0.content_events.get() });
+            let ending = &self.0;
+            on_end(StreamSummary {
+                end,
+                usage,
+                content_events: ending.content_events.get(),
+                first_content_ms: ending.first_content_ms.get(),
+            });
         }
     }
 
@@ -117,8 +126,12 @@ impl StreamEnding {
         }
     }
 
-    fn count(&self, content_events: u64) {
+    /// Notes how many content events have been relayed by `now_ms`.
+    fn count(&self, content_events: u64, now_ms: u64) {
         self.0.content_events.set(content_events);
+        if content_events > 0 && self.0.first_content_ms.get().is_none() {
+            self.0.first_content_ms.set(Some(now_ms));
+        }
     }
 
     /// The backend's body, owned here so that whoever reports the end can drop it.
@@ -147,24 +160,42 @@ impl futures::Stream for Detachable {
     }
 }
 
+/// The deadlines a relayed stream keeps (ms on the runtime's clock, or durations).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The longest wait for the next chunk once the stream is flowing.
+    pub idle_ms: u64,
+    /// How often to send `: keep-alive` while waiting for the first event.
+    pub keepalive_ms: u64,
+    /// When the first event must have come.
+    pub first_byte_by: u64,
+    /// When the whole answer must be done.
+    pub deadline_ms: u64,
+}
+
+/// The SSE comment that keeps a committed stream's connection alive (clients skip comments).
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
 /// The client's stream: `first` (what the first complete events gave, scanned before committing
-/// to 200), then the rest of `body` as it arrives, until `[DONE]`, a failure or a deadline.
+/// to 200; `None` when the stream was committed before its first event, which then starts with a
+/// `: keep-alive` comment and repeats it until the first event), then the rest of `body` as it
+/// arrives, until `[DONE]`, a failure or a deadline.
 pub(super) fn relay<R: Runtime + 'static>(
     body: BodyStream,
     scanner: SseScanner,
-    first: Vec<u8>,
+    first: Option<Vec<u8>>,
     runtime: R,
-    idle_ms: u64,
-    deadline_ms: u64,
+    timing: Timing,
     ending: &StreamEnding,
 ) -> BodyStream {
+    let awaiting_first = first.is_none();
     let relay = Relay {
         upstream: ending.hold(body),
         scanner,
-        first: Some(first),
+        first: Some(first.unwrap_or_else(|| KEEP_ALIVE.to_vec())),
+        awaiting_first,
         runtime,
-        idle_ms,
-        deadline_ms,
+        timing,
         guard: EndGuard(ending.clone()),
         told: false,
     };
@@ -175,13 +206,12 @@ pub(super) fn relay<R: Runtime + 'static>(
 struct Relay<R> {
     upstream: Detachable,
     scanner: SseScanner,
-    /// What the first complete events gave, scanned before committing to 200.
+    /// What to send before reading on: the first events, or the first keep-alive comment.
     first: Option<Vec<u8>>,
+    /// Committed before the backend's first event, which has not come yet.
+    awaiting_first: bool,
     runtime: R,
-    /// The longest wait for the next chunk.
-    idle_ms: u64,
-    /// When the whole answer must be done (ms on the runtime's clock).
-    deadline_ms: u64,
+    timing: Timing,
     guard: EndGuard,
     /// Whether the client was sent the stream's final error event.
     told: bool,
@@ -209,6 +239,9 @@ impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Relay<R>)> {
         if let Some(first) = self.first.take() {
+            if self.awaiting_first {
+                return Some((Ok(first), self)); // our own keep-alive: nothing to scan
+            }
             match self.forward(first) {
                 Step::Yield(item) => return Some(item),
                 Step::End => return None,
@@ -226,16 +259,15 @@ impl<R: Runtime> Relay<R> {
                 Some(_) => return None,
                 None => {}
             }
-            let now = self.runtime.now_ms();
-            let (wait, phase) = if self.deadline_ms.saturating_sub(now) <= self.idle_ms {
-                (self.deadline_ms.saturating_sub(now), TimeoutPhase::Total)
-            } else {
-                (self.idle_ms, TimeoutPhase::Idle)
-            };
+            let (wait, late) = self.next_wait();
             let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
-                None => {
-                    return Some(self.end_with(StreamEnd::Timeout, GatewayError::UpstreamTimeout { phase }, Vec::new()))
-                }
+                None => match late {
+                    None => return Some((Ok(KEEP_ALIVE.to_vec()), self)),
+                    Some(phase) => {
+                        let error = GatewayError::UpstreamTimeout { phase };
+                        return Some(self.end_with(StreamEnd::Timeout, error, Vec::new()));
+                    }
+                },
                 Some(Some(Ok(chunk))) => chunk,
                 Some(Some(Err(_))) => {
                     return Some(self.fail("The inference backend failed during the stream.", Vec::new()))
@@ -247,6 +279,9 @@ impl<R: Runtime> Relay<R> {
                 Ok(out) => out,
                 Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
             };
+            if !out.is_empty() {
+                self.awaiting_first = false;
+            }
             match self.forward(out) {
                 Step::Yield(item) => return Some(item),
                 Step::End => return None,
@@ -255,9 +290,30 @@ impl<R: Runtime> Relay<R> {
         }
     }
 
+    /// How long to wait for the next chunk, and what running out means: the phase that timed out,
+    /// or (`None`) time for the next keep-alive comment.
+    fn next_wait(&self) -> (u64, Option<TimeoutPhase>) {
+        let now = self.runtime.now_ms();
+        let Timing { idle_ms, keepalive_ms, first_byte_by, deadline_ms } = self.timing;
+        let (due, phase) = if !self.awaiting_first {
+            (now.saturating_add(idle_ms), TimeoutPhase::Idle)
+        } else if first_byte_by < deadline_ms {
+            (first_byte_by, TimeoutPhase::FirstByte)
+        } else {
+            (deadline_ms, TimeoutPhase::Total)
+        };
+        let (due, phase) = if deadline_ms < due { (deadline_ms, TimeoutPhase::Total) } else { (due, phase) };
+        let ping = now.saturating_add(keepalive_ms);
+        if self.awaiting_first && ping < due {
+            (keepalive_ms, None)
+        } else {
+            (due.saturating_sub(now), Some(phase))
+        }
+    }
+
     /// What the scanner returned for a chunk: forward it, end the stream, or read on.
     fn forward(self, out: Vec<u8>) -> Step<R> {
-        self.guard.0.count(self.scanner.content_events());
+        self.guard.0.count(self.scanner.content_events(), self.runtime.now_ms());
         match self.scanner.stopped().cloned() {
             // Relay what came before the bad event, then end with the gateway's own error.
             Some(Stop::Malformed) => {

@@ -1,4 +1,5 @@
 //! `src/core/upstream`: failover, timeouts and readiness; the SSE scanner.
 
 mod failover;
+mod keepalive;
 mod sse;
