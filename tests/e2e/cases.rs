@@ -1267,3 +1267,187 @@ pub fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance(
     assert!(errors.len() < 3, "logged per request, not once per instance:\n{log}");
     assert!(!log.contains("s3cret"), "the password reached the log");
 }
+
+/// One stream read to its end: when its head came, and each piece with when it came, measured
+/// from when the request was sent.
+struct Timed {
+    status: u16,
+    head: Duration,
+    pieces: Vec<(Duration, String)>,
+    clean: bool,
+}
+
+impl Timed {
+    fn open(gw: &Gateway, body: &Value) -> Timed {
+        let sent = std::time::Instant::now();
+        let mut stream = open_stream(gw, KEY, body);
+        let head = sent.elapsed();
+        let mut pieces = Vec::new();
+        while let Some((at, piece)) = stream.next_chunk() {
+            pieces.push((at - sent, String::from_utf8_lossy(&piece).into_owned()));
+        }
+        Timed { status: stream.status, head, pieces, clean: stream.finished_cleanly() }
+    }
+
+    fn body(&self) -> String {
+        self.pieces.iter().map(|(_, p)| p.as_str()).collect()
+    }
+
+    /// When each `: keep-alive` comment came before the first event.
+    fn comments_before_first_event(&self) -> Vec<Duration> {
+        let body = self.body();
+        let first_event = body.find("data:").unwrap_or(body.len());
+        let mut at = Vec::new();
+        let mut seen = 0;
+        for (when, piece) in &self.pieces {
+            let count = piece.matches(": keep-alive").count();
+            if seen + piece.len() <= first_event {
+                at.extend(std::iter::repeat_n(*when, count));
+            }
+            seen += piece.len();
+        }
+        at
+    }
+}
+
+/// A long prefill (7 s) behind a gateway that commits at 5 s (the default) and sends a comment
+/// every second: the client has its `200` at about 5 s, then comments, then the tokens; both
+/// official SDKs skip the comments; a backend that fails after the commit gives one error event;
+/// a fast failure before it is still a clean 502, or a failover.
+pub fn a_long_prefill_is_kept_alive_until_its_first_token(launch: Launch) {
+    let flaky = crate::harness::watched_mock(&["--name", "flaky", "--model", "ha-model", "--model", "solo-model"]);
+    let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model"]);
+    let backends = [
+        format!(r#"{{"name":"flaky","url":"{}","models":["ha-model","solo-model"]}}"#, flaky.base_url),
+        format!(r#"{{"name":"steady","url":"{}","models":["ha-model"],"priority":1}}"#, steady.base_url),
+    ];
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let gw = launch(Setup {
+        vars: &[
+            ("GATEWAY_KEEPALIVE_MS", "1000"),
+            ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
+            ("GATEWAY_IDLE_TIMEOUT_MS", "20000"),
+            ("GATEWAY_TOTAL_TIMEOUT_MS", "30000"),
+        ],
+        backends: &backends,
+    });
+    let gw = std::sync::Arc::new(gw);
+    let thread = |f: Box<dyn FnOnce(&Gateway) + Send>| {
+        let gw = gw.clone();
+        std::thread::spawn(move || f(&gw))
+    };
+    let sdk = |program: &'static str, script: &'static str| {
+        Box::new(move |gw: &Gateway| {
+            let env = [
+                ("GATEWAY_URL", format!("http://{}/v1", gw.addr)),
+                ("KEY", KEY.to_string()),
+                ("RATE_KEY", String::new()),
+                ("MODEL", MODEL.to_string()),
+            ];
+            run_client(program, &[script, "keep-alive"], &env);
+        }) as Box<dyn FnOnce(&Gateway) + Send>
+    };
+    let cases = [
+        thread(Box::new(|gw| {
+            let t = Timed::open(gw, &chat(json!({"stream": true, "mock": {"chunks": 3, "prefill_ms": 7_000}})));
+            assert_eq!(t.status, 200);
+            assert!(t.head >= Duration::from_millis(4_500), "committed at ~5 s, not before: {:?}", t.head);
+            assert!(t.head < Duration::from_millis(6_800), "committed before the first token: {:?}", t.head);
+            let comments = t.comments_before_first_event();
+            assert!(comments.len() >= 2, "a comment at the commit, then one a second: {:?}", t.pieces);
+            assert!(t.body().starts_with(": keep-alive\n\n"), "{:?}", t.pieces);
+            let gaps: Vec<Duration> = comments.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(gaps.iter().all(|g| *g >= Duration::from_millis(500)), "one per interval: {gaps:?}");
+            let events = sse_events(t.body().as_bytes());
+            let text: String = events
+                .iter()
+                .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(text, "tok0 tok1 tok2 ");
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+            assert!(t.clean);
+        })),
+        thread(Box::new(|gw| {
+            let body =
+                chat(json!({"stream": true, "mock": {"chunks": 5, "prefill_ms": 7_000, "fault": "error_event"}}));
+            let t = Timed::open(gw, &body);
+            assert_eq!(t.status, 200, "committed before the failure");
+            assert!(!t.comments_before_first_event().is_empty(), "{:?}", t.pieces);
+            let events = sse_events(t.body().as_bytes());
+            let errors: Vec<&String> = events.iter().filter(|e| e.contains("\"error\"")).collect();
+            assert_eq!(errors.len(), 1, "one final error event: {events:?}");
+            assert_eq!(events.last(), Some(errors[0]), "and nothing after it: {events:?}");
+            let error: Value = serde_json::from_str(errors[0]).unwrap();
+            assert_eq!(error["error"]["code"], "upstream_error");
+            assert!(!t.body().contains("10.1.2.3") && !t.body().contains("/srv/secret"), "{}", t.body());
+        })),
+        thread(Box::new(|gw| {
+            // Fails at once, before the commit: a clean 502 alone, a failover with a second tier.
+            let solo = Timed::open(
+                gw,
+                &json!({"model": "solo-model", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "500"}}),
+            );
+            assert_eq!(solo.status, 502, "{:?}", solo.pieces);
+            let ha = Timed::open(
+                gw,
+                &json!({"model": "ha-model", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"status": 503, "fault_on": "flaky", "chunks": 2}}),
+            );
+            assert_eq!(ha.status, 200, "{:?}", ha.pieces);
+            assert!(ha.comments_before_first_event().is_empty(), "{:?}", ha.pieces);
+            assert!(ha.body().contains("tok1"), "the second tier answered: {}", ha.body());
+        })),
+        thread(sdk(".venv-sdk/bin/python", "tests/sdk/python_sdk.py")),
+        thread(sdk("node", "tests/sdk/node_sdk.mjs")),
+    ];
+    for case in cases {
+        case.join().unwrap();
+    }
+}
+
+/// A valid incoming `traceparent` is joined: the backend and the log see its trace id with the
+/// gateway's own span, and the client gets the same trace back; malformed ones are replaced.
+pub fn a_callers_trace_reaches_the_backend_and_the_log(gw: &Gateway) {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let auth = format!("Bearer {KEY}");
+    let body = serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap();
+    let send = |traceparent: &str| {
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("traceparent", traceparent),
+            ("tracestate", "vendor=opaque"),
+        ];
+        let r = request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-request-id").unwrap();
+        let record = gw.log_record(id);
+        let upstream_id = record["upstream_request_id"].as_str().unwrap_or(id).to_string();
+        let seen = gw.primary.request_with_id(&upstream_id).expect("the backend saw the request");
+        let to_backend = seen["headers"]["traceparent"].as_str().unwrap().to_string();
+        (r.header("traceparent").unwrap().to_string(), to_backend, record, seen)
+    };
+    let (returned, to_backend, record, seen) = send(&incoming);
+    let parts: Vec<&str> = to_backend.split('-').collect();
+    assert_eq!(parts[1], trace_id, "the backend joins the caller's trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "as a child: the gateway's own span");
+    assert_eq!((record["trace_id"].as_str(), record["span_id"].as_str()), (Some(trace_id), Some(parts[2])));
+    assert_eq!(returned, to_backend, "the client learns the trace and the gateway's span");
+    assert_eq!(seen["headers"]["tracestate"], "vendor=opaque");
+    for malformed in [
+        format!("01-{trace_id}-00f067aa0ba902b7-01"),
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_string(),
+        format!("00-{trace_id}-0000000000000000-01"),
+        format!("00-{}-00f067aa0ba902b7-01", trace_id.to_uppercase()),
+        format!("00-{trace_id}x-00f067aa0ba902b7-01"),
+        format!("00-{}-00f067aa0ba902b7-01", &trace_id[..30]),
+    ] {
+        let (returned, to_backend, record, _) = send(&malformed);
+        let parsed = edge_gateway::core::trace::parse_traceparent(&to_backend);
+        assert!(parsed.is_some(), "{malformed}: a valid trace goes on: {to_backend}");
+        assert!(!to_backend.contains(&trace_id[..30]), "{malformed}: replaced, not passed: {to_backend}");
+        assert_eq!(returned, to_backend, "{malformed}");
+        assert_eq!(record["trace_id"].as_str(), to_backend.split('-').nth(1), "{malformed}");
+    }
+}

@@ -102,6 +102,28 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The request records the runtime has logged so far (its JSON lines with a `request_id`).
+    pub fn log_records(&self) -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(self.state.join(format!("{}.log", self.host.name()))).unwrap_or_default();
+        log.lines()
+            // `wasmtime serve` prefixes each line with `stdout [instance] :: `.
+            .filter_map(|line| {
+                line.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&line[at..]).ok())
+            })
+            .filter(|record| record.get("request_id").is_some())
+            .collect()
+    }
+
+    /// The record of the request whose client was given `request_id`, once it is logged.
+    pub fn log_record(&self, request_id: &str) -> serde_json::Value {
+        let mut found = None;
+        crate::support::wait_until(Duration::from_secs(10), || {
+            found = self.log_records().into_iter().find(|r| r["request_id"] == request_id);
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no log record for {request_id}"))
+    }
+
     /// Stops the runtime and starts it again on the same state and address (the limit store
     /// keeps running), as a redeploy or an evicted instance would.
     pub fn restart_runtime(&mut self) {

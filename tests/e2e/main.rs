@@ -31,6 +31,7 @@ macro_rules! run_cases {
                 each_timeout_phase_fires_on_its_own_limit,
                 all_backends_ejected_is_a_503_that_says_when_to_retry,
                 readyz_probes_once_per_period_and_names_no_model,
+                a_long_prefill_is_kept_alive_until_its_first_token,
             );
             run_cases!(@each $start;
                 healthz_answers_ok_without_auth,
@@ -65,6 +66,7 @@ macro_rules! run_cases {
                 every_tokenized_text_counts_toward_the_content_cap,
                 a_client_that_leaves_before_the_answer_does_not_keep_its_slot,
                 a_backends_retry_after_is_clamped,
+                a_callers_trace_reaches_the_backend_and_the_log,
             );
         }
     };

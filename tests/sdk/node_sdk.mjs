@@ -1,6 +1,7 @@
 // The official OpenAI Node SDK, unmodified, against the gateway.
 // Run by the end-to-end suite with GATEWAY_URL (ending in /v1), KEY, RATE_KEY (60 requests per
 // minute, for this script alone) and MODEL in the environment. Exits non-zero on any failure.
+// With the argument `keep-alive`, runs only the long-prefill stream (see the end-to-end case).
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 
@@ -8,6 +9,22 @@ const baseURL = process.env.GATEWAY_URL;
 const model = process.env.MODEL;
 const client = new OpenAI({ baseURL, apiKey: process.env.KEY, maxRetries: 0, timeout: 30_000 });
 const expected = (n) => Array.from({ length: n }, (_, i) => `tok${i} `).join("");
+
+if (process.argv[2] === "keep-alive") {
+  // A 7 s prefill: the gateway commits the stream first and sends `: keep-alive` comments until
+  // the first token; the SDK must skip them and see only the chunks.
+  const stream = await client.chat.completions.create({
+    model, messages: [{ role: "user", content: "hi" }], stream: true, mock: { chunks: 3, prefill_ms: 7000 },
+  });
+  let text = "";
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, "chat.completion.chunk");
+    text += chunk.choices[0]?.delta?.content ?? "";
+  }
+  assert.equal(text, expected(3));
+  console.log("keep-alive comments skipped: ok");
+  process.exit(0);
+}
 
 const completion = await client.chat.completions.create({
   model, messages: [{ role: "user", content: "hi" }], mock: { chunks: 4 },

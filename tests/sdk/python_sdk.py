@@ -2,8 +2,10 @@
 
 Run by the end-to-end suite with GATEWAY_URL (ending in /v1), KEY, RATE_KEY (60 requests per
 minute, for this script alone) and MODEL in the environment. Exits non-zero on any failure.
+With the argument `keep-alive`, runs only the long-prefill stream (see the end-to-end case).
 """
 import os
+import sys
 import time
 
 import openai
@@ -17,6 +19,22 @@ client = OpenAI(base_url=BASE_URL, api_key=os.environ["KEY"], max_retries=0, tim
 def expected(n):
     return "".join(f"tok{i} " for i in range(n))
 
+
+if sys.argv[1:] == ["keep-alive"]:
+    # A 7 s prefill: the gateway commits the stream first and sends `: keep-alive` comments
+    # until the first token; the SDK must skip them and see only the chunks.
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_body={"mock": {"chunks": 3, "prefill_ms": 7000}},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected(3), text
+    assert all(c.object == "chat.completion.chunk" for c in chunks), chunks
+    print("keep-alive comments skipped: ok")
+    sys.exit(0)
 
 # Non-stream: a typed ChatCompletion with usage.
 completion = client.chat.completions.create(
