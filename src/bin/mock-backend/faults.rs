@@ -68,8 +68,7 @@ impl Fault {
             Self::PlainText500 => Response::raw(500, "text/plain; charset=utf-8", b"upstream exploded"),
             Self::Hang => return Some(Reply::Hang),
             Self::MalformedSse => {
-                let events =
-                    ["{not json", "[DONE]"].map(|data| SseEvent { data: data.to_owned(), delay: Duration::ZERO });
+                let events = ["{not json", "[DONE]"].map(|data| SseEvent::data(data, Duration::ZERO));
                 return Some(Reply::Stream(StreamPlan::new(events.into(), Ending::Complete)));
             }
             Self::Reset | Self::ErrorEvent | Self::ErrorEventLegacy => return None,

@@ -133,15 +133,17 @@
 //! command line and its limits), `connection` (one connection's request/reply
 //! loop, waiting out non-stream generations), `request` and `response` (HTTP/1.1
 //! on the wire), `routes` (dispatch by method and path), `request_id`
-//! (llama-cpp-python's request-id check), `chat` (interpreting a chat request),
-//! `context` (vLLM's context-length rules), `plan` (the reply to a chat request:
-//! its shape, pacing and fault endings), `controls` (the `mock` body field),
-//! `faults` (fault modes), `completion` (the completion and its chunks), `reply`
-//! (the planned reply, shared by the planners and the writers), `stream` (writing
-//! SSE), `peer` (noticing a client that left), `errors` (vLLM's error bodies) and
-//! `state` (counters and recorded requests). Planners (`routes`, `chat`, `plan`,
-//! `faults`) and writers (`connection`, `stream`) meet only in `reply`, so no two
-//! modules import each other.
+//! (llama-cpp-python's request-id check), `intake` (what every generation endpoint
+//! reads first: body, model, canned replies), `tokens` (the mock's tokenizer and
+//! prompt-token rule), `chat` (interpreting a chat request), `context` (vLLM's
+//! context-length rules), `plan` (the reply to a generation: its shape, pacing and
+//! fault endings, for any endpoint's `Generation`), `controls` (the `mock` body
+//! field), `faults` (fault modes), `completion` (the chat completion and its
+//! chunks), `reply` (the planned reply, shared by the planners and the writers),
+//! `stream` (writing SSE), `peer` (noticing a client that left), `errors` (vLLM's
+//! error bodies) and `state` (counters and recorded requests). Planners (`routes`,
+//! `chat`, `plan`, `faults`) and writers (`connection`, `stream`) meet only in
+//! `reply`, so no two modules import each other.
 // A native test server, not the edge: it uses the OS clock, threads and sockets directly.
 #![allow(clippy::disallowed_methods)]
 
@@ -153,6 +155,7 @@ mod context;
 mod controls;
 mod errors;
 mod faults;
+mod intake;
 mod peer;
 mod plan;
 mod reply;
@@ -162,6 +165,7 @@ mod response;
 mod routes;
 mod state;
 mod stream;
+mod tokens;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
