@@ -913,3 +913,36 @@ fn strict_request_id_tags_every_answer_with_the_id_or_a_fresh_uuid4() {
     let response = request(&plain.host_port(), "GET", "/v1/models", &[("x-request-id", id)], None);
     assert_eq!(response.header("x-request-id"), None);
 }
+
+// ---------------------------------------------------------------------------
+// GET /v1/models/{model}: OpenAI's retrieve-model call.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn retrieve_model_returns_its_card_or_the_model_404() {
+    let mock = MockBackend::start(&["--model", "alpha", "--model", "org/beta", "--max-model-len", "512"]);
+    let listed = request(&mock.host_port(), "GET", "/v1/models", &[], None).json();
+    for (index, name) in ["alpha", "org/beta"].iter().enumerate() {
+        let card = request(&mock.host_port(), "GET", &format!("/v1/models/{name}"), &[], None);
+        assert_eq!(card.status, 200, "{name}");
+        assert_eq!(card.json(), listed["data"][index], "the card is the listed one");
+        assert_eq!(card.json()["max_model_len"], 512);
+    }
+    let missing = request(&mock.host_port(), "GET", "/v1/models/gpt-9", &[], None);
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json(),
+        json!({"error": {"message": "The model `gpt-9` does not exist.", "type": "NotFoundError", "param": null, "code": 404}})
+    );
+    assert_eq!(request(&mock.host_port(), "GET", "/v1/models/", &[], None).status, 404);
+    assert_eq!(request(&mock.host_port(), "DELETE", "/v1/models/alpha", &[], None).status, 405);
+    assert_eq!(mock.stat("requests"), 0, "listings are not generation requests");
+}
+
+#[test]
+fn retrieve_model_needs_the_api_key() {
+    let mock = MockBackend::start(&["--api-key", "k"]);
+    assert_eq!(request(&mock.host_port(), "GET", "/v1/models/mock-llama", &[], None).status, 401);
+    let auth = [("authorization", "Bearer k")];
+    assert_eq!(request(&mock.host_port(), "GET", "/v1/models/mock-llama", &auth, None).status, 200);
+}

@@ -35,6 +35,11 @@
 //!
 //! * `GET /health`: 200 with an empty body.
 //! * `GET /v1/models`: the served models.
+//! * `GET /v1/models/{model}`: one of them (OpenAI's retrieve-model call; the name may
+//!   hold slashes), the same card as in the list; an unknown name gets the 404 vLLM
+//!   answers for an unknown model elsewhere, ``{"error":{"message":"The model `x` does
+//!   not exist.","type":"NotFoundError","param":null,"code":404}}``. (vLLM itself
+//!   serves no such route: every name gets FastAPI's `{"detail":"Not Found"}` there.)
 //! * `POST /v1/chat/completions`: a completion whose text is `N` tokens
 //!   `"tok0 tok1 … tok{N-1} "`, as JSON or, with `"stream": true`, as SSE chunks
 //!   (role chunk, one chunk per token, finish chunk, optional usage chunk, `[DONE]`).
@@ -43,10 +48,10 @@
 //!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted
 //!   deterministically as `(total UTF-8 bytes of every message's text content) / 4
 //!   + number of messages`.
-//! * `GET /mock/last-request`: the last chat request (`method`, `path`, lowercased
-//!   `headers`, `body` parsed as JSON or `null`).
-//! * `GET /mock/requests/{id}`: the chat request that carried `x-request-id: {id}`
-//!   (the last 4096 are kept), so tests running in parallel can each find theirs.
+//! * `GET /mock/last-request`: the last generation request (`method`, `path`,
+//!   lowercased `headers`, `body` parsed as JSON or `null`).
+//! * `GET /mock/requests/{id}`: the generation request that carried `x-request-id:
+//!   {id}` (the last 4096 are kept), so tests running in parallel can each find theirs.
 //! * `GET /mock/stats`: `requests`, `open_streams`, `max_open_streams`,
 //!   `client_disconnects`, `health_checks` (`GET /health` calls), and
 //!   `non_stream_in_progress` (non-stream generations still being waited out, a
@@ -54,9 +59,10 @@
 //!   zeroes the counters (the gauges stay, and the high-water mark restarts from
 //!   the streams open at that moment).
 //!
-//! Every `POST /v1/chat/completions` is counted and recorded before the request
-//! id and the API key are checked, so tests can see what a rejected request
-//! carried. Other paths get FastAPI's `404 {"detail":"Not Found"}`.
+//! Every `POST` to a generation endpoint (`/v1/chat/completions`) is counted in
+//! `requests` and recorded before the request id and the API key are checked, so
+//! tests can see what a rejected request carried. Other paths get FastAPI's `404
+//! {"detail":"Not Found"}`, other methods on a served path its `405`.
 //!
 //! # Timing (vLLM's)
 //!
@@ -141,7 +147,8 @@
 //! field), `faults` (fault modes), `completion` (the chat completion and its
 //! chunks), `reply` (the planned reply, shared by the planners and the writers),
 //! `stream` (writing SSE), `peer` (noticing a client that left), `errors` (vLLM's
-//! error bodies) and `state` (counters and recorded requests). Planners (`routes`,
+//! error bodies), `models` (the model list and cards) and `state` (counters and
+//! recorded requests). Planners (`routes`,
 //! `chat`, `plan`, `faults`) and writers (`connection`, `stream`) meet only in
 //! `reply`, so no two modules import each other.
 // A native test server, not the edge: it uses the OS clock, threads and sockets directly.
@@ -156,6 +163,7 @@ mod controls;
 mod errors;
 mod faults;
 mod intake;
+mod models;
 mod peer;
 mod plan;
 mod reply;
