@@ -946,3 +946,214 @@ fn retrieve_model_needs_the_api_key() {
     let auth = [("authorization", "Bearer k")];
     assert_eq!(request(&mock.host_port(), "GET", "/v1/models/mock-llama", &auth, None).status, 200);
 }
+
+// ---------------------------------------------------------------------------
+// POST /v1/embeddings like vLLM's serving_embedding (vectors derived from the input).
+// ---------------------------------------------------------------------------
+
+const EMBEDDINGS: &str = "/v1/embeddings";
+
+/// A POST with a JSON body to any path of the mock.
+fn post(mock: &MockBackend, path: &str, body: &Value) -> HttpResponse {
+    request(&mock.host_port(), "POST", path, &[JSON], Some(body.to_string().as_bytes()))
+}
+
+fn embed(mock: &MockBackend, extra: Value) -> HttpResponse {
+    let mut body = json!({"model": "mock-llama", "input": "Hello there!"});
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    post(mock, EMBEDDINGS, &body)
+}
+
+fn vector(value: &Value) -> Vec<f32> {
+    value.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn norm(vector: &[f32]) -> f64 {
+    vector.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn embeddings_answer_vllms_list_with_one_normalised_vector_per_input() {
+    let mock = MockBackend::start(&[]);
+    let response = embed(&mock, json!({"input": ["Hello there!", "Hi"], "user": "u-1"}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("embd-mock-"));
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "mock-llama");
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (index, item) in data.iter().enumerate() {
+        assert_eq!(item["index"], index);
+        assert_eq!(item["object"], "embedding");
+        let vector = vector(&item["embedding"]);
+        assert_eq!(vector.len(), 8, "--embedding-dims defaults to 8");
+        assert!((norm(&vector) - 1.0).abs() < 1e-5, "not normalised: {vector:?}");
+    }
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+    // Counted like chat messages: 12 bytes / 4 + 1, then 2 bytes / 4 + 1.
+    assert_eq!(body["usage"], json!({"prompt_tokens": 5, "total_tokens": 5, "completion_tokens": 0}));
+}
+
+#[test]
+fn embedding_vectors_depend_only_on_the_input_item() {
+    let mock = MockBackend::start(&[]);
+    let alone = embed(&mock, json!({"input": "Hello there!"})).json();
+    let listed = embed(&mock, json!({"input": ["other", "Hello there!"]})).json();
+    assert_eq!(alone["data"][0]["embedding"], listed["data"][1]["embedding"]);
+    let again = MockBackend::start(&[]);
+    assert_eq!(embed(&again, json!({})).json()["data"][0]["embedding"], alone["data"][0]["embedding"]);
+    // A different text, or token ids, give another vector.
+    assert_ne!(listed["data"][0]["embedding"], listed["data"][1]["embedding"]);
+    let tokens = embed(&mock, json!({"input": [1, 2, 3]})).json();
+    assert_ne!(tokens["data"][0]["embedding"], alone["data"][0]["embedding"]);
+}
+
+#[test]
+fn embedding_input_may_be_token_ids_or_token_id_arrays() {
+    let mock = MockBackend::start(&[]);
+    let one = embed(&mock, json!({"input": [5, 6, 7]})).json();
+    assert_eq!(one["data"].as_array().unwrap().len(), 1, "an array of ids is one input");
+    assert_eq!(one["usage"]["prompt_tokens"], 3, "token ids count their length");
+    let two = embed(&mock, json!({"input": [[5, 6, 7], [8]]})).json();
+    assert_eq!(two["data"].as_array().unwrap().len(), 2);
+    assert_eq!(two["usage"]["prompt_tokens"], 4);
+    assert_eq!(two["data"][0]["embedding"], one["data"][0]["embedding"]);
+}
+
+#[test]
+fn embedding_input_of_any_other_shape_is_a_400() {
+    let mock = MockBackend::start(&[]);
+    for input in
+        [json!(null), json!([]), json!([1, "a"]), json!([[]]), json!([-1]), json!(5), json!([1.5]), json!([[1, "x"]])]
+    {
+        let response = embed(&mock, json!({ "input": input }));
+        assert_eq!(response.status, 400, "{input}");
+        assert_eq!(response.json()["error"]["type"], "BadRequestError", "{input}");
+    }
+    let missing = post(&mock, EMBEDDINGS, &json!({"model": "mock-llama"}));
+    assert_eq!(missing.status, 400);
+    assert_eq!(embed(&mock, json!({"model": "gpt-9"})).status, 404);
+    assert_eq!(embed(&mock, json!({"encoding_format": "bytes"})).status, 400);
+}
+
+#[test]
+fn embedding_base64_is_the_little_endian_f32_bytes_of_the_float_vector() {
+    use base64::Engine as _;
+    let mock = MockBackend::start(&["--embedding-dims", "16"]);
+    let floats = embed(&mock, json!({"encoding_format": "float"})).json();
+    let encoded = embed(&mock, json!({"encoding_format": "base64"})).json();
+    let text = encoded["data"][0]["embedding"].as_str().expect("base64 is a string");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+    assert_eq!(bytes.len(), 16 * 4);
+    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(decoded, vector(&floats["data"][0]["embedding"]));
+    assert_eq!(encoded["usage"], floats["usage"]);
+}
+
+#[test]
+fn embedding_dimensions_keep_the_leading_components_renormalised() {
+    let mock = MockBackend::start(&["--embedding-dims", "12"]);
+    let full = vector(&embed(&mock, json!({})).json()["data"][0]["embedding"]);
+    assert_eq!(full.len(), 12);
+    let short = vector(&embed(&mock, json!({"dimensions": 4})).json()["data"][0]["embedding"]);
+    assert_eq!(short.len(), 4);
+    let head_norm = norm(&full[..4]);
+    for (short, full) in short.iter().zip(&full[..4]) {
+        assert!((f64::from(*short) - f64::from(*full) / head_norm).abs() < 1e-5, "{short} vs {full}");
+    }
+    assert_eq!(vector(&embed(&mock, json!({"dimensions": 100})).json()["data"][0]["embedding"]).len(), 12);
+    let zero = embed(&mock, json!({"dimensions": 0}));
+    assert_eq!(zero.status, 400);
+    assert_eq!(zero.json()["error"]["message"], "Dimensions must be greater than 0");
+}
+
+#[test]
+fn embedding_input_longer_than_max_model_len_is_vllms_400() {
+    let mock = MockBackend::start(&["--max-model-len", "4"]);
+    // Nothing is generated, so an input may fill the context: "Hello there!" is 4 tokens.
+    assert_eq!(embed(&mock, json!({})).status, 200);
+    // 16 bytes: 5 tokens, in the second input.
+    let response = embed(&mock, json!({"input": ["Hi", "Hello there!!!!!"]}));
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.json(),
+        json!({"error": {
+            "message": "This model's maximum context length is 4 tokens. However, you requested 5 tokens \
+                        in the input for embedding generation. Please reduce the length of the input. \
+                        (parameter=input_tokens, value=5)",
+            "type": "BadRequestError", "param": "input_tokens", "code": 400}})
+    );
+}
+
+#[test]
+fn embedding_dims_flag_sets_the_vector_length() {
+    let mock = MockBackend::start(&["--embedding-dims", "32"]);
+    assert_eq!(vector(&embed(&mock, json!({})).json()["data"][0]["embedding"]).len(), 32);
+}
+
+#[test]
+fn embeddings_answer_only_after_the_prefill() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let conn = connect(&mock.host_port()).unwrap();
+    let body = json!({"input": "Hello there!", "mock": {"prefill_ms": 600, "delay_ms": 5000}}).to_string();
+    send_request(&conn, &mock.host_port(), "POST", EMBEDDINGS, &[JSON], Some(body.as_bytes())).unwrap();
+    assert!(!wrote_anything_within(&conn, Duration::from_millis(400)), "bytes before the prefill was over");
+    let response = read_response(&mut BufReader::new(conn), "POST").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(elapsed >= Duration::from_millis(580), "answered after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(3000), "delay_ms counted, though nothing is generated: {elapsed:?}");
+}
+
+#[test]
+fn embedding_faults_and_statuses_apply_as_on_chat() {
+    let mock = MockBackend::start(&["--name", "flaky"]);
+    let status = embed(&mock, json!({"mock": {"status": 503, "retry_after": "7"}}));
+    assert_eq!(status.status, 503);
+    assert_eq!(status.header("retry-after"), Some("7"));
+    assert_eq!(status.json()["error"]["type"], "Service Unavailable");
+    assert_eq!(embed(&mock, json!({"mock": {"fault": "500"}})).status, 500);
+    let limited = embed(&mock, json!({"mock": {"fault": "429"}}));
+    assert_eq!((limited.status, limited.header("retry-after")), (429, Some("1")));
+    assert_eq!(embed(&mock, json!({"mock": {"fault": "garbage"}})).body, b"\x00\xffnot json");
+    assert_eq!(embed(&mock, json!({"mock": {"fault": "plain_text_500"}})).text(), "upstream exploded");
+    let failed = embed(&mock, json!({"mock": {"fault": "error_event"}}));
+    assert_eq!(failed.status, 500);
+    assert_eq!(
+        failed.json(),
+        json!({"error": {"message": ENGINE_FAILURE, "type": "InternalServerError", "param": null, "code": 500}})
+    );
+    assert_eq!(embed(&mock, json!({"mock": {"fault": "error_event_legacy"}})).json()["object"], "error");
+    let body = json!({"input": "x", "mock": {"fault": "reset"}}).to_string();
+    assert!(support::try_request(&mock.host_port(), "POST", EMBEDDINGS, &[JSON], Some(body.as_bytes())).is_err());
+    assert_eq!(embed(&mock, json!({"mock": {"fault": "500", "fault_on": "steady"}})).status, 200);
+
+    let conn = connect(&mock.host_port()).unwrap();
+    let body = json!({"input": "x", "mock": {"fault": "hang"}}).to_string();
+    send_request(&conn, &mock.host_port(), "POST", EMBEDDINGS, &[JSON], Some(body.as_bytes())).unwrap();
+    assert!(!wrote_anything_within(&conn, Duration::from_millis(300)));
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(2), || mock.stat("client_disconnects") == 1));
+}
+
+#[test]
+fn embedding_requests_are_counted_and_recorded_with_their_path() {
+    let mock = MockBackend::start(&["--api-key", "k"]);
+    let body = json!({"input": ["a", "b"], "encoding_format": "base64"}).to_string();
+    let headers = [JSON, ("x-request-id", "emb-1")];
+    // Recorded before the API key check, like chat.
+    assert_eq!(request(&mock.host_port(), "POST", EMBEDDINGS, &headers, Some(body.as_bytes())).status, 401);
+    assert_eq!(mock.stat("requests"), 1);
+    let recorded = mock.request_with_id("emb-1").expect("not recorded");
+    assert_eq!(recorded["method"], "POST");
+    assert_eq!(recorded["path"], EMBEDDINGS);
+    assert_eq!(recorded["body"]["encoding_format"], "base64");
+    assert_eq!(mock.last_request()["path"], EMBEDDINGS);
+    assert_eq!(request(&mock.host_port(), "GET", EMBEDDINGS, &[("authorization", "Bearer k")], None).status, 405);
+}

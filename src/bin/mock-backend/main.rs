@@ -10,8 +10,8 @@
 //!
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
-//!              [--prefill-ms P] [--max-model-len N] [--api-key KEY]
-//!              [--strict-request-id] [--name NAME] [--verbose]
+//!              [--prefill-ms P] [--max-model-len N] [--embedding-dims N]
+//!              [--api-key KEY] [--strict-request-id] [--name NAME] [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
@@ -20,7 +20,8 @@
 //! token takes (default 0); `--prefill-ms` the time to the first token (default 0;
 //! see *Timing*); `--max-model-len` the context window, enforced as vLLM does
 //! (see *Context length*; without it nothing is enforced and `/v1/models` says
-//! 4096); with `--api-key`, every `/v1/*` request needs
+//! 4096); `--embedding-dims` the length of `/v1/embeddings` vectors (default 8, at
+//! most 65536); with `--api-key`, every `/v1/*` request needs
 //! `Authorization: Bearer KEY` or gets vLLM's `401 {"error":"Unauthorized"}`;
 //! `--strict-request-id` behaves like llama-cpp-python's server: a request whose
 //! `x-request-id` is present and not what Python's `uuid.UUID` parses gets an
@@ -48,6 +49,24 @@
 //!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted
 //!   deterministically as `(total UTF-8 bytes of every message's text content) / 4
 //!   + number of messages`.
+//! * `POST /v1/embeddings` (vLLM's `serving_embedding`): `input` is a string, an
+//!   array of strings, an array of token ids (one input) or an array of token-id
+//!   arrays; anything else (an empty array, an empty id list, negative or fractional
+//!   ids, mixed arrays) is a 400. One vector per input, `--embedding-dims` long,
+//!   derived from the SHA-256 of the input's JSON text and L2-normalised (exactly how
+//!   in `vectors.rs`), so the same input always gets the same vector. Answer
+//!   `{"id":"embd-mock-N","object":"list","created","model","data":[{"index","object":
+//!   "embedding","embedding"}],"usage":{"prompt_tokens","total_tokens",
+//!   "completion_tokens":0}}` (vLLM's `UsageInfo`; `prompt_tokens` counted like chat's:
+//!   a text is `bytes / 4 + 1`, token ids their count). `encoding_format` is `float`
+//!   (default) or `base64` (the float32 values' little-endian bytes in standard
+//!   base64, as OpenAI and vLLM send them); vLLM's `bytes` formats are refused.
+//!   `dimensions` keeps the leading components and normalises again: every mock model
+//!   behaves as a matryoshka model (vLLM refuses `dimensions` with `Model "…" does not
+//!   support matryoshka representation…` for others; use `mock.status` to imitate
+//!   that); more than the model has gives them all, below 1 is vLLM's 400 `Dimensions
+//!   must be greater than 0`. `user` is accepted; `stream` is ignored, as vLLM ignores
+//!   unknown fields.
 //! * `GET /mock/last-request`: the last generation request (`method`, `path`,
 //!   lowercased `headers`, `body` parsed as JSON or `null`).
 //! * `GET /mock/requests/{id}`: the generation request that carried `x-request-id:
@@ -59,7 +78,8 @@
 //!   zeroes the counters (the gauges stay, and the high-water mark restarts from
 //!   the streams open at that moment).
 //!
-//! Every `POST` to a generation endpoint (`/v1/chat/completions`) is counted in
+//! Every `POST` to a generation endpoint (`/v1/chat/completions`, `/v1/embeddings`)
+//! is counted in
 //! `requests` and recorded before the request id and the API key are checked, so
 //! tests can see what a rejected request carried. Other paths get FastAPI's `404
 //! {"detail":"Not Found"}`, other methods on a served path its `405`.
@@ -72,7 +92,9 @@
 //! stream's headers go out at once (Starlette's `StreamingResponse`); the role
 //! chunk follows after `prefill`, then each token `delay` after the previous chunk,
 //! then the finish chunk, the usage chunk and `[DONE]` at once. Errors found before
-//! generation (unknown model, bad JSON, context length) are answered at once.
+//! generation (unknown model, bad JSON, context length) are answered at once. An
+//! embedding generates nothing: its answer goes out whole once `prefill` is over
+//! (`delay` does not apply).
 //!
 //! # Context length (vLLM's)
 //!
@@ -87,11 +109,15 @@
 //! generation). Without a limit the completion may use `N - P` tokens. These are
 //! today's vLLM texts; vLLM up to 0.9 said "… However, you requested M+P tokens (P in
 //! the messages, M in the completion). Please reduce the length of the messages or
-//! completion." with `param: null`.
+//! completion." with `param: null`. An embedding input may fill the context (nothing
+//! is generated); one of more than `N` tokens gets vLLM's 400 "This model's maximum
+//! context length is N tokens. However, you requested P tokens in the input for
+//! embedding generation. Please reduce the length of the input.
+//! (parameter=input_tokens, value=P)" with `"param":"input_tokens"`.
 //!
 //! # Per-request controls
 //!
-//! A chat request may carry an extra body field
+//! A request to any generation endpoint may carry an extra body field
 //! `"mock": {"chunks": N, "delay_ms": D, "prefill_ms": P, "fault": "..."}`
 //! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`).
 //! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang`
@@ -114,6 +140,11 @@
 //!   "param": null, "code": 400}}` (old `create_streaming_error_response(str(e))`);
 //!   a non-stream answers 400 with the old top-level
 //!   `{"object":"error","message":…,"type":"BadRequestError","param":null,"code":400}`.
+//!
+//! `/v1/embeddings` answers no stream and generates no tokens: there `reset` sends
+//! the head and half the body once the prefill is over, and `error_event` /
+//! `error_event_legacy` answer their non-stream errors then; `chunks` and `delay_ms`
+//! do not apply.
 //!
 //! `"status": N` (400–599) answers status `N` at once, stream or not, with vLLM's
 //! error body for it: `{"error":{"message":PHRASE,"type":TYPE,"param":null,"code":N}}`
@@ -147,8 +178,9 @@
 //! field), `faults` (fault modes), `completion` (the chat completion and its
 //! chunks), `reply` (the planned reply, shared by the planners and the writers),
 //! `stream` (writing SSE), `peer` (noticing a client that left), `errors` (vLLM's
-//! error bodies), `models` (the model list and cards) and `state` (counters and
-//! recorded requests). Planners (`routes`,
+//! error bodies), `models` (the model list and cards), `embeddings` (the embeddings
+//! endpoint), `vectors` (deterministic vectors and their encodings) and `state`
+//! (counters and recorded requests). Planners (`routes`,
 //! `chat`, `plan`, `faults`) and writers (`connection`, `stream`) meet only in
 //! `reply`, so no two modules import each other.
 // A native test server, not the edge: it uses the OS clock, threads and sockets directly.
@@ -160,6 +192,7 @@ mod completion;
 mod connection;
 mod context;
 mod controls;
+mod embeddings;
 mod errors;
 mod faults;
 mod intake;
@@ -174,6 +207,7 @@ mod routes;
 mod state;
 mod stream;
 mod tokens;
+mod vectors;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use crate::chat::chat_completions;
+use crate::embeddings::embeddings;
 use crate::errors::unauthorized;
 use crate::intake::model_not_found;
 use crate::models::{model_card, model_list};
@@ -15,11 +16,12 @@ use crate::response::Response;
 use crate::state::State;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
+const EMBEDDINGS_PATH: &str = "/v1/embeddings";
 /// The generation endpoints: every `POST` to one is counted and recorded.
-const GENERATION_PATHS: [&str; 1] = [CHAT_PATH];
+const GENERATION_PATHS: [&str; 2] = [CHAT_PATH, EMBEDDINGS_PATH];
 /// Paths served for one method only; any other method gets a 405.
-const FIXED_PATHS: [&str; 6] =
-    ["/health", "/v1/models", "/mock/last-request", "/mock/stats", "/mock/reset-stats", CHAT_PATH];
+const FIXED_PATHS: [&str; 7] =
+    ["/health", "/v1/models", "/mock/last-request", "/mock/stats", "/mock/reset-stats", CHAT_PATH, EMBEDDINGS_PATH];
 /// `GET /v1/models/{model}`: one served model.
 const MODELS_PREFIX: &str = "/v1/models/";
 /// The mock's own control endpoints, which no emulated server rule applies to.
@@ -63,6 +65,7 @@ fn dispatch(state: &State, request: &Request) -> Reply {
             }
         }
         ("POST", CHAT_PATH) => return chat_completions(state, request).unwrap_or_else(Reply::Respond),
+        ("POST", EMBEDDINGS_PATH) => return embeddings(state, request).unwrap_or_else(Reply::Respond),
         ("GET", "/mock/last-request") => Response::json(200, &state.last_request()),
         ("GET", path) if path.starts_with(REQUESTS_PREFIX) => {
             match state.request_by_id(&path[REQUESTS_PREFIX.len()..]) {
