@@ -1157,3 +1157,303 @@ fn embedding_requests_are_counted_and_recorded_with_their_path() {
     assert_eq!(mock.last_request()["path"], EMBEDDINGS);
     assert_eq!(request(&mock.host_port(), "GET", EMBEDDINGS, &[("authorization", "Bearer k")], None).status, 405);
 }
+
+// ---------------------------------------------------------------------------
+// POST /v1/completions (legacy) like vLLM's serving_completion.
+// ---------------------------------------------------------------------------
+
+const COMPLETIONS: &str = "/v1/completions";
+
+fn completion_body(extra: Value) -> Value {
+    let mut body = json!({"model": "mock-llama", "prompt": "Hello there!"});
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+fn complete(mock: &MockBackend, extra: Value) -> HttpResponse {
+    post(mock, COMPLETIONS, &completion_body(extra))
+}
+
+fn complete_stream(mock: &MockBackend, extra: Value) -> StreamingResponse {
+    let mut body = completion_body(extra);
+    body["stream"] = json!(true);
+    request_streaming(&mock.host_port(), "POST", COMPLETIONS, &[JSON], Some(body.to_string().as_bytes()))
+}
+
+#[test]
+fn completions_answer_a_text_completion_with_usage() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let response = complete(&mock, json!({"user": "u-1", "temperature": 0.2}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("cmpl-mock-"));
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["model"], "mock-llama");
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(
+        body["choices"],
+        json!([{"index": 0, "text": "tok0 tok1 tok2 ", "logprobs": null, "finish_reason": "stop", "stop_reason": null}])
+    );
+    // Counted like a chat message: 12 bytes / 4 + 1.
+    assert_eq!(body["usage"], json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}));
+}
+
+#[test]
+fn completions_max_tokens_defaults_to_16_as_in_vllm() {
+    let mock = MockBackend::start(&["--chunks", "20"]);
+    for extra in [json!({}), json!({"max_tokens": null})] {
+        let body = complete(&mock, extra).json();
+        assert_eq!(body["usage"]["completion_tokens"], 16);
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+    }
+    let body = complete(&mock, json!({"max_tokens": 2})).json();
+    assert_eq!(body["choices"][0]["text"], "tok0 tok1 ");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(complete(&mock, json!({"max_tokens": 50})).json()["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn completions_prompt_may_be_strings_token_ids_or_token_id_arrays() {
+    let mock = MockBackend::start(&["--chunks", "1"]);
+    let texts = complete(&mock, json!({"prompt": ["a", "bcde"], "echo": true})).json();
+    let texts_of = |body: &Value| -> Vec<String> {
+        body["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(texts_of(&texts), ["atok0 ", "bcdetok0 "]);
+    assert_eq!(texts["usage"]["prompt_tokens"], 1 + 2);
+    // Token ids: one prompt, counted by length, echoed as the mock's tokens.
+    let ids = complete(&mock, json!({"prompt": [1, 2, 3], "echo": true})).json();
+    assert_eq!(texts_of(&ids), ["tok1 tok2 tok3 tok0 "]);
+    assert_eq!(ids["usage"]["prompt_tokens"], 3);
+    let arrays = complete(&mock, json!({"prompt": [[7], [8, 9]]})).json();
+    assert_eq!(texts_of(&arrays).len(), 2);
+    assert_eq!(arrays["usage"], json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}));
+    for prompt in [json!(null), json!(""), json!([]), json!([[]]), json!([1, "a"]), json!([-1]), json!(7)] {
+        let response = complete(&mock, json!({ "prompt": prompt }));
+        assert_eq!(response.status, 400, "{prompt}");
+    }
+    let missing = post(&mock, COMPLETIONS, &json!({"model": "mock-llama"}));
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["error"]["param"], "prompt");
+    assert_eq!(complete(&mock, json!({"model": "gpt-9"})).status, 404);
+}
+
+#[test]
+fn completions_n_gives_that_many_choices_per_prompt() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let body = complete(&mock, json!({"prompt": ["a", "b"], "n": 3, "best_of": 3})).json();
+    let indexes: Vec<u64> = body["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, [0, 1, 2, 3, 4, 5]);
+    // Prompts count once each, every choice's tokens count.
+    assert_eq!(body["usage"], json!({"prompt_tokens": 2, "completion_tokens": 12, "total_tokens": 14}));
+    let refused = complete(&mock, json!({"n": 2, "best_of": 1}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "best_of must be greater than or equal to n, got n=2 and best_of=1."
+    );
+    assert_eq!(complete(&mock, json!({"n": 0})).status, 400);
+}
+
+#[test]
+fn completions_echo_prepends_the_prompt() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let body = complete(&mock, json!({"echo": true})).json();
+    assert_eq!(body["choices"][0]["text"], "Hello there!tok0 tok1 ");
+    // Echo without generation: the prompt alone.
+    let only = complete(&mock, json!({"echo": true, "max_tokens": 0})).json();
+    assert_eq!(only["choices"][0]["text"], "Hello there!");
+    assert_eq!(only["choices"][0]["finish_reason"], "length");
+    assert_eq!(only["usage"]["completion_tokens"], 0);
+    let refused = complete(&mock, json!({"max_tokens": 0}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["message"], "max_tokens must be at least 1, got 0.");
+}
+
+#[test]
+fn completions_logprobs_give_the_legacy_logprobs_object() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let body = complete(&mock, json!({"logprobs": 2})).json();
+    assert_eq!(
+        body["choices"][0]["logprobs"],
+        json!({
+            "text_offset": [0, 5],
+            "token_logprobs": [-0.25, -0.25],
+            "tokens": ["tok0 ", "tok1 "],
+            "top_logprobs": [{"tok0 ": -0.25, "alt1 ": -1.25}, {"tok1 ": -0.25, "alt1 ": -1.25}],
+        })
+    );
+    let zero = complete(&mock, json!({"logprobs": 0})).json();
+    assert_eq!(zero["choices"][0]["logprobs"]["top_logprobs"][0], json!({"tok0 ": -0.25}));
+    // With echo, the prompt comes first, with no log-probability of its own.
+    let echoed = complete(&mock, json!({"logprobs": 1, "echo": true})).json();
+    let logprobs = &echoed["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"], json!(["Hello there!", "tok0 ", "tok1 "]));
+    assert_eq!(logprobs["text_offset"], json!([0, 12, 17]));
+    assert_eq!(logprobs["token_logprobs"][0], Value::Null);
+    assert_eq!(logprobs["top_logprobs"][0], Value::Null);
+    let too_many = complete(&mock, json!({"logprobs": 21}));
+    assert_eq!(too_many.status, 400);
+    assert_eq!(
+        too_many.json(),
+        json!({"error": {
+            "message": "Requested sample logprobs of 21, which is greater than max allowed: 20 (parameter=logprobs, value=21)",
+            "type": "BadRequestError", "param": "logprobs", "code": 400}})
+    );
+    assert_eq!(complete(&mock, json!({"logprobs": -2})).status, 400);
+}
+
+#[test]
+fn completions_suffix_is_refused_as_vllm_does() {
+    let mock = MockBackend::start(&[]);
+    let response = complete(&mock, json!({"suffix": "}"}));
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"message": "suffix is not currently supported", "type": "BadRequestError", "param": null, "code": 400}})
+    );
+    assert_eq!(complete(&mock, json!({"suffix": null})).status, 200);
+}
+
+#[test]
+fn completions_stream_a_chunk_per_token_with_the_finish_reason_on_the_last() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let mut stream = complete_stream(&mock, json!({}));
+    assert_eq!(stream.status, 200);
+    assert!(stream.header("content-type").unwrap().starts_with("text/event-stream"));
+    let chunks: Vec<Vec<u8>> = stream.by_ref().map(|(_, data)| data).collect();
+    assert!(stream.finished_cleanly());
+    assert_eq!(chunks.len(), 4, "3 tokens and [DONE], each in its own HTTP chunk");
+    let events = parsed_events(&chunks.concat());
+    for (i, event) in events[..3].iter().enumerate() {
+        assert_eq!(event["object"], "text_completion");
+        assert_eq!(event["id"], events[0]["id"]);
+        assert!(event.get("usage").is_none(), "usage only on the usage chunk: {event}");
+        let choice = &event["choices"][0];
+        assert_eq!(choice["index"], 0);
+        assert_eq!(choice["text"], format!("tok{i} "));
+        assert_eq!(choice["logprobs"], Value::Null);
+        assert_eq!(choice["finish_reason"], if i == 2 { json!("stop") } else { Value::Null });
+    }
+    assert_eq!(events[3], "[DONE]");
+}
+
+#[test]
+fn completions_stream_ends_with_the_usage_chunk_when_asked() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let events =
+        parsed_events(&complete_stream(&mock, json!({"stream_options": {"include_usage": true}})).read_to_end());
+    assert_eq!(events.len(), 2 + 1 + 1);
+    assert_eq!(events[2]["object"], "text_completion");
+    assert_eq!(events[2]["choices"], json!([]));
+    assert_eq!(events[2]["usage"], json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}));
+    assert_eq!(events[3], "[DONE]");
+    // vLLM refuses stream options without a stream.
+    let refused = complete(&mock, json!({"stream_options": {"include_usage": true}}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "stream_options");
+}
+
+#[test]
+fn completions_stream_interleaves_the_choices_of_each_token() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let events = parsed_events(&complete_stream(&mock, json!({"n": 2, "echo": true, "logprobs": 0})).read_to_end());
+    assert_eq!(events.len(), 2 * 2 + 1);
+    let choice = |i: usize| events[i]["choices"][0].clone();
+    assert_eq!((choice(0)["index"].clone(), choice(1)["index"].clone()), (json!(0), json!(1)));
+    assert_eq!(choice(0)["text"], "Hello there!tok0 ");
+    assert_eq!(choice(0)["logprobs"]["text_offset"], json!([0, 12]));
+    assert_eq!(choice(2)["text"], "tok1 ");
+    assert_eq!(choice(2)["logprobs"]["text_offset"], json!([17]), "offsets continue across chunks");
+    assert_eq!(choice(3)["finish_reason"], "stop");
+}
+
+#[test]
+fn completions_stream_headers_at_once_and_the_first_token_after_prefill() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let mut stream = complete_stream(&mock, json!({"mock": {"chunks": 2, "delay_ms": 300, "prefill_ms": 800}}));
+    assert!(started.elapsed() < Duration::from_millis(600), "headers after {:?}", started.elapsed());
+    let (first_at, first) = stream.next_chunk().expect("no first chunk");
+    assert!(first_at - started >= Duration::from_millis(780), "first chunk after {:?}", first_at - started);
+    assert_eq!(parsed_events(&first)[0]["choices"][0]["text"], "tok0 ");
+    let (second_at, _) = stream.next_chunk().expect("no second chunk");
+    assert!(second_at - first_at >= Duration::from_millis(280), "tokens {:?} apart", second_at - first_at);
+    // A non-stream answer waits for the whole generation.
+    let started = Instant::now();
+    assert_eq!(complete(&mock, json!({"mock": {"chunks": 2, "delay_ms": 200, "prefill_ms": 300}})).status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(680), "answered after {:?}", started.elapsed());
+}
+
+#[test]
+fn completions_context_length_is_enforced_like_chat() {
+    let mock = MockBackend::start(&["--max-model-len", "10"]);
+    // Without max_tokens vLLM asks for 16, which does not fit beside 4 prompt tokens.
+    let response = complete(&mock, json!({}));
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.json(),
+        json!({"error": {
+            "message": "'max_tokens' or 'max_completion_tokens' is too large: 16. This model's \
+                        maximum context length is 10 tokens and your request has 4 input tokens \
+                        (16 > 10 - 4). (parameter=max_tokens, value=16)",
+            "type": "BadRequestError", "param": "max_tokens", "code": 400}})
+    );
+    assert_eq!(complete(&mock, json!({"max_tokens": 6})).status, 200);
+    // Each prompt is checked: the second one is too long.
+    let long = "x".repeat(40);
+    let refused = complete(&mock, json!({"prompt": ["a", long], "max_tokens": 1, "stream": true}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "input_tokens");
+}
+
+#[test]
+fn completions_faults_fail_mid_stream_as_on_chat() {
+    let mock = MockBackend::start(&["--chunks", "6"]);
+    let mut stream = complete_stream(&mock, json!({"mock": {"fault": "error_event"}}));
+    let chunks = chunk_texts(&mut stream);
+    assert!(stream.finished_cleanly());
+    assert_eq!(chunks.len(), 4, "{chunks:#?}");
+    let events = parsed_events(chunks[..2].concat().as_bytes());
+    assert_eq!(events[1]["choices"][0]["text"], "tok1 ");
+    assert_eq!(
+        chunks[2],
+        format!(
+            "data: {{\"error\": {{\"message\": \"{ENGINE_FAILURE}\", \"type\": \
+             \"InternalServerError\", \"param\": null, \"code\": 500}}}}\n\n"
+        )
+    );
+    assert_eq!(chunks[3], "data: [DONE]\n\n");
+    let legacy = chunk_texts(&mut complete_stream(&mock, json!({"mock": {"fault": "error_event_legacy"}})));
+    assert!(legacy[2].contains("\"object\": \"error\""), "{legacy:#?}");
+
+    let mut reset = complete_stream(&mock, json!({"mock": {"fault": "reset"}}));
+    let events = parsed_events(&reset.read_to_end());
+    assert!(!reset.finished_cleanly());
+    assert_eq!(events.len(), 2);
+
+    let failed = complete(&mock, json!({"mock": {"fault": "error_event"}}));
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.json()["error"]["message"], ENGINE_FAILURE);
+    let status = complete(&mock, json!({"stream": true, "mock": {"status": 429, "retry_after": "3"}}));
+    assert_eq!((status.status, status.header("retry-after")), (429, Some("3")));
+    assert_eq!(
+        sse_events(&complete_stream(&mock, json!({"mock": {"fault": "malformed_sse"}})).read_to_end())[0],
+        "{not json"
+    );
+}
+
+#[test]
+fn completion_requests_are_counted_and_recorded_with_their_path() {
+    let mock = MockBackend::start(&[]);
+    let body = completion_body(json!({"best_of": 2})).to_string();
+    let headers = [JSON, ("x-request-id", "cmpl-1")];
+    assert_eq!(request(&mock.host_port(), "POST", COMPLETIONS, &headers, Some(body.as_bytes())).status, 200);
+    let recorded = mock.request_with_id("cmpl-1").expect("not recorded");
+    assert_eq!(recorded["path"], COMPLETIONS);
+    assert_eq!(recorded["body"]["best_of"], 2);
+    assert_eq!(mock.stat("requests"), 1);
+    assert_eq!(request(&mock.host_port(), "GET", COMPLETIONS, &[], None).status, 405);
+}

@@ -55,6 +55,15 @@ pub(crate) fn canned_reply(controls: &MockControls) -> Option<Reply> {
     controls.fault.and_then(Fault::canned_reply)
 }
 
+/// An optional boolean field; anything but a boolean or `null` is a 400.
+pub(crate) fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, Response> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(_) => Err(bad_request(&format!("`{field}` must be a boolean."))),
+    }
+}
+
 /// `stream_options.include_usage` is `true`.
 pub(crate) fn include_usage(body: &Map<String, Value>) -> bool {
     body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true)

@@ -49,6 +49,35 @@
 //!   (vLLM's `max_completion_tokens or max_tokens`). Prompt tokens are counted
 //!   deterministically as `(total UTF-8 bytes of every message's text content) / 4
 //!   + number of messages`.
+//! * `POST /v1/completions` (OpenAI's legacy API, vLLM's `serving_completion`):
+//!   `prompt` is a string, an array of strings, an array of token ids (one prompt) or
+//!   an array of token-id arrays; missing or empty is vLLM's 400 "Either prompt or
+//!   prompt_embeds must be provided and non-empty." (`param: "prompt"`). Each prompt
+//!   counts tokens like a chat message (`bytes / 4 + 1`; token ids their count, read
+//!   back as the mock's tokens `"tok{id} "` when echoed) and is checked against the
+//!   context on its own. `max_tokens` defaults to 16, as in vLLM's `CompletionRequest`
+//!   (also when `null`), so with `--max-model-len` a long prompt without `max_tokens`
+//!   gets the `max_tokens` 400; `0` is refused ("max_tokens must be at least 1, got
+//!   0.") unless `echo` is set, which then answers the prompt alone (`finish_reason:
+//!   "length"`, 0 completion tokens). `n` (1–128) choices per prompt, indexed
+//!   prompt-major; `best_of` below `n` is vLLM ≤ 0.6's 400 ("best_of must be greater
+//!   than or equal to n, got n=2 and best_of=1."), otherwise ignored as today's vLLM
+//!   does. `echo` prepends the prompt. `logprobs` 0–20 (vLLM's default
+//!   `--max-logprobs`; more is its 400 "Requested sample logprobs of 21, which is
+//!   greater than max allowed: 20 (parameter=logprobs, value=21)") adds
+//!   `{"text_offset","token_logprobs","tokens","top_logprobs"}`: each token's
+//!   log-probability is -0.25 and `top_logprobs` lists it with `alt1 `… (`logprobs`
+//!   entries, at least 1) at -1.25, -2.25…; an echoed prompt is one entry with `null`s.
+//!   `suffix` is vLLM's 400 "suffix is not currently supported". `stream_options`
+//!   without `stream` is its 400 (`param: "stream_options"`). Answer
+//!   `{"id":"cmpl-mock-N","object":"text_completion","created","model","choices":
+//!   [{"index","text","logprobs","finish_reason","stop_reason":null}],"usage"}`. With
+//!   `"stream": true`, one chunk per choice per token, `{"id","object":
+//!   "text_completion","created","model","choices":[{"index","text","logprobs",
+//!   "finish_reason","stop_reason"}]}` (no `usage` key; the first chunk carries the
+//!   echoed prompt, the last token's the finish reason, no empty role chunk), then
+//!   with `stream_options.include_usage` a chunk with `"choices":[]` and `usage`, then
+//!   `data: [DONE]`.
 //! * `POST /v1/embeddings` (vLLM's `serving_embedding`): `input` is a string, an
 //!   array of strings, an array of token ids (one input) or an array of token-id
 //!   arrays; anything else (an empty array, an empty id list, negative or fractional
@@ -78,8 +107,8 @@
 //!   zeroes the counters (the gauges stay, and the high-water mark restarts from
 //!   the streams open at that moment).
 //!
-//! Every `POST` to a generation endpoint (`/v1/chat/completions`, `/v1/embeddings`)
-//! is counted in
+//! Every `POST` to a generation endpoint (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`) is counted in
 //! `requests` and recorded before the request id and the API key are checked, so
 //! tests can see what a rejected request carried. Other paths get FastAPI's `404
 //! {"detail":"Not Found"}`, other methods on a served path its `405`.
@@ -91,7 +120,9 @@
 //! even the status line (vLLM builds the JSON response after the last token). A
 //! stream's headers go out at once (Starlette's `StreamingResponse`); the role
 //! chunk follows after `prefill`, then each token `delay` after the previous chunk,
-//! then the finish chunk, the usage chunk and `[DONE]` at once. Errors found before
+//! then the finish chunk, the usage chunk and `[DONE]` at once (a text completion has
+//! no role chunk: its first token's chunks come after `prefill`, the finish reason
+//! rides on the last token's). Errors found before
 //! generation (unknown model, bad JSON, context length) are answered at once. An
 //! embedding generates nothing: its answer goes out whole once `prefill` is over
 //! (`delay` does not apply).
@@ -122,16 +153,17 @@
 //! overriding the CLI defaults (`--chunks`, `--chunk-delay-ms`, `--prefill-ms`).
 //! Faults: `500`, `429` (with `retry-after: 1`), `400` (context length), `hang`
 //! (never answer; give up when the client leaves or after 10 minutes), `reset`
-//! (streams: role chunk and 2 tokens, then the socket is shut down without the
-//! terminating chunk; non-streams: after the generation, the head and half of the
+//! (streams: the first 2 tokens, after chat's role chunk, then the socket is shut
+//! down without the terminating chunk; non-streams: after the generation, the head and half of the
 //! body), `garbage` (200 with
 //! non-JSON bytes), `malformed_sse` (an event stream carrying `data: {not json`),
 //! `plain_text_500` (500 with a `text/plain` body), and two mid-generation engine
 //! failures whose message leaks internals as vLLM's `str(exception)` does
 //! (`"CUDA error: an illegal memory access at /srv/secret/model.py:42
 //! (http://10.1.2.3:8000)"`):
-//! * `error_event`: a stream sends the role chunk and 2 tokens, then exactly what
-//!   today's vLLM yields on an exception in `chat_completion_stream_generator`,
+//! * `error_event`: a stream sends 2 tokens (after chat's role chunk), then exactly
+//!   what today's vLLM yields on an exception in `chat_completion_stream_generator`
+//!   and `completion_stream_generator`,
 //!   `data: {"error": {"message": …, "type": "InternalServerError", "param": null,
 //!   "code": 500}}` (Python `json.dumps` spacing), then `data: [DONE]`, and ends
 //!   the body normally; a non-stream answers 500 with that error after the tokens.
@@ -178,8 +210,9 @@
 //! field), `faults` (fault modes), `completion` (the chat completion and its
 //! chunks), `reply` (the planned reply, shared by the planners and the writers),
 //! `stream` (writing SSE), `peer` (noticing a client that left), `errors` (vLLM's
-//! error bodies), `models` (the model list and cards), `embeddings` (the embeddings
-//! endpoint), `vectors` (deterministic vectors and their encodings) and `state`
+//! error bodies), `models` (the model list and cards), `completions` (interpreting
+//! a text completion request), `text_completion` (the text completion and its
+//! chunks), `embeddings` (the embeddings endpoint), `vectors` (deterministic vectors and their encodings) and `state`
 //! (counters and recorded requests). Planners (`routes`,
 //! `chat`, `plan`, `faults`) and writers (`connection`, `stream`) meet only in
 //! `reply`, so no two modules import each other.
@@ -189,6 +222,7 @@
 mod chat;
 mod cli;
 mod completion;
+mod completions;
 mod connection;
 mod context;
 mod controls;
@@ -206,6 +240,7 @@ mod response;
 mod routes;
 mod state;
 mod stream;
+mod text_completion;
 mod tokens;
 mod vectors;
 

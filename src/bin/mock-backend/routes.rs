@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use crate::chat::chat_completions;
+use crate::completions::completions;
 use crate::embeddings::embeddings;
 use crate::errors::unauthorized;
 use crate::intake::model_not_found;
@@ -16,12 +17,21 @@ use crate::response::Response;
 use crate::state::State;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
+const COMPLETIONS_PATH: &str = "/v1/completions";
 const EMBEDDINGS_PATH: &str = "/v1/embeddings";
 /// The generation endpoints: every `POST` to one is counted and recorded.
-const GENERATION_PATHS: [&str; 2] = [CHAT_PATH, EMBEDDINGS_PATH];
+const GENERATION_PATHS: [&str; 3] = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH];
 /// Paths served for one method only; any other method gets a 405.
-const FIXED_PATHS: [&str; 7] =
-    ["/health", "/v1/models", "/mock/last-request", "/mock/stats", "/mock/reset-stats", CHAT_PATH, EMBEDDINGS_PATH];
+const FIXED_PATHS: [&str; 8] = [
+    "/health",
+    "/v1/models",
+    "/mock/last-request",
+    "/mock/stats",
+    "/mock/reset-stats",
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    EMBEDDINGS_PATH,
+];
 /// `GET /v1/models/{model}`: one served model.
 const MODELS_PREFIX: &str = "/v1/models/";
 /// The mock's own control endpoints, which no emulated server rule applies to.
@@ -65,6 +75,7 @@ fn dispatch(state: &State, request: &Request) -> Reply {
             }
         }
         ("POST", CHAT_PATH) => return chat_completions(state, request).unwrap_or_else(Reply::Respond),
+        ("POST", COMPLETIONS_PATH) => return completions(state, request).unwrap_or_else(Reply::Respond),
         ("POST", EMBEDDINGS_PATH) => return embeddings(state, request).unwrap_or_else(Reply::Respond),
         ("GET", "/mock/last-request") => Response::json(200, &state.last_request()),
         ("GET", path) if path.starts_with(REQUESTS_PREFIX) => {
