@@ -74,8 +74,8 @@ impl TextCompletion {
             let mut alternatives = Map::new();
             alternatives.insert(token.clone(), Value::from(SAMPLED_LOGPROB));
             for rank in 1..top.max(1) {
-                #[allow(clippy::cast_precision_loss)] // ranks are at most 20
-                alternatives.insert(format!("alt{rank} "), Value::from(SAMPLED_LOGPROB - rank as f64));
+                let logprob = SAMPLED_LOGPROB - f64::from(u32::try_from(rank).unwrap_or(u32::MAX));
+                alternatives.insert(format!("alt{rank} "), Value::from(logprob));
             }
             push(token, Some(SAMPLED_LOGPROB), Some(alternatives));
         }

@@ -30,7 +30,7 @@ pub(crate) fn embedding(identity: &str, dims: usize) -> Vec<f32> {
     normalised(&raw)
 }
 
-#[allow(clippy::cast_possible_truncation)] // f64 to f32 on purpose: vLLM answers float32
+/// The unit vector along `raw`, in float32 as vLLM answers.
 fn normalised(raw: &[f64]) -> Vec<f32> {
     let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
     let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
