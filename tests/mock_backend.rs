@@ -1457,3 +1457,358 @@ fn completion_requests_are_counted_and_recorded_with_their_path() {
     assert_eq!(mock.stat("requests"), 1);
     assert_eq!(request(&mock.host_port(), "GET", COMPLETIONS, &[], None).status, 405);
 }
+
+// ---------------------------------------------------------------------------
+// The Responses API (/v1/responses) like vLLM's serving_responses.
+// ---------------------------------------------------------------------------
+
+const RESPONSES: &str = "/v1/responses";
+
+fn responses_body(extra: Value) -> Value {
+    let mut body = json!({"model": "mock-llama", "input": "Hello there!"});
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+fn respond(mock: &MockBackend, extra: Value) -> HttpResponse {
+    post(mock, RESPONSES, &responses_body(extra))
+}
+
+fn respond_stream(mock: &MockBackend, extra: Value) -> StreamingResponse {
+    let mut body = responses_body(extra);
+    body["stream"] = json!(true);
+    request_streaming(&mock.host_port(), "POST", RESPONSES, &[JSON], Some(body.to_string().as_bytes()))
+}
+
+/// The events of a Responses stream: each block's `event:` name and parsed `data:`.
+fn named_events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.split("\n\n")
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let line = |prefix: &str| block.lines().find_map(|line| line.strip_prefix(prefix)).map(str::to_owned);
+            let name = line("event: ").unwrap_or_else(|| panic!("no event line in {block:?}"));
+            (name, serde_json::from_str(&line("data: ").unwrap()).unwrap())
+        })
+        .collect()
+}
+
+fn get_response(mock: &MockBackend, id: &str) -> HttpResponse {
+    request(&mock.host_port(), "GET", &format!("{RESPONSES}/{id}"), &[], None)
+}
+
+#[test]
+fn responses_answer_a_response_object_with_one_message_and_usage() {
+    let mock = MockBackend::start(&["--chunks", "3"]);
+    let tools = json!([{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]);
+    let response = respond(&mock, json!({"instructions": "Be brief", "tools": tools, "temperature": 0.5}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert!(body["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["model"], "mock-llama");
+    assert!(body["created_at"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!((body["error"].clone(), body["incomplete_details"].clone()), (Value::Null, Value::Null));
+    assert_eq!(body["instructions"], "Be brief");
+    assert_eq!(body["tools"], tools);
+    assert_eq!(body["temperature"], 0.5);
+    assert_eq!(body["background"], false);
+    let output = body["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    let message = &output[0];
+    assert!(message["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["status"], "completed");
+    assert_eq!(
+        message["content"],
+        json!([{"type": "output_text", "text": "tok0 tok1 tok2 ", "annotations": [], "logprobs": null}])
+    );
+    // "Be brief" and "Hello there!": 20 bytes / 4 + 2 messages.
+    assert_eq!(
+        body["usage"],
+        json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
+               "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 10})
+    );
+}
+
+#[test]
+fn responses_count_input_items_like_chat_messages() {
+    let mock = MockBackend::start(&[]);
+    let input = json!([
+        {"role": "user", "content": "Hello there!"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "abcd"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{\"a\":1}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "done"},
+        {"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}, {"type": "input_text", "text": "xy"}]},
+    ]);
+    let body = respond(&mock, json!({"input": input, "instructions": "Be brief"})).json();
+    // Bytes 8 + 12 + 4 + 7 + 4 + 2 = 37, over 4 is 9, plus 6 items.
+    assert_eq!(body["usage"]["input_tokens"], 15);
+}
+
+#[test]
+fn responses_input_of_any_other_shape_is_a_400() {
+    let mock = MockBackend::start(&[]);
+    for input in [
+        json!(null),
+        json!(5),
+        json!(["text"]),
+        json!([{"type": "bogus"}]),
+        json!([{"role": "robot", "content": "x"}]),
+        json!([{"role": "user", "content": 5}]),
+        json!([{"role": "user", "content": [{"text": "untyped"}]}]),
+        json!([{"type": "function_call", "name": "f"}]),
+        json!([{"type": "function_call_output", "output": "x"}]),
+    ] {
+        let response = respond(&mock, json!({ "input": input }));
+        assert_eq!(response.status, 400, "{input}");
+        assert_eq!(response.json()["error"]["type"], "BadRequestError", "{input}");
+    }
+    assert_eq!(post(&mock, RESPONSES, &json!({"model": "mock-llama"})).status, 400);
+    assert_eq!(respond(&mock, json!({"instructions": 5})).status, 400);
+    assert_eq!(respond(&mock, json!({"model": "gpt-9"})).status, 404);
+    assert_eq!(respond(&mock, json!({"prompt": {"id": "pmpt_1"}})).json()["error"]["param"], "prompt");
+}
+
+#[test]
+fn responses_max_output_tokens_cuts_the_answer_short_as_incomplete() {
+    let mock = MockBackend::start(&["--chunks", "5"]);
+    let body = respond(&mock, json!({"max_output_tokens": 2})).json();
+    assert_eq!(body["status"], "incomplete");
+    assert_eq!(body["incomplete_details"], json!({"reason": "max_output_tokens"}));
+    assert_eq!(body["max_output_tokens"], 2);
+    assert_eq!(body["output"][0]["content"][0]["text"], "tok0 tok1 ");
+    assert_eq!(body["usage"]["output_tokens"], 2);
+    assert_eq!(respond(&mock, json!({"max_output_tokens": 9})).json()["status"], "completed");
+    assert_eq!(respond(&mock, json!({"max_output_tokens": 0})).status, 400);
+}
+
+#[test]
+fn responses_stream_sends_the_responses_events_with_event_lines_and_no_done() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let mut stream = respond_stream(&mock, json!({}));
+    assert_eq!(stream.status, 200);
+    assert!(stream.header("content-type").unwrap().starts_with("text/event-stream"));
+    let chunks: Vec<Vec<u8>> = stream.by_ref().map(|(_, data)| data).collect();
+    assert!(stream.finished_cleanly());
+    let events = named_events(&chunks.concat());
+    assert_eq!(chunks.len(), events.len(), "each event in its own HTTP chunk");
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    for (number, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], *name, "the event line names the data's type");
+        assert_eq!(data["sequence_number"], number);
+    }
+    let data = |i: usize| &events[i].1;
+    assert_eq!(data(0)["response"]["status"], "in_progress");
+    assert_eq!(data(0)["response"]["output"], json!([]));
+    assert_eq!(data(0)["response"]["usage"], Value::Null);
+    let item = &data(2)["item"];
+    assert_eq!(
+        (item["type"].clone(), item["status"].clone(), item["content"].clone()),
+        (json!("message"), json!("in_progress"), json!([]))
+    );
+    let item_id = item["id"].as_str().unwrap();
+    assert!(item_id.starts_with("msg_"));
+    assert_eq!(data(3)["part"], json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []}));
+    for (i, token) in [(4, "tok0 "), (5, "tok1 ")] {
+        assert_eq!(data(i)["delta"], token);
+        assert_eq!(
+            (data(i)["item_id"].as_str(), data(i)["output_index"].clone(), data(i)["content_index"].clone()),
+            (Some(item_id), json!(0), json!(0))
+        );
+    }
+    assert_eq!(data(6)["text"], "tok0 tok1 ");
+    assert_eq!(data(7)["part"]["text"], "tok0 tok1 ");
+    assert_eq!(data(8)["item"]["status"], "completed");
+    let completed = &data(9)["response"];
+    assert_eq!(completed["id"], data(0)["response"]["id"]);
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(completed["output"][0]["id"], item_id);
+    assert_eq!(completed["usage"]["output_tokens"], 2);
+    assert!(!String::from_utf8(chunks.concat()).unwrap().contains("[DONE]"));
+}
+
+#[test]
+fn responses_stream_opens_at_once_and_the_first_delta_follows_the_prefill() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let mut stream = respond_stream(&mock, json!({"mock": {"chunks": 2, "delay_ms": 300, "prefill_ms": 800}}));
+    let (created_at, created) = stream.next_chunk().expect("no created event");
+    assert!(created_at - started < Duration::from_millis(600), "created after {:?}", created_at - started);
+    assert_eq!(named_events(&created)[0].0, "response.created");
+    let mut arrivals = Vec::new();
+    while let Some((at, data)) = stream.next_chunk() {
+        arrivals.extend(named_events(&data).into_iter().map(|(name, _)| (name, at - started)));
+    }
+    let at = |wanted: &str| arrivals.iter().find(|(name, _)| name == wanted).unwrap().1;
+    assert!(at("response.in_progress") < Duration::from_millis(600));
+    assert!(at("response.output_item.added") >= Duration::from_millis(780), "{arrivals:?}");
+    let deltas: Vec<Duration> =
+        arrivals.iter().filter(|(name, _)| name == "response.output_text.delta").map(|(_, at)| *at).collect();
+    assert!(deltas[1] - deltas[0] >= Duration::from_millis(280), "{arrivals:?}");
+}
+
+#[test]
+fn responses_error_event_is_the_responses_error_and_no_done() {
+    let mock = MockBackend::start(&["--chunks", "6"]);
+    let mut stream = respond_stream(&mock, json!({"mock": {"fault": "error_event"}}));
+    let body = stream.read_to_end();
+    assert!(stream.finished_cleanly(), "the body ends normally after the error event");
+    let events = named_events(&body);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names[names.len() - 3..], ["response.output_text.delta", "response.output_text.delta", "error"]);
+    assert_eq!(
+        events.last().unwrap().1,
+        json!({"type": "error", "code": "server_error", "message": ENGINE_FAILURE, "param": null, "sequence_number": 6})
+    );
+    assert!(!String::from_utf8(body).unwrap().contains("[DONE]"));
+    // vLLM today: its error payload fails validation and the stream breaks off.
+    let mut legacy = respond_stream(&mock, json!({"mock": {"fault": "error_event_legacy"}}));
+    let events = named_events(&legacy.read_to_end());
+    assert!(!legacy.finished_cleanly());
+    assert_eq!(events.last().unwrap().0, "response.output_text.delta");
+    assert_eq!(events.len(), 6);
+    let mut reset = respond_stream(&mock, json!({"mock": {"fault": "reset"}}));
+    assert_eq!(named_events(&reset.read_to_end()).len(), 6);
+    assert!(!reset.finished_cleanly());
+    // A non-stream answers vLLM's error after the tokens.
+    let failed = respond(&mock, json!({"mock": {"fault": "error_event"}}));
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.json()["error"]["message"], ENGINE_FAILURE);
+}
+
+#[test]
+fn responses_faults_and_statuses_apply_as_on_chat() {
+    let mock = MockBackend::start(&[]);
+    let status = respond(&mock, json!({"stream": true, "mock": {"status": 503}}));
+    assert_eq!(status.status, 503);
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    let limited = respond(&mock, json!({"mock": {"fault": "429"}}));
+    assert_eq!((limited.status, limited.header("retry-after")), (429, Some("1")));
+    assert_eq!(respond(&mock, json!({"mock": {"fault": "garbage"}})).body, b"\x00\xffnot json");
+    let body = responses_body(json!({"mock": {"fault": "reset"}})).to_string();
+    assert!(support::try_request(&mock.host_port(), "POST", RESPONSES, &[JSON], Some(body.as_bytes())).is_err());
+}
+
+#[test]
+fn responses_are_stored_and_can_be_retrieved_and_deleted() {
+    let mock = MockBackend::start(&[]);
+    let created = respond(&mock, json!({})).json();
+    let id = created["id"].as_str().unwrap();
+    let retrieved = get_response(&mock, id);
+    assert_eq!(retrieved.status, 200);
+    assert_eq!(retrieved.json(), created, "the stored response is the one answered");
+    let streamed = named_events(&respond_stream(&mock, json!({})).read_to_end());
+    let completed = &streamed.last().unwrap().1["response"];
+    assert_eq!(&get_response(&mock, completed["id"].as_str().unwrap()).json(), completed);
+
+    let deleted = request(&mock.host_port(), "DELETE", &format!("{RESPONSES}/{id}"), &[], None);
+    assert_eq!(deleted.status, 200);
+    assert_eq!(deleted.json(), json!({"id": id, "object": "response.deleted", "deleted": true}));
+    let gone = get_response(&mock, id);
+    assert_eq!(gone.status, 404);
+    assert_eq!(
+        gone.json(),
+        json!({"error": {"message": format!("Response with id '{id}' not found."), "type": "invalid_request_error",
+                         "param": "response_id", "code": 404}})
+    );
+    assert_eq!(request(&mock.host_port(), "DELETE", &format!("{RESPONSES}/{id}"), &[], None).status, 404);
+    let unstored = respond(&mock, json!({"store": false})).json();
+    assert_eq!(get_response(&mock, unstored["id"].as_str().unwrap()).status, 404);
+    // Nor is a failed generation.
+    let failed = named_events(&respond_stream(&mock, json!({"mock": {"fault": "error_event"}})).read_to_end());
+    assert_eq!(get_response(&mock, failed[0].1["response"]["id"].as_str().unwrap()).status, 404);
+    assert_eq!(mock.stat("requests"), 4, "GET and DELETE are not generation requests");
+    assert_eq!(request(&mock.host_port(), "PUT", &format!("{RESPONSES}/{id}"), &[], None).status, 405);
+    assert_eq!(request(&mock.host_port(), "POST", &format!("{RESPONSES}/{id}/cancel"), &[], None).status, 404);
+}
+
+#[test]
+fn responses_previous_response_id_must_name_a_stored_response() {
+    let mock = MockBackend::start(&["--chunks", "2"]);
+    let first = respond(&mock, json!({})).json();
+    assert_eq!(first["usage"]["total_tokens"], 4 + 2);
+    let id = first["id"].as_str().unwrap();
+    let second = respond(&mock, json!({"previous_response_id": id})).json();
+    assert_eq!(second["previous_response_id"], id);
+    // The earlier input and output come before the new input.
+    assert_eq!(second["usage"]["input_tokens"], 6 + 4);
+    let unknown = respond(&mock, json!({"previous_response_id": "resp_nope"}));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["error"]["message"], "Response with id 'resp_nope' not found.");
+    let elsewhere = MockBackend::start(&[]);
+    assert_eq!(respond(&elsewhere, json!({"previous_response_id": id})).status, 404, "another backend has not got it");
+}
+
+#[test]
+fn responses_in_the_background_answer_queued_then_complete() {
+    let mock = MockBackend::start(&[]);
+    let started = Instant::now();
+    let queued = respond(&mock, json!({"background": true, "mock": {"chunks": 3, "delay_ms": 300}}));
+    assert!(started.elapsed() < Duration::from_millis(600), "answered after {:?}", started.elapsed());
+    let queued = queued.json();
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["background"], true);
+    assert_eq!((queued["output"].clone(), queued["usage"].clone()), (json!([]), Value::Null));
+    let id = queued["id"].as_str().unwrap();
+    assert_eq!(get_response(&mock, id).json()["status"], "queued");
+    assert!(wait_until(Duration::from_secs(3), || get_response(&mock, id).json()["status"] == "completed"));
+    assert_eq!(get_response(&mock, id).json()["output"][0]["content"][0]["text"], "tok0 tok1 tok2 ");
+    let failing = respond(&mock, json!({"background": true, "mock": {"fault": "error_event"}})).json();
+    let failing_id = failing["id"].as_str().unwrap();
+    assert!(wait_until(Duration::from_secs(2), || get_response(&mock, failing_id).json()["status"] == "failed"));
+    let refused = respond(&mock, json!({"background": true, "store": false}));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["message"], "background can only be used when `store` is true");
+}
+
+#[test]
+fn responses_context_length_clamps_max_output_tokens() {
+    let mock = MockBackend::start(&["--max-model-len", "10", "--chunks", "8"]);
+    // 4 input tokens leave 6, whatever is asked for.
+    let body = respond(&mock, json!({"max_output_tokens": 100})).json();
+    assert_eq!(body["max_output_tokens"], 6);
+    assert_eq!(body["usage"]["output_tokens"], 6);
+    assert_eq!(body["status"], "incomplete");
+    let long = respond(&mock, json!({"input": "x".repeat(40)}));
+    assert_eq!(long.status, 400);
+    assert_eq!(
+        long.json(),
+        json!({"error": {"message": "The engine prompt length 11 exceeds the max_model_len 10. Please reduce prompt.",
+                         "type": "invalid_request_error", "param": "input", "code": 400}})
+    );
+}
+
+#[test]
+fn responses_requests_are_counted_and_recorded_with_their_path() {
+    let mock = MockBackend::start(&["--api-key", "k"]);
+    let auth = ("authorization", "Bearer k");
+    let body = responses_body(json!({"store": false, "background": false, "previous_response_id": null})).to_string();
+    let headers = [JSON, auth, ("x-request-id", "resp-1")];
+    assert_eq!(request(&mock.host_port(), "POST", RESPONSES, &headers, Some(body.as_bytes())).status, 200);
+    let recorded = mock.request_with_id("resp-1").expect("not recorded");
+    assert_eq!(recorded["path"], RESPONSES);
+    assert_eq!(recorded["body"]["store"], false);
+    assert_eq!(mock.stat("requests"), 1);
+    assert_eq!(get_response(&mock, "resp_x").status, 401, "stored responses need the key too");
+    assert_eq!(request(&mock.host_port(), "GET", RESPONSES, &[auth], None).status, 405);
+}

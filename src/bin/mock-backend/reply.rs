@@ -68,6 +68,11 @@ impl SseEvent {
     pub(crate) fn data(data: impl Into<String>, delay: Duration) -> Self {
         Self { name: None, data: data.into(), delay }
     }
+
+    /// An event with an `event:` line naming it, as the Responses API sends them.
+    pub(crate) fn named(name: &'static str, data: String, delay: Duration) -> Self {
+        Self { name: Some(name), data, delay }
+    }
 }
 
 #[derive(PartialEq, Eq)]

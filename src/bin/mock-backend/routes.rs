@@ -14,15 +14,17 @@ use crate::reply::Reply;
 use crate::request::Request;
 use crate::request_id;
 use crate::response::Response;
+use crate::responses::{create_response, delete_response, retrieve_response};
 use crate::state::State;
 
 const CHAT_PATH: &str = "/v1/chat/completions";
 const COMPLETIONS_PATH: &str = "/v1/completions";
 const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+const RESPONSES_PATH: &str = "/v1/responses";
 /// The generation endpoints: every `POST` to one is counted and recorded.
-const GENERATION_PATHS: [&str; 3] = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH];
+const GENERATION_PATHS: [&str; 4] = [CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, RESPONSES_PATH];
 /// Paths served for one method only; any other method gets a 405.
-const FIXED_PATHS: [&str; 8] = [
+const FIXED_PATHS: [&str; 9] = [
     "/health",
     "/v1/models",
     "/mock/last-request",
@@ -31,7 +33,10 @@ const FIXED_PATHS: [&str; 8] = [
     CHAT_PATH,
     COMPLETIONS_PATH,
     EMBEDDINGS_PATH,
+    RESPONSES_PATH,
 ];
+/// `GET` and `DELETE /v1/responses/{id}`: a stored response.
+const RESPONSE_PREFIX: &str = "/v1/responses/";
 /// `GET /v1/models/{model}`: one served model.
 const MODELS_PREFIX: &str = "/v1/models/";
 /// The mock's own control endpoints, which no emulated server rule applies to.
@@ -77,6 +82,11 @@ fn dispatch(state: &State, request: &Request) -> Reply {
         ("POST", CHAT_PATH) => return chat_completions(state, request).unwrap_or_else(Reply::Respond),
         ("POST", COMPLETIONS_PATH) => return completions(state, request).unwrap_or_else(Reply::Respond),
         ("POST", EMBEDDINGS_PATH) => return embeddings(state, request).unwrap_or_else(Reply::Respond),
+        ("POST", RESPONSES_PATH) => return create_response(state, request).unwrap_or_else(Reply::Respond),
+        ("GET", path) if response_id(path).is_some() => retrieve_response(state, response_id(path).unwrap_or_default()),
+        ("DELETE", path) if response_id(path).is_some() => {
+            delete_response(state, response_id(path).unwrap_or_default())
+        }
         ("GET", "/mock/last-request") => Response::json(200, &state.last_request()),
         ("GET", path) if path.starts_with(REQUESTS_PREFIX) => {
             match state.request_by_id(&path[REQUESTS_PREFIX.len()..]) {
@@ -89,7 +99,7 @@ fn dispatch(state: &State, request: &Request) -> Reply {
             state.stats.reset();
             Response::json(200, &state.stats.snapshot())
         }
-        (_, path) if FIXED_PATHS.contains(&path) || model_name(path).is_some() => {
+        (_, path) if FIXED_PATHS.contains(&path) || model_name(path).is_some() || response_id(path).is_some() => {
             Response::json(405, &json!({"detail": "Method Not Allowed"}))
         }
         _ => not_found(),
@@ -100,6 +110,11 @@ fn dispatch(state: &State, request: &Request) -> Reply {
 /// The `{model}` of `/v1/models/{model}` (everything after the prefix, slashes included).
 fn model_name(path: &str) -> Option<&str> {
     path.strip_prefix(MODELS_PREFIX).filter(|name| !name.is_empty())
+}
+
+/// The `{id}` of `/v1/responses/{id}` (one path segment).
+fn response_id(path: &str) -> Option<&str> {
+    path.strip_prefix(RESPONSE_PREFIX).filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// FastAPI's answer for a path no route serves.

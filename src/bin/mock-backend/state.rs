@@ -8,11 +8,14 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::Config;
 use crate::request::Request;
+use crate::response_store::ResponseStore;
 
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) next_id: AtomicU64,
     pub(crate) stats: Stats,
+    /// Responses API responses created with `store`.
+    pub(crate) responses: ResponseStore,
     last_request: Mutex<Option<Value>>,
     /// Recent generation requests by their `x-request-id`, oldest first, for tests running in
     /// parallel.
@@ -40,6 +43,7 @@ impl State {
             config,
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
+            responses: ResponseStore::default(),
             last_request: Mutex::new(None),
             by_request_id: Mutex::new(std::collections::VecDeque::new()),
         }
