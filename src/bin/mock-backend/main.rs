@@ -223,9 +223,10 @@
 //! | `error_event` | chat and text streams: 2 tokens, then exactly what today's vLLM yields on an exception in `chat_completion_stream_generator` / `completion_stream_generator`, `data: {"error": {"message": …, "type": "InternalServerError", "param": null, "code": 500}}` (Python `json.dumps` spacing), then `data: [DONE]`, and a normal end of body; responses streams: 2 deltas, then the Responses API's error event `event: error` / `data: {"type":"error","code":"server_error","message":…,"param":null,"sequence_number":K}` and a normal end, no `[DONE]` (OpenAI's shape; vLLM itself breaks the stream off, see `error_event_legacy`); non-streams: 500 with that `{"error":…}` once the 3rd token would be ready (embeddings: after the prefill) |
 //! | `error_event_legacy` | chat and text streams: the same with vLLM ≤ 0.9's event, `data: {"error": {"object": "error", "message": …, "type": "BadRequestError", "param": null, "code": 400}}` (old `create_streaming_error_response(str(e))`), then `[DONE]`; responses streams: what vLLM does today, whose `{"error": …}` payload fails validation as a streaming event: after 2 deltas the stream breaks off without its terminating chunk; non-streams: 400 with the old top-level `{"object":"error","message":…,"type":"BadRequestError","param":null,"code":400}` |
 //!
-//! A `background` response is answered `queued` whatever the fault but
-//! `error_event`/`error_event_legacy`, which leave it `failed`; a response whose
-//! generation fails is not stored.
+//! A `background` Responses request gets `status` and the faults that answer at once
+//! like any other; with `reset` it is answered `queued` and completes, with
+//! `error_event`/`error_event_legacy` it is answered `queued` and turns `failed`. A
+//! foreground response whose generation fails is not stored.
 //!
 //! `"status": N` (400–599) answers status `N` at once, stream or not, with vLLM's
 //! error body for it: `{"error":{"message":PHRASE,"type":TYPE,"param":null,"code":N}}`
