@@ -38,7 +38,11 @@ fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Resu
         } else {
             pause_watching(conn, event.delay)?;
         }
-        write_chunk(conn, format!("data: {}\n\n", event.data).as_bytes())?;
+        let frame = match event.name {
+            Some(name) => format!("event: {name}\ndata: {}\n\n", event.data),
+            None => format!("data: {}\n\n", event.data),
+        };
+        write_chunk(conn, frame.as_bytes())?;
     }
     if plan.ending == Ending::Complete {
         conn.write_all(b"0\r\n\r\n")?;
