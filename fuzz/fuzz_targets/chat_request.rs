@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = RequestCaps {
         max_body_bytes: 1 << 20,
         max_messages: 8,
+        max_embedding_inputs: 8,
         max_content_bytes: 4096,
         max_tokens: 512,
         max_n: 2,

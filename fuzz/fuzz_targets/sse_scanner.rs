@@ -3,6 +3,7 @@
 //! malformed event — forwards the stream unchanged.
 #![no_main]
 
+use edge_gateway::core::openai::Dialect;
 use edge_gateway::core::upstream::sse::SseScanner;
 use libfuzzer_sys::fuzz_target;
 
@@ -17,7 +18,7 @@ struct Scanned {
 }
 
 fn scan(pieces: &[&[u8]], drop_usage_only: bool) -> Option<Scanned> {
-    let mut scanner = SseScanner::new(drop_usage_only, MAX_EVENT);
+    let mut scanner = SseScanner::new(Dialect::Chunks, drop_usage_only, MAX_EVENT);
     let mut out = Vec::new();
     for piece in pieces {
         out.extend(scanner.feed(piece.to_vec()).ok()?);

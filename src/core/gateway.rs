@@ -10,8 +10,7 @@ use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
 use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
-use crate::core::openai::format_duration;
-use crate::core::openai::ModelList;
+use crate::core::openai::{format_duration, Endpoint, Model, ModelList};
 use crate::core::rate_limit::gcra::Decision;
 use crate::core::rate_limit::plan::{Plan, Settler};
 use crate::core::rate_limit::store::{self, LimitStore};
@@ -23,8 +22,9 @@ use crate::core::upstream::balance::{attempt_order, HealthBook};
 use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
 use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
 use crate::core::upstream::relay::{StreamEnd, StreamEnding};
+use crate::core::upstream::stored;
 use crate::core::upstream::Upstream;
-use crate::core::validate::{validate_chat, ValidatedChat};
+use crate::core::validate::{self, Validated};
 use futures::future::{select, Either};
 use std::rc::Rc;
 
@@ -224,29 +224,36 @@ where
                 let caller = self.authenticate(config, &request, cx)?;
                 Ok(list_models(config, &caller).into())
             }
-            Route::ChatCompletions => self.chat_completions(config, request, cx).await,
+            Route::Model(model) => {
+                let caller = self.authenticate(config, &request, cx)?;
+                Ok(retrieve_model(config, &caller, model)?.into())
+            }
+            Route::Generate(endpoint) => self.generate(config, endpoint, request, cx).await,
+            Route::StoredResponse => self.stored_response(config, request, cx).await,
         }
     }
 
-    /// `POST /v1/chat/completions`, step by step.
-    async fn chat_completions(
+    /// `POST` to an endpoint that reaches a model (chat, completions, embeddings, responses),
+    /// step by step.
+    async fn generate(
         &self,
         config: &Config,
+        endpoint: Endpoint,
         mut request: Request,
         cx: &mut Context,
     ) -> Result<Handled, GatewayError> {
         let caller = self.authenticate(config, &request, cx)?;
-        let chat = self.validate(config, &mut request, &caller, cx).await?;
-        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.caps.max_tokens);
+        let call = self.validate(config, endpoint, &mut request, &caller, cx).await?;
+        let estimate = call.token_estimate(config.backends_serving(&call.model), config.caps.max_tokens);
         // Settled exactly once: by the answer's usage, by the stream's end, or when dropped.
-        let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
+        let mut settler = self.admit(&caller, estimate, call.prompt_estimate(), config, cx).await?;
         let backends =
-            attempt_order(config, &chat.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
+            attempt_order(config, &call.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
         if let Some(settler) = settler.as_mut() {
             settler.sent();
         }
         let ending = StreamEnding::new();
-        let (relayed, backend, tried) = match self.proxy(config, &chat, &backends, cx, ending.clone()).await {
+        let (relayed, backend, tried) = match self.proxy(config, &call, &backends, cx, ending.clone()).await {
             Ok(sent) => sent,
             Err(error) => {
                 settle_failure(settler, &error);
@@ -268,7 +275,7 @@ where
                     record: cx.record.clone(),
                     runtime: self.runtime.clone(),
                     metrics: self.metrics.clone(),
-                    prompt_estimate: chat.prompt_estimate(),
+                    prompt_estimate: call.prompt_estimate(),
                 };
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
                 Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
@@ -287,22 +294,77 @@ where
         Ok(caller)
     }
 
-    /// Reads the body (capped), validates it, and checks the caller may use its model.
+    /// Reads the body (capped), validates it, and checks the caller may use its model — and,
+    /// when it needs state a backend keeps, that only one backend serves the model.
     async fn validate(
         &self,
         config: &Config,
+        endpoint: Endpoint,
         request: &mut Request,
         caller: &Caller<'_>,
         cx: &mut Context,
-    ) -> Result<ValidatedChat, GatewayError> {
+    ) -> Result<Validated, GatewayError> {
         let body = read_body(request, config.caps.max_body_bytes).await?;
-        let chat = validate_chat(&body, &config.caps)?;
-        cx.record.model = Some(chat.model.clone());
-        cx.record.stream = Some(chat.stream);
-        if !caller.models.allows(&chat.model) || config.backends_serving(&chat.model).next().is_none() {
-            return Err(GatewayError::ModelNotFound { model: chat.model });
+        let call = validate::validate(endpoint, &body, &config.caps)?;
+        cx.record.model = Some(call.model.clone());
+        cx.record.stream = Some(call.stream);
+        let serving = config.backends_serving(&call.model).count();
+        if !caller.models.allows(&call.model) || serving == 0 {
+            return Err(GatewayError::ModelNotFound { model: call.model });
         }
-        Ok(chat)
+        match call.stateful {
+            Some(field) if serving > 1 => Err(GatewayError::invalid(
+                field,
+                format!(
+                    "{field} needs the backend that keeps the earlier state, but {} is served by {serving} \
+                     backends; send the whole conversation in input instead",
+                    call.model
+                ),
+            )),
+            _ => Ok(call),
+        }
+    }
+
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: a stored response
+    /// lives on the backend that made it, and its id does not say which — so these are passed
+    /// through only when a single backend serves the caller's models. Counted against the
+    /// request budget like any call.
+    async fn stored_response(
+        &self,
+        config: &Config,
+        request: Request,
+        cx: &mut Context,
+    ) -> Result<Handled, GatewayError> {
+        let caller = self.authenticate(config, &request, cx)?;
+        let backend = match config.backends_for(|model| caller.models.allows(model)).as_slice() {
+            [backend] => *backend,
+            backends => {
+                return Err(GatewayError::InvalidRequest {
+                    message: format!(
+                        "Stored responses can be reached only when one backend serves your models (yours are \
+                         served by {}); send the whole conversation in input instead.",
+                        backends.len()
+                    ),
+                    param: None,
+                    code: None,
+                })
+            }
+        };
+        let settler = self.admit(&caller, 0, 0, config, cx).await?;
+        cx.record.backend = Some(backend.name.clone());
+        cx.record.attempts = Some(1);
+        let traceparent = cx.trace.traceparent();
+        let forwarded = Forwarded {
+            request_id: &cx.ids.upstream,
+            traceparent: Some(&traceparent),
+            tracestate: cx.trace.tracestate.as_deref(),
+        };
+        let upstream = stored::stored_request(backend, &request.method, &request.path, &forwarded);
+        let answer = stored::pass_through(&self.upstream, &self.runtime, upstream, &config.timeouts).await;
+        if let Some(settler) = settler {
+            settler.settle(0);
+        }
+        Ok(answer?.into())
     }
 
     /// Sends the request to the first of `backends` that answers; the backend gets its own
@@ -310,7 +372,7 @@ where
     async fn proxy<'a>(
         &self,
         config: &'a Config,
-        chat: &ValidatedChat,
+        call: &Validated,
         backends: &[&'a Backend],
         cx: &Context,
         ending: StreamEnding,
@@ -322,11 +384,12 @@ where
             tracestate: cx.trace.tracestate.as_deref(),
         };
         let build = |backend: &Backend| {
-            let body = chat.upstream_body(backend, config.caps.max_tokens);
-            proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
+            let body = call.upstream_body(backend, config.caps.max_tokens);
+            proxy::upstream_request(backend, call.endpoint.path(), call.stream, body, &forwarded)
         };
         let attempts = Attempts { backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
-        let exchange = Exchange { stream: chat.stream, client_wants_usage: chat.client_wants_usage };
+        let exchange =
+            Exchange { endpoint: call.endpoint, stream: call.stream, client_wants_usage: call.client_wants_usage };
         proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, &config.timeouts, ending).await
     }
 
@@ -407,6 +470,15 @@ fn set_rate_limit_headers(headers: &mut Headers, decisions: &[(RateLimitKind, De
         headers.set(&format!("x-ratelimit-remaining-{suffix}"), d.remaining.to_string());
         headers.set(&format!("x-ratelimit-reset-{suffix}"), format_duration(d.reset_ms));
     }
+}
+
+/// `GET /v1/models/{model}`: the model if this caller may use it — else 404, exactly as for a
+/// model that does not exist, so a key never learns what it cannot list.
+fn retrieve_model(config: &Config, caller: &Caller<'_>, model: String) -> Result<Response, GatewayError> {
+    if !caller.models.allows(&model) || config.backends_serving(&model).next().is_none() {
+        return Err(GatewayError::ModelNotFound { model });
+    }
+    Ok(Response::json(200, serde_json::to_vec(&Model::served(model)).unwrap_or_default()))
 }
 
 fn list_models(config: &Config, caller: &Caller<'_>) -> Response {

@@ -5,6 +5,7 @@
 use crate::support::*;
 use edge_gateway::core::config::{Config, RequestCaps};
 use edge_gateway::core::http::{Body, Request};
+use edge_gateway::core::openai::Dialect;
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Lease, Settlement};
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
 use edge_gateway::core::upstream::sse::SseScanner;
@@ -92,7 +93,7 @@ fn a_poison_request_that_makes_every_backend_answer_500_cannot_eject_them_all() 
 #[test]
 fn sse_an_error_on_a_later_data_line_of_an_event_is_never_relayed() {
     let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\ndata: {\"error\":{\"message\":\"engine died at http://10.9.8.7:8000 /srv/secret/engine.py\",\"code\":500}}\n\ndata: [DONE_EVENT]\n\n";
-    let mut scanner = SseScanner::new(false, 1 << 20);
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1 << 20);
     let out = scanner.feed(stream.to_vec()).unwrap();
     let out = String::from_utf8(out).unwrap();
     assert!(
@@ -178,6 +179,7 @@ fn small_limits() -> RequestCaps {
     RequestCaps {
         max_body_bytes: 1 << 20,
         max_messages: 16,
+        max_embedding_inputs: 16,
         max_content_bytes: 1000,
         max_tokens: 512,
         max_n: 2,
@@ -381,7 +383,7 @@ fn a_stream_the_client_stops_reading_is_still_bounded_by_the_total_timeout() {
 fn done_followed_by_an_oversized_unterminated_tail_still_delivers_the_answer() {
     let mut chunk = format!("{ROLE_EVENT}{TOKEN_EVENT}{DONE_EVENT}").into_bytes();
     chunk.extend(std::iter::repeat_n(b'x', 2_000));
-    let mut scanner = SseScanner::new(false, 1_024);
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1_024);
     let fed = scanner.feed(chunk);
     assert!(scanner.done(), "[DONE_EVENT] was seen");
     assert_eq!(

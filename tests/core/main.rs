@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod config;
+mod endpoints;
 mod gateway;
 mod hostile;
 mod log;

@@ -447,10 +447,15 @@ pub fn headers(pairs: &[(&str, &str)]) -> Headers {
 }
 
 pub fn post_chat(key: &str, body: &str) -> Request {
+    post_to("/v1/chat/completions", key, body)
+}
+
+/// A JSON `POST` to `path` with `key`.
+pub fn post_to(path: &str, key: &str, body: &str) -> Request {
     let auth = format!("Bearer {key}");
     Request::new(
         "POST",
-        "/v1/chat/completions",
+        path,
         headers(&[("authorization", &auth), ("content-type", "application/json")]),
         body.as_bytes().to_vec(),
     )

@@ -34,6 +34,7 @@ pub mod vars {
     pub const CORS_ORIGINS: &str = "GATEWAY_CORS_ORIGINS";
     pub const MAX_BODY_BYTES: &str = "GATEWAY_MAX_BODY_BYTES";
     pub const MAX_MESSAGES: &str = "GATEWAY_MAX_MESSAGES";
+    pub const MAX_EMBEDDING_INPUTS: &str = "GATEWAY_MAX_EMBEDDING_INPUTS";
     pub const MAX_CONTENT_BYTES: &str = "GATEWAY_MAX_CONTENT_BYTES";
     pub const MAX_TOKENS: &str = "GATEWAY_MAX_TOKENS";
     pub const MAX_N: &str = "GATEWAY_MAX_N";
@@ -110,7 +111,7 @@ pub struct Backend {
     /// Share of traffic among healthy backends of the same priority.
     pub weight: u32,
     /// The backend's context length (vLLM's `--max-model-len`), when declared: a `max_tokens`
-    /// the gateway injects is kept within it (see `validate::ValidatedChat::injection`).
+    /// the gateway injects is kept within it (see `validate::Validated::injection`).
     pub max_model_len: Option<u32>,
 }
 
@@ -190,6 +191,8 @@ pub enum Cors {
 pub struct RequestCaps {
     pub max_body_bytes: usize,
     pub max_messages: usize,
+    /// Items in one embeddings request's `input` (and prompts in one legacy completion).
+    pub max_embedding_inputs: usize,
     /// Total bytes of text content across all messages.
     pub max_content_bytes: usize,
     /// Upper bound for `max_tokens`/`max_completion_tokens`; injected when the client sends none.
@@ -240,6 +243,11 @@ impl Config {
     /// The backends that serve `model`.
     pub fn backends_serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
         self.backends.iter().filter(move |b| b.serves(model))
+    }
+
+    /// The backends that serve at least one model `allowed` accepts.
+    pub fn backends_for(&self, allowed: impl Fn(&str) -> bool) -> Vec<&Backend> {
+        self.backends.iter().filter(|b| b.models.iter().any(|m| allowed(m))).collect()
     }
 
     /// Every model some backend serves, each once, in configured order.

@@ -19,6 +19,7 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
     let caps = RequestCaps {
         max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
         max_messages: number(lookup, vars::MAX_MESSAGES, 256, 1, 100_000)? as usize,
+        max_embedding_inputs: number(lookup, vars::MAX_EMBEDDING_INPUTS, 2048, 1, 100_000)? as usize,
         max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)? as usize,
         max_tokens: number(lookup, vars::MAX_TOKENS, 4096, 1, 10_000_000)? as u32,
         max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,

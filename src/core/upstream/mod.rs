@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod relay;
 pub mod sse;
+pub mod stored;
 
 use crate::core::http::{BodyStream, Headers};
 

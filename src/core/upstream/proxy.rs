@@ -21,8 +21,7 @@ use crate::core::config::Backend;
 use crate::core::config::{Breaker, Timeouts};
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::{read_capped, BodyStream, Headers, ReadError};
-use crate::core::openai::CompletionUsage;
-use crate::core::openai::Usage;
+use crate::core::openai::{Endpoint, Usage};
 use crate::core::runtime::{timeout, Runtime};
 use crate::core::upstream::balance::HealthBook;
 use crate::core::upstream::errors::{classify, Blame, Counts};
@@ -32,7 +31,7 @@ use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
 use futures::stream::StreamExt;
 
 /// Largest non-stream answer we accept from a backend.
-const MAX_COMPLETION_BYTES: usize = 32 << 20;
+pub(super) const MAX_COMPLETION_BYTES: usize = 32 << 20;
 /// Largest backend error body we read to find its message.
 const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Largest single SSE event we hold while waiting for its end.
@@ -56,9 +55,24 @@ pub fn upstream_request(
     body: Vec<u8>,
     forwarded: &Forwarded<'_>,
 ) -> UpstreamRequest {
+    let mut request = bare_request(backend, "POST", path, forwarded);
+    request.headers.set("content-type", "application/json");
+    if stream {
+        request.headers.set("accept", "text/event-stream");
+    }
+    request.body = Some(body);
+    request
+}
+
+/// A request without a body to `path` on `backend`: the allow-listed headers and its credential.
+pub(super) fn bare_request(
+    backend: &Backend,
+    method: &'static str,
+    path: &str,
+    forwarded: &Forwarded<'_>,
+) -> UpstreamRequest {
     let mut headers = Headers::new();
-    headers.set("content-type", "application/json");
-    headers.set("accept", if stream { "text/event-stream" } else { "application/json" });
+    headers.set("accept", "application/json");
     headers.set("x-request-id", forwarded.request_id);
     if let Some(traceparent) = forwarded.traceparent {
         headers.set("traceparent", traceparent);
@@ -69,7 +83,7 @@ pub fn upstream_request(
     if let Some(key) = &backend.api_key {
         headers.set("authorization", format!("Bearer {}", key.expose()));
     }
-    UpstreamRequest { method: "POST", url: format!("{}{path}", backend.base_url), headers, body: Some(body) }
+    UpstreamRequest { method, url: format!("{}{path}", backend.base_url), headers, body: None }
 }
 
 /// A backend's successful answer, ready for the client.
@@ -98,6 +112,7 @@ pub struct Attempts<'a, 'b> {
 /// What the relay needs to know about the request.
 #[derive(Clone, Copy)]
 pub struct Exchange {
+    pub endpoint: Endpoint,
     pub stream: bool,
     /// Whether the client asked for the usage chunk itself (else it is dropped).
     pub client_wants_usage: bool,
@@ -189,7 +204,7 @@ async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
     let first_byte_by = runtime.now_ms().saturating_add(timeouts.first_byte_ms).min(deadline_ms);
     let response = answer_head(upstream, runtime, request, exchange, timeouts, first_byte_by, deadline_ms).await?;
     if !exchange.stream {
-        return match timeout(runtime, left(runtime, deadline_ms), read_completion(response)).await {
+        return match timeout(runtime, left(runtime, deadline_ms), read_completion(exchange.endpoint, response)).await {
             None => Err(Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY)),
             Some(result) => result,
         };
@@ -242,12 +257,14 @@ async fn answer_head<R: Runtime, U: Upstream>(
     Ok(response)
 }
 
-/// Reads a stream up to its first complete event. Nothing is committed before it: an error there
-/// is still an ordinary HTTP error (with failover when it is the backend's), never a broken 200
-/// stream — unless the backend, having taken the request, is still silent at `commit_at`: then
-/// the stream is committed without it (`None`), so the client hears `: keep-alive` comments
-/// instead of nothing while a long prefill or a queue keeps it waiting, and no proxy in between
-/// drops the idle connection. Returns the body, its scanner and what the first events gave.
+/// Reads a stream up to its first content event (a chunk; for the Responses API the first delta,
+/// the events before it held back). Nothing is committed before it: an error there is still an
+/// ordinary HTTP error (with failover when it is the backend's), never a broken 200 stream —
+/// unless the backend, having taken the request, has not started at `commit_at`: then the
+/// stream is committed without it (with what was held, or `None`), so the client hears
+/// `: keep-alive` comments instead of nothing while a long prefill or a queue keeps it waiting,
+/// and no proxy in between drops the idle connection. Returns the body, its scanner and what the
+/// first events gave.
 async fn first_event<R: Runtime>(
     runtime: &R,
     mut response: UpstreamResponse,
@@ -256,15 +273,18 @@ async fn first_event<R: Runtime>(
     commit_at: u64,
     deadline_ms: u64,
 ) -> Result<(BodyStream, SseScanner, Option<Vec<u8>>), Failed> {
-    let mut scanner = SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES);
+    let mut scanner = SseScanner::new(exchange.endpoint.dialect(), !exchange.client_wants_usage, MAX_EVENT_BYTES);
+    // Events before the first content (the Responses API's `response.created`…), held until it.
+    let mut held = Vec::new();
+    let committed = |held: Vec<u8>| Some(held).filter(|h| !h.is_empty());
     loop {
         let commit = commit_at < first_byte_by;
         if commit && runtime.now_ms() >= commit_at {
-            return Ok((response.body, scanner, None));
+            return Ok((response.body, scanner, committed(held)));
         }
         let wait_until = if commit { commit_at } else { first_byte_by };
         let chunk = match timeout(runtime, left(runtime, wait_until), response.body.next()).await {
-            None if commit => return Ok((response.body, scanner, None)),
+            None if commit => return Ok((response.body, scanner, committed(held))),
             None => {
                 let phase = if first_byte_by >= deadline_ms { TimeoutPhase::Total } else { TimeoutPhase::FirstByte };
                 return Err(Failed::new(GatewayError::UpstreamTimeout { phase }, Blame::NOBODY));
@@ -280,8 +300,10 @@ async fn first_event<R: Runtime>(
         let out = scanner
             .feed(chunk)
             .map_err(|_| Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))?;
+        held.extend_from_slice(&out);
+        let started = scanner.content_events() > 0;
         match scanner.stopped() {
-            Some(Stop::BackendError { message, request_fault }) if out.is_empty() => {
+            Some(Stop::BackendError { message, request_fault }) if !started => {
                 let message =
                     message.clone().unwrap_or_else(|| "The inference backend failed before answering.".into());
                 return Err(match request_fault {
@@ -289,18 +311,22 @@ async fn first_event<R: Runtime>(
                     false => Failed::new(GatewayError::Upstream { message }, Blame::SUSPECT),
                 });
             }
-            Some(Stop::Malformed) if out.is_empty() => {
+            Some(Stop::Malformed) if !started => {
                 return Err(Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))
             }
             _ => {}
         }
-        if !out.is_empty() || scanner.done() || scanner.stopped().is_some() {
-            return Ok((response.body, scanner, Some(out)));
+        if started || scanner.done() || scanner.stopped().is_some() {
+            return Ok((response.body, scanner, Some(held)));
         }
     }
 }
 
-async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> (GatewayError, Blame) {
+pub(super) async fn read_error<R: Runtime>(
+    runtime: &R,
+    mut response: UpstreamResponse,
+    left_ms: u64,
+) -> (GatewayError, Blame) {
     let body = timeout(runtime, left_ms, read_capped(&mut response.body, MAX_ERROR_BYTES))
         .await
         .and_then(Result::ok)
@@ -308,7 +334,7 @@ async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, lef
     classify(response.status, &response.headers, &body)
 }
 
-async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Failed> {
+async fn read_completion(endpoint: Endpoint, mut response: UpstreamResponse) -> Result<Relayed, Failed> {
     let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| match e {
         // The generation is done: replaying it elsewhere would only produce it again.
         ReadError::TooLarge => {
@@ -316,8 +342,8 @@ async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Fail
         }
         ReadError::Broken(_) => Failed::upstream("The inference backend's answer was cut off.", Blame::BROKEN),
     })?;
-    match serde_json::from_slice::<CompletionUsage>(&body) {
-        Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
+    match endpoint.answer_usage(&body) {
+        Ok(usage) => Ok(Relayed::Completion { body, usage }),
         Err(_) => Err(Failed::upstream(
             "The inference backend answered with something that is not a completion.",
             Blame::BROKEN,

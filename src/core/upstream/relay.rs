@@ -188,12 +188,12 @@ pub(super) fn relay<R: Runtime + 'static>(
     timing: Timing,
     ending: &StreamEnding,
 ) -> BodyStream {
-    let awaiting_first = first.is_none();
+    let comment_first = first.is_none();
     let relay = Relay {
         upstream: ending.hold(body),
         scanner,
         first: Some(first.unwrap_or_else(|| KEEP_ALIVE.to_vec())),
-        awaiting_first,
+        comment_first,
         runtime,
         timing,
         guard: EndGuard(ending.clone()),
@@ -208,8 +208,8 @@ struct Relay<R> {
     scanner: SseScanner,
     /// What to send before reading on: the first events, or the first keep-alive comment.
     first: Option<Vec<u8>>,
-    /// Committed before the backend's first event, which has not come yet.
-    awaiting_first: bool,
+    /// `first` is the first keep-alive comment (the stream was committed before any event).
+    comment_first: bool,
     runtime: R,
     timing: Timing,
     guard: EndGuard,
@@ -239,7 +239,7 @@ impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Relay<R>)> {
         if let Some(first) = self.first.take() {
-            if self.awaiting_first {
+            if std::mem::take(&mut self.comment_first) {
                 return Some((Ok(first), self)); // our own keep-alive: nothing to scan
             }
             match self.forward(first) {
@@ -253,7 +253,8 @@ impl<R: Runtime> Relay<R> {
                 // The deadline passed while the client was not reading: tell it, once.
                 Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
                     self.told = true;
-                    let event = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event();
+                    let error = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total };
+                    let event = error.to_sse_event(self.scanner.dialect(), self.scanner.relayed());
                     return Some((Ok(event), self));
                 }
                 Some(_) => return None,
@@ -279,9 +280,6 @@ impl<R: Runtime> Relay<R> {
                 Ok(out) => out,
                 Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
             };
-            if !out.is_empty() {
-                self.awaiting_first = false;
-            }
             match self.forward(out) {
                 Step::Yield(item) => return Some(item),
                 Step::End => return None,
@@ -295,7 +293,9 @@ impl<R: Runtime> Relay<R> {
     fn next_wait(&self) -> (u64, Option<TimeoutPhase>) {
         let now = self.runtime.now_ms();
         let Timing { idle_ms, keepalive_ms, first_byte_by, deadline_ms } = self.timing;
-        let (due, phase) = if !self.awaiting_first {
+        // Committed, and still waiting for the first content (a chunk, or a Responses delta).
+        let awaiting_first = self.scanner.content_events() == 0 && !self.scanner.done();
+        let (due, phase) = if !awaiting_first {
             (now.saturating_add(idle_ms), TimeoutPhase::Idle)
         } else if first_byte_by < deadline_ms {
             (first_byte_by, TimeoutPhase::FirstByte)
@@ -304,7 +304,7 @@ impl<R: Runtime> Relay<R> {
         };
         let (due, phase) = if deadline_ms < due { (deadline_ms, TimeoutPhase::Total) } else { (due, phase) };
         let ping = now.saturating_add(keepalive_ms);
-        if self.awaiting_first && ping < due {
+        if awaiting_first && ping < due {
             (keepalive_ms, None)
         } else {
             (due.saturating_sub(now), Some(phase))
@@ -345,7 +345,7 @@ impl<R: Runtime> Relay<R> {
     fn end_with(mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> (Item, Relay<R>) {
         self.told = true;
         self.guard.0.fire(end, self.scanner.usage());
-        before.extend_from_slice(&error.to_sse_event());
+        before.extend_from_slice(&error.to_sse_event(self.scanner.dialect(), self.scanner.relayed()));
         (Ok(before), self)
     }
 }

@@ -8,9 +8,13 @@
 //! stays flat for a stream of any length, and each byte is looked at a bounded number of times
 //! however the stream is split (an event dripped one byte at a time is not re-copied per byte).
 //!
+//! The Responses API's stream ([`Dialect::Responses`]) is read the same way, by its `event:` names:
+//! `*.delta` events are the content, `response.completed` (or `.incomplete`) is the end and
+//! carries `response.usage`, and `error` or `response.failed` is the backend's error.
+//!
 //! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
 
-use crate::core::openai::Usage;
+use crate::core::openai::{Dialect, Usage};
 use crate::core::upstream::errors::message_of;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -37,11 +41,14 @@ pub struct SseScanner {
     pending: Vec<u8>,
     /// Where in `pending` to resume looking for the end of the event.
     searched: usize,
+    dialect: Dialect,
     drop_usage_only: bool,
     max_event_bytes: usize,
     usage: Option<Usage>,
     done: bool,
     events: u64,
+    /// Events forwarded (the Responses API numbers them from 0).
+    relayed: u64,
     content_events: u64,
     stop: Option<Stop>,
 }
@@ -56,19 +63,31 @@ struct ChunkUsage {
 }
 
 impl SseScanner {
-    /// `drop_usage_only`: remove the usage-only chunk from what is forwarded.
-    pub fn new(drop_usage_only: bool, max_event_bytes: usize) -> Self {
+    /// `drop_usage_only`: remove the usage-only chunk from what is forwarded (chunked streams).
+    pub fn new(dialect: Dialect, drop_usage_only: bool, max_event_bytes: usize) -> Self {
         SseScanner {
             pending: Vec::new(),
             searched: 0,
+            dialect,
             drop_usage_only,
             max_event_bytes,
             usage: None,
             done: false,
             events: 0,
+            relayed: 0,
             content_events: 0,
             stop: None,
         }
+    }
+
+    /// How the stream is framed.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Events forwarded so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed
     }
 
     /// Usage reported by the backend so far.
@@ -178,6 +197,7 @@ impl SseScanner {
         let mut pos = from;
         while let Some(end) = find_event_end(buf, pos) {
             let keep = self.inspect(&buf[start..end]);
+            self.relayed += u64::from(keep);
             emit(start..end, keep);
             start = end;
             pos = end;
@@ -227,6 +247,9 @@ impl SseScanner {
                 return false;
             }
         }
+        if self.dialect == Dialect::Responses {
+            return self.inspect_response_event(fields.event, data);
+        }
         if !keys.usage {
             self.content_events += 1;
             return true;
@@ -248,19 +271,75 @@ impl SseScanner {
     }
 }
 
+impl SseScanner {
+    /// One event of the Responses API's stream, named by its `event:` line (or, without one, by
+    /// its `type`): deltas are content, the terminal events end it and carry the usage, `error`
+    /// and `response.failed` are the backend's error.
+    fn inspect_response_event(&mut self, name: Option<&[u8]>, data: &[u8]) -> bool {
+        let parsed;
+        let name = match name {
+            Some(name) => name,
+            None => {
+                parsed = serde_json::from_slice::<ResponseEvent>(data).map(|e| e.kind).unwrap_or_default();
+                parsed.as_bytes()
+            }
+        };
+        match name {
+            b"error" | b"response.failed" => {
+                let value = serde_json::from_slice::<serde_json::Value>(data).unwrap_or_default();
+                let message = value.pointer("/response/error").map_or_else(|| message_of(&value), message_of);
+                self.stop = Some(Stop::BackendError { message, request_fault: false });
+                false
+            }
+            b"response.completed" | b"response.incomplete" => {
+                if let Ok(ResponseEvent { response: Some(Terminal { usage: Some(usage) }), .. }) =
+                    serde_json::from_slice::<ResponseEvent>(data)
+                {
+                    self.usage = Some(usage);
+                }
+                self.done = true;
+                true
+            }
+            name => {
+                if name.ends_with(b".delta") {
+                    self.content_events += 1;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// The parts of a Responses API event the scanner reads.
+#[derive(Deserialize)]
+struct ResponseEvent {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    response: Option<Terminal>,
+}
+
+#[derive(Deserialize)]
+struct Terminal {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
 /// The fields of one event that matter: its data (every `data:` line, joined by newlines as the
 /// SSE spec says; borrowed when there is one line, as OpenAI-compatible servers send) and
 /// llama.cpp's `error:` field.
 struct EventFields<'a> {
     data: Option<Cow<'a, [u8]>>,
     error: Option<&'a [u8]>,
+    /// The `event:` name (the Responses API's event type).
+    event: Option<&'a [u8]>,
 }
 
 impl<'a> EventFields<'a> {
     /// `None` when a line is a field outside the SSE vocabulary (`data`, `event`, `id`, `retry`,
     /// comments) and llama.cpp's `error`.
     fn of(event: &'a [u8]) -> Option<EventFields<'a>> {
-        let mut fields = EventFields { data: None, error: None };
+        let mut fields = EventFields { data: None, error: None, event: None };
         let mut rest = event;
         while !rest.is_empty() {
             let line_end = find_byte(rest, b'\n').unwrap_or(rest.len());
@@ -288,7 +367,8 @@ impl<'a> EventFields<'a> {
                     })
                 }
                 b"error" => fields.error = Some(value),
-                b"event" | b"id" | b"retry" => {}
+                b"event" => fields.event = Some(value.trim_ascii()),
+                b"id" | b"retry" => {}
                 _ => return None,
             }
         }
