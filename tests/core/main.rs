@@ -4,6 +4,7 @@
 
 mod support;
 
+mod adversary2;
 mod auth;
 mod config;
 mod endpoints;
