@@ -465,3 +465,37 @@ fn tensor_content_parts_are_refused_like_prompt_embeds() {
          prompt_embeds is refused for being a tensor vLLM deserializes with torch"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Passive health goes blind after the commit. `send` records a backend's success as soon as
+//     `attempt` returns, which since the keep-alive change is the commit — the backend's head plus
+//     5 s of silence, before it has produced anything. A failure after that (its connection
+//     reset, its error event) is only the stream's final error event and is never recorded. So a
+//     backend that takes every request and fails each one 6 s in (a pod behind an ingress that
+//     dies during long prefills, an engine crashing on every long prompt) is "healthy" forever:
+//     the primary tier keeps getting 100% of the traffic and every client gets an error, where
+//     before the change each request failed over and the backend was ejected after three.
+//     (With the documented GATEWAY_STREAM_COMMIT_MS=0, every pre-content failure is invisible.)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_backend_that_fails_every_stream_after_the_commit_is_still_ejected() {
+    let (gw, upstream, _) = gateway();
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_KEEPALIVE_MS", "1000")]);
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        upstream.push(match i {
+            // Takes the request, then its connection resets 6 s later, before any event.
+            0 | 1 => Script::sse_timed(vec![(6_000, Err(BodyError("reset".into())))]),
+            _ => Script::sse(&[ROLE_EVENT, DONE_EVENT]),
+        });
+        let (_, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+        bodies.push(body);
+    }
+    assert_eq!(
+        upstream.hosts()[2],
+        "b.internal",
+        "DEFECT: a failed two streams in a row (eject after 2), yet it was recorded healthy at each commit and \
+         got the third request too: {bodies:?}"
+    );
+}
