@@ -52,7 +52,7 @@ fn caps() -> RequestCaps {
     config().caps
 }
 
-/// Whether `result` kept `field` from escaping the estimate: refused, or counted by `counted`.
+/// Whether a field was kept from escaping the estimate: the body refused, or `counted` holds.
 fn refused_or(
     result: &Result<Validated, edge_gateway::core::GatewayError>,
     counted: impl Fn(&Validated) -> bool,
@@ -111,7 +111,10 @@ fn a_backend_reached_by_failover_after_the_commit_time_is_still_failed_over_befo
 //    cap) — vLLM's first chunk echoes the prompt with its top-20 logprobs per prompt token
 //    (~600 B each). Three such requests (max_attempts 3, eject_after 3) eject every backend of
 //    the model for 30 s: every other caller gets 503, and the attacker repeats every 30 s. The
-//    caller's own request also always fails, although the backend answered correctly.
+//    caller's own request also always fails, although the backend answered correctly. (Same cap,
+//    after the first delta: a Responses stream with `include:["message.output_text.logprobs"]`,
+//    `top_logprobs:20` carries every token's logprobs again in `response.completed`, >4 MiB past
+//    ~3.5k output tokens, so such answers end in an error event and lose their usage.)
 // ---------------------------------------------------------------------------------------------
 
 /// vLLM's first chunk for an echoed prompt with logprobs: one event of `size` bytes, arriving
