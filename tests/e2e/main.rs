@@ -67,6 +67,10 @@ macro_rules! run_cases {
                 a_client_that_leaves_before_the_answer_does_not_keep_its_slot,
                 a_backends_retry_after_is_clamped,
                 a_callers_trace_reaches_the_backend_and_the_log,
+                embeddings_are_validated_proxied_and_limited,
+                legacy_completions_are_validated_proxied_streamed_and_limited,
+                the_responses_api_is_validated_proxied_streamed_and_limited,
+                a_model_is_retrieved_only_by_keys_that_may_list_it,
             );
         }
     };
