@@ -1744,3 +1744,63 @@ pub fn a_model_is_retrieved_only_by_keys_that_may_list_it(gw: &Gateway) {
     let r = request(&gw.addr, "POST", &format!("/v1/models/{MODEL}"), &[], Some(b"{}"));
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, OPTIONS")));
 }
+
+/// Workers only: with the `GATEWAY_METRICS` Analytics Engine binding (here a wrapped binding that
+/// logs what it is given), every request writes one data point, made from the same record as its
+/// log line: a completion, a stream, a 429, an unknown path and a failed stream.
+pub fn each_request_writes_one_analytics_engine_point_equal_to_its_log_record(launch: Launch) {
+    let gw = launch(Setup { vars: &[("GATEWAY_METRICS", "capture")], ..Setup::default() });
+    assert_eq!(post(&gw, Some(KEY), &chat(json!({"mock": {"chunks": 3}}))).status, 200);
+    let stream = chat(json!({"stream": true, "mock": {"chunks": 4, "delay_ms": 50, "prefill_ms": 200}}));
+    assert_eq!(post(&gw, Some(KEY), &stream).status, 200);
+    for _ in 0..LIMITED_RPM {
+        post(&gw, Some(LIMITED_KEY), &chat(json!({"mock": {"chunks": 1}})));
+    }
+    assert_eq!(post(&gw, Some(LIMITED_KEY), &chat(json!({}))).status, 429);
+    assert_eq!(request(&gw.addr, "GET", "/v1/nothing", &[], None).status, 404);
+    let failing = chat(json!({"stream": true, "mock": {"chunks": 5, "fault": "error_event"}}));
+    assert_eq!(post(&gw, Some(KEY), &failing).status, 200);
+
+    let expected = 2 + LIMITED_RPM as usize + 3;
+    let mut points = Vec::new();
+    let mut records = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        (points, records) = gw.metrics_points_and_records();
+        // The launcher's own `/healthz` calls are requests too: set them aside.
+        points.retain(|p| p["blobs"][6] != "healthz");
+        records.retain(|r| r["route"] != "healthz");
+        points.len() >= expected && records.len() >= expected
+    });
+    assert_eq!((points.len(), records.len()), (expected, expected), "one point per request:\n{points:#?}");
+    for (point, record) in points.iter().zip(&records) {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let number = |v: &Value| v.as_f64().unwrap_or_default();
+        let status_class = format!("{}xx", record["status"].as_u64().unwrap() / 100);
+        let id = &record["request_id"];
+        assert_eq!(point["indexes"], json!([text(&record["key_id"])]), "{id}");
+        let blobs = [
+            text(&record["model"]),
+            text(&record["backend"]),
+            status_class,
+            text(&record["error"]),
+            text(&record["stream_end"]),
+            text(&record["key_id"]),
+            text(&record["route"]),
+        ];
+        assert_eq!(point["blobs"], json!(blobs), "the point and the log line of {id}");
+        let doubles = [
+            number(&record["latency_ms"]),
+            number(&record["ttft_ms"]),
+            number(&record["usage"]["prompt_tokens"]),
+            number(&record["usage"]["completion_tokens"]),
+            number(&record["attempts"]),
+            number(&record["tpot_ms"]),
+        ];
+        let written: Vec<f64> = point["doubles"].as_array().unwrap().iter().map(number).collect();
+        assert_eq!(written, doubles, "the point and the log line of {id}");
+    }
+    let stream_point = &points[1];
+    assert!(stream_point["doubles"][1].as_f64().unwrap() >= 200.0, "time to first token after the prefill");
+    assert_eq!(points[LIMITED_RPM as usize + 2]["blobs"][2], "4xx");
+    assert_eq!(points[expected - 1]["blobs"][4], "upstream_error");
+}

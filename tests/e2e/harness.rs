@@ -123,6 +123,20 @@ impl Gateway {
             .collect()
     }
 
+    /// The data points a capturing metrics binding logged (`GATEWAY_METRICS=capture`, Workers
+    /// only), and the request records, each in the order they were written.
+    pub fn metrics_points_and_records(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let log = std::fs::read_to_string(self.state.join(format!("{}.log", self.host.name()))).unwrap_or_default();
+        let points = log
+            .lines()
+            .filter_map(|line| {
+                line.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&line[at..]).ok())
+            })
+            .filter_map(|line| line.get("metrics_point").cloned())
+            .collect();
+        (points, self.log_records())
+    }
+
     /// The record of the request whose client was given `request_id`, once it is logged.
     pub fn log_record(&self, request_id: &str) -> serde_json::Value {
         let mut found = None;

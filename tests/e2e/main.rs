@@ -95,6 +95,14 @@ macro_rules! run_cases {
 run_cases!(workerd_gateway, crate::workerd::gateway, crate::workerd::dedicated);
 run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);
 
+/// Cases about the Workers build alone (its bindings), run in workerd only.
+mod workerd_gateway_only {
+    #[test]
+    fn each_request_writes_one_analytics_engine_point_equal_to_its_log_record() {
+        crate::cases::each_request_writes_one_analytics_engine_point_equal_to_its_log_record(crate::workerd::dedicated);
+    }
+}
+
 /// Cases about the Spin build alone (its Redis, its host), run on the WASI host only.
 mod wasi_gateway_only {
     #[test]
