@@ -12,8 +12,8 @@
 
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::Disconnected;
-use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
+use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
 use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::rate_limit::store::{LimitStore, StoreCall, StoreError};
 use crate::core::runtime::Runtime;
