@@ -13,6 +13,7 @@
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::Disconnected;
 use crate::core::http::{BodyError, BodyStream, Headers, Request, Response};
+use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
 use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::rate_limit::store::{LimitStore, StoreCall, StoreError};
 use crate::core::runtime::Runtime;
@@ -49,6 +50,27 @@ thread_local! {
     static PROBES: Rc<MemoryProbeCache> = Rc::default();
 }
 
+/// The optional Workers Analytics Engine dataset that gets one data point per request.
+const METRICS_BINDING: &str = "GATEWAY_METRICS";
+
+/// Writes each request's record to Analytics Engine, in the shape [`LogRecord::data_point`]
+/// documents. `writeDataPoint` only queues the point: nothing waits for it.
+struct AnalyticsMetrics(worker::AnalyticsEngineDataset);
+
+impl Metrics for AnalyticsMetrics {
+    fn record(&self, record: &LogRecord) {
+        let point = record.data_point();
+        let built = worker::AnalyticsEngineDataPointBuilder::new()
+            .indexes([point.index.as_str()])
+            .blobs(point.blobs)
+            .doubles(point.doubles)
+            .build();
+        if let Err(e) = self.0.write_data_point(&built) {
+            console_log!("{}", log::event("warn", "metrics_write_failed", &[("detail", e.to_string().into())]));
+        }
+    }
+}
+
 #[event(fetch)]
 async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::Result<worker::Response> {
     let config = config(&env);
@@ -61,9 +83,14 @@ async fn fetch(req: worker::Request, env: Env, ctx: worker::Context) -> worker::
     let request = to_core_request(req, one_call_max)?;
     let runtime = WorkersRuntime { ctx: Rc::new(ctx) };
     let health = HEALTH.with(Rc::clone);
+    let metrics: Rc<dyn Metrics> = match env.analytics_engine(METRICS_BINDING) {
+        Ok(dataset) => Rc::new(AnalyticsMetrics(dataset)),
+        Err(_) => Rc::new(NoMetrics),
+    };
     let gateway = Gateway::new(WorkersFetch, DurableLimitStore { env }, runtime)
         .with_health(health)
-        .with_probes(PROBES.with(Rc::clone));
+        .with_probes(PROBES.with(Rc::clone))
+        .with_metrics(metrics);
     let response = gateway.handle(config.as_ref().as_ref(), request).await;
     to_worker_response(response)
 }

@@ -60,6 +60,15 @@ pub const LEAVER_KEY: &str = "sk-e2e-leaver";
 pub const BYPASS_KEY: &str = "sk-e2e-bypass";
 /// A key limited to two requests at once, for the shared-request-id case.
 pub const SHARED_ID_KEY: &str = "sk-e2e-shared-id";
+/// Keys limited to [`ENDPOINT_RPM`] requests a minute, one per endpoint's 429 case.
+pub const EMBED_KEY: &str = "sk-e2e-embed";
+pub const COMPLETE_KEY: &str = "sk-e2e-complete";
+pub const RESPOND_KEY: &str = "sk-e2e-respond";
+pub const ENDPOINT_RPM: u32 = 2;
+/// A key for [`MODEL`] alone, which one backend serves: it may reach stored responses.
+pub const STATE_KEY: &str = "sk-e2e-state";
+/// Items one embeddings request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 16;
 /// Total text (bytes) a request may carry: below the body cap, so the content cap is what refuses.
 pub const MAX_CONTENT_BYTES: usize = 16_384;
 
@@ -112,6 +121,20 @@ impl Gateway {
             })
             .filter(|record| record.get("request_id").is_some())
             .collect()
+    }
+
+    /// The data points a capturing metrics binding logged (`GATEWAY_METRICS=capture`, Workers
+    /// only), and the request records, each in the order they were written.
+    pub fn metrics_points_and_records(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let log = std::fs::read_to_string(self.state.join(format!("{}.log", self.host.name()))).unwrap_or_default();
+        let points = log
+            .lines()
+            .filter_map(|line| {
+                line.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&line[at..]).ok())
+            })
+            .filter_map(|line| line.get("metrics_point").cloned())
+            .collect();
+        (points, self.log_records())
     }
 
     /// The record of the request whose client was given `request_id`, once it is logged.
@@ -234,6 +257,10 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         key("leaver", LEAVER_KEY, &format!(r#"["{SLOW_MODEL}"]"#), r#","max_in_flight":1"#),
         key("bypass", BYPASS_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
         key("shared-id", SHARED_ID_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":2"#),
+        key("embed", EMBED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("complete", COMPLETE_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("respond", RESPOND_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("state", STATE_KEY, &format!(r#"["{MODEL}"]"#), ""),
     ];
     let jwt = format!(
         r#"{{"issuer":"{JWT_ISSUER}","audience":"{JWT_AUDIENCE}","hs256_secret":"JWT_SECRET","tokens_per_minute":100000}}"#
@@ -254,6 +281,7 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         // A non-stream answer is waited for up to the total timeout: keep the fault table short.
         ("GATEWAY_TOTAL_TIMEOUT_MS", TOTAL_TIMEOUT_MS.to_string()),
         ("GATEWAY_MAX_CONTENT_BYTES", MAX_CONTENT_BYTES.to_string()),
+        ("GATEWAY_MAX_EMBEDDING_INPUTS", MAX_EMBEDDING_INPUTS.to_string()),
         // The readiness case stops a backend and expects the next call to see it.
         ("GATEWAY_READYZ_CACHE_MS", "0".to_string()),
         // Cases share backends and provoke faults on purpose: no case may eject a backend that

@@ -67,6 +67,10 @@ macro_rules! run_cases {
                 a_client_that_leaves_before_the_answer_does_not_keep_its_slot,
                 a_backends_retry_after_is_clamped,
                 a_callers_trace_reaches_the_backend_and_the_log,
+                embeddings_are_validated_proxied_and_limited,
+                legacy_completions_are_validated_proxied_streamed_and_limited,
+                the_responses_api_is_validated_proxied_streamed_and_limited,
+                a_model_is_retrieved_only_by_keys_that_may_list_it,
             );
         }
     };
@@ -90,6 +94,14 @@ macro_rules! run_cases {
 
 run_cases!(workerd_gateway, crate::workerd::gateway, crate::workerd::dedicated);
 run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);
+
+/// Cases about the Workers build alone (its bindings), run in workerd only.
+mod workerd_gateway_only {
+    #[test]
+    fn each_request_writes_one_analytics_engine_point_equal_to_its_log_record() {
+        crate::cases::each_request_writes_one_analytics_engine_point_equal_to_its_log_record(crate::workerd::dedicated);
+    }
+}
 
 /// Cases about the Spin build alone (its Redis, its host), run on the WASI host only.
 mod wasi_gateway_only {

@@ -47,6 +47,49 @@ assert.equal(text, expected(6));
 assert.equal(usage?.completion_tokens, 6);
 console.log("stream: ok");
 
+const card = await client.models.retrieve(model);
+assert.equal(card.id, model);
+await assert.rejects(
+  client.models.retrieve("gpt-9"),
+  (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === "model_not_found",
+);
+console.log("models.retrieve: ok");
+
+// The SDK asks for base64 unless told otherwise and decodes it itself.
+const embeddings = await client.embeddings.create({ model, input: ["alpha", "beta"] });
+assert.deepEqual(embeddings.data.map((d) => d.embedding.length), [8, 8]);
+const floats = await client.embeddings.create({ model, input: "alpha", encoding_format: "float" });
+assert.deepEqual(
+  floats.data[0].embedding.map((x) => Math.fround(x)),
+  embeddings.data[0].embedding.map((x) => Math.fround(x)),
+);
+console.log("embeddings: ok");
+
+const legacy = await client.completions.create({ model, prompt: "Once upon a time", mock: { chunks: 20 } });
+assert.equal(legacy.choices[0].text, expected(16));
+let legacyText = "";
+for await (const chunk of await client.completions.create({ model, prompt: "Once", max_tokens: 3, stream: true })) {
+  legacyText += chunk.choices[0]?.text ?? "";
+}
+assert.equal(legacyText, expected(3));
+console.log("completions: ok");
+
+const response = await client.responses.create({ model, input: "Say hello", mock: { chunks: 2 } });
+assert.equal(response.output_text, expected(2));
+let responseText = "";
+let last = null;
+for await (const event of await client.responses.create({ model, input: "Say hello", stream: true, mock: { chunks: 3 } })) {
+  if (event.type === "response.output_text.delta") responseText += event.delta;
+  last = event;
+}
+assert.equal(responseText, expected(3));
+assert.equal(last.type, "response.completed");
+assert.equal(last.response.usage.output_tokens, 3);
+const single = new OpenAI({ baseURL, apiKey: process.env.RATE_KEY, maxRetries: 0 });
+const stored = await single.responses.create({ model, input: "Remember 7", store: true, mock: { chunks: 1 } });
+assert.equal((await single.responses.retrieve(stored.id)).id, stored.id);
+console.log("responses: ok");
+
 await assert.rejects(
   new OpenAI({ baseURL, apiKey: "sk-wrong", maxRetries: 0 }).models.list(),
   (e) => e instanceof OpenAI.AuthenticationError && e.status === 401 && e.code === "invalid_api_key",
