@@ -183,6 +183,7 @@ fn to_worker_response(response: Response) -> worker::Result<worker::Response> {
 }
 
 /// Outbound HTTP through the Workers `fetch`.
+#[derive(Clone, Copy)]
 struct WorkersFetch;
 
 impl Upstream for WorkersFetch {

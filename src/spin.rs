@@ -173,6 +173,7 @@ async fn respond(response_out: ResponseOutparam, response: Response) {
 }
 
 /// Outbound HTTP through `wasi:http/outgoing-handler`.
+#[derive(Clone, Copy)]
 struct WasiHttp;
 
 impl Upstream for WasiHttp {

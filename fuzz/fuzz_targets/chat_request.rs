@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         priority: 0,
         weight: 1,
         max_model_len,
+        connect_timeout_ms: None,
     };
     if let Ok(chat) = validate_chat(data, &limits) {
         for context in [None, Some(64), Some(4096)] {

@@ -21,7 +21,7 @@ fn scan(pieces: &[&[u8]], drop_usage_only: bool) -> Option<Scanned> {
     let mut scanner = SseScanner::new(Dialect::Chunks, drop_usage_only, MAX_EVENT);
     let mut out = Vec::new();
     for piece in pieces {
-        out.extend(scanner.feed(piece.to_vec()).ok()?);
+        out.extend(scanner.feed(piece.to_vec()));
     }
     let malformed = scanner.malformed();
     if !malformed {

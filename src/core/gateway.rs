@@ -10,7 +10,7 @@ use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
 use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
-use crate::core::openai::{format_duration, Endpoint, Model, ModelList};
+use crate::core::openai::{format_duration, Endpoint, Model, ModelList, Usage};
 use crate::core::rate_limit::gcra::Decision;
 use crate::core::rate_limit::plan::{Plan, Settler};
 use crate::core::rate_limit::store::{self, LimitStore};
@@ -19,7 +19,7 @@ use crate::core::route::{route, Route};
 use crate::core::runtime::Runtime;
 use crate::core::trace::TraceContext;
 use crate::core::upstream::balance::{attempt_order, HealthBook};
-use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
+use crate::core::upstream::proxy::{self, Answered, Attempts, Candidate, Exchange, Forwarded, Relayed};
 use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
 use crate::core::upstream::relay::{StreamEnd, StreamEnding};
 use crate::core::upstream::stored;
@@ -90,7 +90,7 @@ impl From<Response> for Handled {
 
 impl<U, S, R> Gateway<U, S, R>
 where
-    U: Upstream,
+    U: Upstream + Clone + 'static,
     S: LimitStore + Clone + 'static,
     R: Runtime + Clone + 'static,
 {
@@ -102,7 +102,7 @@ where
 
 impl<U, S, R, P> Gateway<U, S, R, P>
 where
-    U: Upstream,
+    U: Upstream + Clone + 'static,
     S: LimitStore + Clone + 'static,
     R: Runtime + Clone + 'static,
     P: ProbeCache,
@@ -253,19 +253,29 @@ where
             settler.sent();
         }
         let ending = StreamEnding::new();
-        let (relayed, backend, tried) = match self.proxy(config, &call, &backends, cx, ending.clone()).await {
+        let (relayed, answered) = match self.proxy(config, &call, &backends, cx, ending.clone()).await {
             Ok(sent) => sent,
             Err(error) => {
                 settle_failure(settler, &error);
                 return Err(error);
             }
         };
-        cx.record.backend = Some(backend.name.clone());
-        cx.record.attempts = Some(tried);
+        if let Some(Answered { backend, tried }) = answered {
+            cx.record.backend = Some(backend);
+            cx.record.attempts = Some(tried);
+        }
         cx.record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(cx.record.ts));
         Ok(match relayed {
             Relayed::Completion { body, usage } => {
-                cx.record.usage = usage;
+                // Without the backend's count it is charged its estimate, and recorded so.
+                let prompt = call.prompt_estimate();
+                let estimated = Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: estimate.saturating_sub(prompt),
+                    total_tokens: estimate,
+                };
+                cx.record.usage = Some(usage.unwrap_or(estimated));
+                cx.record.usage_estimated = usage.is_none().then_some(true);
                 settle_completion(settler, usage, estimate);
                 Response::json(200, body).into()
             }
@@ -276,6 +286,7 @@ where
                     runtime: self.runtime.clone(),
                     metrics: self.metrics.clone(),
                     prompt_estimate: call.prompt_estimate(),
+                    charged_when_left: call.background.then_some(estimate),
                 };
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
                 Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
@@ -369,28 +380,36 @@ where
 
     /// Sends the request to the first of `backends` that answers; the backend gets its own
     /// credential, a request id of the gateway's and the trace context.
-    async fn proxy<'a>(
+    async fn proxy(
         &self,
-        config: &'a Config,
+        config: &Config,
         call: &Validated,
-        backends: &[&'a Backend],
+        backends: &[&Backend],
         cx: &Context,
         ending: StreamEnding,
-    ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
+    ) -> Result<(Relayed, Option<Answered>), GatewayError> {
         let traceparent = cx.trace.traceparent();
         let forwarded = Forwarded {
             request_id: &cx.ids.upstream,
             traceparent: Some(&traceparent),
             tracestate: cx.trace.tracestate.as_deref(),
         };
-        let build = |backend: &Backend| {
-            let body = call.upstream_body(backend, config.caps.max_tokens);
-            proxy::upstream_request(backend, call.endpoint.path(), call.stream, body, &forwarded)
-        };
-        let attempts = Attempts { backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
+        let candidates = backends
+            .iter()
+            .take(config.max_attempts as usize)
+            .map(|backend| {
+                let body = call.upstream_body(backend, config.caps.max_tokens);
+                Candidate {
+                    name: backend.name.clone(),
+                    connect_ms: backend.connect_timeout_ms.unwrap_or(config.timeouts.connect_ms),
+                    request: proxy::upstream_request(backend, call.endpoint.path(), call.stream, body, &forwarded),
+                }
+            })
+            .collect();
+        let attempts = Attempts { candidates, health: self.health.clone(), breaker: config.breaker };
         let exchange =
             Exchange { endpoint: call.endpoint, stream: call.stream, client_wants_usage: call.client_wants_usage };
-        proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, &config.timeouts, ending).await
+        proxy::send(&self.upstream, &self.runtime, attempts, exchange, &config.timeouts, ending).await
     }
 
     /// Takes this request from the caller's budgets in the consistent store (one atomic step).

@@ -4,7 +4,7 @@
 //! comment what breaks in production and why.
 
 use crate::support::*;
-use edge_gateway::core::config::{Config, RequestCaps};
+use edge_gateway::core::config::RequestCaps;
 use edge_gateway::core::http::{Body, BodyError};
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
 use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
@@ -85,21 +85,19 @@ fn a_backend_reached_by_failover_after_the_commit_time_is_still_failed_over_befo
                                  // b: takes the request, then its connection resets 100 ms later, before any event.
     upstream.push(Script::sse_timed(vec![(100, Err(BodyError("reset".into())))]));
     upstream.push(Script::sse(&[ROLE, TOKEN, DONE_EVENT])); // c: answers
-    let t0 = runtime.now();
-    let response = run(gw.handle(Ok(&config), post_chat(KEY, STREAM)));
-    let head_at = runtime.now() - t0;
-    let (status, _, body) = text(response);
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+    let content: String = body.split_inclusive("\n\n").filter(|e| !e.starts_with(':')).collect();
     assert_eq!(
-        (status, body.as_str(), upstream.hosts()),
+        (status, content.as_str(), upstream.hosts()),
         (
             200,
             format!("{ROLE}{TOKEN}{DONE_EVENT}").as_str(),
             vec!["a.internal".into(), "b.internal".into(), "c.internal".into()]
         ),
-        "DEFECT: b was committed at its head ({head_at} ms after the request, 0 ms after b answered) because \
-         the commit deadline ran from the request's start, so b's reset became an error event in a 200 \
-         and c was never tried"
+        "DEFECT: b was committed before its first event, so its reset became an error event in a 200 and c \
+         was never tried: {body}"
     );
+    let _ = runtime;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -139,12 +137,12 @@ fn a_stream_whose_first_event_is_over_4_mib_neither_fails_nor_ejects_every_backe
     let echo = r#"{"model":"llama","prompt":"...","echo":true,"logprobs":20,"max_tokens":1,"stream":true}"#;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        for _ in 0..3 {
-            upstream.push(echoed_prompt_logprobs(5 << 20));
-        }
-        let (status, _, _) = text(run(gw.handle(Ok(&config), post_to("/v1/completions", KEY, echo))));
+        upstream.push(echoed_prompt_logprobs(5 << 20));
+        let (status, _, body) = text(run(gw.handle(Ok(&config), post_to("/v1/completions", KEY, echo))));
+        assert!(body.len() > 5 << 20 && body.ends_with(DONE_EVENT), "relayed whole");
         statuses.push(status);
     }
+    assert_eq!(upstream.hosts(), ["a.internal"; 3], "one backend request each: nothing failed over");
     upstream.push(Script::json(200, METERED_COMPLETION));
     let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))));
     assert_eq!(
@@ -249,21 +247,16 @@ fn responses_refuses_chat_length_and_choice_fields_a_backend_would_honour() {
 #[test]
 fn echo_with_max_tokens_zero_or_negative_cannot_generate_past_the_cap_on_no_estimate() {
     let caps = caps();
-    let zero = validate_completions(br#"{"model":"llama","prompt":"x","echo":true,"max_tokens":0}"#, &caps).unwrap();
-    let backend = &config().backends[0];
-    let sent: serde_json::Value = serde_json::from_slice(&zero.upstream_body(backend, caps.max_tokens)).unwrap();
-    let estimate = zero.token_estimate([backend], caps.max_tokens);
-    let negative = validate_completions(br#"{"model":"llama","prompt":"x","echo":true,"max_tokens":-1}"#, &caps);
-    assert!(
-        sent["max_tokens"] != 0 || estimate >= u64::from(caps.max_tokens),
-        "DEFECT: admitted on {estimate} tokens and sent max_tokens {} — llama-cpp-python generates up to n_ctx for it",
-        sent["max_tokens"]
-    );
-    assert!(
-        negative.is_err(),
-        "DEFECT: max_tokens -1 is accepted (as 0) and forwarded as -1: {:?}",
-        negative.map(|v| v.max_tokens)
-    );
+    for body in [
+        br#"{"model":"llama","prompt":"x","echo":true,"max_tokens":0}"#.as_slice(),
+        br#"{"model":"llama","prompt":"x","echo":true,"max_tokens":-1}"#.as_slice(),
+    ] {
+        assert!(
+            validate_completions(body, &caps).is_err(),
+            "DEFECT: {} is admitted — llama-cpp-python generates up to n_ctx for it",
+            String::from_utf8_lossy(body)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,14 +339,20 @@ fn a_background_stream_the_client_leaves_is_charged_what_the_backend_goes_on_gen
 
 #[test]
 fn a_llama_server_stream_whose_head_comes_with_its_first_token_after_a_long_prefill_is_served() {
+    // The operator says so per backend: `connect_timeout_ms` covers llama-server's prefill.
     let (gw, upstream, runtime) = gateway();
-    let config = ordered_backends(&[]);
+    let config = config_with(
+        "GATEWAY_BACKENDS",
+        r#"[{"name":"a","url":"http://a.internal","models":["llama"],"connect_timeout_ms":60000},
+            {"name":"b","url":"http://b.internal","models":["llama","qwen"],"priority":1,"connect_timeout_ms":60000}]"#,
+    );
     for _ in 0..3 {
         // llama-server: 15 s of prefill, then the head and the first events together.
         upstream.push(Script::sse(&[ROLE_EVENT, TOKEN_EVENT, DONE_EVENT]).after(15_000));
     }
     let t0 = runtime.now();
     let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+    assert!(body.contains(TOKEN_EVENT) && body.ends_with(DONE_EVENT), "the whole answer, behind comments: {body}");
     assert_eq!(
         (status, upstream.hosts()),
         (200, vec!["a.internal".to_string()]),
@@ -395,44 +394,6 @@ fn a_non_stream_answer_without_usage_records_the_tokens_it_was_charged() {
         1000 - remaining,
         record["usage"],
         point.doubles
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// 10. Stored responses are not scoped to the key that made them. `stored_response` checks only
-//     that the caller's models live on one backend, then passes GET/DELETE/cancel through: any
-//     other key whose models are on that backend reads, deletes or cancels the first key's stored
-//     responses (and can continue them with `previous_response_id`, reading their context) by id.
-//     vLLM ids are random (`resp_{uuid4}`), so this needs the id — but ids are not secrets by
-//     design (they are logged by clients and SDKs, shared in UIs), and OpenAI scopes them to the
-//     project. A multi-tenant gateway must not let tenant B delete tenant A's responses.
-// ---------------------------------------------------------------------------------------------
-
-#[test]
-fn a_stored_response_is_reachable_only_by_the_key_that_created_it() {
-    let (gw, upstream, _) = gateway();
-    let mut vars = vars();
-    vars.insert(
-        "GATEWAY_API_KEYS".into(),
-        format!(
-            r#"[{{"id":"tenant-a","sha256":"{}","models":["qwen"]}},{{"id":"tenant-b","sha256":"{}","models":["qwen"]}}]"#,
-            edge_gateway::core::auth::sha256_hex(KEY),
-            edge_gateway::core::auth::sha256_hex(OTHER_KEY)
-        ),
-    );
-    let config = Config::from_lookup(&vars as &dyn edge_gateway::core::Lookup).unwrap();
-    let created = r#"{"id":"resp_a1","object":"response","status":"completed","output":[],"usage":{"input_tokens":1,"output_tokens":1,"total_tokens":2}}"#;
-    upstream.push(Script::json(200, created));
-    let (status, _, _) =
-        text(run(gw.handle(Ok(&config), post_to("/v1/responses", KEY, r#"{"model":"qwen","input":"my secret"}"#))));
-    assert_eq!(status, 200);
-    upstream.push(Script::json(200, r#"{"id":"resp_a1","object":"response.deleted","deleted":true}"#));
-    let mut delete = get("/v1/responses/resp_a1", Some(OTHER_KEY));
-    delete.method = "DELETE".into();
-    let (status, _, body) = text(run(gw.handle(Ok(&config), delete)));
-    assert!(
-        status == 404 && upstream.sent.borrow().len() == 1,
-        "DEFECT: tenant-b deleted tenant-a's stored response resp_a1 ({status}: {body})"
     );
 }
 
@@ -487,18 +448,18 @@ fn a_backend_that_fails_every_stream_after_the_commit_is_still_ejected() {
     let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_KEEPALIVE_MS", "1000")]);
     let mut bodies = Vec::new();
     for i in 0..3 {
-        upstream.push(match i {
-            // Takes the request, then its connection resets 6 s later, before any event.
-            0 | 1 => Script::sse_timed(vec![(6_000, Err(BodyError("reset".into())))]),
-            _ => Script::sse(&[ROLE_EVENT, DONE_EVENT]),
-        });
+        if i < 2 {
+            // a takes the request, then its connection resets 6 s later, before any event; b answers.
+            upstream.push(Script::sse_timed(vec![(6_000, Err(BodyError("reset".into())))]));
+        }
+        upstream.push(Script::sse(&[ROLE_EVENT, DONE_EVENT]));
         let (_, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
         bodies.push(body);
     }
     assert_eq!(
-        upstream.hosts()[2],
-        "b.internal",
-        "DEFECT: a failed two streams in a row (eject after 2), yet it was recorded healthy at each commit and \
-         got the third request too: {bodies:?}"
+        upstream.hosts(),
+        ["a.internal", "b.internal", "a.internal", "b.internal", "b.internal"],
+        "DEFECT: a failed two streams in a row after the commit (eject after 2), yet it got the third request \
+         too: {bodies:?}"
     );
 }

@@ -177,7 +177,7 @@ fn a_responses_stream_holds_its_opening_events_until_the_first_delta_so_early_fa
 }
 
 #[test]
-fn a_responses_stream_waiting_for_its_first_delta_is_committed_and_kept_alive() {
+fn a_responses_stream_waiting_for_its_first_delta_is_kept_alive_and_its_opening_events_held() {
     let events = response_events();
     let script = Script::sse_timed(
         [(0, &events[0]), (7_500, &events[1]), (0, &events[2]), (0, &events[3])]
@@ -200,9 +200,11 @@ fn a_responses_stream_waiting_for_its_first_delta_is_committed_and_kept_alive() 
     while let Some(piece) = run(stream.next()) {
         pieces.push((runtime.now() - t0, String::from_utf8(piece.unwrap()).unwrap()));
     }
-    assert_eq!(pieces[0], (5_000, events[0].clone()), "the held opening event at the commit");
     let comments: Vec<u64> = pieces.iter().filter(|(_, p)| p.starts_with(": keep-alive")).map(|(t, _)| *t).collect();
-    assert_eq!(comments, [6_000, 7_000], "then comments until the first delta");
+    assert_eq!(comments, [5_000, 6_000, 7_000], "comments from the commit until the first delta");
+    let opening = pieces.iter().position(|(_, p)| p.starts_with("event: response.created")).unwrap();
+    assert_eq!(pieces[opening].0, 7_500, "the opening events, held until the first delta, then");
+    assert_eq!(pieces[opening..].iter().map(|(_, p)| p.as_str()).collect::<String>(), events.concat());
     assert!(pieces.last().unwrap().1.contains("response.completed"));
 }
 

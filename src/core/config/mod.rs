@@ -113,6 +113,10 @@ pub struct Backend {
     /// The backend's context length (vLLM's `--max-model-len`), when declared: a `max_tokens`
     /// the gateway injects is kept within it (see `validate::Validated::injection`).
     pub max_model_len: Option<u32>,
+    /// How long this backend may take to send a stream's response head, when not the gateway's
+    /// `GATEWAY_CONNECT_TIMEOUT_MS`: llama.cpp's server and Ollama send it only with the first
+    /// token, after the whole prefill.
+    pub connect_timeout_ms: Option<u64>,
 }
 
 impl Backend {

@@ -91,6 +91,8 @@ struct RawBackend {
     weight: u32,
     #[serde(default)]
     max_model_len: Option<u32>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
 }
 
 fn default_weight() -> u32 {
@@ -201,6 +203,9 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
         if b.max_model_len == Some(0) {
             return Err(ConfigError(format!("{at}.max_model_len must be at least 1")));
         }
+        if b.connect_timeout_ms.is_some_and(|ms| !(1..=3_600_000).contains(&ms)) {
+            return Err(ConfigError(format!("{at}.connect_timeout_ms must be from 1 to 3600000")));
+        }
         backends.push(Backend {
             name: b.name,
             base_url: url.to_string(),
@@ -210,6 +215,7 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
             priority: b.priority,
             weight: b.weight,
             max_model_len: b.max_model_len,
+            connect_timeout_ms: b.connect_timeout_ms,
         });
     }
     Ok(backends)

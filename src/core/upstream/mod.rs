@@ -1,8 +1,10 @@
 //! Outbound HTTP to inference backends: the one trait adapters implement with their fetch, and
 //! everything about backends — which one ([`balance`]), whether it is ready ([`readiness`]), the
-//! call and its relay ([`proxy`], [`sse`]), and what its failures mean ([`errors`]).
+//! call and its relay ([`proxy`], [`commit`], [`relay`], [`sse`]), state a backend keeps
+//! ([`stored`]), and what its failures mean ([`errors`]).
 
 pub mod balance;
+pub mod commit;
 pub mod errors;
 pub mod proxy;
 pub mod readiness;

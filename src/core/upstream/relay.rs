@@ -38,7 +38,7 @@ impl StreamEnd {
 }
 
 /// What is known when a relayed stream ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
     pub end: StreamEnd,
     /// The backend's own count, when its usage chunk arrived.
@@ -47,6 +47,11 @@ pub struct StreamSummary {
     pub content_events: u64,
     /// When the first of them was relayed (ms on the runtime's clock): time to first token.
     pub first_content_ms: Option<u64>,
+    /// The backend that answered and how many were tried, when the stream was committed before
+    /// one did (see [`crate::core::upstream::commit`]).
+    pub answered: Option<(String, u32)>,
+    /// Why no backend answered, when the stream was committed before one could.
+    pub error: Option<GatewayError>,
 }
 
 /// Called once when a relayed stream ends.
@@ -68,8 +73,12 @@ struct Ending {
     fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
     content_events: Cell<u64>,
     first_content_ms: Cell<Option<u64>>,
+    answered: RefCell<Option<(String, u32)>>,
+    error: RefCell<Option<GatewayError>>,
     /// The backend's body, let go of when the stream ends.
     upstream: RefCell<Option<Rc<RefCell<Option<BodyStream>>>>>,
+    /// Lets go of whatever else the stream holds (a search for a backend still under way).
+    release: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 impl StreamEnding {
@@ -99,6 +108,10 @@ impl StreamEnding {
             let body = upstream.borrow_mut().take();
             drop(body);
         }
+        let release = self.0.release.borrow_mut().take();
+        if let Some(release) = release {
+            release();
+        }
         let on_end = self.0.on_end.borrow_mut().take();
         if let Some(on_end) = on_end {
             let ending = &self.0;
@@ -107,7 +120,30 @@ impl StreamEnding {
                 usage,
                 content_events: ending.content_events.get(),
                 first_content_ms: ending.first_content_ms.get(),
+                answered: ending.answered.borrow_mut().take(),
+                error: ending.error.borrow_mut().take(),
             });
+        }
+    }
+
+    /// Reports that no backend answered a committed stream: `error` says why.
+    pub(super) fn fail(&self, end: StreamEnd, error: GatewayError) {
+        if self.0.end.get().is_none() {
+            *self.0.error.borrow_mut() = Some(error);
+        }
+        self.fire(end, None);
+    }
+
+    /// Notes which backend answered a stream committed before one had (and how many were tried).
+    pub(super) fn answered(&self, backend: String, tried: u32) {
+        *self.0.answered.borrow_mut() = Some((backend, tried));
+    }
+
+    /// Runs `release` when the stream ends (at once if it has), letting go of what it holds.
+    pub(super) fn release_on_end(&self, release: Box<dyn FnOnce()>) {
+        match self.0.end.get() {
+            Some(_) => release(),
+            None => *self.0.release.borrow_mut() = Some(release),
         }
     }
 
@@ -163,37 +199,26 @@ impl futures::Stream for Detachable {
 /// The deadlines a relayed stream keeps (ms on the runtime's clock, or durations).
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// The longest wait for the next chunk once the stream is flowing.
+    /// The longest wait for the next chunk.
     pub idle_ms: u64,
-    /// How often to send `: keep-alive` while waiting for the first event.
-    pub keepalive_ms: u64,
-    /// When the first event must have come.
-    pub first_byte_by: u64,
     /// When the whole answer must be done.
     pub deadline_ms: u64,
 }
 
-/// The SSE comment that keeps a committed stream's connection alive (clients skip comments).
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
-
-/// The client's stream: `first` (what the first complete events gave, scanned before committing
-/// to 200; `None` when the stream was committed before its first event, which then starts with a
-/// `: keep-alive` comment and repeats it until the first event), then the rest of `body` as it
-/// arrives, until `[DONE]`, a failure or a deadline.
+/// The client's stream: `first` (what the first complete events gave, scanned before it
+/// started), then the rest of `body` as it arrives, until `[DONE]`, a failure or a deadline.
 pub(super) fn relay<R: Runtime + 'static>(
     body: BodyStream,
     scanner: SseScanner,
-    first: Option<Vec<u8>>,
+    first: Vec<u8>,
     runtime: R,
     timing: Timing,
     ending: &StreamEnding,
 ) -> BodyStream {
-    let comment_first = first.is_none();
     let relay = Relay {
         upstream: ending.hold(body),
         scanner,
-        first: Some(first.unwrap_or_else(|| KEEP_ALIVE.to_vec())),
-        comment_first,
+        first: Some(first),
         runtime,
         timing,
         guard: EndGuard(ending.clone()),
@@ -206,10 +231,8 @@ pub(super) fn relay<R: Runtime + 'static>(
 struct Relay<R> {
     upstream: Detachable,
     scanner: SseScanner,
-    /// What to send before reading on: the first events, or the first keep-alive comment.
+    /// What the first complete events gave, scanned before the stream started.
     first: Option<Vec<u8>>,
-    /// `first` is the first keep-alive comment (the stream was committed before any event).
-    comment_first: bool,
     runtime: R,
     timing: Timing,
     guard: EndGuard,
@@ -218,7 +241,7 @@ struct Relay<R> {
 }
 
 /// Reports the stream's end; if dropped first, the client went away.
-struct EndGuard(StreamEnding);
+pub(super) struct EndGuard(pub(super) StreamEnding);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
@@ -239,9 +262,6 @@ impl<R: Runtime> Relay<R> {
     /// Yields the next bytes for the client; `None` once the stream has ended.
     async fn next(mut self) -> Option<(Item, Relay<R>)> {
         if let Some(first) = self.first.take() {
-            if std::mem::take(&mut self.comment_first) {
-                return Some((Ok(first), self)); // our own keep-alive: nothing to scan
-            }
             match self.forward(first) {
                 Step::Yield(item) => return Some(item),
                 Step::End => return None,
@@ -260,15 +280,12 @@ impl<R: Runtime> Relay<R> {
                 Some(_) => return None,
                 None => {}
             }
-            let (wait, late) = self.next_wait();
+            let (wait, phase) = self.next_wait();
             let chunk = match timeout(&self.runtime, wait.max(1), self.upstream.next()).await {
-                None => match late {
-                    None => return Some((Ok(KEEP_ALIVE.to_vec()), self)),
-                    Some(phase) => {
-                        let error = GatewayError::UpstreamTimeout { phase };
-                        return Some(self.end_with(StreamEnd::Timeout, error, Vec::new()));
-                    }
-                },
+                None => {
+                    let error = GatewayError::UpstreamTimeout { phase };
+                    return Some(self.end_with(StreamEnd::Timeout, error, Vec::new()));
+                }
                 Some(Some(Ok(chunk))) => chunk,
                 Some(Some(Err(_))) => {
                     return Some(self.fail("The inference backend failed during the stream.", Vec::new()))
@@ -276,10 +293,7 @@ impl<R: Runtime> Relay<R> {
                 Some(None) if self.guard.0.end().is_some() => continue, // let go of by another owner
                 Some(None) => return Some(self.fail("The inference backend ended the stream early.", Vec::new())),
             };
-            let out = match self.scanner.feed(chunk) {
-                Ok(out) => out,
-                Err(_) => return Some(self.fail("The inference backend sent a malformed stream.", Vec::new())),
-            };
+            let out = self.scanner.feed(chunk);
             match self.forward(out) {
                 Step::Yield(item) => return Some(item),
                 Step::End => return None,
@@ -288,26 +302,14 @@ impl<R: Runtime> Relay<R> {
         }
     }
 
-    /// How long to wait for the next chunk, and what running out means: the phase that timed out,
-    /// or (`None`) time for the next keep-alive comment.
-    fn next_wait(&self) -> (u64, Option<TimeoutPhase>) {
+    /// How long to wait for the next chunk, and the phase that times out if it does not come.
+    fn next_wait(&self) -> (u64, TimeoutPhase) {
         let now = self.runtime.now_ms();
-        let Timing { idle_ms, keepalive_ms, first_byte_by, deadline_ms } = self.timing;
-        // Committed, and still waiting for the first content (a chunk, or a Responses delta).
-        let awaiting_first = self.scanner.content_events() == 0 && !self.scanner.done();
-        let (due, phase) = if !awaiting_first {
-            (now.saturating_add(idle_ms), TimeoutPhase::Idle)
-        } else if first_byte_by < deadline_ms {
-            (first_byte_by, TimeoutPhase::FirstByte)
+        let Timing { idle_ms, deadline_ms } = self.timing;
+        if deadline_ms.saturating_sub(now) <= idle_ms {
+            (deadline_ms.saturating_sub(now), TimeoutPhase::Total)
         } else {
-            (deadline_ms, TimeoutPhase::Total)
-        };
-        let (due, phase) = if deadline_ms < due { (deadline_ms, TimeoutPhase::Total) } else { (due, phase) };
-        let ping = now.saturating_add(keepalive_ms);
-        if awaiting_first && ping < due {
-            (keepalive_ms, None)
-        } else {
-            (due.saturating_sub(now), Some(phase))
+            (idle_ms, TimeoutPhase::Idle)
         }
     }
 

@@ -20,10 +20,6 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::borrow::Cow;
 
-/// The stream broke the SSE framing (an event larger than the cap).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseError(pub String);
-
 /// Why the scanner stopped relaying before `[DONE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -41,6 +37,8 @@ pub struct SseScanner {
     pending: Vec<u8>,
     /// Where in `pending` to resume looking for the end of the event.
     searched: usize,
+    /// Inside an event too large to hold, forwarded unread: the last two bytes passed.
+    passing: Option<[u8; 2]>,
     dialect: Dialect,
     drop_usage_only: bool,
     max_event_bytes: usize,
@@ -68,6 +66,7 @@ impl SseScanner {
         SseScanner {
             pending: Vec::new(),
             searched: 0,
+            passing: None,
             dialect,
             drop_usage_only,
             max_event_bytes,
@@ -129,8 +128,12 @@ impl SseScanner {
     }
 
     /// Takes the next chunk from the backend; returns the bytes to forward now (complete events,
-    /// minus any dropped one). An incomplete trailing event is held until its end arrives.
-    pub fn feed(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, SseError> {
+    /// minus any dropped one). An incomplete trailing event is held until its end arrives — up to
+    /// the cap; an event larger than that is forwarded unread as it arrives.
+    pub fn feed(&mut self, chunk: Vec<u8>) -> Vec<u8> {
+        if let Some(tail) = self.passing {
+            return self.pass_through(tail, chunk);
+        }
         if !self.pending.is_empty() {
             // Append (amortised O(chunk)) and search only what is new.
             let mut buf = std::mem::take(&mut self.pending);
@@ -142,8 +145,8 @@ impl SseScanner {
                 }
             });
             buf.drain(..end);
-            self.hold_buffer(buf)?;
-            return Ok(out);
+            self.hold_buffer(buf, &mut out);
+            return out;
         }
         // Fast path: a chunk of whole events that keeps every event is forwarded as it came;
         // only dropped events (rare: the usage chunk, a malformed tail) are noted.
@@ -154,7 +157,7 @@ impl SseScanner {
             }
         });
         if end == chunk.len() && dropped.is_empty() {
-            return Ok(chunk);
+            return chunk;
         }
         let mut out = Vec::with_capacity(end);
         let mut at = 0;
@@ -163,8 +166,34 @@ impl SseScanner {
             at = range.end;
         }
         out.extend_from_slice(&chunk[at..end]);
-        self.hold_buffer(chunk[end..].to_vec())?;
-        Ok(out)
+        self.hold_buffer(chunk[end..].to_vec(), &mut out);
+        out
+    }
+
+    /// Forwards the rest of an event too large to hold (a completion echoing its prompt with
+    /// logprobs, a Responses object carrying every token's) as it arrives, unread: it counts as
+    /// content, and scanning resumes after its end. `tail` is the last two bytes already passed,
+    /// to find an end split across chunks.
+    fn pass_through(&mut self, tail: [u8; 2], chunk: Vec<u8>) -> Vec<u8> {
+        let mut joint = tail.to_vec();
+        joint.extend_from_slice(&chunk[..chunk.len().min(2)]);
+        let end = match find_event_end(&joint, 0) {
+            Some(end) if end > 2 => Some(end - 2),
+            _ => find_event_end(&chunk, 0),
+        };
+        match end {
+            None => {
+                self.passing = Some(last_two(&tail, &chunk));
+                chunk
+            }
+            Some(end) => {
+                self.passing = None;
+                let mut out = chunk;
+                let rest = out.split_off(end);
+                out.extend(self.feed(rest));
+                out
+            }
+        }
     }
 
     /// The stream ended: returns any trailing bytes that never formed a complete event.
@@ -174,20 +203,27 @@ impl SseScanner {
     }
 
     /// Keeps the start of an incomplete event until the rest arrives (nothing once the stream has
-    /// ended: what follows `[DONE]` or an error is never relayed, so it is not held either).
-    fn hold_buffer(&mut self, tail: Vec<u8>) -> Result<(), SseError> {
+    /// ended: what follows `[DONE]` or an error is never relayed, so it is not held either). One
+    /// that outgrows the cap is forwarded now, into `out`, and the rest of it as it comes.
+    fn hold_buffer(&mut self, tail: Vec<u8>, out: &mut Vec<u8>) {
         if self.done || self.stop.is_some() {
             self.pending.clear();
             self.searched = 0;
-            return Ok(());
+            return;
         }
         if tail.len() > self.max_event_bytes {
-            return Err(SseError(format!("an event exceeded {} bytes without ending", self.max_event_bytes)));
+            self.events += 1;
+            self.relayed += 1;
+            self.content_events += 1;
+            self.passing = Some(last_two(&[0, 0], &tail));
+            self.pending.clear();
+            self.searched = 0;
+            out.extend_from_slice(&tail);
+            return;
         }
         // Resume two bytes back so a terminator split across chunks ("\n" | "\r\n") is found.
         self.searched = tail.len().saturating_sub(2);
         self.pending = tail;
-        Ok(())
     }
 
     /// Walks the complete events of `buf` (searching for terminators from `from`), calling
@@ -196,7 +232,15 @@ impl SseScanner {
         let mut start = 0;
         let mut pos = from;
         while let Some(end) = find_event_end(buf, pos) {
-            let keep = self.inspect(&buf[start..end]);
+            let keep = match end - start > self.max_event_bytes && !self.done && self.stop.is_none() {
+                // Too large to have held: passed unread, as if it had arrived in pieces.
+                true => {
+                    self.events += 1;
+                    self.content_events += 1;
+                    true
+                }
+                false => self.inspect(&buf[start..end]),
+            };
             self.relayed += u64::from(keep);
             emit(start..end, keep);
             start = end;
@@ -394,6 +438,15 @@ fn backend_stop(value: &serde_json::Value) -> Stop {
 }
 
 /// Finds the end (exclusive, after the blank line) of the first event ending at or after `from`.
+/// The last two bytes of `before` followed by `chunk`.
+fn last_two(before: &[u8; 2], chunk: &[u8]) -> [u8; 2] {
+    match chunk {
+        [] => *before,
+        [one] => [before[1], *one],
+        [.., a, b] => [*a, *b],
+    }
+}
+
 fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {

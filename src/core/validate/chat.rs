@@ -40,6 +40,7 @@ pub fn validate_chat(body: &[u8], caps: &RequestCaps) -> Result<Validated, Gatew
         media_parts: prompt.media_parts,
         messages,
         stateful: None,
+        background: false,
         body: request,
     })
 }

@@ -37,12 +37,7 @@ pub fn validate_completions(body: &[u8], caps: &RequestCaps) -> Result<Validated
         }
     }
     refuse_fields(&request)?;
-    // `max_tokens: 0` with `echo` scores the prompt without generating (evaluation harnesses).
-    let echo = request.get("echo") == Some(&Value::Bool(true));
-    let max_tokens = match optional_integer(&request, "max_tokens")? {
-        Some(0) if echo => Some(0),
-        _ => check_length(&request, &["max_tokens"], caps)?,
-    };
+    let max_tokens = check_length(&request, &["max_tokens"], caps)?;
     let client_wants_usage = check_stream_options(&mut request, stream)?;
     Ok(Validated {
         endpoint: Endpoint::Completions,
@@ -56,6 +51,7 @@ pub fn validate_completions(body: &[u8], caps: &RequestCaps) -> Result<Validated
         media_parts: 0,
         messages: 0,
         stateful: None,
+        background: false,
         body: request,
     })
 }

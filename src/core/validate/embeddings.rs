@@ -42,6 +42,7 @@ pub fn validate_embeddings(body: &[u8], caps: &RequestCaps) -> Result<Validated,
         media_parts: 0,
         messages: inputs,
         stateful: None,
+        background: false,
         body: request,
     })
 }

@@ -33,7 +33,15 @@ const REFUSED_FIELDS: &[(&str, &str)] = &[
     ("priority", "scheduling priority is the operator's to set"),
     ("kv_transfer_params", "KV-cache transfer is the operator's to set"),
     ("prompt_embeds", "send the prompt as text or token ids"),
+    ("n_cmpl", "set the number of completions with n"),
 ];
+
+/// Content parts that carry tensors (vLLM's `image_embeds`, `audio_embeds`, `video_embeds`,
+/// `prompt_embeds` parts): refused for the same reason as `prompt_embeds` — they skip the
+/// tokenizer and every count, and vLLM deserializes them with torch.
+fn is_tensor_part(kind: &str) -> bool {
+    kind.ends_with("_embeds") || kind == "embeds"
+}
 
 /// Longest model name accepted (names are echoed in errors and logged).
 const MAX_MODEL_CHARS: usize = 256;
@@ -208,6 +216,12 @@ pub(super) fn check_parts(
                 ))
             }
         };
+        if is_tensor_part(kind) {
+            return Err(GatewayError::invalid(
+                format!("{}.type", at()),
+                format!("{kind} parts are not accepted here: send text, or media as data: URLs"),
+            ));
+        }
         if matches!(kind, "text" | "input_text" | "output_text") && !part.get("text").is_some_and(Value::is_string) {
             return Err(GatewayError::invalid(format!("{}.text", at()), "a text part must have a string text"));
         }
@@ -375,6 +389,14 @@ pub(super) fn check_bool(request: &Map<String, Value>, field: &str) -> Result<()
     match request.get(field) {
         None | Some(Value::Null) | Some(Value::Bool(_)) => Ok(()),
         Some(_) => Err(GatewayError::invalid(field, format!("{field} must be a boolean"))),
+    }
+}
+
+/// Refuses each of `fields` that is present, saying what to use instead.
+pub(super) fn refuse(request: &Map<String, Value>, fields: &[&str], instead: &str) -> Result<(), GatewayError> {
+    match fields.iter().find(|f| request.get(**f).is_some_and(|v| !v.is_null())) {
+        Some(field) => Err(GatewayError::invalid(*field, format!("{field} is not accepted here: {instead}"))),
+        None => Ok(()),
     }
 }
 

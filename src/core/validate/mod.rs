@@ -61,6 +61,9 @@ pub struct Validated {
     /// A field that reads or keeps state on the backend that served an earlier request
     /// (`previous_response_id`, `background`…): such requests must reach that backend.
     pub stateful: Option<&'static str>,
+    /// A Responses API request run in the `background`: the backend generates it whole whether
+    /// or not the client stays.
+    pub background: bool,
     /// The request as the backend gets it, minus the per-backend completion budget.
     body: Map<String, Value>,
 }

@@ -10,8 +10,14 @@ use serde_json::{Map, Value};
 
 const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
 
-/// Top-level fields a template renders into the prompt.
-const PROMPT_FIELDS: &[&str] = &["tools", "tool_choice", "text", "reasoning"];
+/// Top-level fields rendered into the prompt: tools and formats, and the history vLLM takes
+/// inline (`previous_input_messages` for harmony models, a whole `previous_response`).
+const PROMPT_FIELDS: &[&str] =
+    &["tools", "tool_choice", "text", "reasoning", "previous_input_messages", "previous_response"];
+
+/// Chat fields some servers honour on this endpoint too (llama.cpp converts the request to a
+/// chat and copies every field): they would escape `max_output_tokens` and the estimate.
+const CHAT_ONLY_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "n", "best_of"];
 
 /// Parses and validates a `/v1/responses` body. Its stream is the Responses event stream, whose
 /// `response.completed` carries the usage, so nothing is added to it.
@@ -38,6 +44,11 @@ pub fn validate_responses(body: &[u8], caps: &RequestCaps) -> Result<Validated, 
     let stream = stream(&request)?;
     check_sampling(&request)?;
     refuse_fields(&request)?;
+    refuse(
+        &request,
+        CHAT_ONLY_FIELDS,
+        "the Responses API sets the length with max_output_tokens, one answer per request",
+    )?;
     let max_tokens = check_length(&request, &["max_output_tokens"], caps)?;
     Ok(Validated {
         endpoint: Endpoint::Responses,
@@ -51,6 +62,7 @@ pub fn validate_responses(body: &[u8], caps: &RequestCaps) -> Result<Validated, 
         media_parts: prompt.media_parts,
         messages,
         stateful,
+        background: request.get("background") == Some(&Value::Bool(true)),
         body: request,
     })
 }

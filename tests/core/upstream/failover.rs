@@ -303,7 +303,7 @@ fn gives_up_after_max_attempts_with_the_last_error() {
 
 #[test]
 fn connect_timeouts_on_every_backend_are_a_504() {
-    let config = ordered_backends(&[]);
+    let config = ordered_backends(&[("GATEWAY_STREAM_COMMIT_MS", "60000")]);
     let (status, _, body, upstream, ..) = exchange(&config, STREAM, vec![Script::Hang, Script::Hang, Script::Hang]);
     assert_eq!(status, 504);
     assert_eq!(error_of(&body)["code"], "upstream_timeout");

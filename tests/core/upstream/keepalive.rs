@@ -83,22 +83,59 @@ fn comments_stop_once_tokens_flow_and_the_idle_limit_takes_over() {
     assert_eq!(error_of(after_first[1].1.trim().trim_start_matches("data: "))["code"], "upstream_timeout");
 }
 
-#[test]
-fn a_failure_after_the_commit_is_one_final_error_event_and_no_failover() {
+/// Backend failures that come after the commit but before any content: a reset, the vLLM error
+/// event (with internals in its message).
+fn failing_before_content() -> [(&'static str, Script); 2] {
     let broken = Script::sse_timed(vec![(7_500, Err(BodyError("reset".into())))]);
     let error_event = "data: {\"error\":{\"message\":\"CUDA out of memory at 10.0.0.7\",\"type\":\"internal_error\",\"code\":500}}\n\n";
-    for (name, script) in [("broken body", broken), ("error event", prefilling(7_500, &[error_event]))] {
+    [("broken body", broken), ("error event", prefilling(7_500, &[error_event]))]
+}
+
+#[test]
+fn a_failure_after_the_commit_but_before_any_content_still_fails_over_behind_the_comments() {
+    for (name, script) in failing_before_content() {
         let (status, head_at, chunks, upstream, runtime) =
             timed(&keepalive_config(), vec![script, Script::sse(&[ROLE, DONE])]);
+        assert_eq!((status, head_at), (200, 5_000), "{name}");
+        let body: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(body, format!("{KEEP_ALIVE}{KEEP_ALIVE}{KEEP_ALIVE}{ROLE}{DONE}"), "{name}: only comments before");
+        assert_eq!(upstream.hosts(), ["a.internal", "b.internal"], "{name}: the client could not tell");
+        let record = runtime.records().pop().unwrap();
+        assert_eq!((record["backend"].as_str(), record["attempts"].as_u64()), (Some("b"), Some(2)), "{name}");
+        assert_eq!(record["stream_end"], "done", "{name}");
+    }
+}
+
+#[test]
+fn a_failure_after_the_commit_with_no_backend_left_is_one_final_error_event() {
+    let config = ordered_backends(&[("GATEWAY_KEEPALIVE_MS", "1000"), ("GATEWAY_MAX_ATTEMPTS", "1")]);
+    for (name, script) in failing_before_content() {
+        let (status, head_at, chunks, upstream, runtime) = timed(&config, vec![script]);
         assert_eq!((status, head_at), (200, 5_000), "{name}");
         let events: Vec<&str> = chunks.iter().map(|(_, c)| c.as_str()).filter(|c| *c != KEEP_ALIVE).collect();
         assert_eq!(events.len(), 1, "{name}: exactly one event after the comments: {chunks:?}");
         let error = error_of(events[0].trim().trim_start_matches("data: "));
         assert_eq!(error["code"], "upstream_error", "{name}");
         assert!(!events[0].contains("10.0.0.7"), "{name}: the backend's internals stay inside");
-        assert_eq!(upstream.hosts(), ["a.internal"], "{name}: committed, so no second backend");
-        assert_eq!(runtime.records().pop().unwrap()["stream_end"], "upstream_error", "{name}");
+        assert_eq!(upstream.hosts(), ["a.internal"], "{name}");
+        let record = runtime.records().pop().unwrap();
+        assert_eq!((record["status"].as_u64(), record["stream_end"].as_str()), (Some(200), Some("upstream_error")));
+        assert_eq!(record["error"], "upstream_error", "{name}");
     }
+}
+
+#[test]
+fn a_stream_that_never_starts_is_kept_alive_through_every_failover() {
+    // Three black-holed backends: each is given up at the connect timeout (10 s), behind comments.
+    let (status, head_at, chunks, upstream, _) =
+        timed(&keepalive_config(), vec![Script::Hang, Script::Hang, Script::Hang]);
+    assert_eq!((status, head_at), (200, 5_000));
+    assert_eq!(upstream.hosts().len(), 3);
+    let comments = chunks.iter().filter(|(_, c)| c == KEEP_ALIVE).count();
+    assert_eq!(comments, 25, "one a second from 5 s until the last backend gave up at 30 s: {chunks:?}");
+    let (at, last) = chunks.last().unwrap();
+    assert_eq!(*at, 30_000);
+    assert_eq!(error_of(last.trim().trim_start_matches("data: "))["code"], "upstream_timeout");
 }
 
 #[test]

@@ -76,11 +76,12 @@ fn estimates_every_choice_of_every_prompt_and_token_ids_exactly() {
 }
 
 #[test]
-fn echo_with_max_tokens_zero_scores_the_prompt_and_costs_only_the_prompt() {
-    let call = validate_completions(&body(json!({"echo": true, "max_tokens": 0, "logprobs": 1})), &limits()).unwrap();
-    assert_eq!(call.token_estimate([&backend(None)], 512), call.prompt_estimate());
-    let sent: Value = serde_json::from_slice(&call.upstream_body(&backend(None), 512)).unwrap();
-    assert_eq!(sent["max_tokens"], 0);
+fn max_tokens_zero_is_refused_even_with_echo() {
+    // llama-cpp-python reads max_tokens <= 0 as "up to the context": it would escape the cap.
+    for max_tokens in [0, -1] {
+        let body = body(json!({"echo": true, "max_tokens": max_tokens, "logprobs": 1}));
+        assert_eq!(param_of(validate_completions(&body, &limits()), "echo").as_deref(), Some("max_tokens"));
+    }
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub fn backend(max_model_len: Option<u32>) -> Backend {
         priority: 0,
         weight: 1,
         max_model_len,
+        connect_timeout_ms: None,
     }
 }
 
