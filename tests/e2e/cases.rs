@@ -1394,6 +1394,7 @@ pub fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance(
 /// from when the request was sent.
 struct Timed {
     status: u16,
+    request_id: String,
     head: Duration,
     pieces: Vec<(Duration, String)>,
     clean: bool,
@@ -1408,7 +1409,8 @@ impl Timed {
         while let Some((at, piece)) = stream.next_chunk() {
             pieces.push((at - sent, String::from_utf8_lossy(&piece).into_owned()));
         }
-        Timed { status: stream.status, head, pieces, clean: stream.finished_cleanly() }
+        let request_id = stream.header("x-request-id").unwrap_or_default().to_string();
+        Timed { status: stream.status, request_id, head, pieces, clean: stream.finished_cleanly() }
     }
 
     fn body(&self) -> String {
@@ -1447,6 +1449,7 @@ pub fn a_long_prefill_is_kept_alive_until_its_first_token(launch: Launch) {
     let gw = launch(Setup {
         vars: &[
             ("GATEWAY_KEEPALIVE_MS", "1000"),
+            ("GATEWAY_CONNECT_TIMEOUT_MS", "8000"),
             ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
             ("GATEWAY_IDLE_TIMEOUT_MS", "20000"),
             ("GATEWAY_TOTAL_TIMEOUT_MS", "30000"),
@@ -1518,6 +1521,20 @@ pub fn a_long_prefill_is_kept_alive_until_its_first_token(launch: Launch) {
             assert_eq!(ha.status, 200, "{:?}", ha.pieces);
             assert!(ha.comments_before_first_event().is_empty(), "{:?}", ha.pieces);
             assert!(ha.body().contains("tok1"), "the second tier answered: {}", ha.body());
+        })),
+        thread(Box::new(|gw| {
+            // The first tier never answers; the second prefills for 7 s: committed at 5 s, failed
+            // over behind the comments at the connect timeout (8 s), kept alive until the second
+            // tier's first token (~15 s).
+            let body = json!({"model": "ha-model", "stream": true, "messages": [{"role": "user", "content": "hi"}],
+                "mock": {"fault": "hang", "fault_on": "flaky", "prefill_ms": 7_000, "chunks": 2}});
+            let t = Timed::open(gw, &body);
+            assert_eq!(t.status, 200);
+            assert!(t.comments_before_first_event().len() >= 6, "comments all along: {:?}", t.pieces);
+            assert!(t.body().contains("tok1") && t.body().ends_with("data: [DONE]\n\n"), "{}", t.body());
+            let id = t.request_id.clone();
+            let record = gw.log_record(&id);
+            assert_eq!((record["backend"].as_str(), record["attempts"].as_u64()), (Some("steady"), Some(2)));
         })),
         thread(sdk(".venv-sdk/bin/python", "tests/sdk/python_sdk.py")),
         thread(sdk("node", "tests/sdk/node_sdk.mjs")),
@@ -1632,8 +1649,10 @@ pub fn legacy_completions_are_validated_proxied_streamed_and_limited(gw: &Gatewa
     assert!(!r.text().contains("\"usage\":{"), "the usage chunk is dropped unless asked for");
     let r = complete(json!({"stream": true, "max_tokens": 3, "stream_options": {"include_usage": true}}));
     assert!(r.text().contains("\"completion_tokens\":3"), "{}", r.text());
-    let r = complete(json!({"echo": true, "max_tokens": 0, "logprobs": 1}));
-    assert_eq!(r.status, 200, "echo scores the prompt without generating: {}", r.text());
+    // How evaluation harnesses score a prompt: echoed, with logprobs, one token generated.
+    let r = complete(json!({"echo": true, "max_tokens": 1, "logprobs": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["choices"][0]["text"].as_str().unwrap().starts_with("Once upon a time"));
 
     let body = |extra: Value| with(json!({"model": MODEL, "prompt": "x"}), extra);
     assert_refused(
@@ -1644,7 +1663,7 @@ pub fn legacy_completions_are_validated_proxied_streamed_and_limited(gw: &Gatewa
             ("mixed prompts", body(json!({"prompt": ["a", 1]})), "prompt[1]"),
             ("negative token id", body(json!({"prompt": [1, -1]})), "prompt"),
             ("too many logprobs", body(json!({"logprobs": 21})), "logprobs"),
-            ("max_tokens zero", body(json!({"max_tokens": 0})), "max_tokens"),
+            ("max_tokens zero", body(json!({"max_tokens": 0, "echo": true})), "max_tokens"),
             ("best_of below n", body(json!({"n": 2, "best_of": 1})), "best_of"),
             ("over the content cap", body(json!({"prompt": "x".repeat(MAX_CONTENT_BYTES + 1)})), "prompt"),
             ("prompt_embeds", body(json!({"prompt_embeds": "AAAA"})), "prompt_embeds"),
