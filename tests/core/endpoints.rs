@@ -329,3 +329,20 @@ fn new_paths_answer_404_and_405_in_openais_shape() {
         assert_eq!(headers.get("allow"), allow, "{method} {path}");
     }
 }
+
+#[test]
+fn opening_events_held_back_are_bounded() {
+    // A backend that sends nothing but `response.in_progress` for ever: what is held goes out
+    // once it passes a megabyte, instead of growing until the first-byte timeout.
+    let progress = event(
+        "response.in_progress",
+        &format!(r#"{{"type":"response.in_progress","pad":"{}"}}"#, "x".repeat(64 << 10)),
+    );
+    let chunks = (0..40).map(|_| (0, Ok(progress.clone().into_bytes()))).collect();
+    let (gw, upstream, _) = gateway();
+    upstream.push(Script::sse_timed(chunks).then_silent());
+    let body = r#"{"model":"llama","input":"x","stream":true}"#;
+    let config = config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "3000");
+    let response = run(gw.handle(Ok(&config), post_to("/v1/responses", KEY, body)));
+    assert_eq!(response.status, 200, "begun, not held until the timeout");
+}

@@ -39,6 +39,8 @@ use std::rc::Rc;
 pub(super) const MAX_COMPLETION_BYTES: usize = 32 << 20;
 /// Largest backend error body we read to find its message.
 const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Most bytes of opening events (before the first content) held back before they go out anyway.
+const MAX_HELD_BYTES: usize = 1 << 20;
 /// Largest single SSE event we hold while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 << 20;
 
@@ -371,7 +373,8 @@ async fn first_event<R: Runtime>(
         };
         let out = scanner.feed(chunk);
         held.extend_from_slice(&out);
-        let started = scanner.content_events() > 0;
+        // Past a cap, what is held goes out as it is: the stream has begun, whatever it is.
+        let started = scanner.content_events() > 0 || held.len() > MAX_HELD_BYTES;
         match scanner.stopped() {
             Some(Stop::BackendError { message, request_fault }) if !started => {
                 let message =
