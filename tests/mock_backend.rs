@@ -539,6 +539,19 @@ fn stream_headers_go_out_at_once_and_the_role_chunk_after_prefill() {
 }
 
 #[test]
+fn with_head_with_first_token_the_stream_head_comes_only_after_prefill_as_llama_server_sends_it() {
+    let mock = MockBackend::start(&["--head-with-first-token"]);
+    let started = Instant::now();
+    let mut stream = chat_stream(&mock, json!({"mock": {"chunks": 2, "prefill_ms": 1000}}));
+    let head_after = started.elapsed();
+    assert_eq!(stream.status, 200);
+    assert!(head_after >= Duration::from_millis(980), "headers after {head_after:?}");
+    let rest = parsed_events(&stream.read_to_end());
+    assert_eq!(rest[0]["choices"][0]["delta"]["role"], "assistant", "the first event right behind the head");
+    assert_eq!(rest.last().unwrap(), "[DONE]");
+}
+
+#[test]
 fn prefill_flag_sets_the_default_time_to_first_token() {
     let mock = MockBackend::start(&["--prefill-ms", "1000", "--chunks", "1"]);
     let started = Instant::now();

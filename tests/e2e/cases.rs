@@ -1441,9 +1441,16 @@ impl Timed {
 pub fn a_long_prefill_is_kept_alive_until_its_first_token(launch: Launch) {
     let flaky = crate::harness::watched_mock(&["--name", "flaky", "--model", "ha-model", "--model", "solo-model"]);
     let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model"]);
+    // llama-server sends a stream's head only with its first token: a backend of its own timeout.
+    let late =
+        crate::harness::watched_mock(&["--name", "late", "--model", "late-head-model", "--head-with-first-token"]);
     let backends = [
         format!(r#"{{"name":"flaky","url":"{}","models":["ha-model","solo-model"]}}"#, flaky.base_url),
         format!(r#"{{"name":"steady","url":"{}","models":["ha-model"],"priority":1}}"#, steady.base_url),
+        format!(
+            r#"{{"name":"late","url":"{}","models":["late-head-model"],"connect_timeout_ms":30000}}"#,
+            late.base_url
+        ),
     ];
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
     let gw = launch(Setup {
@@ -1535,6 +1542,16 @@ pub fn a_long_prefill_is_kept_alive_until_its_first_token(launch: Launch) {
             let id = t.request_id.clone();
             let record = gw.log_record(&id);
             assert_eq!((record["backend"].as_str(), record["attempts"].as_u64()), (Some("steady"), Some(2)));
+        })),
+        thread(Box::new(|gw| {
+            // A 9 s prefill on a server that sends its head with the first token: past the
+            // gateway's connect timeout (8 s here), within the backend's own (30 s); kept alive.
+            let body = json!({"model": "late-head-model", "stream": true, "messages": [{"role": "user", "content": "hi"}],
+                "mock": {"prefill_ms": 9_000, "chunks": 2}});
+            let t = Timed::open(gw, &body);
+            assert_eq!(t.status, 200);
+            assert!(t.comments_before_first_event().len() >= 3, "{:?}", t.pieces);
+            assert!(t.body().contains("tok1") && t.body().ends_with("data: [DONE]\n\n"), "{}", t.body());
         })),
         thread(sdk(".venv-sdk/bin/python", "tests/sdk/python_sdk.py")),
         thread(sdk("node", "tests/sdk/node_sdk.mjs")),

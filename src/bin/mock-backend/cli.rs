@@ -4,7 +4,7 @@ use std::time::Duration;
 
 pub(crate) const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... \
     [--chunks N] [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--embedding-dims N] \
-    [--api-key KEY] [--strict-request-id] [--name NAME] [--verbose]";
+    [--api-key KEY] [--strict-request-id] [--head-with-first-token] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
 /// Longest pause a request may ask for before each token, or before the first.
@@ -32,6 +32,9 @@ pub(crate) struct Config {
     pub(crate) api_key: Option<String>,
     /// Refuse a non-UUID `x-request-id` as llama-cpp-python does (see `request_id`).
     pub(crate) strict_request_id: bool,
+    /// Send a stream's response head only with its first event, after the prefill, as
+    /// llama.cpp's `llama-server` and Ollama do (vLLM, SGLang and TGI send it at once).
+    pub(crate) head_with_first_token: bool,
     /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
     /// failover test can break one backend and not its replacement.
     pub(crate) name: Option<String>,
@@ -54,6 +57,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
         embedding_dims: 8,
         api_key: None,
         strict_request_id: false,
+        head_with_first_token: false,
         name: None,
         verbose: false,
     };
@@ -91,6 +95,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
             }
             "--api-key" => config.api_key = Some(value()?),
             "--strict-request-id" => config.strict_request_id = true,
+            "--head-with-first-token" => config.head_with_first_token = true,
             "--name" => config.name = Some(value()?),
             "--verbose" | "-v" => config.verbose = true,
             "--help" | "-h" => return Err(CliError::Help),

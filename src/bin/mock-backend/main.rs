@@ -11,7 +11,8 @@
 //! ```text
 //! mock-backend [--addr 127.0.0.1:0] [--model NAME]... [--chunks N] [--chunk-delay-ms D]
 //!              [--prefill-ms P] [--max-model-len N] [--embedding-dims N]
-//!              [--api-key KEY] [--strict-request-id] [--name NAME] [--verbose]
+//!              [--api-key KEY] [--strict-request-id] [--head-with-first-token]
+//!              [--name NAME] [--verbose]
 //! ```
 //!
 //! After binding it prints exactly one line, `listening on http://HOST:PORT`, to
@@ -30,6 +31,10 @@
 //! which forms pass: `8-4-4-4-12`, 32 bare hex digits, `{…}`, `urn:uuid:…`, and
 //! a few looser ones), and every other answer carries `x-request-id`: the
 //! request's, or a fresh `uuid4().hex` (vLLM, the default, sends none);
+//! `--head-with-first-token` sends a stream's status and headers only with its first event,
+//! after the prefill, as llama.cpp's `llama-server` does (its first result decides between an
+//! HTTP error and a 200) and Ollama does (Go writes the head on the first write); vLLM, SGLang
+//! and TGI, and the mock by default, send it as soon as they take the request;
 //! `--verbose` logs one line per request to stderr.
 //!
 //! # Endpoints
