@@ -188,17 +188,18 @@ struct WorkersFetch;
 
 impl Upstream for WorkersFetch {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
-        let failed = |e: worker::Error| ConnectError(e.to_string());
+        let failed = |e: worker::Error| ConnectError::network(e.to_string());
+        let refused = |e: worker::Error| ConnectError::local(e.to_string());
         let headers = worker::Headers::new();
         for (name, value) in request.headers.iter() {
-            headers.set(name, value).map_err(failed)?;
+            headers.set(name, value).map_err(refused)?;
         }
         let mut init = RequestInit::new();
         init.with_method(Method::from(request.method.to_string())).with_headers(headers);
         if let Some(body) = &request.body {
             init.with_body(Some(JsValue::from(Uint8Array::from(body.as_slice()))));
         }
-        let outbound = worker::Request::new_with_init(&request.url, &init).map_err(failed)?;
+        let outbound = worker::Request::new_with_init(&request.url, &init).map_err(refused)?;
         // Aborts the fetch if this future, or later the body, is dropped before the end.
         let abort = AbortOnDrop(Some(AbortController::default()));
         let signal = abort.0.as_ref().map(|c| c.signal());
@@ -215,8 +216,8 @@ impl Upstream for WorkersFetch {
         let is_sse = crate::core::http::is_event_stream(&headers);
         if !is_sse && known_length_at_most(&headers, WHOLE_BODY_MAX_BYTES) {
             let raw: worker::web_sys::Response = response.into();
-            let buffer = raw.array_buffer().map_err(|e| ConnectError(format!("{e:?}")))?;
-            let buffer = JsFuture::from(buffer).await.map_err(|e| ConnectError(format!("{e:?}")))?;
+            let buffer = raw.array_buffer().map_err(|e| ConnectError::network(format!("{e:?}")))?;
+            let buffer = JsFuture::from(buffer).await.map_err(|e| ConnectError::network(format!("{e:?}")))?;
             abort.disarm();
             let body = crate::core::http::body_from_chunks(vec![Uint8Array::new(&buffer).to_vec()]);
             return Ok(UpstreamResponse { status, headers, body });

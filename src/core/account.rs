@@ -107,14 +107,20 @@ pub fn settle_failure<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'sta
     }
 }
 
-/// Settles a non-stream answer: on its usage, or the estimate it was admitted on when the backend
-/// reported none.
+/// Settles a non-stream answer on its usage — or, when the backend reported none, on the estimate
+/// it was admitted on (`(prompt, whole)`) — and records what it was charged.
 pub fn settle_completion<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static>(
     settler: Option<Settler<S, R>>,
     usage: Option<Usage>,
-    estimate: u64,
+    (prompt, estimate): (u64, u64),
+    record: &mut LogRecord,
 ) {
+    let estimated =
+        Usage { prompt_tokens: prompt, completion_tokens: estimate.saturating_sub(prompt), total_tokens: estimate };
+    let charged = usage.unwrap_or(estimated);
+    record.usage = Some(charged);
+    record.usage_estimated = usage.is_none().then_some(true);
     if let Some(settler) = settler {
-        settler.settle(usage.map_or(estimate, |u| u.total_tokens));
+        settler.settle(charged.total_tokens);
     }
 }

@@ -10,10 +10,10 @@ use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
 use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
-use crate::core::openai::{format_duration, Endpoint, Model, ModelList, Usage};
+use crate::core::openai::{format_duration, Endpoint, Model, ModelList};
 use crate::core::rate_limit::gcra::Decision;
 use crate::core::rate_limit::plan::{Plan, Settler};
-use crate::core::rate_limit::store::{self, LimitStore};
+use crate::core::rate_limit::store::{self, LimitStore, StoreError};
 use crate::core::request_id::{hex, RequestIds};
 use crate::core::route::{route, Route};
 use crate::core::runtime::Runtime;
@@ -267,27 +267,11 @@ where
         cx.record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(cx.record.ts));
         Ok(match relayed {
             Relayed::Completion { body, usage } => {
-                // Without the backend's count it is charged its estimate, and recorded so.
-                let prompt = call.prompt_estimate();
-                let estimated = Usage {
-                    prompt_tokens: prompt,
-                    completion_tokens: estimate.saturating_sub(prompt),
-                    total_tokens: estimate,
-                };
-                cx.record.usage = Some(usage.unwrap_or(estimated));
-                cx.record.usage_estimated = usage.is_none().then_some(true);
-                settle_completion(settler, usage, estimate);
+                settle_completion(settler, usage, (call.prompt_estimate(), estimate), &mut cx.record);
                 Response::json(200, body).into()
             }
             Relayed::Stream { body, deadline_ms } => {
-                let account = StreamAccount {
-                    settler,
-                    record: cx.record.clone(),
-                    runtime: self.runtime.clone(),
-                    metrics: self.metrics.clone(),
-                    prompt_estimate: call.prompt_estimate(),
-                    charged_when_left: call.background.then_some(estimate),
-                };
+                let account = self.stream_account(settler, &call, estimate, &cx.record);
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
                 Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
             }
@@ -434,21 +418,9 @@ where
         let answer = self.store.admit(&caller.scope, &plan.admission).await;
         let admitted = match answer.and_then(|admitted| store::checked(admitted, &plan.admission)) {
             Ok(admitted) => admitted,
-            Err(e) if config.limits_fail_open => {
-                settler.forget();
-                self.runtime.log(&log::event(
-                    "warn",
-                    "limit_store_unavailable",
-                    &[("admitted", true.into()), ("detail", e.0.into())],
-                ));
-                return Ok(None);
-            }
             Err(e) => {
                 settler.forget();
-                return Err(GatewayError::Internal {
-                    message: "The rate-limit store is unavailable; please retry.".into(),
-                    detail: format!("limit store: {}", e.0),
-                });
+                return self.store_unavailable(e, config.limits_fail_open);
             }
         };
         let (decisions, refusal) = plan.outcome(&admitted);
@@ -459,6 +431,47 @@ where
                 Err(error)
             }
             None => Ok(Some(settler)),
+        }
+    }
+}
+
+impl<U, S, R, P> Gateway<U, S, R, P>
+where
+    R: Runtime,
+{
+    /// The limit store did not answer: the request goes on unlimited (logged) when the operator
+    /// chose to fail open, else it fails.
+    fn store_unavailable<T>(&self, error: StoreError, fail_open: bool) -> Result<Option<T>, GatewayError> {
+        if fail_open {
+            let fields = [("admitted", true.into()), ("detail", error.0.into())];
+            self.runtime.log(&log::event("warn", "limit_store_unavailable", &fields));
+            return Ok(None);
+        }
+        Err(GatewayError::Internal {
+            message: "The rate-limit store is unavailable; please retry.".into(),
+            detail: format!("limit store: {}", error.0),
+        })
+    }
+
+    /// A stream's account, kept until it ends: settled then and logged.
+    fn stream_account(
+        &self,
+        settler: Option<Settler<S, R>>,
+        call: &Validated,
+        estimate: u64,
+        record: &LogRecord,
+    ) -> StreamAccount<S, R>
+    where
+        S: LimitStore + Clone + 'static,
+        R: Clone + 'static,
+    {
+        StreamAccount {
+            settler,
+            record: record.clone(),
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            prompt_estimate: call.prompt_estimate(),
+            charged_when_left: call.background.then_some(estimate),
         }
     }
 }

@@ -10,6 +10,7 @@ mod config;
 mod endpoints;
 mod gateway;
 mod hostile;
+mod layers;
 mod log;
 mod rate_limit;
 mod redis;

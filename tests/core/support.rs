@@ -221,6 +221,8 @@ pub enum Script {
     },
     /// Refuses the connection.
     Refuse,
+    /// The platform refuses to send the request at all (a header or URL it will not take).
+    RefusedLocally,
     /// Never answers.
     Hang,
     /// Answers a stream that sends these events, then goes silent without closing.
@@ -334,9 +336,13 @@ impl Upstream for FakeUpstream {
         let watch = CloseWatch { closed: self.closed.clone(), done: false };
         let json = |s: &str| [("content-type".to_string(), s.to_string())].into_iter().collect::<Headers>();
         match script {
+            Script::RefusedLocally => {
+                watch.finish();
+                Err(ConnectError::local("invalid header value"))
+            }
             Script::Refuse => {
                 watch.finish();
-                Err(ConnectError("connection refused".into()))
+                Err(ConnectError::network("connection refused"))
             }
             Script::Hang => futures::future::pending().await,
             Script::StreamThenStall(events) => {

@@ -14,7 +14,7 @@ use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::BodyStream;
 use crate::core::openai::Dialect;
 use crate::core::runtime::{timeout, Runtime};
-use crate::core::upstream::proxy::{Found, Search};
+use crate::core::upstream::found::{Found, Search};
 use crate::core::upstream::relay::{self, EndGuard, StreamEnd, StreamEnding, Timing};
 use futures::stream::StreamExt;
 use std::cell::RefCell;

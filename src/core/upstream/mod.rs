@@ -6,6 +6,7 @@
 pub mod balance;
 pub mod commit;
 pub mod errors;
+mod found;
 pub mod proxy;
 pub mod readiness;
 pub mod relay;
@@ -30,9 +31,26 @@ pub struct UpstreamResponse {
     pub body: BodyStream,
 }
 
-/// The backend could not be reached (refused, reset, DNS); the text is for logs only.
+/// The request never got an answer: the backend could not be reached (refused, reset, DNS), or
+/// — `local` — the platform would not even send it (a header or URL it refuses), which is no
+/// fault of the backend's. The text is for logs only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectError(pub String);
+pub struct ConnectError {
+    pub message: String,
+    pub local: bool,
+}
+
+impl ConnectError {
+    /// The backend could not be reached.
+    pub fn network(message: impl Into<String>) -> Self {
+        ConnectError { message: message.into(), local: false }
+    }
+
+    /// The platform refused to send the request.
+    pub fn local(message: impl Into<String>) -> Self {
+        ConnectError { message: message.into(), local: true }
+    }
+}
 
 /// Sends requests to backends.
 #[allow(async_fn_in_trait)]

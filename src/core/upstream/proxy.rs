@@ -28,6 +28,8 @@ use crate::core::runtime::{timeout, Runtime};
 use crate::core::upstream::balance::HealthBook;
 use crate::core::upstream::commit;
 use crate::core::upstream::errors::{classify, Blame, Counts};
+pub use crate::core::upstream::found::Answered;
+use crate::core::upstream::found::{Found, Search};
 use crate::core::upstream::relay::{self, StreamEnding};
 use crate::core::upstream::sse::{SseScanner, Stop};
 use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
@@ -124,13 +126,6 @@ pub struct Attempts {
     pub breaker: Breaker,
 }
 
-/// Which backend answered, and how many were tried.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answered {
-    pub backend: String,
-    pub tried: u32,
-}
-
 /// What the relay needs to know about the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange {
@@ -178,11 +173,11 @@ pub async fn send<U: Upstream + Clone + 'static, R: Runtime + Clone + 'static>(
         Box::pin(search(upstream.clone(), runtime.clone(), attempts, exchange, timeouts.clone(), deadline_ms));
     let timing = relay::Timing { idle_ms: timeouts.idle_ms, deadline_ms };
     if !exchange.stream || commit_at >= deadline_ms {
-        return search.await.map(|found| found.relayed(runtime, timing, &ending));
+        return search.await.map(|found| relayed(found, runtime, timing, &ending));
     }
     let commit_timer = runtime.sleep(commit_at.saturating_sub(runtime.now_ms()));
     match select(search, Box::pin(commit_timer)).await {
-        Either::Left((found, _)) => found.map(|found| found.relayed(runtime, timing, &ending)),
+        Either::Left((found, _)) => found.map(|found| relayed(found, runtime, timing, &ending)),
         Either::Right((_, search)) => {
             let keepalive = commit::KeepAlive { every_ms: timeouts.keepalive_ms, dialect: exchange.endpoint.dialect() };
             let body = commit::committed(search, runtime.clone(), keepalive, timing, &ending);
@@ -191,41 +186,18 @@ pub async fn send<U: Upstream + Clone + 'static, R: Runtime + Clone + 'static>(
     }
 }
 
-/// The search for a backend that answers, owning all it needs so that it can go on behind a
-/// committed stream.
-pub(super) type Search = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Found, GatewayError>>>>;
-
-/// What a backend that answered gave.
-pub(super) enum Found {
-    Completion {
-        body: Vec<u8>,
-        usage: Option<Usage>,
-        answered: Answered,
-    },
-    /// A stream up to its first content: the rest of the body, its scanner, what the first events
-    /// gave.
-    Stream {
-        body: BodyStream,
-        scanner: SseScanner,
-        first: Vec<u8>,
-        answered: Answered,
-    },
-}
-
-impl Found {
-    /// The answer for the client, relayed from here on.
-    fn relayed<R: Runtime + Clone + 'static>(
-        self,
-        runtime: &R,
-        timing: relay::Timing,
-        ending: &StreamEnding,
-    ) -> (Relayed, Option<Answered>) {
-        match self {
-            Found::Completion { body, usage, answered } => (Relayed::Completion { body, usage }, Some(answered)),
-            Found::Stream { body, scanner, first, answered } => {
-                let body = relay::relay(body, scanner, first, runtime.clone(), timing, ending);
-                (Relayed::Stream { body, deadline_ms: timing.deadline_ms }, Some(answered))
-            }
+/// The answer a backend gave, for the client: relayed from here on.
+fn relayed<R: Runtime + Clone + 'static>(
+    found: Found,
+    runtime: &R,
+    timing: relay::Timing,
+    ending: &StreamEnding,
+) -> (Relayed, Option<Answered>) {
+    match found {
+        Found::Completion { body, usage, answered } => (Relayed::Completion { body, usage }, Some(answered)),
+        Found::Stream { body, scanner, first, answered } => {
+            let body = relay::relay(body, scanner, first, runtime.clone(), timing, ending);
+            (Relayed::Stream { body, deadline_ms: timing.deadline_ms }, Some(answered))
         }
     }
 }
@@ -329,6 +301,16 @@ async fn answer_head<R: Runtime, U: Upstream>(
     };
     let response = match timeout(runtime, left(runtime, headers_by), upstream.send(candidate.request.clone())).await {
         None => return Err(late),
+        // Built here and refused here: the same for every backend, and none of theirs.
+        Some(Err(e)) if e.local => {
+            return Err(Failed::new(
+                GatewayError::Internal {
+                    message: "The gateway could not send the request.".into(),
+                    detail: format!("request refused by the platform: {}", e.message),
+                },
+                Blame::NOBODY,
+            ))
+        }
         Some(Err(_)) => return Err(Failed::upstream("The inference backend could not be reached.", Blame::BROKEN)),
         Some(Ok(response)) => response,
     };

@@ -48,7 +48,7 @@ pub struct StreamSummary {
     /// When the first of them was relayed (ms on the runtime's clock): time to first token.
     pub first_content_ms: Option<u64>,
     /// The backend that answered and how many were tried, when the stream was committed before
-    /// one did (see [`crate::core::upstream::commit`]).
+    /// one did (a committed stream).
     pub answered: Option<(String, u32)>,
     /// Why no backend answered, when the stream was committed before one could.
     pub error: Option<GatewayError>,
