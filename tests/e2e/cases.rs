@@ -1250,8 +1250,7 @@ impl OwnRedis {
         let port = crate::support::free_port();
         let dir = std::env::temp_dir().join(format!("edge-gateway-e2e-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
+        let cmd = crate::support::launch::redis(port);
         let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
         let addr = format!("127.0.0.1:{port}");
         assert!(
