@@ -164,6 +164,8 @@ check: rust-targets
 	cargo clippy --lib --target wasm32-unknown-unknown --features cloudflare -- -D warnings
 	cargo clippy --lib --target wasm32-wasip2 --features spin -- -D warnings
 	cargo test --features e2e --test core --test mock_backend --lib
+	# The fuzz targets and benches use the core's API too: they must keep compiling.
+	cargo check --manifest-path fuzz/Cargo.toml --bins --target-dir target
 
 clean:
 	rm -rf build target .wrangler

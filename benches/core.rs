@@ -8,6 +8,7 @@ use divan::{black_box, Bencher};
 use edge_gateway::core::auth::{identify, sha256_hex};
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::Headers;
+use edge_gateway::core::openai::Dialect;
 use edge_gateway::core::rate_limit::plan::Plan;
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore};
 use edge_gateway::core::upstream::sse::SseScanner;
@@ -103,10 +104,10 @@ fn stream() -> Vec<u8> {
 /// Feeds `chunks` through a scanner that drops the usage chunk, as a stream's relay does.
 fn scan(bencher: Bencher, total: usize, chunks: Vec<Vec<u8>>) {
     bencher.counter(BytesCount::new(total)).with_inputs(|| chunks.clone()).bench_local_values(|chunks| {
-        let mut scanner = SseScanner::new(true, 1 << 20);
+        let mut scanner = SseScanner::new(Dialect::Chunks, true, 1 << 20);
         let mut forwarded = 0;
         for chunk in chunks {
-            forwarded += scanner.feed(chunk).unwrap().len();
+            forwarded += scanner.feed(chunk).len();
         }
         black_box((forwarded, scanner.usage()))
     });
@@ -127,10 +128,10 @@ fn sse_scanner_4mib_event_one_byte_at_a_time(bencher: Bencher) {
     let payload = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(4 << 20));
     let bytes = payload.into_bytes();
     bencher.counter(BytesCount::new(bytes.len())).bench_local(|| {
-        let mut scanner = SseScanner::new(false, 8 << 20);
+        let mut scanner = SseScanner::new(Dialect::Chunks, false, 8 << 20);
         let mut forwarded = 0;
         for byte in &bytes {
-            forwarded += scanner.feed(vec![*byte]).unwrap().len();
+            forwarded += scanner.feed(vec![*byte]).len();
         }
         black_box(forwarded)
     });

@@ -28,6 +28,7 @@
 
 use crate::core::config::{Config, ConfigError};
 use crate::core::http::{body_from_chunks, Body, BodyError, BodyStream, Disconnected, Headers, Request, Response};
+use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
 use crate::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Settlement};
 use crate::core::rate_limit::store::{LimitStore, StoreCall, StoreError};
 use crate::core::runtime::Runtime;
@@ -123,6 +124,27 @@ thread_local! {
     static NEXT_REQUEST: Cell<u32> = const { Cell::new(0) };
 }
 
+/// The optional Workers Analytics Engine dataset that gets one data point per request.
+const METRICS_BINDING: &str = "GATEWAY_METRICS";
+
+/// Writes each request's record to Analytics Engine, in the shape [`LogRecord::data_point`]
+/// documents. `writeDataPoint` only queues the point: nothing waits for it.
+struct AnalyticsMetrics(worker::AnalyticsEngineDataset);
+
+impl Metrics for AnalyticsMetrics {
+    fn record(&self, record: &LogRecord) {
+        let point = record.data_point();
+        let built = worker::AnalyticsEngineDataPointBuilder::new()
+            .indexes([point.index.as_str()])
+            .blobs(point.blobs)
+            .doubles(point.doubles)
+            .build();
+        if let Err(e) = self.0.write_data_point(&built) {
+            console_log(&log::event("warn", "metrics_write_failed", &[("detail", e.to_string().into())]));
+        }
+    }
+}
+
 /// Bodies of known length up to this many bytes are read in one call by the entry point: the
 /// smaller of 1 MiB and the body cap (0 while the configuration is broken: every request fails).
 #[wasm_bindgen(js_name = wholeBodyMax)]
@@ -164,11 +186,16 @@ pub fn start(
 async fn answer(req: Rc<Req>, env: Env, request: Request) {
     let config = config(&env);
     let runtime = WorkersRuntime(req.clone());
-    let upstream = WorkersFetch { req: req.clone(), last_reader: RefCell::default(), piped: Rc::default() };
+    let metrics: Rc<dyn Metrics> = match env.analytics_engine(METRICS_BINDING) {
+        Ok(dataset) => Rc::new(AnalyticsMetrics(dataset)),
+        Err(_) => Rc::new(NoMetrics),
+    };
+    let upstream = WorkersFetch { req: req.clone(), last_reader: Rc::default(), piped: Rc::default() };
     let piped = upstream.piped.clone();
     let gateway = Gateway::new(upstream, DurableLimitStore { env }, runtime.clone())
         .with_health(HEALTH.with(Rc::clone))
-        .with_probes(PROBES.with(Rc::clone));
+        .with_probes(PROBES.with(Rc::clone))
+        .with_metrics(metrics);
     let response = gateway.handle(config.as_ref().as_ref(), request).await;
     let Response { status, headers, body } = response;
     // A header no platform accepts (a line break) fails the request, as appending it would.
@@ -686,10 +713,12 @@ impl Future for Gone {
 }
 
 /// Outbound HTTP through the Workers `fetch`, made by the host in one call per backend call.
+/// Clones share their state: the search for a backend runs on one.
+#[derive(Clone)]
 struct WorkersFetch {
     req: Rc<Req>,
     /// The reader of the last streamed answer: the relay's pump reads on from it.
-    last_reader: RefCell<Option<ReadableStreamDefaultReader>>,
+    last_reader: Rc<RefCell<Option<ReadableStreamDefaultReader>>>,
     /// The committed stream, for [`answer`] to hand to the host's pump.
     piped: Rc<RefCell<Option<Piped>>>,
 }
@@ -737,7 +766,7 @@ impl Drop for Call {
 
 impl Upstream for WorkersFetch {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
-        let headers = request.headers.to_lines().ok_or_else(|| ConnectError("a header holds a line break".into()))?;
+        let headers = request.headers.to_lines().ok_or_else(|| ConnectError::local("a header holds a line break"))?;
         let id = self.req.next_call.get().wrapping_add(1);
         self.req.next_call.set(id);
         self.req.calls.borrow_mut().insert(id, CallSlot::default());
@@ -752,7 +781,7 @@ impl Upstream for WorkersFetch {
         // Aborts the fetch if this future, or later the body, is dropped before the end.
         let call = Call { req: self.req.clone(), id, abort: Some(AbortOnDrop(Some(controller))) };
         let (outcome, abort) = call.await;
-        let fetched = outcome.map_err(ConnectError)?;
+        let fetched = outcome.map_err(ConnectError::network)?;
         let status = fetched.status;
         let headers = Headers::from_lines(&fetched.headers);
         let (reader, abort) = match (fetched.reader, abort) {

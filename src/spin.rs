@@ -202,11 +202,12 @@ async fn writable(stream: &OutputStream) -> Option<u64> {
 }
 
 /// Outbound HTTP through `wasi:http/outgoing-handler`.
+#[derive(Clone, Copy)]
 struct WasiHttp;
 
 impl Upstream for WasiHttp {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
-        let refused = |what: &str| ConnectError(format!("the host refused the request's {what}"));
+        let refused = |what: &str| ConnectError::local(format!("the host refused the request's {what}"));
         let (scheme, authority, path) = split_url(&request.url).ok_or_else(|| refused("URL"))?;
         let outgoing = OutgoingRequest::new(fields(&request.headers));
         outgoing.set_method(&wasi_method(request.method)).map_err(|()| refused("method"))?;
@@ -214,24 +215,24 @@ impl Upstream for WasiHttp {
         outgoing.set_authority(Some(authority)).map_err(|()| refused("authority"))?;
         outgoing.set_path_with_query(Some(path)).map_err(|()| refused("path"))?;
         let body = outgoing.body().map_err(|()| refused("body"))?;
-        let pending =
-            wasip2::http::outgoing_handler::handle(outgoing, None).map_err(|e| ConnectError(format!("{e:?}")))?;
+        let pending = wasip2::http::outgoing_handler::handle(outgoing, None)
+            .map_err(|e| ConnectError::network(format!("{e:?}")))?;
         {
             let stream = AsyncOutputStream::new(body.write().map_err(|()| refused("body"))?);
             if let Some(bytes) = &request.body {
-                stream.write_all(bytes).await.map_err(|e| ConnectError(e.to_string()))?;
+                stream.write_all(bytes).await.map_err(|e| ConnectError::network(e.to_string()))?;
             }
         }
-        OutgoingBody::finish(body, None).map_err(|e| ConnectError(format!("{e:?}")))?;
+        OutgoingBody::finish(body, None).map_err(|e| ConnectError::network(format!("{e:?}")))?;
         AsyncPollable::new(pending.subscribe()).wait_for().await;
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
-            Some(Ok(Err(code))) => return Err(ConnectError(format!("{code:?}"))),
-            Some(Err(())) | None => return Err(ConnectError("no response from the host".into())),
+            Some(Ok(Err(code))) => return Err(ConnectError::network(format!("{code:?}"))),
+            Some(Err(())) | None => return Err(ConnectError::network("no response from the host")),
         };
         let status = response.status();
         let headers = header_pairs(response.headers());
-        let body = IncomingStream::of_response(response).ok_or_else(|| ConnectError("no response body".into()))?;
+        let body = IncomingStream::of_response(response).ok_or_else(|| ConnectError::network("no response body"))?;
         Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
     }
 

@@ -3,7 +3,8 @@
 //! acceptance — a mutated payload, a non-canonical encoding, a swapped algorithm — is a bug).
 #![no_main]
 
-use edge_gateway::core::auth::jwt::JwtVerifier;
+use edge_gateway::core::config::parse::parse_jwk;
+use edge_gateway::core::config::JwtVerifier;
 use edge_gateway::core::config::secret::Secret;
 use libfuzzer_sys::fuzz_target;
 
@@ -11,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else { return };
     let jwks: serde_json::Value = serde_json::from_str(include_str!("../../tests/fixtures/jwt/jwks.json")).unwrap();
     let keys =
-        jwks["keys"].as_array().unwrap().iter().map(|k| edge_gateway::core::auth::jwt::parse_jwk(k).unwrap()).collect();
+        jwks["keys"].as_array().unwrap().iter().map(|k| parse_jwk(k).unwrap()).collect();
     let verifier = JwtVerifier {
         hs256: Some(Secret::new(b"fuzzing-secret-that-is-32-bytes-long!!".to_vec())),
         keys,
@@ -19,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         audience: Some("edge-gateway".into()),
         leeway_s: 60,
         models_claim: "models".into(),
+        accepted_types: None,
     };
     if verifier.verify(token, 1_800_000_000).is_ok() {
         let tokens: serde_json::Value =

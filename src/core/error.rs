@@ -5,6 +5,7 @@
 //! went wrong. Messages never carry a secret, a backend URL or a backend's raw error body.
 
 use crate::core::http::Response;
+use crate::core::openai::Dialect;
 use serde::Serialize;
 
 /// A failure, with enough detail to render an OpenAI-shaped error.
@@ -261,10 +262,37 @@ impl GatewayError {
         response
     }
 
-    /// The same error as one SSE event, for failures after the stream has started.
-    pub fn to_sse_event(&self) -> Vec<u8> {
-        let mut event = b"data: ".to_vec();
-        event.extend_from_slice(self.to_json().as_bytes());
+    /// The same error as one SSE event, for failures after the stream has started: for chunked
+    /// streams `data: {"error":{…}}`; for the Responses API its `error` event,
+    /// `{"type":"error","code","message","param","sequence_number"}`, numbered after the
+    /// `sequence_number` events already relayed.
+    pub fn to_sse_event(&self, dialect: Dialect, sequence_number: u64) -> Vec<u8> {
+        let mut event = match dialect {
+            Dialect::Chunks => b"data: ".to_vec(),
+            Dialect::Responses => b"event: error\ndata: ".to_vec(),
+        };
+        match dialect {
+            Dialect::Chunks => event.extend_from_slice(self.to_json().as_bytes()),
+            Dialect::Responses => {
+                #[derive(Serialize)]
+                struct ErrorEvent<'a> {
+                    #[serde(rename = "type")]
+                    kind: &'a str,
+                    code: Option<&'a str>,
+                    message: String,
+                    param: Option<&'a str>,
+                    sequence_number: u64,
+                }
+                let body = ErrorEvent {
+                    kind: "error",
+                    code: self.code(),
+                    message: self.message(),
+                    param: self.param(),
+                    sequence_number,
+                };
+                event.extend_from_slice(serde_json::to_string(&body).unwrap_or_default().as_bytes());
+            }
+        }
         event.extend_from_slice(b"\n\n");
         event
     }

@@ -9,22 +9,22 @@ use crate::core::config::{Config, ConfigError};
 use crate::core::cors;
 use crate::core::error::{GatewayError, RateLimitKind};
 use crate::core::http::{read_capped, Disconnected, Headers, ReadError, Request, Response};
-use crate::core::log::{self, LogRecord};
-use crate::core::openai::format_duration;
-use crate::core::openai::ModelList;
+use crate::core::log::{self, LogRecord, Metrics, NoMetrics};
+use crate::core::openai::{format_duration, Endpoint, Model, ModelList};
 use crate::core::rate_limit::gcra::Decision;
 use crate::core::rate_limit::plan::{Plan, Settler};
-use crate::core::rate_limit::store::{self, LimitStore};
+use crate::core::rate_limit::store::{self, LimitStore, StoreError};
 use crate::core::request_id::{hex, RequestIds};
 use crate::core::route::{route, Route};
 use crate::core::runtime::Runtime;
 use crate::core::trace::TraceContext;
 use crate::core::upstream::balance::{attempt_order, HealthBook};
-use crate::core::upstream::proxy::{self, Attempts, Exchange, Forwarded, Relayed};
+use crate::core::upstream::proxy::{self, Answered, Attempts, Candidate, Exchange, Forwarded, Relayed};
 use crate::core::upstream::readiness::{healthz_body, readiness, MemoryProbeCache, ProbeCache};
 use crate::core::upstream::relay::{StreamEnd, StreamEnding};
+use crate::core::upstream::stored;
 use crate::core::upstream::Upstream;
-use crate::core::validate::{validate_chat, ValidatedChat};
+use crate::core::validate::{self, Validated};
 use futures::future::{select, Either};
 use std::rc::Rc;
 
@@ -37,6 +37,8 @@ pub struct Gateway<U, S, R, P = Rc<MemoryProbeCache>> {
     pub health: Rc<HealthBook>,
     /// Where `/readyz` keeps its last probe round.
     pub probes: P,
+    /// Where each request's final record goes besides the log line.
+    pub metrics: Rc<dyn Metrics>,
 }
 
 /// What one request is, as every step sees it.
@@ -88,18 +90,19 @@ impl From<Response> for Handled {
 
 impl<U, S, R> Gateway<U, S, R>
 where
-    U: Upstream,
+    U: Upstream + Clone + 'static,
     S: LimitStore + Clone + 'static,
     R: Runtime + Clone + 'static,
 {
     pub fn new(upstream: U, store: S, runtime: R) -> Self {
-        Gateway { upstream, store, runtime, health: Rc::new(HealthBook::default()), probes: Rc::default() }
+        let health = Rc::new(HealthBook::default());
+        Gateway { upstream, store, runtime, health, probes: Rc::default(), metrics: Rc::new(NoMetrics) }
     }
 }
 
 impl<U, S, R, P> Gateway<U, S, R, P>
 where
-    U: Upstream,
+    U: Upstream + Clone + 'static,
     S: LimitStore + Clone + 'static,
     R: Runtime + Clone + 'static,
     P: ProbeCache,
@@ -112,8 +115,14 @@ where
 
     /// Keeps `/readyz` probe rounds in `probes` (an isolate's memory, or a shared store).
     pub fn with_probes<Q: ProbeCache>(self, probes: Q) -> Gateway<U, S, R, Q> {
-        let Gateway { upstream, store, runtime, health, .. } = self;
-        Gateway { upstream, store, runtime, health, probes }
+        let Gateway { upstream, store, runtime, health, metrics, .. } = self;
+        Gateway { upstream, store, runtime, health, probes, metrics }
+    }
+
+    /// Sends each request's final record to `metrics` as well as to the log.
+    pub fn with_metrics(mut self, metrics: Rc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Answers one request. Never panics; every failure is an OpenAI-shaped error. If the client
@@ -195,11 +204,13 @@ where
 
     fn log(&self, record: &mut LogRecord) {
         record.latency_ms = self.runtime.now_ms().saturating_sub(record.ts);
-        self.runtime.log(&record.to_line());
+        log::finish(&self.runtime, &*self.metrics, record);
     }
 
     async fn dispatch(&self, config: &Config, request: Request, cx: &mut Context) -> Result<Handled, GatewayError> {
-        match route(&request.method, &request.path)? {
+        let route = route(&request.method, &request.path)?;
+        cx.record.route = Some(route.name());
+        match route {
             Route::Preflight => Ok(cors::preflight(&config.cors, &request.headers, &request.path).into()),
             Route::Healthz => Ok(Response::json(200, healthz_body()).into()),
             Route::Playground(asset) if config.playground => Ok(asset.response().into()),
@@ -213,46 +224,54 @@ where
                 let caller = self.authenticate(config, &request, cx)?;
                 Ok(list_models(config, &caller).into())
             }
-            Route::ChatCompletions => self.chat_completions(config, request, cx).await,
+            Route::Model(model) => {
+                let caller = self.authenticate(config, &request, cx)?;
+                Ok(retrieve_model(config, &caller, model)?.into())
+            }
+            Route::Generate(endpoint) => self.generate(config, endpoint, request, cx).await,
+            Route::StoredResponse => self.stored_response(config, request, cx).await,
         }
     }
 
-    /// `POST /v1/chat/completions`, step by step.
-    async fn chat_completions(
+    /// `POST` to an endpoint that reaches a model (chat, completions, embeddings, responses),
+    /// step by step.
+    async fn generate(
         &self,
         config: &Config,
+        endpoint: Endpoint,
         mut request: Request,
         cx: &mut Context,
     ) -> Result<Handled, GatewayError> {
         let caller = self.authenticate(config, &request, cx)?;
-        let chat = self.validate(config, &mut request, &caller, cx).await?;
-        let estimate = chat.token_estimate(config.backends_serving(&chat.model), config.caps.max_tokens);
+        let call = self.validate(config, endpoint, &mut request, &caller, cx).await?;
+        let estimate = call.token_estimate(config.backends_serving(&call.model), config.caps.max_tokens);
         // Settled exactly once: by the answer's usage, by the stream's end, or when dropped.
-        let mut settler = self.admit(&caller, estimate, chat.prompt_estimate(), config, cx).await?;
+        let mut settler = self.admit(&caller, estimate, call.prompt_estimate(), config, cx).await?;
         let backends =
-            attempt_order(config, &chat.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
+            attempt_order(config, &call.model, &self.health, self.runtime.now_ms(), random_u64(&self.runtime))?;
         if let Some(settler) = settler.as_mut() {
             settler.sent();
         }
         let ending = StreamEnding::new();
-        let (relayed, backend, tried) = match self.proxy(config, &chat, &backends, cx, ending.clone()).await {
+        let (relayed, answered) = match self.proxy(config, &call, &backends, cx, ending.clone()).await {
             Ok(sent) => sent,
             Err(error) => {
                 settle_failure(settler, &error);
                 return Err(error);
             }
         };
-        cx.record.backend = Some(backend.name.clone());
-        cx.record.attempts = Some(tried);
+        if let Some(Answered { backend, tried }) = answered {
+            cx.record.backend = Some(backend);
+            cx.record.attempts = Some(tried);
+        }
         cx.record.ttfb_ms = Some(self.runtime.now_ms().saturating_sub(cx.record.ts));
         Ok(match relayed {
             Relayed::Completion { body, usage } => {
-                cx.record.usage = usage;
-                settle_completion(settler, usage, estimate);
+                settle_completion(settler, usage, (call.prompt_estimate(), estimate), &mut cx.record);
                 Response::json(200, body).into()
             }
             Relayed::Stream { body, deadline_ms } => {
-                let account = StreamAccount::new(settler, cx.record.clone(), self.runtime.clone());
+                let account = self.stream_account(settler, &call, estimate, &cx.record);
                 ending.on_end(Box::new(move |summary| account.ended(summary)));
                 Handled { response: Response::event_stream(body), stream: Some((ending, deadline_ms)) }
             }
@@ -270,47 +289,111 @@ where
         Ok(caller)
     }
 
-    /// Reads the body (capped), validates it, and checks the caller may use its model.
+    /// Reads the body (capped), validates it, and checks the caller may use its model — and,
+    /// when it needs state a backend keeps, that only one backend serves the model.
     async fn validate(
         &self,
         config: &Config,
+        endpoint: Endpoint,
         request: &mut Request,
         caller: &Caller<'_>,
         cx: &mut Context,
-    ) -> Result<ValidatedChat, GatewayError> {
+    ) -> Result<Validated, GatewayError> {
         let body = read_body(request, config.caps.max_body_bytes).await?;
-        let chat = validate_chat(&body, &config.caps)?;
-        cx.record.model = Some(chat.model.clone());
-        cx.record.stream = Some(chat.stream);
-        if !caller.models.allows(&chat.model) || config.backends_serving(&chat.model).next().is_none() {
-            return Err(GatewayError::ModelNotFound { model: chat.model });
+        let call = validate::validate(endpoint, &body, &config.caps)?;
+        cx.record.model = Some(call.model.clone());
+        cx.record.stream = Some(call.stream);
+        let serving = config.backends_serving(&call.model).count();
+        if !caller.models.allows(&call.model) || serving == 0 {
+            return Err(GatewayError::ModelNotFound { model: call.model });
         }
-        Ok(chat)
+        match call.stateful {
+            Some(field) if serving > 1 => Err(GatewayError::invalid(
+                field,
+                format!(
+                    "{field} needs the backend that keeps the earlier state, but {} is served by {serving} \
+                     backends; send the whole conversation in input instead",
+                    call.model
+                ),
+            )),
+            _ => Ok(call),
+        }
     }
 
-    /// Sends the request to the first of `backends` that answers; the backend gets its own
-    /// credential, a request id of the gateway's and the trace context.
-    async fn proxy<'a>(
+    /// `GET`/`DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: a stored response
+    /// lives on the backend that made it, and its id does not say which — so these are passed
+    /// through only when a single backend serves the caller's models. Counted against the
+    /// request budget like any call.
+    async fn stored_response(
         &self,
-        config: &'a Config,
-        chat: &ValidatedChat,
-        backends: &[&'a Backend],
-        cx: &Context,
-        ending: StreamEnding,
-    ) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
+        config: &Config,
+        request: Request,
+        cx: &mut Context,
+    ) -> Result<Handled, GatewayError> {
+        let caller = self.authenticate(config, &request, cx)?;
+        let backend = match config.backends_for(|model| caller.models.allows(model)).as_slice() {
+            [backend] => *backend,
+            backends => {
+                return Err(GatewayError::InvalidRequest {
+                    message: format!(
+                        "Stored responses can be reached only when one backend serves your models (yours are \
+                         served by {}); send the whole conversation in input instead.",
+                        backends.len()
+                    ),
+                    param: None,
+                    code: None,
+                })
+            }
+        };
+        let settler = self.admit(&caller, 0, 0, config, cx).await?;
+        cx.record.backend = Some(backend.name.clone());
+        cx.record.attempts = Some(1);
         let traceparent = cx.trace.traceparent();
         let forwarded = Forwarded {
             request_id: &cx.ids.upstream,
             traceparent: Some(&traceparent),
             tracestate: cx.trace.tracestate.as_deref(),
         };
-        let build = |backend: &Backend| {
-            let body = chat.upstream_body(backend, config.caps.max_tokens);
-            proxy::upstream_request(backend, "/v1/chat/completions", chat.stream, body, &forwarded)
+        let upstream = stored::stored_request(backend, &request.method, &request.path, &forwarded);
+        let answer = stored::pass_through(&self.upstream, &self.runtime, upstream, &config.timeouts).await;
+        if let Some(settler) = settler {
+            settler.settle(0);
+        }
+        Ok(answer?.into())
+    }
+
+    /// Sends the request to the first of `backends` that answers; the backend gets its own
+    /// credential, a request id of the gateway's and the trace context.
+    async fn proxy(
+        &self,
+        config: &Config,
+        call: &Validated,
+        backends: &[&Backend],
+        cx: &Context,
+        ending: StreamEnding,
+    ) -> Result<(Relayed, Option<Answered>), GatewayError> {
+        let traceparent = cx.trace.traceparent();
+        let forwarded = Forwarded {
+            request_id: &cx.ids.upstream,
+            traceparent: Some(&traceparent),
+            tracestate: cx.trace.tracestate.as_deref(),
         };
-        let attempts = Attempts { backends, max: config.max_attempts, health: &self.health, breaker: config.breaker };
-        let exchange = Exchange { stream: chat.stream, client_wants_usage: chat.client_wants_usage };
-        proxy::send(&self.upstream, &self.runtime, attempts, &build, exchange, &config.timeouts, ending).await
+        let candidates = backends
+            .iter()
+            .take(config.max_attempts as usize)
+            .map(|backend| {
+                let body = call.upstream_body(backend, config.caps.max_tokens);
+                Candidate {
+                    name: backend.name.clone(),
+                    connect_ms: backend.connect_timeout_ms.unwrap_or(config.timeouts.connect_ms),
+                    request: proxy::upstream_request(backend, call.endpoint.path(), call.stream, body, &forwarded),
+                }
+            })
+            .collect();
+        let attempts = Attempts { candidates, health: self.health.clone(), breaker: config.breaker };
+        let exchange =
+            Exchange { endpoint: call.endpoint, stream: call.stream, client_wants_usage: call.client_wants_usage };
+        proxy::send(&self.upstream, &self.runtime, attempts, exchange, &config.timeouts, ending).await
     }
 
     /// Takes this request from the caller's budgets in the consistent store (one atomic step).
@@ -335,21 +418,9 @@ where
         let answer = self.store.admit(&caller.scope, &plan.admission).await;
         let admitted = match answer.and_then(|admitted| store::checked(admitted, &plan.admission)) {
             Ok(admitted) => admitted,
-            Err(e) if config.limits_fail_open => {
-                settler.forget();
-                self.runtime.log(&log::event(
-                    "warn",
-                    "limit_store_unavailable",
-                    &[("admitted", true.into()), ("detail", e.0.into())],
-                ));
-                return Ok(None);
-            }
             Err(e) => {
                 settler.forget();
-                return Err(GatewayError::Internal {
-                    message: "The rate-limit store is unavailable; please retry.".into(),
-                    detail: format!("limit store: {}", e.0),
-                });
+                return self.store_unavailable(e, config.limits_fail_open);
             }
         };
         let (decisions, refusal) = plan.outcome(&admitted);
@@ -360,6 +431,47 @@ where
                 Err(error)
             }
             None => Ok(Some(settler)),
+        }
+    }
+}
+
+impl<U, S, R, P> Gateway<U, S, R, P>
+where
+    R: Runtime,
+{
+    /// The limit store did not answer: the request goes on unlimited (logged) when the operator
+    /// chose to fail open, else it fails.
+    fn store_unavailable<T>(&self, error: StoreError, fail_open: bool) -> Result<Option<T>, GatewayError> {
+        if fail_open {
+            let fields = [("admitted", true.into()), ("detail", error.0.into())];
+            self.runtime.log(&log::event("warn", "limit_store_unavailable", &fields));
+            return Ok(None);
+        }
+        Err(GatewayError::Internal {
+            message: "The rate-limit store is unavailable; please retry.".into(),
+            detail: format!("limit store: {}", error.0),
+        })
+    }
+
+    /// A stream's account, kept until it ends: settled then and logged.
+    fn stream_account(
+        &self,
+        settler: Option<Settler<S, R>>,
+        call: &Validated,
+        estimate: u64,
+        record: &LogRecord,
+    ) -> StreamAccount<S, R>
+    where
+        S: LimitStore + Clone + 'static,
+        R: Clone + 'static,
+    {
+        StreamAccount {
+            settler,
+            record: record.clone(),
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            prompt_estimate: call.prompt_estimate(),
+            charged_when_left: call.background.then_some(estimate),
         }
     }
 }
@@ -390,6 +502,15 @@ fn set_rate_limit_headers(headers: &mut Headers, decisions: &[(RateLimitKind, De
         headers.set(&format!("x-ratelimit-remaining-{suffix}"), d.remaining.to_string());
         headers.set(&format!("x-ratelimit-reset-{suffix}"), format_duration(d.reset_ms));
     }
+}
+
+/// `GET /v1/models/{model}`: the model if this caller may use it — else 404, exactly as for a
+/// model that does not exist, so a key never learns what it cannot list.
+fn retrieve_model(config: &Config, caller: &Caller<'_>, model: String) -> Result<Response, GatewayError> {
+    if !caller.models.allows(&model) || config.backends_serving(&model).next().is_none() {
+        return Err(GatewayError::ModelNotFound { model });
+    }
+    Ok(Response::json(200, serde_json::to_vec(&Model::served(model)).unwrap_or_default()))
 }
 
 fn list_models(config: &Config, caller: &Caller<'_>) -> Response {

@@ -397,14 +397,21 @@ fn maps_backend_failures_before_the_first_byte_to_openai_errors() {
 }
 
 #[test]
-fn a_backend_that_does_not_answer_in_time_is_504() {
+fn a_backend_that_does_not_answer_in_time_is_504_or_before_the_commit_an_error_event() {
     let (gw, upstream, runtime) = gateway();
-    let config = config();
+    let late_commit = config_with("GATEWAY_STREAM_COMMIT_MS", "60000");
     upstream.push(Script::Hang);
-    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, STREAM))));
+    let (status, _, body) = text(run(gw.handle(Ok(&late_commit), post_chat(KEY, STREAM))));
     assert_eq!(runtime.now() - T0, 10_000, "the default connect timeout");
     assert_eq!(status, 504);
     assert_eq!(error_of(&body)["code"], "upstream_timeout");
+    // By default the stream is committed at 5 s: the same timeout is its one error event.
+    let (gw, upstream, _) = gateway();
+    upstream.push(Script::Hang);
+    let (status, _, body) = text(run(gw.handle(Ok(&config()), post_chat(KEY, STREAM))));
+    assert_eq!(status, 200);
+    assert!(body.starts_with(": keep-alive"), "{body}");
+    assert_eq!(error_of(body.trim_end().rsplit("data: ").next().unwrap())["code"], "upstream_timeout");
 }
 
 #[test]

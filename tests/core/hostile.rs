@@ -5,6 +5,7 @@
 use crate::support::*;
 use edge_gateway::core::config::{Config, RequestCaps};
 use edge_gateway::core::http::{Body, Request};
+use edge_gateway::core::openai::Dialect;
 use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, BucketSet, Lease, Settlement};
 use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
 use edge_gateway::core::upstream::sse::SseScanner;
@@ -92,8 +93,8 @@ fn a_poison_request_that_makes_every_backend_answer_500_cannot_eject_them_all() 
 #[test]
 fn sse_an_error_on_a_later_data_line_of_an_event_is_never_relayed() {
     let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\ndata: {\"error\":{\"message\":\"engine died at http://10.9.8.7:8000 /srv/secret/engine.py\",\"code\":500}}\n\ndata: [DONE_EVENT]\n\n";
-    let mut scanner = SseScanner::new(false, 1 << 20);
-    let out = scanner.feed(stream.to_vec()).unwrap();
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1 << 20);
+    let out = scanner.feed(stream.to_vec());
     let out = String::from_utf8(out).unwrap();
     assert!(
         !out.contains("10.9.8.7") && !out.contains("/srv/secret"),
@@ -178,6 +179,7 @@ fn small_limits() -> RequestCaps {
     RequestCaps {
         max_body_bytes: 1 << 20,
         max_messages: 16,
+        max_embedding_inputs: 16,
         max_content_bytes: 1000,
         max_tokens: 512,
         max_n: 2,
@@ -262,31 +264,41 @@ fn concurrent_readyz_on_a_cold_cache_probe_each_backend_once() {
 
 #[test]
 fn a_504_after_the_backend_worked_on_the_request_charges_at_least_its_prompt() {
-    let cases: Vec<(&str, Config, Script, String)> = vec![
+    let prefilling = || Script::Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        after_ms: 0,
+        chunks: vec![(25_000, Ok(ROLE_EVENT.into()))],
+    };
+    let cases: Vec<(&str, Config, Script, String, u16)> = vec![
         (
             "non-stream past the total timeout",
             config_with_all(&[("GATEWAY_TOTAL_TIMEOUT_MS", "20000"), ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "5000")]),
             Script::json(200, METERED_COMPLETION).after(25_000),
             METERED_CHAT.to_string(),
+            504,
         ),
         (
-            "stream prefilling past the first-byte timeout",
-            config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
-            Script::Answer {
-                status: 200,
-                headers: vec![("content-type", "text/event-stream")],
-                after_ms: 0,
-                chunks: vec![(25_000, Ok(ROLE_EVENT.into()))],
-            },
+            "stream prefilling past the first-byte timeout, before its commit",
+            config_with_all(&[("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"), ("GATEWAY_STREAM_COMMIT_MS", "30000")]),
+            prefilling(),
             metered_stream(),
+            504,
+        ),
+        (
+            "stream prefilling past the first-byte timeout, committed and kept alive",
+            config_with("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "20000"),
+            prefilling(),
+            metered_stream(),
+            200,
         ),
     ];
     let mut free = Vec::new();
-    for (name, config, script, body) in cases {
+    for (name, config, script, body, expected) in cases {
         let (gw, upstream, runtime, store) = recording_gateway();
         upstream.push(script);
         let (status, _, _) = text(run(gw.handle(Ok(&config), post_chat(METERED_KEY, &body))));
-        assert_eq!(status, 504, "{name}");
+        assert_eq!(status, expected, "{name}");
         runtime.run_spawned();
         // Admitted on 110 (10 prompt + 100); charging the prompt is a delta of -100.
         let delta = token_delta(&store);
@@ -371,11 +383,11 @@ fn a_stream_the_client_stops_reading_is_still_bounded_by_the_total_timeout() {
 fn done_followed_by_an_oversized_unterminated_tail_still_delivers_the_answer() {
     let mut chunk = format!("{ROLE_EVENT}{TOKEN_EVENT}{DONE_EVENT}").into_bytes();
     chunk.extend(std::iter::repeat_n(b'x', 2_000));
-    let mut scanner = SseScanner::new(false, 1_024);
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1_024);
     let fed = scanner.feed(chunk);
     assert!(scanner.done(), "[DONE_EVENT] was seen");
     assert_eq!(
-        fed.as_deref().ok(),
+        Some(fed.as_slice()),
         Some(format!("{ROLE_EVENT}{TOKEN_EVENT}{DONE_EVENT}").as_bytes()),
         "DEFECT: bytes after [DONE_EVENT] (never relayed) made the scanner fail the chunk and lose the answer: {fed:?}"
     );

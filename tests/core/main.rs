@@ -4,10 +4,14 @@
 
 mod support;
 
+mod adversary2;
 mod auth;
 mod config;
+mod endpoints;
 mod gateway;
 mod hostile;
+mod layers;
+mod log;
 mod rate_limit;
 mod redis;
 mod upstream;

@@ -8,6 +8,7 @@
 
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};
+use edge_gateway::core::log::{DataPoint, LogRecord, Metrics};
 use edge_gateway::core::rate_limit::store::MemoryStore;
 use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
@@ -220,6 +221,8 @@ pub enum Script {
     },
     /// Refuses the connection.
     Refuse,
+    /// The platform refuses to send the request at all (a header or URL it will not take).
+    RefusedLocally,
     /// Never answers.
     Hang,
     /// Answers a stream that sends these events, then goes silent without closing.
@@ -240,6 +243,11 @@ impl Script {
         Script::sse_paced(chunks, 0)
     }
 
+    /// A stream of chunks, each after its own delay (an `Err` breaks the body there).
+    pub fn sse_timed(chunks: Vec<(u64, Result<Vec<u8>, BodyError>)>) -> Script {
+        Script::Answer { status: 200, headers: vec![("content-type", "text/event-stream")], after_ms: 0, chunks }
+    }
+
     /// A stream whose every chunk comes `gap_ms` after the one before (the first too).
     pub fn sse_paced(chunks: &[&str], gap_ms: u64) -> Script {
         Script::Answer {
@@ -247,6 +255,17 @@ impl Script {
             headers: vec![("content-type", "text/event-stream")],
             after_ms: 0,
             chunks: chunks.iter().map(|c| (gap_ms, Ok(c.as_bytes().to_vec()))).collect(),
+        }
+    }
+
+    /// The same answer, whose body then goes silent for a long time without closing.
+    pub fn then_silent(self) -> Script {
+        match self {
+            Script::Answer { status, headers, after_ms, mut chunks } => {
+                chunks.push((86_400_000, Ok(Vec::new())));
+                Script::Answer { status, headers, after_ms, chunks }
+            }
+            other => other,
         }
     }
 
@@ -317,9 +336,13 @@ impl Upstream for FakeUpstream {
         let watch = CloseWatch { closed: self.closed.clone(), done: false };
         let json = |s: &str| [("content-type".to_string(), s.to_string())].into_iter().collect::<Headers>();
         match script {
+            Script::RefusedLocally => {
+                watch.finish();
+                Err(ConnectError::local("invalid header value"))
+            }
             Script::Refuse => {
                 watch.finish();
-                Err(ConnectError("connection refused".into()))
+                Err(ConnectError::network("connection refused"))
             }
             Script::Hang => futures::future::pending().await,
             Script::StreamThenStall(events) => {
@@ -348,6 +371,16 @@ impl Upstream for FakeUpstream {
                 Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
             }
         }
+    }
+}
+
+/// A metrics sink that keeps what it was fed.
+#[derive(Clone, Default)]
+pub struct CapturedMetrics(pub Rc<RefCell<Vec<DataPoint>>>);
+
+impl Metrics for CapturedMetrics {
+    fn record(&self, record: &LogRecord) {
+        self.0.borrow_mut().push(record.data_point());
     }
 }
 
@@ -420,10 +453,15 @@ pub fn headers(pairs: &[(&str, &str)]) -> Headers {
 }
 
 pub fn post_chat(key: &str, body: &str) -> Request {
+    post_to("/v1/chat/completions", key, body)
+}
+
+/// A JSON `POST` to `path` with `key`.
+pub fn post_to(path: &str, key: &str, body: &str) -> Request {
     let auth = format!("Bearer {key}");
     Request::new(
         "POST",
-        "/v1/chat/completions",
+        path,
         headers(&[("authorization", &auth), ("content-type", "application/json")]),
         body.as_bytes().to_vec(),
     )

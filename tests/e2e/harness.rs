@@ -62,7 +62,15 @@ pub const BYPASS_KEY: &str = "sk-e2e-bypass";
 pub const SHARED_ID_KEY: &str = "sk-e2e-shared-id";
 /// A key limited to one request at once, for the clients-leaving case.
 pub const LEAVING_KEY: &str = "sk-e2e-leaving";
-
+/// Keys limited to [`ENDPOINT_RPM`] requests a minute, one per endpoint's 429 case.
+pub const EMBED_KEY: &str = "sk-e2e-embed";
+pub const COMPLETE_KEY: &str = "sk-e2e-complete";
+pub const RESPOND_KEY: &str = "sk-e2e-respond";
+pub const ENDPOINT_RPM: u32 = 2;
+/// A key for [`MODEL`] alone, which one backend serves: it may reach stored responses.
+pub const STATE_KEY: &str = "sk-e2e-state";
+/// Items one embeddings request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 16;
 /// Total text (bytes) a request may carry: below the body cap, so the content cap is what refuses.
 pub const MAX_CONTENT_BYTES: usize = 16_384;
 
@@ -105,6 +113,42 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The request records the runtime has logged so far (its JSON lines with a `request_id`).
+    pub fn log_records(&self) -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(self.state.join(format!("{}.log", self.host.name()))).unwrap_or_default();
+        log.lines()
+            // `wasmtime serve` prefixes each line with `stdout [instance] :: `.
+            .filter_map(|line| {
+                line.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&line[at..]).ok())
+            })
+            .filter(|record| record.get("request_id").is_some())
+            .collect()
+    }
+
+    /// The data points a capturing metrics binding logged (`GATEWAY_METRICS=capture`, Workers
+    /// only), and the request records, each in the order they were written.
+    pub fn metrics_points_and_records(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let log = std::fs::read_to_string(self.state.join(format!("{}.log", self.host.name()))).unwrap_or_default();
+        let points = log
+            .lines()
+            .filter_map(|line| {
+                line.find('{').and_then(|at| serde_json::from_str::<serde_json::Value>(&line[at..]).ok())
+            })
+            .filter_map(|line| line.get("metrics_point").cloned())
+            .collect();
+        (points, self.log_records())
+    }
+
+    /// The record of the request whose client was given `request_id`, once it is logged.
+    pub fn log_record(&self, request_id: &str) -> serde_json::Value {
+        let mut found = None;
+        crate::support::wait_until(Duration::from_secs(10), || {
+            found = self.log_records().into_iter().find(|r| r["request_id"] == request_id);
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no log record for {request_id}"))
+    }
+
     /// Stops the runtime and starts it again on the same state and address (the limit store
     /// keeps running), as a redeploy or an evicted instance would.
     pub fn restart_runtime(&mut self) {
@@ -216,6 +260,10 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         key("bypass", BYPASS_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","tokens_per_minute":{METERED_TPM}"#)),
         key("shared-id", SHARED_ID_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":2"#),
         key("leaving", LEAVING_KEY, &format!(r#"["{MODEL}"]"#), r#","max_in_flight":1"#),
+        key("embed", EMBED_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("complete", COMPLETE_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("respond", RESPOND_KEY, &format!(r#"["{MODEL}"]"#), &format!(r#","requests_per_minute":{ENDPOINT_RPM}"#)),
+        key("state", STATE_KEY, &format!(r#"["{MODEL}"]"#), ""),
     ];
     let jwt = format!(
         r#"{{"issuer":"{JWT_ISSUER}","audience":"{JWT_AUDIENCE}","hs256_secret":"JWT_SECRET","tokens_per_minute":100000}}"#
@@ -236,6 +284,7 @@ fn variables(mocks: &[&MockBackend; 5], extra: &[&str], page_port: u16) -> Vec<(
         // A non-stream answer is waited for up to the total timeout: keep the fault table short.
         ("GATEWAY_TOTAL_TIMEOUT_MS", TOTAL_TIMEOUT_MS.to_string()),
         ("GATEWAY_MAX_CONTENT_BYTES", MAX_CONTENT_BYTES.to_string()),
+        ("GATEWAY_MAX_EMBEDDING_INPUTS", MAX_EMBEDDING_INPUTS.to_string()),
         // The readiness case stops a backend and expects the next call to see it.
         ("GATEWAY_READYZ_CACHE_MS", "0".to_string()),
         // Cases share backends and provoke faults on purpose: no case may eject a backend that

@@ -32,6 +32,7 @@ macro_rules! run_cases {
                 each_timeout_phase_fires_on_its_own_limit,
                 all_backends_ejected_is_a_503_that_says_when_to_retry,
                 readyz_probes_once_per_period_and_names_no_model,
+                a_long_prefill_is_kept_alive_until_its_first_token,
             );
             run_cases!(@dedicated_in boundary, $dedicated;
                 a_backend_splitting_events_anywhere_reaches_the_client_unchanged,
@@ -74,6 +75,11 @@ macro_rules! run_cases {
                 every_tokenized_text_counts_toward_the_content_cap,
                 a_client_that_leaves_before_the_answer_does_not_keep_its_slot,
                 a_backends_retry_after_is_clamped,
+                a_callers_trace_reaches_the_backend_and_the_log,
+                embeddings_are_validated_proxied_and_limited,
+                legacy_completions_are_validated_proxied_streamed_and_limited,
+                the_responses_api_is_validated_proxied_streamed_and_limited,
+                a_model_is_retrieved_only_by_keys_that_may_list_it,
             );
         }
     };
@@ -113,6 +119,14 @@ macro_rules! run_cases {
 
 run_cases!(workerd_gateway, crate::workerd::gateway, crate::workerd::dedicated);
 run_cases!(wasi_gateway, crate::wasi::gateway, crate::wasi::dedicated);
+
+/// Cases about the Workers build alone (its bindings), run in workerd only.
+mod workerd_gateway_only {
+    #[test]
+    fn each_request_writes_one_analytics_engine_point_equal_to_its_log_record() {
+        crate::cases::each_request_writes_one_analytics_engine_point_equal_to_its_log_record(crate::workerd::dedicated);
+    }
+}
 
 /// Cases about the Spin build alone (its Redis, its host), run on the WASI host only.
 mod wasi_gateway_only {

@@ -9,7 +9,7 @@ use edge_gateway::core::redis::{
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 struct Redis {
@@ -19,9 +19,8 @@ struct Redis {
 
 fn redis() -> Redis {
     let port = free_port();
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null());
+    let mut cmd = crate::support::launch::redis(port);
+    cmd.stdout(Stdio::null());
     let proc = Proc::spawn(cmd);
     let addr = format!("127.0.0.1:{port}");
     assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()), "redis-server did not start");
@@ -215,9 +214,8 @@ fn a_redis_cluster_accepts_every_script_because_its_keys_share_a_slot() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("edge-gateway-cluster-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+    let mut cmd = crate::support::launch::redis(port);
+    cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .current_dir(&dir)
         .stdout(Stdio::null());
     let _proc = Proc::spawn(cmd);

@@ -2,8 +2,10 @@
 
 Run by the end-to-end suite with GATEWAY_URL (ending in /v1), KEY, RATE_KEY (60 requests per
 minute, for this script alone) and MODEL in the environment. Exits non-zero on any failure.
+With the argument `keep-alive`, runs only the long-prefill stream (see the end-to-end case).
 """
 import os
+import sys
 import time
 
 import openai
@@ -17,6 +19,22 @@ client = OpenAI(base_url=BASE_URL, api_key=os.environ["KEY"], max_retries=0, tim
 def expected(n):
     return "".join(f"tok{i} " for i in range(n))
 
+
+if sys.argv[1:] == ["keep-alive"]:
+    # A 7 s prefill: the gateway commits the stream first and sends `: keep-alive` comments
+    # until the first token; the SDK must skip them and see only the chunks.
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_body={"mock": {"chunks": 3, "prefill_ms": 7000}},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected(3), text
+    assert all(c.object == "chat.completion.chunk" for c in chunks), chunks
+    print("keep-alive comments skipped: ok")
+    sys.exit(0)
 
 # Non-stream: a typed ChatCompletion with usage.
 completion = client.chat.completions.create(
@@ -43,6 +61,44 @@ for chunk in stream:
 assert text == expected(6), text
 assert usage is not None and usage.completion_tokens == 6, usage
 print("stream: ok")
+
+# Model lookup: the one model, and a typed 404 for one the key cannot use.
+model = client.models.retrieve(MODEL)
+assert model.id == MODEL and model.object == "model", model
+try:
+    client.models.retrieve("gpt-9")
+    raise AssertionError("an unknown model was found")
+except openai.NotFoundError as e:
+    assert e.status_code == 404 and e.code == "model_not_found", e
+print("models.retrieve: ok")
+
+# Embeddings: the SDK asks for base64 unless told otherwise and decodes it itself.
+embeddings = client.embeddings.create(model=MODEL, input=["alpha", "beta"])
+assert [len(d.embedding) for d in embeddings.data] == [8, 8], embeddings
+assert embeddings.usage.prompt_tokens > 0, embeddings.usage
+floats = client.embeddings.create(model=MODEL, input="alpha", encoding_format="float")
+pairs = zip(floats.data[0].embedding, embeddings.data[0].embedding)
+assert all(abs(a - b) < 1e-6 for a, b in pairs), "base64 and float agree (to float32's precision)"
+print("embeddings: ok")
+
+# Legacy completions: OpenAI's default of 16 tokens, and a stream.
+legacy = client.completions.create(model=MODEL, prompt="Once upon a time", extra_body={"mock": {"chunks": 20}})
+assert legacy.choices[0].text == expected(16) and legacy.usage.completion_tokens == 16, legacy
+chunks = client.completions.create(model=MODEL, prompt="Once", max_tokens=3, stream=True)
+assert "".join(c.choices[0].text for c in chunks if c.choices) == expected(3)
+print("completions: ok")
+
+# The Responses API, whole and streamed.
+response = client.responses.create(model=MODEL, input="Say hello", extra_body={"mock": {"chunks": 2}})
+assert response.output_text == expected(2) and response.usage.output_tokens == 2, response
+events = list(client.responses.create(model=MODEL, input="Say hello", stream=True, extra_body={"mock": {"chunks": 3}}))
+assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == expected(3)
+assert events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == 3, events[-1]
+# Stored state, with a key whose one model lives on one backend.
+single = OpenAI(base_url=BASE_URL, api_key=os.environ["RATE_KEY"], max_retries=0)
+stored = single.responses.create(model=MODEL, input="Remember 7", store=True, extra_body={"mock": {"chunks": 1}})
+assert single.responses.retrieve(stored.id).id == stored.id
+print("responses: ok")
 
 # Typed errors.
 try:

@@ -58,6 +58,19 @@ pub fn wrangler() -> Wrangler {
     }
 }
 
+/// The Analytics Engine binding the Workers build writes metrics to.
+const METRICS_BINDING: &str = "GATEWAY_METRICS";
+
+/// A stand-in Analytics Engine dataset: logs each data point as one JSON line, exactly as given.
+const METRICS_CAPTURE: &str = r#"export default function () {
+  return {
+    writeDataPoint(point) {
+      console.log(JSON.stringify({ metrics_point: point }));
+    },
+  };
+}
+"#;
+
 /// What workerd serves.
 pub enum Script<'a> {
     /// The gateway's release bundle (`make worker`), with its Durable Object, storage under `dir`.
@@ -73,8 +86,21 @@ pub fn workerd(dir: &Path, port: u16, script: Script<'_>, vars: &[(String, Strin
     assert!(workerd.exists(), "workerd is missing: run `make node-tools` (`make test` does)");
     let settings = wrangler();
     let text = capnp_text;
-    let mut bindings: Vec<String> =
-        vars.iter().map(|(name, value)| format!("(name = {}, text = {})", text(name), text(value))).collect();
+    // `GATEWAY_METRICS=capture` binds the metrics dataset to a wrapped binding that writes each
+    // data point to the log as `{"metrics_point":{…}}` (what `wrangler dev` binds is a no-op).
+    let capture_metrics = vars.iter().any(|(name, value)| name == METRICS_BINDING && value == "capture");
+    let mut bindings: Vec<String> = vars
+        .iter()
+        .filter(|(name, _)| name != METRICS_BINDING)
+        .map(|(name, value)| format!("(name = {}, text = {})", text(name), text(value)))
+        .collect();
+    if capture_metrics {
+        bindings.push(format!(
+            "(name = {}, wrapped = (moduleName = \"edge-gateway-test:metrics\", innerBindings = []))",
+            text(METRICS_BINDING)
+        ));
+        std::fs::write(dir.join("metrics-capture.js"), METRICS_CAPTURE).expect("metrics capture module");
+    }
     let mut services = vec![
         r#"(name = "gateway", worker = .gateway)"#.to_string(),
         r#"(name = "internet", network = (allow = ["public", "private", "local"]))"#.to_string(),
@@ -128,13 +154,17 @@ pub fn workerd(dir: &Path, port: u16, script: Script<'_>, vars: &[(String, Strin
         }
     };
     let flags: Vec<String> = settings.compatibility_flags.iter().map(|f| text(f)).collect();
+    let extensions = match capture_metrics {
+        true => "\n  extensions = [(modules = [(name = \"edge-gateway-test:metrics\", esModule = embed \"metrics-capture.js\", internal = true)])],",
+        false => "",
+    };
     let config = format!(
         r#"using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
     {services},
   ],
-  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "gateway")],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "gateway")],{extensions}
 );
 const gateway :Workerd.Worker = (
   modules = [

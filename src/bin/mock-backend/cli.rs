@@ -3,14 +3,16 @@
 use std::time::Duration;
 
 pub(crate) const USAGE: &str = "usage: mock-backend [--addr HOST:PORT] [--model NAME]... \
-    [--chunks N] [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--api-key KEY] \
-    [--strict-request-id] [--name NAME] [--verbose]";
+    [--chunks N] [--chunk-delay-ms D] [--prefill-ms P] [--max-model-len N] [--embedding-dims N] \
+    [--api-key KEY] [--strict-request-id] [--head-with-first-token] [--name NAME] [--verbose]";
 /// Most completion tokens one request may ask for.
 pub(crate) const MAX_TOKENS: u64 = 100_000;
 /// Longest pause a request may ask for before each token, or before the first.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(600);
 /// Largest `--max-model-len` accepted.
 pub(crate) const MAX_MODEL_LEN: u64 = 100_000_000;
+/// Longest embedding vector `--embedding-dims` may ask for.
+pub(crate) const MAX_EMBEDDING_DIMS: u64 = 65_536;
 /// What `/v1/models` reports as `max_model_len` when `--max-model-len` is not given.
 pub(crate) const DEFAULT_MAX_MODEL_LEN: u64 = 4096;
 pub(crate) const DEFAULT_MODEL: &str = "mock-llama";
@@ -25,9 +27,14 @@ pub(crate) struct Config {
     pub(crate) prefill: Duration,
     /// vLLM's `--max-model-len`: enforced only when given (see `context`).
     pub(crate) max_model_len: Option<u64>,
+    /// Length of the vectors `/v1/embeddings` answers with (before `dimensions` shortens them).
+    pub(crate) embedding_dims: usize,
     pub(crate) api_key: Option<String>,
     /// Refuse a non-UUID `x-request-id` as llama-cpp-python does (see `request_id`).
     pub(crate) strict_request_id: bool,
+    /// Send a stream's response head only with its first event, after the prefill, as
+    /// llama.cpp's `llama-server` and Ollama do (vLLM, SGLang and TGI send it at once).
+    pub(crate) head_with_first_token: bool,
     /// Which faults this instance obeys: `mock.fault_on` names the one that should fail, so a
     /// failover test can break one backend and not its replacement.
     pub(crate) name: Option<String>,
@@ -47,8 +54,10 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
         chunk_delay: Duration::ZERO,
         prefill: Duration::ZERO,
         max_model_len: None,
+        embedding_dims: 8,
         api_key: None,
         strict_request_id: false,
+        head_with_first_token: false,
         name: None,
         verbose: false,
     };
@@ -77,8 +86,16 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Confi
                 }
                 config.max_model_len = Some(len);
             }
+            "--embedding-dims" => {
+                let dims = parse_number(&flag, &value()?, MAX_EMBEDDING_DIMS)?;
+                config.embedding_dims = match usize::try_from(dims) {
+                    Ok(dims) if dims > 0 => dims,
+                    _ => return Err(CliError::Invalid(format!("{flag} must be at least 1"))),
+                };
+            }
             "--api-key" => config.api_key = Some(value()?),
             "--strict-request-id" => config.strict_request_id = true,
+            "--head-with-first-token" => config.head_with_first_token = true,
             "--name" => config.name = Some(value()?),
             "--verbose" | "-v" => config.verbose = true,
             "--help" | "-h" => return Err(CliError::Help),

@@ -1,13 +1,16 @@
-//! One generated completion, rendered as vLLM's JSON response or as its stream
+//! One generated chat completion, rendered as vLLM's JSON response or as its stream
 //! chunks; the wire shapes follow vLLM's field order.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::plan::Generation;
 use crate::reply::SseEvent;
+use crate::response::Response;
+use crate::tokens::{generated_text, token_text};
 
-/// One generated completion, rendered either whole or as stream chunks.
+/// One generated chat completion, rendered either whole or as stream chunks.
 pub(crate) struct Completion {
     pub(crate) id: String,
     pub(crate) created: u64,
@@ -15,10 +18,8 @@ pub(crate) struct Completion {
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
     pub(crate) finish_reason: &'static str,
-}
-
-fn token(index: u64) -> String {
-    format!("tok{index} ")
+    /// `stream_options.include_usage`: the stream ends with a usage chunk.
+    pub(crate) include_usage: bool,
 }
 
 impl Completion {
@@ -30,7 +31,7 @@ impl Completion {
         }
     }
 
-    pub(crate) fn response(&self) -> ChatCompletion<'_> {
+    fn body(&self) -> ChatCompletion<'_> {
         ChatCompletion {
             id: &self.id,
             object: "chat.completion",
@@ -38,7 +39,7 @@ impl Completion {
             model: &self.model,
             choices: [Choice {
                 index: 0,
-                message: Message { role: "assistant", content: (0..self.completion_tokens).map(token).collect() },
+                message: Message { role: "assistant", content: generated_text(self.completion_tokens) },
                 logprobs: None,
                 finish_reason: self.finish_reason,
             }],
@@ -58,27 +59,44 @@ impl Completion {
         };
         serde_json::to_string(&chunk).unwrap_or_default()
     }
+}
+
+impl Generation for Completion {
+    fn tokens(&self) -> u64 {
+        self.completion_tokens
+    }
+
+    fn response(&self) -> Response {
+        Response::json(200, &self.body())
+    }
 
     /// The stream's events: the role chunk after `prefill` (vLLM sends it with the first
     /// token, once prefill is over), each token `delay` after the previous chunk, then the
     /// finish chunk, the usage chunk if asked for, and `[DONE]` at once.
-    pub(crate) fn stream_events(&self, include_usage: bool, prefill: Duration, delay: Duration) -> Vec<SseEvent> {
-        let usage_field = include_usage.then_some(None);
+    fn stream_events(&self, prefill: Duration, delay: Duration) -> Vec<SseEvent> {
+        let usage_field = self.include_usage.then_some(None);
         let choice = |delta, finish_reason| vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason }];
-        let immediate = |data| SseEvent { data, delay: Duration::ZERO };
+        let immediate = |data| SseEvent::data(data, Duration::ZERO);
 
         let role = Delta { role: Some("assistant"), content: Some(String::new()) };
-        let mut events = vec![SseEvent { data: self.chunk(choice(role, None), usage_field), delay: prefill }];
-        events.extend((0..self.completion_tokens).map(|i| SseEvent {
-            data: self.chunk(choice(Delta { role: None, content: Some(token(i)) }, None), usage_field),
-            delay,
+        let mut events = vec![SseEvent::data(self.chunk(choice(role, None), usage_field), prefill)];
+        events.extend((0..self.completion_tokens).map(|i| {
+            SseEvent::data(
+                self.chunk(choice(Delta { role: None, content: Some(token_text(i)) }, None), usage_field),
+                delay,
+            )
         }));
         events.push(immediate(self.chunk(choice(Delta::default(), Some(self.finish_reason)), usage_field)));
-        if include_usage {
+        if self.include_usage {
             events.push(immediate(self.chunk(Vec::new(), Some(Some(self.usage())))));
         }
         events.push(immediate("[DONE]".to_owned()));
         events
+    }
+
+    /// The role chunk, then one chunk per token.
+    fn events_through(&self, tokens: u64) -> usize {
+        usize::try_from(tokens).unwrap_or(usize::MAX).saturating_add(1)
     }
 }
 
@@ -90,7 +108,7 @@ struct Usage {
 }
 
 #[derive(Serialize)]
-pub(crate) struct ChatCompletion<'a> {
+struct ChatCompletion<'a> {
     id: &'a str,
     object: &'static str,
     created: u64,

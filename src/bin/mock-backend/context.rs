@@ -66,3 +66,21 @@ pub(crate) fn completion_budget(
         None => Ok(Some(context - prompt_tokens)),
     }
 }
+
+/// An embedding input item must fit in the context (it may fill it: nothing is generated),
+/// else vLLM's 400 from `_validate_input` for `EmbeddingCompletionRequest`.
+pub(crate) fn embedding_input_fits(max_model_len: Option<u64>, tokens: u64) -> Result<(), Response> {
+    match max_model_len {
+        Some(context) if tokens > context => Err(vllm_error_with_param(
+            400,
+            "BadRequestError",
+            &format!(
+                "This model's maximum context length is {context} tokens. However, you requested \
+                 {tokens} tokens in the input for embedding generation. Please reduce the length \
+                 of the input. (parameter=input_tokens, value={tokens})"
+            ),
+            "input_tokens",
+        )),
+        _ => Ok(()),
+    }
+}

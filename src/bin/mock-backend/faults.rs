@@ -30,6 +30,8 @@ pub(crate) const ENGINE_FAILURE: &str =
 
 /// A generation that fails part-way (`error_event`, `error_event_legacy`).
 pub(crate) struct Failure {
+    /// Which of the two faults it is (the Responses API ends its stream differently for each).
+    pub(crate) fault: Fault,
     /// Tokens generated before the failure.
     pub(crate) after_tokens: u64,
     /// A stream's last event before `[DONE]`.
@@ -68,8 +70,7 @@ impl Fault {
             Self::PlainText500 => Response::raw(500, "text/plain; charset=utf-8", b"upstream exploded"),
             Self::Hang => return Some(Reply::Hang),
             Self::MalformedSse => {
-                let events =
-                    ["{not json", "[DONE]"].map(|data| SseEvent { data: data.to_owned(), delay: Duration::ZERO });
+                let events = ["{not json", "[DONE]"].map(|data| SseEvent::data(data, Duration::ZERO));
                 return Some(Reply::Stream(StreamPlan::new(events.into(), Ending::Complete)));
             }
             Self::Reset | Self::ErrorEvent | Self::ErrorEventLegacy => return None,
@@ -90,6 +91,6 @@ impl Fault {
             }
             _ => return None,
         };
-        Some(Failure { after_tokens: 2, event, response })
+        Some(Failure { fault: self, after_tokens: 2, event, response })
     }
 }

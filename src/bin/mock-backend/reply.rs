@@ -55,10 +55,24 @@ impl StreamPlan {
 }
 
 pub(crate) struct SseEvent {
+    /// The `event:` line's value, if the event has one (the Responses API names every event).
+    pub(crate) name: Option<&'static str>,
     /// What follows `data: `.
     pub(crate) data: String,
     /// Pause before the event is sent.
     pub(crate) delay: Duration,
+}
+
+impl SseEvent {
+    /// An event with only a `data:` line, as chat and text completions send them.
+    pub(crate) fn data(data: impl Into<String>, delay: Duration) -> Self {
+        Self { name: None, data: data.into(), delay }
+    }
+
+    /// An event with an `event:` line naming it, as the Responses API sends them.
+    pub(crate) fn named(name: &'static str, data: String, delay: Duration) -> Self {
+        Self { name: Some(name), data, delay }
+    }
 }
 
 #[derive(PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Shared state: the configuration, the stream and request counters, and the
-//! recorded chat requests that tests read back.
+//! recorded generation requests that tests read back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -8,17 +8,21 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::Config;
 use crate::request::Request;
+use crate::response_store::ResponseStore;
 
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) next_id: AtomicU64,
     pub(crate) stats: Stats,
+    /// Responses API responses created with `store`.
+    pub(crate) responses: ResponseStore,
     last_request: Mutex<Option<Value>>,
-    /// Recent chat requests by their `x-request-id`, oldest first, for tests running in parallel.
+    /// Recent generation requests by their `x-request-id`, oldest first, for tests running in
+    /// parallel.
     by_request_id: Mutex<std::collections::VecDeque<(String, Value)>>,
 }
 
-/// How many chat requests `/mock/requests/{id}` remembers.
+/// How many requests `/mock/requests/{id}` remembers.
 const REMEMBERED_REQUESTS: usize = 4096;
 
 #[derive(Default)]
@@ -39,13 +43,15 @@ impl State {
             config,
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
+            responses: ResponseStore::default(),
             last_request: Mutex::new(None),
             by_request_id: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
-    /// Counts a chat request and remembers it for `/mock/last-request`.
-    pub(crate) fn record_chat_request(&self, request: &Request) {
+    /// Counts a generation request (`POST` to chat, completions, embeddings or responses)
+    /// and remembers it for `/mock/last-request` and `/mock/requests/{id}`.
+    pub(crate) fn record_request(&self, request: &Request) {
         self.stats.requests.fetch_add(1, Ordering::SeqCst);
         let mut headers = Map::new();
         for (name, value) in &request.headers {
@@ -71,7 +77,7 @@ impl State {
         *self.last_request.lock().unwrap_or_else(PoisonError::into_inner) = Some(record);
     }
 
-    /// The chat request that carried `x-request-id: id`, if it is still remembered.
+    /// The recorded request that carried `x-request-id: id`, if it is still remembered.
     pub(crate) fn request_by_id(&self, id: &str) -> Option<Value> {
         let recent = self.by_request_id.lock().unwrap_or_else(PoisonError::into_inner);
         recent.iter().rev().find(|(seen, _)| seen == id).map(|(_, record)| record.clone())

@@ -11,7 +11,7 @@ use crate::state::State;
 
 pub(crate) fn write_stream(conn: &mut TcpStream, state: &State, plan: &StreamPlan, close: bool) -> After {
     let _open = state.stats.stream_opened();
-    if send_events(conn, plan, close).is_err() {
+    if send_events(conn, plan, close, state.config.head_with_first_token).is_err() {
         state.stats.client_disconnected();
         return After::Abort;
     }
@@ -25,11 +25,16 @@ pub(crate) fn write_stream(conn: &mut TcpStream, state: &State, plan: &StreamPla
     }
 }
 
-fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Result<()> {
+/// Writes the head — at once, or (`head_late`, llama-server's way) only with the first event — then
+/// each event after its delay.
+fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool, head_late: bool) -> io::Result<()> {
     let mut headers = vec![("cache-control", "no-cache".to_owned())];
     headers.extend(plan.headers.iter().cloned());
     let head = response_head(200, Some("text/event-stream; charset=utf-8"), &headers, Framing::Chunked, close);
-    conn.write_all(head.as_bytes())?;
+    let mut head = Some(head);
+    if !head_late {
+        conn.write_all(head.take().unwrap_or_default().as_bytes())?;
+    }
     for event in &plan.events {
         if event.delay.is_zero() {
             if peer_closed(conn) {
@@ -38,7 +43,17 @@ fn send_events(conn: &mut TcpStream, plan: &StreamPlan, close: bool) -> io::Resu
         } else {
             pause_watching(conn, event.delay)?;
         }
-        write_chunk(conn, format!("data: {}\n\n", event.data).as_bytes())?;
+        if let Some(head) = head.take() {
+            conn.write_all(head.as_bytes())?;
+        }
+        let frame = match event.name {
+            Some(name) => format!("event: {name}\ndata: {}\n\n", event.data),
+            None => format!("data: {}\n\n", event.data),
+        };
+        write_chunk(conn, frame.as_bytes())?;
+    }
+    if let Some(head) = head {
+        conn.write_all(head.as_bytes())?;
     }
     if plan.ending == Ending::Complete {
         conn.write_all(b"0\r\n\r\n")?;

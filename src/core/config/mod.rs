@@ -34,6 +34,7 @@ pub mod vars {
     pub const CORS_ORIGINS: &str = "GATEWAY_CORS_ORIGINS";
     pub const MAX_BODY_BYTES: &str = "GATEWAY_MAX_BODY_BYTES";
     pub const MAX_MESSAGES: &str = "GATEWAY_MAX_MESSAGES";
+    pub const MAX_EMBEDDING_INPUTS: &str = "GATEWAY_MAX_EMBEDDING_INPUTS";
     pub const MAX_CONTENT_BYTES: &str = "GATEWAY_MAX_CONTENT_BYTES";
     pub const MAX_TOKENS: &str = "GATEWAY_MAX_TOKENS";
     pub const MAX_N: &str = "GATEWAY_MAX_N";
@@ -52,6 +53,8 @@ pub mod vars {
     pub const REDIS_URL: &str = "GATEWAY_REDIS_URL";
     pub const ALLOW_REMOTE_MEDIA: &str = "GATEWAY_ALLOW_REMOTE_MEDIA";
     pub const READYZ_CACHE_MS: &str = "GATEWAY_READYZ_CACHE_MS";
+    pub const STREAM_COMMIT_MS: &str = "GATEWAY_STREAM_COMMIT_MS";
+    pub const KEEPALIVE_MS: &str = "GATEWAY_KEEPALIVE_MS";
     pub const REDIS_TIMEOUT_MS: &str = "GATEWAY_REDIS_TIMEOUT_MS";
 }
 
@@ -108,8 +111,12 @@ pub struct Backend {
     /// Share of traffic among healthy backends of the same priority.
     pub weight: u32,
     /// The backend's context length (vLLM's `--max-model-len`), when declared: a `max_tokens`
-    /// the gateway injects is kept within it (see `validate::ValidatedChat::injection`).
+    /// the gateway injects is kept within it (see `validate::Validated::injection`).
     pub max_model_len: Option<u32>,
+    /// How long this backend may take to send a stream's response head, when not the gateway's
+    /// `GATEWAY_CONNECT_TIMEOUT_MS`: llama.cpp's server and Ollama send it only with the first
+    /// token, after the whole prefill.
+    pub connect_timeout_ms: Option<u64>,
 }
 
 impl Backend {
@@ -188,6 +195,8 @@ pub enum Cors {
 pub struct RequestCaps {
     pub max_body_bytes: usize,
     pub max_messages: usize,
+    /// Items in one embeddings request's `input` (and prompts in one legacy completion).
+    pub max_embedding_inputs: usize,
     /// Total bytes of text content across all messages.
     pub max_content_bytes: usize,
     /// Upper bound for `max_tokens`/`max_completion_tokens`; injected when the client sends none.
@@ -212,6 +221,12 @@ pub struct Timeouts {
     pub total_ms: u64,
     /// How long a `/readyz` probe round is reused before backends are probed again.
     pub readyz_cache_ms: u64,
+    /// How long a stream that a backend has taken may go without its first event before the
+    /// gateway commits to `200` anyway and keeps the connection alive with SSE comments (after
+    /// that, no failover: a failure is the stream's final error event).
+    pub stream_commit_ms: u64,
+    /// How often a committed stream that still waits for its first event sends `: keep-alive`.
+    pub keepalive_ms: u64,
 }
 
 impl Config {
@@ -232,6 +247,11 @@ impl Config {
     /// The backends that serve `model`.
     pub fn backends_serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
         self.backends.iter().filter(move |b| b.serves(model))
+    }
+
+    /// The backends that serve at least one model `allowed` accepts.
+    pub fn backends_for(&self, allowed: impl Fn(&str) -> bool) -> Vec<&Backend> {
+        self.backends.iter().filter(|b| b.models.iter().any(|m| allowed(m))).collect()
     }
 
     /// Every model some backend serves, each once, in configured order.

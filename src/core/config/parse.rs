@@ -19,6 +19,7 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
     let caps = RequestCaps {
         max_body_bytes: number(lookup, vars::MAX_BODY_BYTES, 1 << 20, 1, 64 << 20)? as usize,
         max_messages: number(lookup, vars::MAX_MESSAGES, 256, 1, 100_000)? as usize,
+        max_embedding_inputs: number(lookup, vars::MAX_EMBEDDING_INPUTS, 2048, 1, 100_000)? as usize,
         max_content_bytes: number(lookup, vars::MAX_CONTENT_BYTES, 512 << 10, 1, 64 << 20)? as usize,
         max_tokens: number(lookup, vars::MAX_TOKENS, 4096, 1, 10_000_000)? as u32,
         max_n: number(lookup, vars::MAX_N, 4, 1, 128)? as u32,
@@ -31,6 +32,8 @@ pub fn config(lookup: &dyn Lookup) -> Result<Config, ConfigError> {
         health_ms: number(lookup, vars::HEALTH_TIMEOUT_MS, 2_000, 1, 60_000)?,
         total_ms: number(lookup, vars::TOTAL_TIMEOUT_MS, 600_000, 1, 86_400_000)?,
         readyz_cache_ms: number(lookup, vars::READYZ_CACHE_MS, 5_000, 0, 3_600_000)?,
+        stream_commit_ms: number(lookup, vars::STREAM_COMMIT_MS, 5_000, 0, 3_600_000)?,
+        keepalive_ms: number(lookup, vars::KEEPALIVE_MS, 15_000, 100, 3_600_000)?,
     };
     if timeouts.first_byte_ms > timeouts.total_ms {
         return Err(ConfigError(format!(
@@ -88,6 +91,8 @@ struct RawBackend {
     weight: u32,
     #[serde(default)]
     max_model_len: Option<u32>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
 }
 
 fn default_weight() -> u32 {
@@ -198,6 +203,9 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
         if b.max_model_len == Some(0) {
             return Err(ConfigError(format!("{at}.max_model_len must be at least 1")));
         }
+        if b.connect_timeout_ms.is_some_and(|ms| !(1..=3_600_000).contains(&ms)) {
+            return Err(ConfigError(format!("{at}.connect_timeout_ms must be from 1 to 3600000")));
+        }
         backends.push(Backend {
             name: b.name,
             base_url: url.to_string(),
@@ -207,6 +215,7 @@ fn parse_backends(lookup: &dyn Lookup) -> Result<Vec<Backend>, ConfigError> {
             priority: b.priority,
             weight: b.weight,
             max_model_len: b.max_model_len,
+            connect_timeout_ms: b.connect_timeout_ms,
         });
     }
     Ok(backends)

@@ -134,12 +134,6 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
         self.sent = true;
     }
 
-    /// What a stream cut short is charged when its usage never arrived: the prompt estimate plus
-    /// one token per content chunk relayed.
-    pub fn charge_for_partial_stream(&self, content_events: u64) -> u64 {
-        self.prompt_estimate + content_events
-    }
-
     fn settle_once(&mut self, tokens: u64) {
         if std::mem::replace(&mut self.settled, true) {
             return;

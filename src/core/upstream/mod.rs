@@ -1,13 +1,17 @@
 //! Outbound HTTP to inference backends: the one trait adapters implement with their fetch, and
 //! everything about backends — which one ([`balance`]), whether it is ready ([`readiness`]), the
-//! call and its relay ([`proxy`], [`sse`]), and what its failures mean ([`errors`]).
+//! call and its relay ([`proxy`], [`commit`], [`relay`], [`sse`]), state a backend keeps
+//! ([`stored`]), and what its failures mean ([`errors`]).
 
 pub mod balance;
+pub mod commit;
 pub mod errors;
+mod found;
 pub mod proxy;
 pub mod readiness;
 pub mod relay;
 pub mod sse;
+pub mod stored;
 
 use crate::core::http::{BodyStream, Headers};
 use crate::core::runtime::Runtime;
@@ -29,9 +33,26 @@ pub struct UpstreamResponse {
     pub body: BodyStream,
 }
 
-/// The backend could not be reached (refused, reset, DNS); the text is for logs only.
+/// The request never got an answer: the backend could not be reached (refused, reset, DNS), or
+/// — `local` — the platform would not even send it (a header or URL it refuses), which is no
+/// fault of the backend's. The text is for logs only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectError(pub String);
+pub struct ConnectError {
+    pub message: String,
+    pub local: bool,
+}
+
+impl ConnectError {
+    /// The backend could not be reached.
+    pub fn network(message: impl Into<String>) -> Self {
+        ConnectError { message: message.into(), local: false }
+    }
+
+    /// The platform refused to send the request.
+    pub fn local(message: impl Into<String>) -> Self {
+        ConnectError { message: message.into(), local: true }
+    }
+}
 
 /// Sends requests to backends.
 #[allow(async_fn_in_trait)]

@@ -1,10 +1,11 @@
-//! Sends a validated chat request to a backend — failing over to the next only when the failure
-//! was the backend's and nothing can have been generated — and relays its answer.
+//! Sends a validated request to a backend — failing over to the next only when the failure was
+//! the backend's and nothing can have been generated — and relays its answer.
 //!
 //! Timeouts, per phase (README "Timeouts"):
-//! - a **stream** must send its response headers within the connect timeout (a server that
-//!   streams answers with headers as soon as it takes the request, so none means nothing started:
-//!   fail over, and count it if another backend answers), its first event within the first-byte
+//! - a **stream** must send its response headers within the connect timeout (the backend's own,
+//!   or the gateway's: vLLM, SGLang and TGI answer with headers as soon as they take the request,
+//!   so none means nothing started: fail over, and count it if another backend answers), its
+//!   first content within the first-byte
 //!   timeout (time to first token: the backend may be generating, so a 504 — no failover, no
 //!   ejection); after that the [`relay`] bounds each next chunk by the idle timeout and the whole
 //!   stream by the total timeout;
@@ -12,29 +13,36 @@
 //!   llama.cpp), so it is waited for up to the total timeout, and a timeout is a 504 that is
 //!   neither failed over nor held against the backend.
 //!
-//! Non-stream answers are read whole (they are small), checked to be a completion and scanned for
-//! usage. A stream is committed to `200` only once its first complete event has arrived, so
-//! failures before that are ordinary HTTP errors; after it they become one final
-//! `data: {"error":…}` event.
+//! Non-stream answers are read whole (they are small), checked to be the endpoint's object and
+//! scanned for usage. A stream answers `200` once its first content has arrived, so failures
+//! before that are ordinary HTTP errors — or, if the search takes longer than the commit time,
+//! the stream is committed behind keep-alive comments and the search goes on ([`commit`]).
+//! Failures after the first content are one final error event.
 
 use crate::core::config::Backend;
 use crate::core::config::{Breaker, Timeouts};
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::{read_capped, BodyStream, Headers, ReadError};
-use crate::core::openai::CompletionUsage;
-use crate::core::openai::Usage;
+use crate::core::openai::{Endpoint, Usage};
 use crate::core::runtime::{timeout, Runtime};
 use crate::core::upstream::balance::HealthBook;
+use crate::core::upstream::commit;
 use crate::core::upstream::errors::{classify, Blame, Counts};
+pub use crate::core::upstream::found::Answered;
+use crate::core::upstream::found::{Found, Search};
 use crate::core::upstream::relay::{self, StreamEnding};
 use crate::core::upstream::sse::{SseScanner, Stop};
 use crate::core::upstream::{Upstream, UpstreamRequest, UpstreamResponse};
+use futures::future::{select, Either};
 use futures::stream::StreamExt;
+use std::rc::Rc;
 
 /// Largest non-stream answer we accept from a backend.
-const MAX_COMPLETION_BYTES: usize = 32 << 20;
+pub(super) const MAX_COMPLETION_BYTES: usize = 32 << 20;
 /// Largest backend error body we read to find its message.
 const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Most bytes of opening events (before the first content) held back before they go out anyway.
+const MAX_HELD_BYTES: usize = 1 << 20;
 /// Largest single SSE event we hold while waiting for its end.
 const MAX_EVENT_BYTES: usize = 4 << 20;
 
@@ -56,9 +64,24 @@ pub fn upstream_request(
     body: Vec<u8>,
     forwarded: &Forwarded<'_>,
 ) -> UpstreamRequest {
+    let mut request = bare_request(backend, "POST", path, forwarded);
+    request.headers.set("content-type", "application/json");
+    if stream {
+        request.headers.set("accept", "text/event-stream");
+    }
+    request.body = Some(body);
+    request
+}
+
+/// A request without a body to `path` on `backend`: the allow-listed headers and its credential.
+pub(super) fn bare_request(
+    backend: &Backend,
+    method: &'static str,
+    path: &str,
+    forwarded: &Forwarded<'_>,
+) -> UpstreamRequest {
     let mut headers = Headers::new();
-    headers.set("content-type", "application/json");
-    headers.set("accept", if stream { "text/event-stream" } else { "application/json" });
+    headers.set("accept", "application/json");
     headers.set("x-request-id", forwarded.request_id);
     if let Some(traceparent) = forwarded.traceparent {
         headers.set("traceparent", traceparent);
@@ -69,7 +92,7 @@ pub fn upstream_request(
     if let Some(key) = &backend.api_key {
         headers.set("authorization", format!("Bearer {}", key.expose()));
     }
-    UpstreamRequest { method: "POST", url: format!("{}{path}", backend.base_url), headers, body: Some(body) }
+    UpstreamRequest { method, url: format!("{}{path}", backend.base_url), headers, body: None }
 }
 
 /// A backend's successful answer, ready for the client.
@@ -85,19 +108,28 @@ pub enum Relayed {
     },
 }
 
+/// A backend to try, with the request it gets.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub name: String,
+    /// How long it may take to send a stream's head (its own setting, or the gateway's).
+    pub connect_ms: u64,
+    pub request: UpstreamRequest,
+}
+
 /// Where to send a request, and what to do when a backend fails.
-pub struct Attempts<'a, 'b> {
-    /// In the order to try them (see [`crate::core::upstream::balance::attempt_order`]).
-    pub backends: &'b [&'a Backend],
-    /// Backends tried at most.
-    pub max: u32,
-    pub health: &'b HealthBook,
+pub struct Attempts {
+    /// In the order to try them (see [`crate::core::upstream::balance::attempt_order`]), at most
+    /// as many as may be tried.
+    pub candidates: Vec<Candidate>,
+    pub health: Rc<HealthBook>,
     pub breaker: Breaker,
 }
 
 /// What the relay needs to know about the request.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Exchange {
+    pub endpoint: Endpoint,
     pub stream: bool,
     /// Whether the client asked for the usage chunk itself (else it is dropped).
     pub client_wants_usage: bool,
@@ -121,43 +153,93 @@ impl Failed {
 }
 
 /// Sends the request to the first backend that answers, failing over only on the backend's own
-/// faults and only before the client has received a byte. Returns the answer, the backend that
-/// gave it and how many were tried.
-pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
+/// faults and only before the client has received any of an answer. A stream still without
+/// content `GATEWAY_STREAM_COMMIT_MS` after the request arrived is committed to `200` at once and
+/// kept alive with comments while the search goes on behind them ([`commit`]): the client has
+/// had nothing but comments, so failing over is still invisible to it. Returns the answer and,
+/// unless it was committed first, who gave it.
+pub async fn send<U: Upstream + Clone + 'static, R: Runtime + Clone + 'static>(
     upstream: &U,
     runtime: &R,
-    attempts: Attempts<'a, '_>,
-    build: &dyn Fn(&Backend) -> UpstreamRequest,
+    attempts: Attempts,
     exchange: Exchange,
     timeouts: &Timeouts,
     ending: StreamEnding,
-) -> Result<(Relayed, &'a Backend, u32), GatewayError> {
-    let deadline_ms = runtime.now_ms().saturating_add(timeouts.total_ms);
+) -> Result<(Relayed, Option<Answered>), GatewayError> {
+    let started = runtime.now_ms();
+    let deadline_ms = started.saturating_add(timeouts.total_ms);
+    let commit_at = started.saturating_add(timeouts.stream_commit_ms);
+    let search: Search =
+        Box::pin(search(upstream.clone(), runtime.clone(), attempts, exchange, timeouts.clone(), deadline_ms));
+    let timing = relay::Timing { idle_ms: timeouts.idle_ms, deadline_ms };
+    if !exchange.stream || commit_at >= deadline_ms {
+        return search.await.map(|found| relayed(found, upstream, runtime, timing, &ending));
+    }
+    let commit_timer = runtime.sleep(commit_at.saturating_sub(runtime.now_ms()));
+    match select(search, Box::pin(commit_timer)).await {
+        Either::Left((found, _)) => found.map(|found| relayed(found, upstream, runtime, timing, &ending)),
+        Either::Right((_, search)) => {
+            let keepalive = commit::KeepAlive { every_ms: timeouts.keepalive_ms, dialect: exchange.endpoint.dialect() };
+            let body = commit::committed(search, runtime.clone(), keepalive, timing, &ending);
+            Ok((Relayed::Stream { body, deadline_ms }, None))
+        }
+    }
+}
+
+/// The answer a backend gave, for the client: relayed from here on, by the core's pump or the
+/// platform's (see [`Upstream::relay`]).
+fn relayed<U: Upstream, R: Runtime + Clone + 'static>(
+    found: Found,
+    upstream: &U,
+    runtime: &R,
+    timing: relay::Timing,
+    ending: &StreamEnding,
+) -> (Relayed, Option<Answered>) {
+    match found {
+        Found::Completion { body, usage, answered } => (Relayed::Completion { body, usage }, Some(answered)),
+        Found::Stream { body, scanner, first, answered } => {
+            let (pipe, body) = relay::commit(body, scanner, first, runtime.clone(), timing, ending);
+            let body = upstream.relay(pipe, body, runtime.clone());
+            (Relayed::Stream { body, deadline_ms: timing.deadline_ms }, Some(answered))
+        }
+    }
+}
+
+/// Tries each candidate in turn, keeping the health book: a success once a backend's content has
+/// begun, each failure by its blame.
+async fn search<U: Upstream, R: Runtime>(
+    upstream: U,
+    runtime: R,
+    attempts: Attempts,
+    exchange: Exchange,
+    timeouts: Timeouts,
+    deadline_ms: u64,
+) -> Result<Found, GatewayError> {
+    let Attempts { candidates, health, breaker } = attempts;
     let mut last = None;
-    let mut tried = 0;
     // Backends that failed in a way the request itself may have caused: held against them only
     // if another backend then answers.
-    let mut suspects: Vec<&Backend> = Vec::new();
-    for backend in attempts.backends.iter().copied().take(attempts.max as usize) {
+    let mut suspects: Vec<String> = Vec::new();
+    for (tried, candidate) in (1..).zip(candidates) {
         if runtime.now_ms() >= deadline_ms {
             last = Some(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total });
             break;
         }
-        tried += 1;
-        match attempt(upstream, runtime, build(backend), exchange, timeouts, deadline_ms, &ending).await {
-            Ok(relayed) => {
+        let answered = Answered { backend: candidate.name.clone(), tried };
+        match attempt(&upstream, &runtime, &candidate, exchange, &timeouts, deadline_ms, answered).await {
+            Ok(found) => {
                 for suspect in suspects {
-                    attempts.health.record_failure(&suspect.name, runtime.now_ms(), attempts.breaker);
+                    health.record_failure(&suspect, runtime.now_ms(), breaker);
                 }
-                attempts.health.record_success(&backend.name);
-                return Ok((relayed, backend, tried));
+                health.record_success(&candidate.name);
+                return Ok(found);
             }
             Err(failed) => {
                 match failed.blame.counts {
                     Counts::Now => {
-                        attempts.health.record_failure(&backend.name, runtime.now_ms(), attempts.breaker);
+                        health.record_failure(&candidate.name, runtime.now_ms(), breaker);
                     }
-                    Counts::IfAnotherAnswers => suspects.push(backend),
+                    Counts::IfAnotherAnswers => suspects.push(candidate.name),
                     Counts::Never => {}
                 }
                 last = Some(failed.error);
@@ -173,28 +255,27 @@ pub async fn send<'a, U: Upstream, R: Runtime + Clone + 'static>(
     }))
 }
 
-/// One backend, up to its first event (streams) or its whole answer (completions).
-async fn attempt<R: Runtime + Clone + 'static, U: Upstream>(
+/// One backend, up to its first content (streams) or its whole answer (completions).
+async fn attempt<R: Runtime, U: Upstream>(
     upstream: &U,
     runtime: &R,
-    request: UpstreamRequest,
+    candidate: &Candidate,
     exchange: Exchange,
     timeouts: &Timeouts,
     deadline_ms: u64,
-    ending: &StreamEnding,
-) -> Result<Relayed, Failed> {
+    answered: Answered,
+) -> Result<Found, Failed> {
     let first_byte_by = runtime.now_ms().saturating_add(timeouts.first_byte_ms).min(deadline_ms);
-    let response = answer_head(upstream, runtime, request, exchange, timeouts, first_byte_by, deadline_ms).await?;
+    let response = answer_head(upstream, runtime, candidate, exchange, timeouts, first_byte_by, deadline_ms).await?;
     if !exchange.stream {
-        return match timeout(runtime, left(runtime, deadline_ms), read_completion(response)).await {
+        return match timeout(runtime, left(runtime, deadline_ms), read_completion(exchange.endpoint, response)).await {
             None => Err(Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY)),
-            Some(result) => result,
+            Some(Ok((body, usage))) => Ok(Found::Completion { body, usage, answered }),
+            Some(Err(failed)) => Err(failed),
         };
     }
     let (body, scanner, first) = first_event(runtime, response, exchange, first_byte_by, deadline_ms).await?;
-    let (pipe, body) = relay::commit(body, scanner, first, timeouts.idle_ms, deadline_ms, ending);
-    let body = upstream.relay(pipe, body, runtime.clone());
-    Ok(Relayed::Stream { body, deadline_ms })
+    Ok(Found::Stream { body, scanner, first, answered })
 }
 
 /// Milliseconds until `by` on the runtime's clock (at least one).
@@ -209,20 +290,30 @@ fn left<R: Runtime>(runtime: &R, by: u64) -> u64 {
 async fn answer_head<R: Runtime, U: Upstream>(
     upstream: &U,
     runtime: &R,
-    request: UpstreamRequest,
+    candidate: &Candidate,
     exchange: Exchange,
     timeouts: &Timeouts,
     first_byte_by: u64,
     deadline_ms: u64,
 ) -> Result<UpstreamResponse, Failed> {
     let (headers_by, late) = if exchange.stream {
-        let connect_by = runtime.now_ms().saturating_add(timeouts.connect_ms).min(first_byte_by);
+        let connect_by = runtime.now_ms().saturating_add(candidate.connect_ms).min(first_byte_by);
         (connect_by, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Connect }, Blame::SUSPECT))
     } else {
         (deadline_ms, Failed::new(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }, Blame::NOBODY))
     };
-    let response = match timeout(runtime, left(runtime, headers_by), upstream.send(request)).await {
+    let response = match timeout(runtime, left(runtime, headers_by), upstream.send(candidate.request.clone())).await {
         None => return Err(late),
+        // Built here and refused here: the same for every backend, and none of theirs.
+        Some(Err(e)) if e.local => {
+            return Err(Failed::new(
+                GatewayError::Internal {
+                    message: "The gateway could not send the request.".into(),
+                    detail: format!("request refused by the platform: {}", e.message),
+                },
+                Blame::NOBODY,
+            ))
+        }
         Some(Err(_)) => return Err(Failed::upstream("The inference backend could not be reached.", Blame::BROKEN)),
         Some(Ok(response)) => response,
     };
@@ -237,9 +328,10 @@ async fn answer_head<R: Runtime, U: Upstream>(
     Ok(response)
 }
 
-/// Reads a stream up to its first complete event. Nothing is committed before it: an error there
-/// is still an ordinary HTTP error (with failover when it is the backend's), never a broken 200
-/// stream. Returns the body, its scanner and what the first events gave.
+/// Reads a stream up to its first content event (a chunk; for the Responses API the first delta,
+/// the events before it held back). An error before it is still an ordinary failure of this
+/// attempt (with failover when it is the backend's), never a broken stream. Returns the body, its
+/// scanner and what the first events gave.
 async fn first_event<R: Runtime>(
     runtime: &R,
     mut response: UpstreamResponse,
@@ -247,7 +339,9 @@ async fn first_event<R: Runtime>(
     first_byte_by: u64,
     deadline_ms: u64,
 ) -> Result<(BodyStream, SseScanner, Vec<u8>), Failed> {
-    let mut scanner = SseScanner::new(!exchange.client_wants_usage, MAX_EVENT_BYTES);
+    let mut scanner = SseScanner::new(exchange.endpoint.dialect(), !exchange.client_wants_usage, MAX_EVENT_BYTES);
+    // Events before the first content (the Responses API's `response.created`…), held until it.
+    let mut held = Vec::new();
     loop {
         let chunk = match timeout(runtime, left(runtime, first_byte_by), response.body.next()).await {
             None => {
@@ -262,11 +356,12 @@ async fn first_event<R: Runtime>(
                 ))
             }
         };
-        let out = scanner
-            .feed(chunk)
-            .map_err(|_| Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))?;
+        let out = scanner.feed(chunk);
+        held.extend_from_slice(&out);
+        // Past a cap, what is held goes out as it is: the stream has begun, whatever it is.
+        let started = scanner.content_events() > 0 || held.len() > MAX_HELD_BYTES;
         match scanner.stopped() {
-            Some(Stop::BackendError { message, request_fault }) if out.is_empty() => {
+            Some(Stop::BackendError { message, request_fault }) if !started => {
                 let message =
                     message.clone().unwrap_or_else(|| "The inference backend failed before answering.".into());
                 return Err(match request_fault {
@@ -274,18 +369,22 @@ async fn first_event<R: Runtime>(
                     false => Failed::new(GatewayError::Upstream { message }, Blame::SUSPECT),
                 });
             }
-            Some(Stop::Malformed) if out.is_empty() => {
+            Some(Stop::Malformed) if !started => {
                 return Err(Failed::upstream("The inference backend sent a malformed stream.", Blame::BROKEN))
             }
             _ => {}
         }
-        if !out.is_empty() || scanner.done() || scanner.stopped().is_some() {
-            return Ok((response.body, scanner, out));
+        if started || scanner.done() || scanner.stopped().is_some() {
+            return Ok((response.body, scanner, held));
         }
     }
 }
 
-async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, left_ms: u64) -> (GatewayError, Blame) {
+pub(super) async fn read_error<R: Runtime>(
+    runtime: &R,
+    mut response: UpstreamResponse,
+    left_ms: u64,
+) -> (GatewayError, Blame) {
     let body = timeout(runtime, left_ms, read_capped(&mut response.body, MAX_ERROR_BYTES))
         .await
         .and_then(Result::ok)
@@ -293,7 +392,10 @@ async fn read_error<R: Runtime>(runtime: &R, mut response: UpstreamResponse, lef
     classify(response.status, &response.headers, &body)
 }
 
-async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Failed> {
+async fn read_completion(
+    endpoint: Endpoint,
+    mut response: UpstreamResponse,
+) -> Result<(Vec<u8>, Option<Usage>), Failed> {
     let body = read_capped(&mut response.body, MAX_COMPLETION_BYTES).await.map_err(|e| match e {
         // The generation is done: replaying it elsewhere would only produce it again.
         ReadError::TooLarge => {
@@ -301,8 +403,8 @@ async fn read_completion(mut response: UpstreamResponse) -> Result<Relayed, Fail
         }
         ReadError::Broken(_) => Failed::upstream("The inference backend's answer was cut off.", Blame::BROKEN),
     })?;
-    match serde_json::from_slice::<CompletionUsage>(&body) {
-        Ok(parsed) => Ok(Relayed::Completion { body, usage: parsed.usage }),
+    match endpoint.answer_usage(&body) {
+        Ok(usage) => Ok((body, usage)),
         Err(_) => Err(Failed::upstream(
             "The inference backend answered with something that is not a completion.",
             Blame::BROKEN,

@@ -3,7 +3,7 @@
 //! and reporting its end exactly once — which also lets go of the backend request.
 //!
 //! The rules are a [`Pipe`] without I/O; [`stream`] pumps it in the core, and a platform whose
-//! byte pipe is cheaper outside wasm may pump it itself (see [`crate::core::upstream::Upstream::relay`]).
+//! byte pipe is cheaper outside wasm may pump it itself (the `Upstream` trait's `relay`).
 
 use crate::core::error::{GatewayError, TimeoutPhase};
 use crate::core::http::BodyStream;
@@ -41,13 +41,20 @@ impl StreamEnd {
 }
 
 /// What is known when a relayed stream ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
     pub end: StreamEnd,
     /// The backend's own count, when its usage chunk arrived.
     pub usage: Option<Usage>,
     /// Chunks with choices relayed (about one token each), for streams cut short.
     pub content_events: u64,
+    /// When the first of them was relayed (ms on the runtime's clock): time to first token.
+    pub first_content_ms: Option<u64>,
+    /// The backend that answered and how many were tried, when the stream was committed before
+    /// one did (a committed stream).
+    pub answered: Option<(String, u32)>,
+    /// Why no backend answered, when the stream was committed before one could.
+    pub error: Option<GatewayError>,
 }
 
 /// Called once when a relayed stream ends.
@@ -68,8 +75,13 @@ struct Ending {
     fired_tx: RefCell<Option<oneshot::Sender<()>>>,
     fired_rx: RefCell<Option<oneshot::Receiver<()>>>,
     content_events: Cell<u64>,
+    first_content_ms: Cell<Option<u64>>,
+    answered: RefCell<Option<(String, u32)>>,
+    error: RefCell<Option<GatewayError>>,
     /// The backend's body, let go of when the stream ends.
     upstream: RefCell<Option<Rc<RefCell<Option<BodyStream>>>>>,
+    /// Lets go of whatever else the stream holds (a search for a backend still under way).
+    release: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 impl StreamEnding {
@@ -99,9 +111,42 @@ impl StreamEnding {
             let body = upstream.borrow_mut().take();
             drop(body);
         }
+        let release = self.0.release.borrow_mut().take();
+        if let Some(release) = release {
+            release();
+        }
         let on_end = self.0.on_end.borrow_mut().take();
         if let Some(on_end) = on_end {
-            on_end(StreamSummary { end, usage, content_events: self.0.content_events.get() });
+            let ending = &self.0;
+            on_end(StreamSummary {
+                end,
+                usage,
+                content_events: ending.content_events.get(),
+                first_content_ms: ending.first_content_ms.get(),
+                answered: ending.answered.borrow_mut().take(),
+                error: ending.error.borrow_mut().take(),
+            });
+        }
+    }
+
+    /// Reports that no backend answered a committed stream: `error` says why.
+    pub(super) fn fail(&self, end: StreamEnd, error: GatewayError) {
+        if self.0.end.get().is_none() {
+            *self.0.error.borrow_mut() = Some(error);
+        }
+        self.fire(end, None);
+    }
+
+    /// Notes which backend answered a stream committed before one had (and how many were tried).
+    pub(super) fn answered(&self, backend: String, tried: u32) {
+        *self.0.answered.borrow_mut() = Some((backend, tried));
+    }
+
+    /// Runs `release` when the stream ends (at once if it has), letting go of what it holds.
+    pub(super) fn release_on_end(&self, release: Box<dyn FnOnce()>) {
+        match self.0.end.get() {
+            Some(_) => release(),
+            None => *self.0.release.borrow_mut() = Some(release),
         }
     }
 
@@ -120,8 +165,12 @@ impl StreamEnding {
         }
     }
 
-    fn count(&self, content_events: u64) {
+    /// Notes how many content events have been relayed; `now_ms` is read once, at the first.
+    fn count(&self, content_events: u64, now_ms: &dyn Fn() -> u64) {
         self.0.content_events.set(content_events);
+        if content_events > 0 && self.0.first_content_ms.get().is_none() {
+            self.0.first_content_ms.set(Some(now_ms()));
+        }
     }
 
     /// The backend's body, owned here so that whoever reports the end can drop it.
@@ -150,18 +199,46 @@ impl futures::Stream for Detachable {
     }
 }
 
+/// The deadlines a relayed stream keeps (ms on the runtime's clock, or durations).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The longest wait for the next chunk.
+    pub idle_ms: u64,
+    /// When the whole answer must be done.
+    pub deadline_ms: u64,
+}
+
+/// The runtime's clock, as the pipe reads it (to time the first content).
+type Clock = Box<dyn Fn() -> u64>;
+
 /// Commits to relaying `body`: the [`Pipe`] that decides what each of its chunks becomes, and the
 /// body itself, now owned by `ending` so that whoever reports the end can let go of it.
-pub(super) fn commit(
+pub(super) fn commit<R: Runtime + 'static>(
     body: BodyStream,
     scanner: SseScanner,
     first: Vec<u8>,
-    idle_ms: u64,
-    deadline_ms: u64,
+    runtime: R,
+    timing: Timing,
     ending: &StreamEnding,
 ) -> (Pipe, BodyStream) {
-    let pipe = Pipe { scanner, first: Some(first), idle_ms, deadline_ms, guard: EndGuard(ending.clone()), told: false };
+    let clock: Clock = Box::new(move || runtime.now_ms());
+    let pipe = Pipe { scanner, first: Some(first), timing, clock, guard: EndGuard(ending.clone()), told: false };
     (pipe, Box::pin(ending.hold(body)))
+}
+
+/// The client's stream, pumped by the core: `first` (what the first complete events gave,
+/// scanned before it started), then the rest of `body` as it arrives, until `[DONE]`, a failure
+/// or a deadline.
+pub(super) fn relay<R: Runtime + Clone + 'static>(
+    body: BodyStream,
+    scanner: SseScanner,
+    first: Vec<u8>,
+    runtime: R,
+    timing: Timing,
+    ending: &StreamEnding,
+) -> BodyStream {
+    let (pipe, body) = commit(body, scanner, first, runtime.clone(), timing, ending);
+    stream(pipe, body, runtime)
 }
 
 /// A committed stream's relay without I/O: what each chunk of the backend's body becomes, what
@@ -170,12 +247,10 @@ pub(super) fn commit(
 /// chunk and forwards what it says. Dropping it before the end means the client went away.
 pub struct Pipe {
     scanner: SseScanner,
-    /// What the first complete events gave, scanned before committing to 200.
+    /// What the first complete events gave, scanned before the stream started.
     first: Option<Vec<u8>>,
-    /// The longest wait for the next chunk.
-    idle_ms: u64,
-    /// When the whole answer must be done (ms on the runtime's clock).
-    deadline_ms: u64,
+    timing: Timing,
+    clock: Clock,
     guard: EndGuard,
     /// Whether the client was sent the stream's final error event.
     told: bool,
@@ -212,15 +287,14 @@ impl Pipe {
             return ended;
         }
         match self.scanner.feed_slice(chunk) {
-            Ok(Fed::AsIs) => match self.forward(Vec::new()) {
+            Fed::AsIs => match self.forward(Vec::new()) {
                 // Nothing stopped and nothing ended: the chunk goes on as it came.
                 Verdict::Send(_) => Verdict::AsIs,
                 // The chunk carried `[DONE]` (or a stop): it goes first, then the end.
                 Verdict::End(after) => Verdict::End([chunk, &after].concat()),
                 Verdict::AsIs => Verdict::AsIs,
             },
-            Ok(Fed::Bytes(out)) => self.forward(out),
-            Err(_) => self.fail(MALFORMED, Vec::new()),
+            Fed::Bytes(out) => self.forward(out),
         }
     }
 
@@ -229,10 +303,8 @@ impl Pipe {
         if let Some(ended) = self.ended() {
             return ended;
         }
-        match self.scanner.feed(chunk) {
-            Ok(out) => self.forward(out),
-            Err(_) => self.fail(MALFORMED, Vec::new()),
-        }
+        let out = self.scanner.feed(chunk);
+        self.forward(out)
     }
 
     /// The backend ended its body (before `[DONE]`, or the stream would have ended already).
@@ -251,10 +323,10 @@ impl Pipe {
     /// is not (the client is not reading), when only the total deadline counts.
     pub fn due(&self, waiting_since_ms: Option<u64>) -> (u64, TimeoutPhase) {
         match waiting_since_ms {
-            Some(since) if self.deadline_ms.saturating_sub(since) > self.idle_ms => {
-                (since.saturating_add(self.idle_ms), TimeoutPhase::Idle)
+            Some(since) if self.timing.deadline_ms.saturating_sub(since) > self.timing.idle_ms => {
+                (since.saturating_add(self.timing.idle_ms), TimeoutPhase::Idle)
             }
-            _ => (self.deadline_ms, TimeoutPhase::Total),
+            _ => (self.timing.deadline_ms, TimeoutPhase::Total),
         }
     }
 
@@ -283,7 +355,8 @@ impl Pipe {
         match self.guard.0.end() {
             Some(StreamEnd::Timeout) if !self.told && self.scanner.stopped().is_none() && !self.scanner.done() => {
                 self.told = true;
-                Some(Verdict::End(GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total }.to_sse_event()))
+                let error = GatewayError::UpstreamTimeout { phase: TimeoutPhase::Total };
+                Some(Verdict::End(self.error_event(error)))
             }
             Some(_) => Some(Verdict::End(Vec::new())),
             None => None,
@@ -292,7 +365,7 @@ impl Pipe {
 
     /// What the scanner returned for a chunk: forward it, or end the stream.
     fn forward(&mut self, out: Vec<u8>) -> Verdict {
-        self.guard.0.count(self.scanner.content_events());
+        self.guard.0.count(self.scanner.content_events(), &self.clock);
         match self.scanner.stopped().cloned() {
             // Relay what came before the bad event, then end with the gateway's own error.
             Some(Stop::Malformed) => return self.fail(MALFORMED, out),
@@ -318,13 +391,18 @@ impl Pipe {
     fn end_with(&mut self, end: StreamEnd, error: GatewayError, mut before: Vec<u8>) -> Verdict {
         self.told = true;
         self.guard.0.fire(end, self.scanner.usage());
-        before.extend_from_slice(&error.to_sse_event());
+        before.extend_from_slice(&self.error_event(error));
         Verdict::End(before)
+    }
+
+    /// The stream's final error event, in its API's shape.
+    fn error_event(&self, error: GatewayError) -> Vec<u8> {
+        error.to_sse_event(self.scanner.dialect(), self.scanner.relayed())
     }
 }
 
 /// Reports the stream's end; if dropped first, the client went away.
-struct EndGuard(StreamEnding);
+pub(super) struct EndGuard(pub(super) StreamEnding);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {

@@ -8,17 +8,17 @@
 //! stays flat for a stream of any length, and each byte is looked at a bounded number of times
 //! however the stream is split (an event dripped one byte at a time is not re-copied per byte).
 //!
+//! The Responses API's stream ([`Dialect::Responses`]) is read the same way, by its `event:` names:
+//! `*.delta` events are the content, `response.completed` (or `.incomplete`) is the end and
+//! carries `response.usage`, and `error` or `response.failed` is the backend's error.
+//!
 //! Lines may end in `\n` or `\r\n`; an event ends at an empty line.
 
-use crate::core::openai::Usage;
+use crate::core::openai::{Dialect, Usage};
 use crate::core::upstream::errors::message_of;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::borrow::Cow;
-
-/// The stream broke the SSE framing (an event larger than the cap).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseError(pub String);
 
 /// Why the scanner stopped relaying before `[DONE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +46,16 @@ pub struct SseScanner {
     pending: Vec<u8>,
     /// Where in `pending` to resume looking for the end of the event.
     searched: usize,
+    /// Inside an event too large to hold, forwarded unread: the last two bytes passed.
+    passing: Option<[u8; 2]>,
+    dialect: Dialect,
     drop_usage_only: bool,
     max_event_bytes: usize,
     usage: Option<Usage>,
     done: bool,
     events: u64,
+    /// Events forwarded (the Responses API numbers them from 0).
+    relayed: u64,
     content_events: u64,
     stop: Option<Stop>,
 }
@@ -65,19 +70,32 @@ struct ChunkUsage {
 }
 
 impl SseScanner {
-    /// `drop_usage_only`: remove the usage-only chunk from what is forwarded.
-    pub fn new(drop_usage_only: bool, max_event_bytes: usize) -> Self {
+    /// `drop_usage_only`: remove the usage-only chunk from what is forwarded (chunked streams).
+    pub fn new(dialect: Dialect, drop_usage_only: bool, max_event_bytes: usize) -> Self {
         SseScanner {
             pending: Vec::new(),
             searched: 0,
+            passing: None,
+            dialect,
             drop_usage_only,
             max_event_bytes,
             usage: None,
             done: false,
             events: 0,
+            relayed: 0,
             content_events: 0,
             stop: None,
         }
+    }
+
+    /// How the stream is framed.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Events forwarded so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed
     }
 
     /// Usage reported by the backend so far.
@@ -119,18 +137,22 @@ impl SseScanner {
     }
 
     /// Takes the next chunk from the backend; returns the bytes to forward now (complete events,
-    /// minus any dropped one). An incomplete trailing event is held until its end arrives.
-    pub fn feed(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, SseError> {
-        Ok(match self.feed_slice(&chunk)? {
+    /// minus any dropped one). An incomplete trailing event is held until its end arrives — up to
+    /// the cap; an event larger than that is forwarded unread as it arrives.
+    pub fn feed(&mut self, chunk: Vec<u8>) -> Vec<u8> {
+        match self.feed_slice(&chunk) {
             Fed::AsIs => chunk,
             Fed::Bytes(out) => out,
-        })
+        }
     }
 
     /// [`Self::feed`] for a chunk the caller keeps (a platform's buffer outside the core): on the
     /// fast path — whole events, every one kept — nothing is copied, and the caller forwards its
     /// own chunk.
-    pub fn feed_slice(&mut self, chunk: &[u8]) -> Result<Fed, SseError> {
+    pub fn feed_slice(&mut self, chunk: &[u8]) -> Fed {
+        if let Some(tail) = self.passing {
+            return self.pass_through(tail, chunk);
+        }
         if !self.pending.is_empty() {
             // Append (amortised O(chunk)) and search only what is new.
             let mut buf = std::mem::take(&mut self.pending);
@@ -142,8 +164,8 @@ impl SseScanner {
                 }
             });
             buf.drain(..end);
-            self.hold_buffer(buf)?;
-            return Ok(Fed::Bytes(out));
+            self.hold_buffer(buf, &mut out);
+            return Fed::Bytes(out);
         }
         // Fast path: a chunk of whole events that keeps every event is forwarded as it came;
         // only dropped events (rare: the usage chunk, a malformed tail) are noted.
@@ -154,7 +176,7 @@ impl SseScanner {
             }
         });
         if end == chunk.len() && dropped.is_empty() {
-            return Ok(Fed::AsIs);
+            return Fed::AsIs;
         }
         let mut out = Vec::with_capacity(end);
         let mut at = 0;
@@ -163,8 +185,33 @@ impl SseScanner {
             at = range.end;
         }
         out.extend_from_slice(&chunk[at..end]);
-        self.hold_buffer(chunk[end..].to_vec())?;
-        Ok(Fed::Bytes(out))
+        self.hold_buffer(chunk[end..].to_vec(), &mut out);
+        Fed::Bytes(out)
+    }
+
+    /// Forwards the rest of an event too large to hold (a completion echoing its prompt with
+    /// logprobs, a Responses object carrying every token's) as it arrives, unread: it counts as
+    /// content, and scanning resumes after its end. `tail` is the last two bytes already passed,
+    /// to find an end split across chunks.
+    fn pass_through(&mut self, tail: [u8; 2], chunk: &[u8]) -> Fed {
+        let mut joint = tail.to_vec();
+        joint.extend_from_slice(&chunk[..chunk.len().min(2)]);
+        let end = match find_event_end(&joint, 0) {
+            Some(end) if end > 2 => Some(end - 2),
+            _ => find_event_end(chunk, 0),
+        };
+        match end {
+            None => {
+                self.passing = Some(last_two(&tail, chunk));
+                Fed::AsIs
+            }
+            Some(end) => {
+                self.passing = None;
+                let mut out = chunk[..end].to_vec();
+                out.extend(self.feed(chunk[end..].to_vec()));
+                Fed::Bytes(out)
+            }
+        }
     }
 
     /// The stream ended: returns any trailing bytes that never formed a complete event.
@@ -174,20 +221,27 @@ impl SseScanner {
     }
 
     /// Keeps the start of an incomplete event until the rest arrives (nothing once the stream has
-    /// ended: what follows `[DONE]` or an error is never relayed, so it is not held either).
-    fn hold_buffer(&mut self, tail: Vec<u8>) -> Result<(), SseError> {
+    /// ended: what follows `[DONE]` or an error is never relayed, so it is not held either). One
+    /// that outgrows the cap is forwarded now, into `out`, and the rest of it as it comes.
+    fn hold_buffer(&mut self, tail: Vec<u8>, out: &mut Vec<u8>) {
         if self.done || self.stop.is_some() {
             self.pending.clear();
             self.searched = 0;
-            return Ok(());
+            return;
         }
         if tail.len() > self.max_event_bytes {
-            return Err(SseError(format!("an event exceeded {} bytes without ending", self.max_event_bytes)));
+            self.events += 1;
+            self.relayed += 1;
+            self.content_events += 1;
+            self.passing = Some(last_two(&[0, 0], &tail));
+            self.pending.clear();
+            self.searched = 0;
+            out.extend_from_slice(&tail);
+            return;
         }
         // Resume two bytes back so a terminator split across chunks ("\n" | "\r\n") is found.
         self.searched = tail.len().saturating_sub(2);
         self.pending = tail;
-        Ok(())
     }
 
     /// Walks the complete events of `buf` (searching for terminators from `from`), calling
@@ -196,7 +250,16 @@ impl SseScanner {
         let mut start = 0;
         let mut pos = from;
         while let Some(end) = find_event_end(buf, pos) {
-            let keep = self.inspect(&buf[start..end]);
+            let keep = match end - start > self.max_event_bytes && !self.done && self.stop.is_none() {
+                // Too large to have held: passed unread, as if it had arrived in pieces.
+                true => {
+                    self.events += 1;
+                    self.content_events += 1;
+                    true
+                }
+                false => self.inspect(&buf[start..end]),
+            };
+            self.relayed += u64::from(keep);
             emit(start..end, keep);
             start = end;
             pos = end;
@@ -246,6 +309,9 @@ impl SseScanner {
                 return false;
             }
         }
+        if self.dialect == Dialect::Responses {
+            return self.inspect_response_event(fields.event, data);
+        }
         if !keys.usage {
             self.content_events += 1;
             return true;
@@ -267,19 +333,75 @@ impl SseScanner {
     }
 }
 
+impl SseScanner {
+    /// One event of the Responses API's stream, named by its `event:` line (or, without one, by
+    /// its `type`): deltas are content, the terminal events end it and carry the usage, `error`
+    /// and `response.failed` are the backend's error.
+    fn inspect_response_event(&mut self, name: Option<&[u8]>, data: &[u8]) -> bool {
+        let parsed;
+        let name = match name {
+            Some(name) => name,
+            None => {
+                parsed = serde_json::from_slice::<ResponseEvent>(data).map(|e| e.kind).unwrap_or_default();
+                parsed.as_bytes()
+            }
+        };
+        match name {
+            b"error" | b"response.failed" => {
+                let value = serde_json::from_slice::<serde_json::Value>(data).unwrap_or_default();
+                let message = value.pointer("/response/error").map_or_else(|| message_of(&value), message_of);
+                self.stop = Some(Stop::BackendError { message, request_fault: false });
+                false
+            }
+            b"response.completed" | b"response.incomplete" => {
+                if let Ok(ResponseEvent { response: Some(Terminal { usage: Some(usage) }), .. }) =
+                    serde_json::from_slice::<ResponseEvent>(data)
+                {
+                    self.usage = Some(usage);
+                }
+                self.done = true;
+                true
+            }
+            name => {
+                if name.ends_with(b".delta") {
+                    self.content_events += 1;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// The parts of a Responses API event the scanner reads.
+#[derive(Deserialize)]
+struct ResponseEvent {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    response: Option<Terminal>,
+}
+
+#[derive(Deserialize)]
+struct Terminal {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
 /// The fields of one event that matter: its data (every `data:` line, joined by newlines as the
 /// SSE spec says; borrowed when there is one line, as OpenAI-compatible servers send) and
 /// llama.cpp's `error:` field.
 struct EventFields<'a> {
     data: Option<Cow<'a, [u8]>>,
     error: Option<&'a [u8]>,
+    /// The `event:` name (the Responses API's event type).
+    event: Option<&'a [u8]>,
 }
 
 impl<'a> EventFields<'a> {
     /// `None` when a line is a field outside the SSE vocabulary (`data`, `event`, `id`, `retry`,
     /// comments) and llama.cpp's `error`.
     fn of(event: &'a [u8]) -> Option<EventFields<'a>> {
-        let mut fields = EventFields { data: None, error: None };
+        let mut fields = EventFields { data: None, error: None, event: None };
         let mut rest = event;
         while !rest.is_empty() {
             let line_end = find_byte(rest, b'\n').unwrap_or(rest.len());
@@ -307,7 +429,8 @@ impl<'a> EventFields<'a> {
                     })
                 }
                 b"error" => fields.error = Some(value),
-                b"event" | b"id" | b"retry" => {}
+                b"event" => fields.event = Some(value.trim_ascii()),
+                b"id" | b"retry" => {}
                 _ => return None,
             }
         }
@@ -333,6 +456,15 @@ fn backend_stop(value: &serde_json::Value) -> Stop {
 }
 
 /// Finds the end (exclusive, after the blank line) of the first event ending at or after `from`.
+/// The last two bytes of `before` followed by `chunk`.
+fn last_two(before: &[u8; 2], chunk: &[u8]) -> [u8; 2] {
+    match chunk {
+        [] => *before,
+        [one] => [before[1], *one],
+        [.., a, b] => [*a, *b],
+    }
+}
+
 fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {

@@ -303,7 +303,7 @@ fn gives_up_after_max_attempts_with_the_last_error() {
 
 #[test]
 fn connect_timeouts_on_every_backend_are_a_504() {
-    let config = ordered_backends(&[]);
+    let config = ordered_backends(&[("GATEWAY_STREAM_COMMIT_MS", "60000")]);
     let (status, _, body, upstream, ..) = exchange(&config, STREAM, vec![Script::Hang, Script::Hang, Script::Hang]);
     assert_eq!(status, 504);
     assert_eq!(error_of(&body)["code"], "upstream_timeout");
@@ -477,4 +477,20 @@ fn a_shared_book_journals_only_what_changed() {
     assert_eq!(book.take_journal(), [Failed { backend: "a".into(), at_ms: T0 }, Recovered { backend: "a".into() },]);
     assert_eq!(reads.get(), 1, "the store is read once");
     assert!(HealthBook::default().take_journal().is_empty(), "an isolate's own book keeps no journal");
+}
+
+#[test]
+fn a_request_the_platform_will_not_send_is_neither_failed_over_nor_held_against_the_backend() {
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1")]);
+    let (gw, upstream, runtime) = gateway();
+    upstream.push(Script::RefusedLocally);
+    let (status, _, body) = text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(upstream.hosts(), ["a.internal"], "the same request would be refused for every backend");
+    assert!(!body.contains("invalid header"), "the platform's words stay in the log: {body}");
+    upstream.push(Script::json(200, COMPLETION));
+    text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
+    assert_eq!(upstream.hosts(), ["a.internal", "a.internal"], "and `a` was not ejected for it");
+    let detail = runtime.records()[0]["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("invalid header value"), "the reason is the operator's to read: {detail}");
 }

@@ -2,5 +2,6 @@
 //! the SSE scanner.
 
 mod failover;
+mod keepalive;
 mod pipe;
 mod sse;

@@ -1,5 +1,6 @@
 //! The SSE scanner: same results for a recorded stream split at every byte offset.
 
+use edge_gateway::core::openai::Dialect;
 use edge_gateway::core::openai::Usage;
 use edge_gateway::core::upstream::sse::{SseScanner, Stop};
 
@@ -7,10 +8,10 @@ const RECORDED: &str = include_str!("../../fixtures/vllm_stream_with_usage.sse")
 const USAGE_EVENT_START: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"llama\",\"choices\":[],";
 
 fn scan(chunks: &[&[u8]], drop_usage_only: bool) -> (Vec<u8>, SseScanner) {
-    let mut scanner = SseScanner::new(drop_usage_only, 1 << 20);
+    let mut scanner = SseScanner::new(Dialect::Chunks, drop_usage_only, 1 << 20);
     let mut out = Vec::new();
     for chunk in chunks {
-        out.extend(scanner.feed(chunk.to_vec()).unwrap());
+        out.extend(scanner.feed(chunk.to_vec()));
     }
     out.extend(scanner.finish());
     (out, scanner)
@@ -71,10 +72,10 @@ fn same_result_fed_one_byte_at_a_time_and_in_three_pieces() {
 
 #[test]
 fn forwards_complete_events_at_once_and_holds_only_the_incomplete_tail() {
-    let mut scanner = SseScanner::new(false, 1 << 20);
-    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {\"b\"".to_vec()).unwrap();
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1 << 20);
+    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {\"b\"".to_vec());
     assert_eq!(out, b"data: {\"a\":1}\n\n");
-    let out = scanner.feed(b":2}\n\n".to_vec()).unwrap();
+    let out = scanner.feed(b":2}\n\n".to_vec());
     assert_eq!(out, b"data: {\"b\":2}\n\n");
 }
 
@@ -107,23 +108,34 @@ fn keeps_usage_on_chunks_that_also_carry_choices() {
 }
 
 #[test]
-fn refuses_an_event_larger_than_the_cap() {
-    let mut scanner = SseScanner::new(false, 64);
-    let err = scanner.feed(vec![b'x'; 65]).unwrap_err();
-    assert!(err.0.contains("64"));
+fn an_event_larger_than_the_cap_is_forwarded_unread_as_it_arrives() {
+    // vLLM's first chunk of an echoed prompt with logprobs can be megabytes: held whole it would
+    // grow memory; refused it would fail a valid request on every backend.
+    let big = format!("data: {{\"choices\":[{{\"text\":\"{}\"}}]}}\n\n", "x".repeat(200));
+    let stream = format!("{big}data: {{\"choices\":[],\"usage\":{{\"total_tokens\":9}}}}\n\ndata: [DONE]\n\n");
+    let bytes = stream.as_bytes();
+    for cut in [0, 10, 63, 64, 65, 100, big.len() - 1, big.len(), big.len() + 1] {
+        let mut scanner = SseScanner::new(Dialect::Chunks, false, 64);
+        let mut out = scanner.feed(bytes[..cut].to_vec());
+        assert!(scanner.buffered() <= 64, "cut {cut}: nothing over the cap is held");
+        out.extend(scanner.feed(bytes[cut..].to_vec()));
+        assert_eq!(out, bytes, "cut {cut}: every byte forwarded once, in order");
+        assert!(scanner.done() && scanner.usage().is_some(), "cut {cut}: scanning resumes after it");
+        assert_eq!(scanner.content_events(), 1, "cut {cut}: it counts as content");
+    }
 }
 
 #[test]
 fn memory_stays_flat_over_a_long_stream() {
     let event = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok \"}}]}\n\n";
-    let mut scanner = SseScanner::new(true, 1 << 10);
+    let mut scanner = SseScanner::new(Dialect::Chunks, true, 1 << 10);
     let (mut fed, mut forwarded) = (0usize, 0usize);
     for i in 0..100_000 {
         // Feed each event in two halves so the scanner must hold a tail every time.
         let (a, b) = event.split_at(20 + i % 30);
         for piece in [a, b] {
             fed += piece.len();
-            forwarded += scanner.feed(piece.to_vec()).unwrap().len();
+            forwarded += scanner.feed(piece.to_vec()).len();
             assert!(scanner.buffered() < event.len(), "holds at most the one incomplete event");
         }
         assert_eq!(forwarded, fed, "every byte fed is forwarded once its event is complete");
@@ -138,11 +150,11 @@ fn a_large_event_dripped_one_byte_at_a_time_is_scanned_in_linear_time() {
     // copying (the old scanner never finished this); amortised appends keep it to a few MiB.
     // `make bench` times the 4 MiB case.
     let payload = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(1 << 20));
-    let mut scanner = SseScanner::new(false, 8 << 20);
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 8 << 20);
     let mut out = Vec::new();
     let mut peak = 0;
     for byte in payload.as_bytes() {
-        out.extend(scanner.feed(vec![*byte]).unwrap());
+        out.extend(scanner.feed(vec![*byte]));
         peak = peak.max(scanner.buffered());
     }
     assert_eq!(out, payload.as_bytes());
@@ -186,8 +198,8 @@ fn the_word_error_in_content_or_finish_reason_is_not_an_error_event() {
 
 #[test]
 fn flags_a_data_event_that_is_not_a_json_object_and_relays_nothing_after_it() {
-    let mut scanner = SseScanner::new(false, 1 << 20);
-    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {not json\n\ndata: [DONE]\n\n".to_vec()).unwrap();
+    let mut scanner = SseScanner::new(Dialect::Chunks, false, 1 << 20);
+    let out = scanner.feed(b"data: {\"a\":1}\n\ndata: {not json\n\ndata: [DONE]\n\n".to_vec());
     assert_eq!(out, b"data: {\"a\":1}\n\n");
     assert!(scanner.malformed());
     assert!(!scanner.done(), "the [DONE] after it is not relayed either");

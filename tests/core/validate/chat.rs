@@ -1,36 +1,12 @@
 //! Every chat validation rule, table-driven: each bad input is a 400 naming its `param`.
 
-use edge_gateway::core::config::{Backend, RequestCaps};
-use edge_gateway::core::validate::{validate_chat, Injection, ValidatedChat, MEDIA_PART_TOKENS};
+use super::{backend, limits};
+use edge_gateway::core::config::RequestCaps;
+use edge_gateway::core::validate::{validate_chat, Injection, Validated, MEDIA_PART_TOKENS};
 use serde_json::{json, Value};
 
-fn limits() -> RequestCaps {
-    RequestCaps {
-        max_body_bytes: 1 << 20,
-        max_messages: 4,
-        max_content_bytes: 100,
-        max_tokens: 512,
-        max_n: 2,
-        allow_remote_media: false,
-    }
-}
-
-/// A backend, with the context length it declares (if any).
-fn backend(max_model_len: Option<u32>) -> Backend {
-    Backend {
-        name: "gpu".into(),
-        base_url: "http://gpu".into(),
-        models: vec!["llama".into()],
-        api_key: None,
-        health_path: "/health".into(),
-        priority: 0,
-        weight: 1,
-        max_model_len,
-    }
-}
-
 /// What a backend that declares no context length is sent.
-fn sent(chat: &ValidatedChat) -> Value {
+fn sent(chat: &Validated) -> Value {
     serde_json::from_slice(&chat.upstream_body(&backend(None), limits().max_tokens)).unwrap()
 }
 
