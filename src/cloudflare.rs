@@ -767,6 +767,9 @@ impl Drop for Call {
 impl Upstream for WorkersFetch {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ConnectError> {
         let headers = request.headers.to_lines().ok_or_else(|| ConnectError::local("a header holds a line break"))?;
+        // The relay's pump may only ever read the answer of the latest call: an earlier failed
+        // attempt's reader must not stand in for a later answer read whole.
+        self.last_reader.borrow_mut().take();
         let id = self.req.next_call.get().wrapping_add(1);
         self.req.next_call.set(id);
         self.req.calls.borrow_mut().insert(id, CallSlot::default());
