@@ -197,6 +197,9 @@ async function pump(relay, reader, writer, host) {
   let over = false;
   let timer;
   let waitingSince = -1;
+  // Set when the timer last fired while the pump waited on the client: it is then armed for the
+  // total deadline alone, so the next wait on the backend asks again (its idle deadline counts).
+  let stale = false;
   let closing = Promise.resolve();
 
   // The relay said the stream ends: its last bytes, then the end; the backend is let go of.
@@ -237,6 +240,7 @@ async function pump(relay, reader, writer, host) {
     timer = undefined;
     if (over) return;
     try {
+      stale = waitingSince < 0;
       const next = relay.tick(Date.now(), waitingSince);
       if (next >= 0) timer = setTimeout(onTimer, next);
       else finish(-next);
@@ -270,6 +274,11 @@ async function pump(relay, reader, writer, host) {
     timer = setTimeout(onTimer, first);
     for (;;) {
       waitingSince = Date.now();
+      if (stale) {
+        if (timer !== undefined) clearTimeout(timer);
+        onTimer();
+        if (over) return closing;
+      }
       let next;
       try {
         next = await reader.read();

@@ -271,3 +271,88 @@ pub fn odd_header_lists_and_a_chunked_body_cross_the_boundary(gw: &Gateway) {
     let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &over);
     assert_eq!(r.status, 413, "{}", r.text());
 }
+
+/// A client that stops reading long enough for the relay's timer to fire while a write waits on
+/// it, then catches up: the backend then stalling is still cut by the idle timeout, a wait on the
+/// backend counted from when the pump began it (not left to the total deadline because the timer
+/// last fired while the pump was waiting on the client).
+pub fn the_idle_timeout_still_holds_after_the_client_paused_reading(launch: Launch) {
+    // Enough bytes to fill every buffer between the pump and a client that does not read.
+    let piece = token(&"x".repeat(64 << 10));
+    let mut steps = vec![Step::Send(ROLE.into())];
+    steps.extend((0..384).map(|_| Step::Send(piece.clone())));
+    // Then the backend stalls (its connection open) far past the idle timeout.
+    steps.extend([Step::Pause(30_000), Step::Send(DONE.into()), Step::End]);
+    let backend = scripted_backend(steps);
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_IDLE_TIMEOUT_MS", "2000"), ("GATEWAY_TOTAL_TIMEOUT_MS", "25000")],
+        backends: &[&backend],
+    });
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&scripted_chat()));
+    assert_eq!(stream.status, 200);
+    // Not reading past the idle timeout: the pump waits on the client when its timer fires.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let resumed = std::time::Instant::now();
+    stream.set_read_timeout(Some(Duration::from_secs(40)));
+    let body = stream.read_to_end();
+    let waited = resumed.elapsed();
+    let body = String::from_utf8_lossy(&body);
+    let tail = &body[body.len().saturating_sub(400)..];
+    assert!(body.len() > 384 * (64 << 10), "every byte the backend sent came through: {}", body.len());
+    assert!(
+        tail.contains("The inference backend stopped sending the stream in time."),
+        "the idle timeout ended the stream, not the total one: {tail}"
+    );
+    assert!(waited < Duration::from_secs(10), "ended {waited:?} after the client caught up, idle is 2 s");
+}
+
+/// A client leaving a stream committed behind keep-alive comments — during the search (a long
+/// prefill), and after the backend began (between tokens) — frees its in-flight slot and the
+/// backend's connection on each runtime, and each stream is logged once, as the client's leaving.
+pub fn a_client_leaving_a_kept_alive_stream_frees_everything(launch: Launch) {
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_STREAM_COMMIT_MS", "300"), ("GATEWAY_KEEPALIVE_MS", "200")],
+        ..Setup::default()
+    });
+    let auth = format!("Bearer {LEAVING_KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let open = |mock: serde_json::Value| {
+        let body =
+            json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
+        request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+    };
+    let free = || {
+        wait_until(Duration::from_secs(5), || {
+            let body = serde_json::to_vec(
+                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+            )
+            .unwrap();
+            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
+        })
+    };
+    for (moment, mock, read_until) in [
+        ("during the search", json!({"chunks": 3, "prefill_ms": 1_500}), ": keep-alive"),
+        ("between tokens", json!({"chunks": 30, "prefill_ms": 600, "delay_ms": 300}), "\"content\""),
+    ] {
+        let disconnects = gw.primary.stat("client_disconnects");
+        let mut stream = open(mock);
+        assert_eq!(stream.status, 200, "{moment}");
+        let id = stream.header("x-request-id").expect("an id").to_string();
+        let mut seen = String::new();
+        while !seen.contains(read_until) {
+            let (_, piece) = stream.next_chunk().unwrap_or_else(|| panic!("{moment}: ended early: {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&piece));
+        }
+        stream.disconnect();
+        let closed = wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > disconnects);
+        assert!(closed, "{moment}: the backend's connection was kept");
+        assert!(free(), "{moment}: the slot leaked");
+        let record = gw.log_record(&id);
+        assert_eq!(record["stream_end"], "client_closed", "{moment}: {record}");
+        std::thread::sleep(Duration::from_millis(500));
+        let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id.as_str()).count();
+        assert_eq!(logged, 1, "{moment}: logged once");
+    }
+}

@@ -37,6 +37,8 @@ macro_rules! run_cases {
             run_cases!(@dedicated_in boundary, $dedicated;
                 a_backend_splitting_events_anywhere_reaches_the_client_unchanged,
                 a_backend_dying_mid_event_ends_the_stream_with_one_error_event,
+                the_idle_timeout_still_holds_after_the_client_paused_reading,
+                a_client_leaving_a_kept_alive_stream_frees_everything,
             );
             run_cases!(@each_in boundary, $start;
                 clients_leaving_at_any_moment_keep_no_slot,
