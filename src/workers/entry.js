@@ -32,6 +32,13 @@ let wholeBodyMax;
 const unanswered = new Set();
 
 /**
+ * Which instance of the wasm is current: a trap re-instantiates it (its request ids restart and
+ * its objects are gone), so a `Host` of an older one must never call in again — its id may now
+ * name another request, and a stale object's `free` would free the new instance's memory.
+ */
+let generation = 0;
+
+/**
  * One request's JavaScript side: what the core asks of the platform for it (backend calls, its
  * one timer, `waitUntil`) and its answer. The wasm names it by `id`.
  */
@@ -42,11 +49,18 @@ class Host {
     this.reject = reject;
     this.id = 0;
     this.timer = undefined;
+    this.generation = generation;
     unanswered.add(this);
+  }
+
+  /** Whether the wasm instance that knows this request is still the current one. */
+  live() {
+    return this.generation === generation;
   }
 
   /** Calls into the wasm for this request; a failure there fails the request, not the isolate. */
   call(f) {
+    if (!this.live()) return;
     try {
       f();
     } catch (e) {
@@ -143,10 +157,11 @@ class Host {
     }
   }
 
-  /** The stream's pump is over: the wasm forgets the request. */
+  /** The stream's pump is over: the wasm forgets the request (and nothing wakes it again). */
   done() {
     this.disarm();
     this.call(() => gateway.done(this.id));
+    this.disarm();
   }
 }
 
@@ -155,7 +170,9 @@ class Host {
  * abort: it is re-instantiated on the next call) loses every request under way, so they fail too.
  */
 function broken(host, error) {
-  const lost = error instanceof WebAssembly.RuntimeError ? [...unanswered] : [host];
+  const trapped = error instanceof WebAssembly.RuntimeError;
+  if (trapped && host.live()) generation += 1;
+  const lost = trapped ? [...unanswered] : [host];
   for (const h of lost) {
     unanswered.delete(h);
     h.disarm();
@@ -221,15 +238,19 @@ async function pump(relay, reader, writer, host) {
     })();
   };
 
-  // The client went away (a write failed) or the wasm broke: the relay reports the end.
-  const abandon = () => {
+  // The client went away (a write failed) or the wasm broke: the relay reports the end. A trap
+  // fails every request the lost instance knew; its relay is then never touched again.
+  const abandon = (error) => {
     if (over) return;
     over = true;
     if (timer !== undefined) clearTimeout(timer);
-    try {
-      relay.free();
-    } catch {
-      // A wasm re-instantiated after a trap no longer knows this relay.
+    if (error instanceof WebAssembly.RuntimeError) broken(host, error);
+    if (host.live()) {
+      try {
+        relay.free();
+      } catch {
+        // Nothing left to free.
+      }
     }
     host.done();
     reader.cancel().catch(() => {});
@@ -244,8 +265,8 @@ async function pump(relay, reader, writer, host) {
       const next = relay.tick(Date.now(), waitingSince);
       if (next >= 0) timer = setTimeout(onTimer, next);
       else finish(-next);
-    } catch {
-      abandon();
+    } catch (e) {
+      abandon(e);
     }
   };
 
@@ -292,8 +313,8 @@ async function pump(relay, reader, writer, host) {
       const code = next.done ? relay.closed() : relay.chunk(next.value);
       if (!(await emit(code, next.value)) || over) return closing;
     }
-  } catch {
-    abandon();
+  } catch (e) {
+    abandon(e);
   }
   return closing;
 }
