@@ -497,13 +497,16 @@ fn scan_keys(data: &[u8]) -> Keys {
     while let Some(p) = find_byte(&data[i..], b'"') {
         let at = i + p;
         let rest = &data[at..];
-        if rest.starts_with(b"\"error\"") {
-            keys.error = true;
-        } else if !usage_null_at_end && rest.starts_with(b"\"usage\"") {
-            let value = rest[7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'));
-            if value.is_some_and(|v| rest[7 + v] == b'{') {
-                keys.usage = true;
+        // Most quotes open some other key or value: one byte tells, before any comparison.
+        match rest.get(1) {
+            Some(b'e') if rest.starts_with(b"\"error\"") => keys.error = true,
+            Some(b'u') if !usage_null_at_end && rest.starts_with(b"\"usage\"") => {
+                let value = rest[7..].iter().position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'));
+                if value.is_some_and(|v| rest[7 + v] == b'{') {
+                    keys.usage = true;
+                }
             }
+            _ => {}
         }
         i = at + 1;
     }
