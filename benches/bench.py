@@ -6,6 +6,8 @@ Targets (each in front of the same native mock backend):
   worker      our Workers bundle, served by workerd from a workerd config (no wrangler proxy)
   bare-js     a hand-written JavaScript pass-through worker on the same workerd
   spin        our Spin component under `wasmtime serve`
+  worker-committed, spin-committed   (only with --only) the same with GATEWAY_STREAM_COMMIT_MS=0:
+              every stream takes a long prefill's path (committed, then relayed)
   bare-wasi   a hand-written Rust WASI-HTTP pass-through component (benches/bare-wasi), built the
               same way, under the same `wasmtime serve`
   portkey     Portkey's gateway (npm), with --peers
@@ -286,15 +288,20 @@ def env_args(variables):
     return [f"{k}={v}" for k, v in variables.items()]
 
 
-def gateway_vars(mock_url):
+def gateway_vars(mock_url, target):
+    """The gateway's configuration; a `*-committed` target commits every stream at once, so its
+    streams take the path of a long prefill (kept alive, then relayed once a backend begins)."""
     import hashlib
     sha = hashlib.sha256(KEY.encode()).hexdigest()
-    return {
+    variables = {
         "GATEWAY_BACKENDS": json.dumps([{"name": "mock", "url": mock_url, "models": [MODEL]}]),
         "GATEWAY_API_KEYS": json.dumps([{"id": "bench", "sha256": sha, "models": ["*"]}]),
         "GATEWAY_PLAYGROUND": "false",
         "GATEWAY_MAX_TOKENS": str(LONG_STREAM_CHUNKS * 2),
     }
+    if target.endswith("-committed"):
+        variables["GATEWAY_STREAM_COMMIT_MS"] = "0"
+    return variables
 
 
 def wasmtime_flags(args):
@@ -311,21 +318,21 @@ def launch(target, state, mock_url, auth, wasmtime=""):
     proc, headers = None, auth
     if target == "direct":
         url, headers = mock_url, {}
-    elif target in ("worker", "bare-js") or target.startswith("js:"):
+    elif target in ("worker", "worker-committed", "bare-js") or target.startswith("js:"):
         d = state / target.replace("/", "_")
-        if target == "worker":
-            argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url)))
+        if target.startswith("worker"):
+            argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url, target)))
         else:
             module = ROOT / "benches/bare-worker.js" if target == "bare-js" else Path(target[3:]).resolve()
             argv, cwd = launcher("workerd", d, port, "--module", module, f"BACKEND_URL={mock_url}")
         proc = start(argv, cpu=1, cwd=cwd, log=d / "workerd.log")
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/v1/chat/completions", headers, body=chat_body().encode())
-    elif target == "spin":
+    elif target in ("spin", "spin-committed"):
         redis_port = free_port()
         argv, _ = launcher("redis", redis_port)
         start(argv, cpu=0)
-        variables = {**gateway_vars(mock_url), "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
+        variables = {**gateway_vars(mock_url, target), "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}"}
         argv, _ = launcher("wasmtime", port, *wasmtime_flags(wasmtime), *env_args(variables))
         proc = start(argv, cpu=1, log=state / "wasmtime.log")
         url = f"http://127.0.0.1:{port}"
@@ -388,7 +395,7 @@ def main():
         targets = TARGETS + (["portkey", "litellm"] if args.peers else [])
         # `js:FILE` runs any JavaScript module as a worker on the same workerd (experiments).
         targets = [t for t in targets if not args.only or t in args.only]
-        targets += [t for t in args.only or [] if t.startswith("js:")]
+        targets += [t for t in args.only or [] if t.startswith("js:") or t.endswith("-committed")]
         running = {}
         for target in targets:
             print(f"== starting {target}", file=sys.stderr, flush=True)
@@ -422,7 +429,7 @@ def profile_worker(seconds):
         wait_http(f"{mock_url}/health")
         port, inspector = free_port(), free_port()
         d = state / "worker"
-        argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url)))
+        argv, cwd = launcher("workerd", d, port, *env_args(gateway_vars(mock_url, "worker")))
         argv = argv[:-1] + [f"--inspector-addr=127.0.0.1:{inspector}", argv[-1]]
         start(argv, cpu=1, cwd=cwd, log=d / "workerd.log")
         url = f"http://127.0.0.1:{port}"
@@ -485,7 +492,8 @@ def report(rounds, args):
     lines += ["", "Against each runtime's bare pass-through (same run):", "",
               "| ours vs bare | CPU/request | c=32 throughput | CPU µs/chunk added, paced / flat | CPU/chunk ratio, paced / flat | stream TTFB added |",
               "|---|---|---|---|---|---|"]
-    for ours, base in (("worker", "bare-js"), ("spin", "bare-wasi")):
+    for ours, base in (("worker", "bare-js"), ("worker-committed", "bare-js"), ("spin", "bare-wasi"),
+                       ("spin-committed", "bare-wasi")):
         o, b = by.get(ours), by.get(base)
         if not (o and b and "cpu_us_c32" in o and "cpu_us_c32" in b):
             continue

@@ -37,7 +37,7 @@ use crate::core::upstream::readiness::MemoryProbeCache;
 use crate::core::upstream::relay::{self, Pipe, Verdict};
 use crate::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::core::Gateway;
-use futures::stream::{Stream, TryStreamExt};
+use futures::stream::Stream;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -50,7 +50,7 @@ use wasm_bindgen::JsCast;
 use worker::js_sys::{Date, Uint8Array};
 use worker::wasm_bindgen_futures::{future_to_promise, JsFuture};
 use worker::web_sys::{AbortController, ReadableStream, ReadableStreamDefaultReader};
-use worker::{durable_object, DurableObject, Env, Method, RequestInit, ResponseBuilder, State};
+use worker::{durable_object, DurableObject, Env, Method, RequestInit, State};
 
 /// The Durable Object binding (see `wrangler.toml`).
 const LIMITER_BINDING: &str = "RATE_LIMITER";
@@ -99,9 +99,9 @@ extern "C" {
     /// The answer: a committed stream for the host to pump from `reader` through `relay`.
     #[wasm_bindgen(method, js_name = respondRelay)]
     fn respond_relay(this: &Host, status: u16, headers: &str, relay: Relay, reader: ReadableStreamDefaultReader);
-    /// The answer: a finished `Response` (any other streamed body).
-    #[wasm_bindgen(method, js_name = respondWith)]
-    fn respond_with(this: &Host, response: worker::web_sys::Response);
+    /// The answer: a stream for the host to write out, which may hand it a relay later.
+    #[wasm_bindgen(method, js_name = respondStream)]
+    fn respond_stream(this: &Host, status: u16, headers: &str, body: Streamed);
     #[wasm_bindgen(method, js_name = waitUntil)]
     fn wait_until(this: &Host, promise: &worker::js_sys::Promise);
 
@@ -157,7 +157,7 @@ pub fn whole_body_max(env: &Env) -> f64 {
 
 /// Starts answering one request; returns its id, which the host's calls name. `headers` is
 /// `name\nvalue\n` lines; `body` the whole body when small, else `stream`. The answer goes to
-/// the host's `respond`, `respondRelay` or `respondWith`.
+/// the host's `respond`, `respondRelay` or `respondStream`.
 #[wasm_bindgen]
 pub fn start(
     method: String,
@@ -190,8 +190,9 @@ async fn answer(req: Rc<Req>, env: Env, request: Request) {
         Ok(dataset) => Rc::new(AnalyticsMetrics(dataset)),
         Err(_) => Rc::new(NoMetrics),
     };
-    let upstream = WorkersFetch { req: req.clone(), last_reader: Rc::default(), piped: Rc::default() };
-    let piped = upstream.piped.clone();
+    let upstream =
+        WorkersFetch { req: req.clone(), last_reader: Rc::default(), piped: Rc::default(), handoff: Rc::default() };
+    let (piped, handoff) = (upstream.piped.clone(), upstream.handoff.clone());
     let gateway = Gateway::new(upstream, DurableLimitStore { env }, runtime.clone())
         .with_health(HEALTH.with(Rc::clone))
         .with_probes(PROBES.with(Rc::clone))
@@ -204,24 +205,27 @@ async fn answer(req: Rc<Req>, env: Env, request: Request) {
         req.forget();
         return;
     };
+    let relayed = piped.borrow_mut().take();
     match body {
         Body::Full(bytes) => {
             req.host.respond(status, &headers, &bytes);
             req.forget();
         }
-        Body::Stream(stream) => match piped.borrow_mut().take() {
+        Body::Stream(stream) => match relayed {
             // The core's relay, for the host to pump; `stream` only stands in for it. The
             // request stays known until the pump is done (`done`): its timer serves the relay.
             Some(Piped { pipe, reader }) => {
                 req.host.respond_relay(status, &headers, Relay { pipe, out: Vec::new() }, reader);
                 req.answered();
             }
+            // A stream committed before its backend began: the host writes what it yields (its
+            // keep-alive comments), and pumps the relay itself once a backend begins.
             None => {
-                match streamed_response(status, &headers, stream) {
-                    Some(response) => req.host.respond_with(response),
-                    None => req.host.respond(500, "content-type\napplication/json\n", b"{}"),
-                }
-                req.forget();
+                handoff.set(true);
+                let streamed =
+                    Streamed { body: Rc::new(RefCell::new(Some(stream))), piped, reader: RefCell::default() };
+                req.host.respond_stream(status, &headers, streamed);
+                req.answered();
             }
         },
     }
@@ -330,19 +334,48 @@ fn to_core_request(
     Request { method, path, headers, body, client_ip, disconnected: Some(disconnected) }
 }
 
-/// A streamed body the core pumps itself, pulled through wasm (nothing the gateway sends today:
-/// its streams are relays).
-fn streamed_response(status: u16, headers: &str, body: BodyStream) -> Option<worker::web_sys::Response> {
-    let out = worker::Headers::new();
-    for (name, value) in Headers::from_lines(headers).iter() {
-        out.append(name, value).ok()?;
+/// A streamed answer the host writes out: its bytes as they come — a committed stream's keep-alive
+/// comments, or its final error event — until a backend begins; then the backend's relay and
+/// reader, for the host's pump, and nothing more from here. The host keeps it until the pump is
+/// done: dropping it earlier would report the client gone.
+#[wasm_bindgen]
+pub struct Streamed {
+    body: Rc<RefCell<Option<BodyStream>>>,
+    piped: Rc<RefCell<Option<Piped>>>,
+    /// The reader of the relay taken by [`Streamed::relay`].
+    reader: RefCell<Option<ReadableStreamDefaultReader>>,
+}
+
+#[wasm_bindgen]
+impl Streamed {
+    /// Resolves to the next bytes (a `Uint8Array`), `undefined` at the end, or `null` once a
+    /// backend began: its relay waits in [`Streamed::relay`].
+    pub fn next(&self) -> worker::js_sys::Promise {
+        let (body, piped) = (self.body.clone(), self.piped.clone());
+        future_to_promise(futures::future::poll_fn(move |cx| {
+            let mut body = body.borrow_mut();
+            let Some(stream) = body.as_mut() else { return Poll::Ready(Ok(JsValue::UNDEFINED)) };
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Ok(Uint8Array::from(bytes.as_slice()).into())),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(JsValue::from_str(&e.0))),
+                Poll::Ready(None) => Poll::Ready(Ok(JsValue::UNDEFINED)),
+                Poll::Pending if piped.borrow().is_some() => Poll::Ready(Ok(JsValue::NULL)),
+                Poll::Pending => Poll::Pending,
+            }
+        }))
     }
-    let response = ResponseBuilder::new()
-        .with_status(status)
-        .with_headers(out)
-        .from_stream(body.map_err(|e| worker::Error::RustError(e.0)))
-        .ok()?;
-    Some(response.into())
+
+    /// The relay of the backend that began (once); its reader is [`Streamed::reader`].
+    pub fn relay(&self) -> Option<Relay> {
+        let Piped { pipe, reader } = self.piped.borrow_mut().take()?;
+        *self.reader.borrow_mut() = Some(reader);
+        Some(Relay { pipe, out: Vec::new() })
+    }
+
+    /// The reader of the relay [`Streamed::relay`] gave.
+    pub fn reader(&self) -> Option<ReadableStreamDefaultReader> {
+        self.reader.borrow_mut().take()
+    }
 }
 
 /// What a [`Relay`] call says (`entry.js` has the same numbers): forward the bytes of
@@ -719,8 +752,10 @@ struct WorkersFetch {
     req: Rc<Req>,
     /// The reader of the last streamed answer: the relay's pump reads on from it.
     last_reader: Rc<RefCell<Option<ReadableStreamDefaultReader>>>,
-    /// The committed stream, for [`answer`] to hand to the host's pump.
+    /// The committed stream, for [`answer`] (or a [`Streamed`]) to hand to the host's pump.
     piped: Rc<RefCell<Option<Piped>>>,
+    /// Set once the answer is a [`Streamed`], which hands a relay that begins later to the host.
+    handoff: Rc<Cell<bool>>,
 }
 
 /// A committed stream, for the host to pump.
@@ -812,17 +847,20 @@ impl Upstream for WorkersFetch {
         match self.last_reader.borrow_mut().take() {
             Some(reader) => {
                 *self.piped.borrow_mut() = Some(Piped { pipe, reader });
-                Box::pin(StandIn { piped: self.piped.clone(), body: Some(body), runtime, inner: None })
+                let (piped, handoff) = (self.piped.clone(), self.handoff.clone());
+                Box::pin(StandIn { piped, handoff, body: Some(body), runtime, inner: None })
             }
             None => relay::stream(pipe, body, runtime),
         }
     }
 }
 
-/// Stands in for a relay the host pumps; if polled first (nothing does today), it pumps the
-/// relay in wasm instead.
+/// Stands in for a relay the host pumps. Inside a stream the host writes out ([`Streamed`]) it
+/// waits while the host takes the relay over; polled anywhere else, it pumps the relay in wasm.
 struct StandIn {
     piped: Rc<RefCell<Option<Piped>>>,
+    /// Whether a [`Streamed`] will hand the relay to the host's pump.
+    handoff: Rc<Cell<bool>>,
     body: Option<BodyStream>,
     runtime: WorkersRuntime,
     inner: Option<BodyStream>,
@@ -833,6 +871,10 @@ impl Stream for StandIn {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.inner.is_none() {
+            if self.handoff.get() && self.piped.borrow().is_some() {
+                // The host's pump takes it over from here (see `Streamed::next`).
+                return Poll::Pending;
+            }
             let piped = self.piped.borrow_mut().take();
             let (Some(Piped { pipe, .. }), Some(body)) = (piped, self.body.take()) else {
                 return Poll::Ready(None);

@@ -143,8 +143,16 @@ class Host {
     });
   }
 
-  respondWith(response) {
-    this.answer(() => response);
+  /**
+   * The answer is a stream the wasm yields (a committed stream's keep-alive comments) until a
+   * backend begins: from then on `pump` relays it, as for `respondRelay`.
+   */
+  respondStream(status, headers, streamed) {
+    this.answer(() => {
+      const { readable, writable } = new IdentityTransformStream();
+      this.ctx.waitUntil(pumpStreamed(streamed, writable.getWriter(), this));
+      return new Response(readable, { status, headers: toHeaders(headers) });
+    });
   }
 
   answer(make) {
@@ -317,6 +325,41 @@ async function pump(relay, reader, writer, host) {
     abandon(e);
   }
   return closing;
+}
+
+/**
+ * Writes what the wasm yields for a stream committed before its backend began — keep-alive
+ * comments, or the final error event — until it ends, or a backend begins and `pump` takes the
+ * relay over. `streamed` is freed only after that: dropping it reports the client gone.
+ */
+async function pumpStreamed(streamed, writer, host) {
+  // Starts once the wasm call that handed the stream over has returned.
+  await undefined;
+  let relayed;
+  try {
+    for (;;) {
+      const next = await streamed.next();
+      if (next === null) {
+        const relay = streamed.relay();
+        relayed = pump(relay, streamed.reader(), writer, host);
+        break;
+      }
+      if (next === undefined) {
+        await writer.close();
+        break;
+      }
+      await writer.write(next);
+    }
+  } catch (e) {
+    // The client went away (a write failed), or the wasm failed.
+    if (e instanceof WebAssembly.RuntimeError) broken(host, e);
+    writer.abort().catch(() => {});
+  }
+  // `pump` reports the end and lets go of the request itself; otherwise freeing the stream
+  // reports its end (when it has not ended: the client left) before the request goes.
+  if (relayed !== undefined) await relayed;
+  if (host.live()) streamed.free();
+  if (relayed === undefined) host.done();
 }
 
 export default {

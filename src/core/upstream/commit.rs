@@ -15,7 +15,7 @@ use crate::core::http::BodyStream;
 use crate::core::openai::Dialect;
 use crate::core::runtime::{timeout, Runtime};
 use crate::core::upstream::found::{Found, Search};
-use crate::core::upstream::relay::{self, EndGuard, StreamEnd, StreamEnding, Timing};
+use crate::core::upstream::relay::{self, EndGuard, Pipe, StreamEnd, StreamEnding, Timing};
 use futures::stream::StreamExt;
 use std::cell::RefCell;
 use std::future::Future;
@@ -33,6 +33,10 @@ pub struct KeepAlive {
     pub dialect: Dialect,
 }
 
+/// Relays a backend's committed answer: [`crate::core::upstream::Upstream::relay`], so that the
+/// platform's own pump serves a stream committed before its backend began as well.
+pub(super) type RelayWith = Box<dyn Fn(Pipe, BodyStream) -> BodyStream>;
+
 /// The client's stream for `search`, which has not found a backend yet.
 pub(super) fn committed<R: Runtime + Clone + 'static>(
     search: Search,
@@ -40,6 +44,7 @@ pub(super) fn committed<R: Runtime + Clone + 'static>(
     keepalive: KeepAlive,
     timing: Timing,
     ending: &StreamEnding,
+    relay_with: RelayWith,
 ) -> BodyStream {
     // Whoever reports the end (the client leaving, the deadline) lets go of the search, and with
     // it the backend request under way, even when nothing polls this stream any more.
@@ -56,6 +61,7 @@ pub(super) fn committed<R: Runtime + Clone + 'static>(
         keepalive,
         timing,
         ending: ending.clone(),
+        relay_with,
         _guard: EndGuard(ending.clone()),
     };
     Box::pin(futures::stream::unfold(state, Committed::next))
@@ -67,6 +73,7 @@ struct Committed<R> {
     keepalive: KeepAlive,
     timing: Timing,
     ending: StreamEnding,
+    relay_with: RelayWith,
     /// Reports the client gone if this stream is dropped before its end.
     _guard: EndGuard,
 }
@@ -132,7 +139,8 @@ impl<R: Runtime + Clone + 'static> Committed<R> {
         match found {
             Found::Stream { body, scanner, first, answered } => {
                 self.ending.answered(answered.backend, answered.tried);
-                relay::relay(body, scanner, first, self.runtime.clone(), self.timing, &self.ending)
+                let (pipe, body) = relay::commit(body, scanner, first, self.runtime.clone(), self.timing, &self.ending);
+                (self.relay_with)(pipe, body)
             }
             // Only streams are committed.
             Found::Completion { .. } => Box::pin(futures::stream::empty()),

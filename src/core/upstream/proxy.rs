@@ -180,7 +180,11 @@ pub async fn send<U: Upstream + Clone + 'static, R: Runtime + Clone + 'static>(
         Either::Left((found, _)) => found.map(|found| relayed(found, upstream, runtime, timing, &ending)),
         Either::Right((_, search)) => {
             let keepalive = commit::KeepAlive { every_ms: timeouts.keepalive_ms, dialect: exchange.endpoint.dialect() };
-            let body = commit::committed(search, runtime.clone(), keepalive, timing, &ending);
+            let relay_with: commit::RelayWith = {
+                let (upstream, runtime) = (upstream.clone(), runtime.clone());
+                Box::new(move |pipe, body| upstream.relay(pipe, body, runtime.clone()))
+            };
+            let body = commit::committed(search, runtime.clone(), keepalive, timing, &ending, relay_with);
             Ok((Relayed::Stream { body, deadline_ms }, None))
         }
     }

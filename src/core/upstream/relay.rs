@@ -226,21 +226,6 @@ pub(super) fn commit<R: Runtime + 'static>(
     (pipe, Box::pin(ending.hold(body)))
 }
 
-/// The client's stream, pumped by the core: `first` (what the first complete events gave,
-/// scanned before it started), then the rest of `body` as it arrives, until `[DONE]`, a failure
-/// or a deadline.
-pub(super) fn relay<R: Runtime + Clone + 'static>(
-    body: BodyStream,
-    scanner: SseScanner,
-    first: Vec<u8>,
-    runtime: R,
-    timing: Timing,
-    ending: &StreamEnding,
-) -> BodyStream {
-    let (pipe, body) = commit(body, scanner, first, runtime.clone(), timing, ending);
-    stream(pipe, body, runtime)
-}
-
 /// A committed stream's relay without I/O: what each chunk of the backend's body becomes, what
 /// the backend closing or failing means, and when time runs out. Whoever pumps the bytes — the
 /// core itself ([`stream`]), or a platform whose byte pipe lives outside wasm — calls it chunk by
