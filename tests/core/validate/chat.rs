@@ -316,6 +316,40 @@ fn counts_every_tokenized_text_and_a_fixed_cost_per_media_part() {
 }
 
 #[test]
+fn legacy_function_fields_and_tool_choice_count_toward_the_prompt_and_the_content_cap() {
+    let base = validate_chat(&serde_json::to_vec(&valid()).unwrap(), &limits()).unwrap().text_bytes;
+    for (field, value) in [
+        ("functions", json!([{"name": "lookup", "description": "d", "parameters": {"type": "object"}}])),
+        ("tool_choice", json!({"type": "function", "function": {"name": "lookup"}})),
+        ("function_call", json!({"name": "lookup"})),
+    ] {
+        let chat = validate_chat(&with(field, value.clone()), &limits()).unwrap();
+        assert_eq!(chat.text_bytes, base + value.to_string().len(), "{field} is counted as its JSON");
+        // Over the content cap (100 bytes here) it is refused, naming the field.
+        let big = json!({"name": "x".repeat(200)});
+        let refused = validate_chat(&with(field, big), &limits()).unwrap_err();
+        assert_eq!(refused.status(), 400, "{field}");
+        assert_eq!(refused.param(), Some(field), "{field}");
+    }
+}
+
+#[test]
+fn every_kind_of_media_part_costs_the_fixed_media_estimate() {
+    for part in [
+        json!({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+        json!({"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,AAAA"}}),
+        json!({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}),
+        json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}}),
+    ] {
+        let body =
+            with("messages", json!([{"role": "user", "content": [{"type": "text", "text": "hi"}, part.clone()]}]));
+        let chat = validate_chat(&body, &limits()).unwrap_or_else(|e| panic!("{part}: {e:?}"));
+        assert_eq!(chat.media_parts, 1, "{part}");
+        assert!(chat.prompt_estimate() >= MEDIA_PART_TOKENS, "{part}");
+    }
+}
+
+#[test]
 fn allows_remote_media_only_when_the_operator_does() {
     let body = with(
         "messages",
