@@ -439,6 +439,23 @@ fn readiness_probes_never_eject_nor_reinstate() {
 }
 
 #[test]
+fn a_readiness_probe_that_times_out_says_so_and_ejects_nobody() {
+    let (gw, upstream, _) = gateway();
+    let config = ordered_backends(&[("GATEWAY_EJECT_AFTER_FAILURES", "1"), ("GATEWAY_READYZ_CACHE_MS", "0")]);
+    upstream.push(Script::Hang);
+    upstream.push(Script::json(200, ""));
+    upstream.push(Script::json(200, ""));
+    let (status, _, body) = text(run(gw.handle(Ok(&config), get("/readyz", None))));
+    assert_eq!(status, 200, "b and c are ready: {body}");
+    let a = serde_json::from_str::<serde_json::Value>(&body).unwrap()["backends"][0].clone();
+    assert_eq!((a["name"].as_str(), a["status"].as_str()), (Some("a"), Some("timeout")), "{body}");
+    upstream.sent.borrow_mut().clear();
+    upstream.push(Script::json(200, COMPLETION));
+    text(run(gw.handle(Ok(&config), post_chat(KEY, CHAT))));
+    assert_eq!(upstream.hosts(), ["a.internal"], "a slow probe ejects nobody");
+}
+
+#[test]
 fn readiness_probes_each_backend_once_per_cache_period_and_names_no_model() {
     let (gw, upstream, _) = gateway();
     let config = ordered_backends(&[("GATEWAY_READYZ_CACHE_MS", "5000")]);
