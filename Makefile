@@ -38,12 +38,13 @@ DEV_PORT ?= 8787
 MOCK_PORT ?= 8001
 DEV_KEY := sk-dev-local-gateway-key
 
-.PHONY: check help tools rust-targets wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin bare-wasi dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
+.PHONY: check msrv help tools rust-targets wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool node-tools worker spin bare-wasi dev test clean fuzz fuzz-tool bench bench-tool bench-peers real-tool test-real
 
 help:
 	@echo "make dev    - run the gateway in local workerd against the mock backend"
 	@echo "make test   - run every test (make check, then end to end in workerd and wasmtime serve)"
 	@echo "make check  - formatting, clippy on all three builds, native tests (seconds)"
+	@echo "make msrv   - check the library with the oldest Rust Cargo.toml names (rust-version)"
 	@echo "make worker - build the release Workers bundle into build/"
 	@echo "make spin   - build the release Spin component, one WASI 0.2 component ($(SPIN_OUT))"
 	@echo "make test-real - test against a real inference server (llama-cpp-python; ~35 min first time)"
@@ -55,6 +56,17 @@ tools: rust-targets wasm-bindgen-tool wasmtime-tool wasm-tools-tool redis-tool n
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# The oldest Rust the package says it builds with (`rust-version` in Cargo.toml): the library on
+# both wasm targets and natively, checked with that toolchain (installed on first use, minimal
+# profile) in its own target dir, so the pinned toolchain's builds are left alone.
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv:
+	@rustup toolchain list | grep -q "^$(MSRV)-" || rustup toolchain install $(MSRV) --profile minimal
+	@rustup target add --toolchain $(MSRV) wasm32-unknown-unknown wasm32-wasip2 2>&1 | grep -v "is up to date" || true
+	CARGO_TARGET_DIR=target/msrv cargo +$(MSRV) check --lib --features cloudflare --target wasm32-unknown-unknown
+	CARGO_TARGET_DIR=target/msrv cargo +$(MSRV) check --lib --features spin --target wasm32-wasip2
+	CARGO_TARGET_DIR=target/msrv cargo +$(MSRV) check --lib
 
 # `--locked` fails for this version because the index lags one of its locked dependencies.
 wasm-bindgen-tool:
@@ -148,11 +160,11 @@ dev: worker target/debug/mock-backend
 
 ## Test ----------------------------------------------------------------------------------------
 
-# Native core tests, the mock's tests, the Spin component's WIT world (WASI 0.2 only), then one
+# Lints and native tests (check), the library with the oldest supported Rust (msrv), then one
 # end-to-end suite against the release Workers bundle in workerd and the release Spin component
-# in wasmtime serve's WASI 0.2 mode (with Redis) — including the official Python and Node SDKs
-# and a real Chromium; then lints for the native and both wasm builds.
-test: check worker spin wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool
+# in wasmtime serve's WASI 0.2 mode (with Redis) — including the Spin component's WIT world, the
+# official Python and Node SDKs and a real Chromium.
+test: check msrv worker spin wasmtime-tool wasm-tools-tool redis-tool browser-tool sdk-tool
 	cargo test --features e2e --test e2e
 
 # What fails in seconds, before anything is built or installed: formatting, clippy (-D warnings,
