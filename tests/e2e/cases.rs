@@ -1247,12 +1247,20 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> OwnRedis {
+        OwnRedis::start_on("127.0.0.1")
+    }
+
+    /// On `bind`: an IPv4 or IPv6 address (`addr` is then `[::1]:port`).
+    fn start_on(bind: &str) -> OwnRedis {
         let port = crate::support::free_port();
         let dir = std::env::temp_dir().join(format!("edge-gateway-e2e-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cmd = crate::support::launch::redis(port);
+        let cmd = crate::support::launch::redis_on(bind, port);
         let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
-        let addr = format!("127.0.0.1:{port}");
+        let addr = match bind.contains(':') {
+            true => format!("[{bind}]:{port}"),
+            false => format!("{bind}:{port}"),
+        };
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()),
             "redis-server on {addr}"
@@ -1279,6 +1287,21 @@ impl Drop for OwnRedis {
 /// SIGSTOP: each answers within a second (500 `internal_error`, or 200 unlimited with a logged
 /// warning); after SIGCONT both are limited through Redis again; with Redis gone (refused) they
 /// answer at once. Workers keep limits in Durable Objects, so this runs on `wasi_gateway` only.
+/// Redis at an IPv6 literal (`redis://[::1]:port`): the component connects to it and admits
+/// through it. Skipped, saying so, where the machine has no IPv6 loopback.
+pub fn limits_hold_with_redis_at_an_ipv6_literal(launch: Launch) {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let redis = OwnRedis::start_on("::1");
+    let url = format!("redis://{}", redis.addr);
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    let r = post(&gw, Some(BURST_KEY), &chat(json!({"mock": {"chunks": 1}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-ratelimit-remaining-requests").is_some(), "admitted through Redis at {url}");
+}
+
 pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(launch: Launch) {
     let mut redis = OwnRedis::start();
     let url = format!("redis://{}", redis.addr);

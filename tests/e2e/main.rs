@@ -133,6 +133,11 @@ mod workerd_gateway_only {
 /// Cases about the Spin build alone (its Redis, its host), run on the WASI host only.
 mod wasi_gateway_only {
     #[test]
+    fn limits_hold_with_redis_at_an_ipv6_literal() {
+        crate::cases::limits_hold_with_redis_at_an_ipv6_literal(crate::wasi::dedicated);
+    }
+
+    #[test]
     fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes() {
         crate::cases::a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(
             crate::wasi::dedicated,

@@ -234,8 +234,13 @@ pub fn wasmtime_serve(component: &Path, port: u16, vars: &[(String, String)], ex
 
 /// A `redis-server` on `127.0.0.1:port`, nothing persisted.
 pub fn redis(port: u16) -> Command {
+    redis_on("127.0.0.1", port)
+}
+
+/// redis-server listening on `bind` (an address: `::1` for IPv6 loopback).
+pub fn redis_on(bind: &str, port: u16) -> Command {
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
+    cmd.args(["--bind", bind, "--port", &port.to_string(), "--save", "", "--appendonly", "no"]);
     cmd
 }
 
