@@ -36,6 +36,11 @@ enum Step {
 
 /// A backend on 127.0.0.1 that answers every request with one event stream played from `steps`.
 fn scripted_backend(steps: Vec<Step>) -> String {
+    scripted_backend_for("scripted", SCRIPTED_MODEL, steps)
+}
+
+/// [`scripted_backend`], named `name` and serving `model`.
+fn scripted_backend_for(name: &str, model: &str, steps: Vec<Step>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -44,7 +49,7 @@ fn scripted_backend(steps: Vec<Step>) -> String {
             std::thread::spawn(move || play(conn, &steps));
         }
     });
-    format!(r#"{{"name":"scripted","url":"http://{addr}","models":["{SCRIPTED_MODEL}"]}}"#)
+    format!(r#"{{"name":"{name}","url":"http://{addr}","models":["{model}"]}}"#)
 }
 
 fn play(mut conn: TcpStream, steps: &[Step]) {
@@ -355,4 +360,273 @@ pub fn a_client_leaving_a_kept_alive_stream_frees_everything(launch: Launch) {
         let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id.as_str()).count();
         assert_eq!(logged, 1, "{moment}: logged once");
     }
+}
+
+/// Every stream committed at once (`GATEWAY_STREAM_COMMIT_MS=0`: relayed by the platform's pump
+/// after the keep-alive phase) ends exactly as the same stream relayed directly does: the same
+/// events after the comments, the same log record (end, backend, attempts, usage, error), for a
+/// plain stream, a failover after the commit (the first backend's stream malformed, or a 500), a
+/// backend failing mid-stream (error event, reset), `[DONE]` as the first event, a first event that
+/// is content and an error at once, an oversized first event, the usage chunk asked for, and the
+/// Responses API (its held opening events and its error event's numbering).
+pub fn a_stream_committed_at_once_ends_as_a_direct_stream_does(launch: Launch) {
+    let flaky = crate::harness::watched_mock(&["--name", "flaky", "--model", "ha-model"]);
+    let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model"]);
+    let huge = token(&"y".repeat(300 << 10));
+    let scripted = [
+        scripted_backend_for("done-first", "done-first-model", vec![Step::Send(DONE.into()), Step::End]),
+        scripted_backend_for(
+            "begin-and-fail",
+            "begin-and-fail-model",
+            vec![
+                Step::Send(format!(
+                    "{ROLE}{}data: {{\"error\":{{\"message\":\"boom\",\"type\":\"InternalServerError\",\"code\":500}}}}\n\n",
+                    token("one")
+                )),
+                Step::Send(DONE.into()),
+                Step::End,
+            ],
+        ),
+        scripted_backend_for(
+            "oversized-first",
+            "oversized-first-model",
+            vec![Step::Send(ROLE.into()), Step::Send(huge.clone()), Step::Send(DONE.into()), Step::End],
+        ),
+    ];
+    let backends = [
+        format!(r#"{{"name":"flaky","url":"{}","models":["ha-model"]}}"#, flaky.base_url),
+        format!(r#"{{"name":"steady","url":"{}","models":["ha-model"],"priority":1}}"#, steady.base_url),
+        scripted[0].clone(),
+        scripted[1].clone(),
+        scripted[2].clone(),
+    ];
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let direct = launch(Setup { backends: &backends, ..Setup::default() });
+    let committed = launch(Setup {
+        vars: &[("GATEWAY_STREAM_COMMIT_MS", "0"), ("GATEWAY_KEEPALIVE_MS", "100")],
+        backends: &backends,
+    });
+    let chat = |model: &str, mock: serde_json::Value| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
+    let cases: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("plain", "/v1/chat/completions", chat(MODEL, json!({"chunks": 3}))),
+        (
+            "usage asked for",
+            "/v1/chat/completions",
+            json!({"model": MODEL, "stream": true, "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 3}}),
+        ),
+        (
+            "failover after a malformed stream",
+            "/v1/chat/completions",
+            chat("ha-model", json!({"chunks": 3, "fault": "malformed_sse", "fault_on": "flaky"})),
+        ),
+        (
+            "failover after a 500",
+            "/v1/chat/completions",
+            chat("ha-model", json!({"chunks": 3, "fault": "500", "fault_on": "flaky"})),
+        ),
+        (
+            "an error event mid-stream",
+            "/v1/chat/completions",
+            chat(MODEL, json!({"chunks": 5, "fault": "error_event"})),
+        ),
+        ("a reset mid-stream", "/v1/chat/completions", chat(MODEL, json!({"chunks": 5, "fault": "reset"}))),
+        ("[DONE] first", "/v1/chat/completions", chat("done-first-model", json!({}))),
+        ("content and an error at once", "/v1/chat/completions", chat("begin-and-fail-model", json!({}))),
+        ("an oversized first event", "/v1/chat/completions", chat("oversized-first-model", json!({}))),
+        (
+            "the Responses API",
+            "/v1/responses",
+            json!({"model": MODEL, "stream": true, "input": "hi", "mock": {"chunks": 3}}),
+        ),
+        (
+            "the Responses API failing mid-stream",
+            "/v1/responses",
+            json!({"model": MODEL, "stream": true, "input": "hi", "mock": {"chunks": 5, "fault": "error_event"}}),
+        ),
+    ];
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let run = |gw: &Gateway, path: &str, body: &serde_json::Value| {
+        let mut stream = request_streaming(&gw.addr, "POST", path, &headers, Some(&serde_json::to_vec(body).unwrap()));
+        let status = stream.status;
+        let id = stream.header("x-request-id").expect("an id").to_string();
+        let body = String::from_utf8_lossy(&stream.read_to_end()).into_owned();
+        let clean = stream.finished_cleanly();
+        let record = gw.log_record(&id);
+        (status, body, clean, record)
+    };
+    let mut differences = Vec::new();
+    for (case, path, body) in &cases {
+        let (d_status, d_body, d_clean, d_record) = run(&direct, path, body);
+        let (c_status, c_body, c_clean, c_record) = run(&committed, path, body);
+        assert_eq!(d_status, 200, "{case}: direct: {d_body}");
+        assert_eq!(c_status, 200, "{case}: committed");
+        assert!(c_body.starts_with(": keep-alive\n\n"), "{case}: committed at once: {c_body:.200}");
+        let c_events = comparable_events(&c_body.replace(": keep-alive\n\n", ""));
+        let d_events = comparable_events(&d_body);
+        if d_events != c_events {
+            differences.push(format!("{case}: events differ:\n direct    {d_events:?}\n committed {c_events:?}"));
+        }
+        if d_clean != c_clean {
+            differences.push(format!("{case}: ended cleanly: direct {d_clean}, committed {c_clean}"));
+        }
+        for field in ["status", "stream_end", "backend", "attempts", "usage", "error"] {
+            if d_record[field] != c_record[field] {
+                differences
+                    .push(format!("{case}: log `{field}`: direct {}, committed {}", d_record[field], c_record[field]));
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// A stream's events, without what differs between two answers to the same request (ids, times).
+fn comparable_events(body: &str) -> Vec<String> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, _| !(k == "id" || k.ends_with("_id") || k.starts_with("created")));
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    crate::support::sse_events(body.as_bytes())
+        .into_iter()
+        .map(|event| match serde_json::from_str::<serde_json::Value>(&event) {
+            Ok(mut value) => {
+                strip(&mut value);
+                value.to_string()
+            }
+            Err(_) => event,
+        })
+        // A huge event by its start and length (a difference in the middle still shows in it).
+        .map(|event| match event.len() > 300 {
+            true => format!("{}… ({} bytes)", event.chars().take(200).collect::<String>(), event.len()),
+            false => event,
+        })
+        .collect()
+}
+
+/// A stream committed at once keeps its total deadline in both of its phases: ended by it while
+/// the comments still stand in for a backend (a long prefill) — when it passes, not at the next
+/// comment — and after a backend began (tokens too slow to finish), each time with one
+/// `upstream_timeout` event, a properly ended stream and a record saying `timeout`.
+pub fn a_committed_stream_keeps_its_total_deadline_before_and_after_its_backend_began(launch: Launch) {
+    let gw = launch(Setup {
+        vars: &[
+            ("GATEWAY_STREAM_COMMIT_MS", "0"),
+            ("GATEWAY_KEEPALIVE_MS", "1500"),
+            ("GATEWAY_FIRST_BYTE_TIMEOUT_MS", "2000"),
+            ("GATEWAY_IDLE_TIMEOUT_MS", "2000"),
+            ("GATEWAY_TOTAL_TIMEOUT_MS", "2000"),
+        ],
+        ..Setup::default()
+    });
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    for (moment, mock) in [
+        ("before its backend began", json!({"chunks": 3, "prefill_ms": 5_000})),
+        ("after its backend began", json!({"chunks": 100, "prefill_ms": 200, "delay_ms": 100})),
+    ] {
+        let body =
+            json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
+        let sent = std::time::Instant::now();
+        let mut stream = request_streaming(
+            &gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(&serde_json::to_vec(&body).unwrap()),
+        );
+        assert_eq!(stream.status, 200, "{moment}");
+        let id = stream.header("x-request-id").expect("an id").to_string();
+        let body = String::from_utf8_lossy(&stream.read_to_end()).into_owned();
+        let ended = sent.elapsed();
+        assert!(stream.finished_cleanly(), "{moment}: {body}");
+        let events = crate::support::sse_events(body.as_bytes());
+        let last = events.last().map(String::as_str).unwrap_or_default();
+        assert!(last.contains("upstream_timeout"), "{moment}: {body}");
+        assert_eq!(events.iter().filter(|e| e.contains("\"error\"")).count(), 1, "{moment}: {body}");
+        assert!(
+            ended < Duration::from_millis(2_400),
+            "{moment}: ended {ended:?} after it was sent; the deadline is 2 s, a comment every 1.5 s"
+        );
+        assert_eq!(gw.log_record(&id)["stream_end"], "timeout", "{moment}");
+    }
+}
+
+/// Clients leaving a committed stream at the moment its backend begins — just before, with and
+/// just after the first tokens, as the relay passes from the comments to the platform's pump —
+/// each free the in-flight slot and the backend's connection, and are logged once.
+pub fn clients_leaving_a_committed_stream_as_its_backend_begins_keep_nothing(launch: Launch) {
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_STREAM_COMMIT_MS", "0"), ("GATEWAY_KEEPALIVE_MS", "100")],
+        ..Setup::default()
+    });
+    let auth = format!("Bearer {LEAVING_KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let free = || {
+        wait_until(Duration::from_secs(5), || {
+            let body = serde_json::to_vec(
+                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+            )
+            .unwrap();
+            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
+        })
+    };
+    for prefill_ms in [90u64, 100, 105, 110, 195, 200, 205] {
+        for leave_after_ms in [0u64, 3, 10] {
+            let moment = format!("prefill {prefill_ms} ms, leaving {leave_after_ms} ms after the first token");
+            let disconnects = gw.primary.stat("client_disconnects");
+            let body = json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}],
+                              "mock": {"chunks": 30, "prefill_ms": prefill_ms, "delay_ms": 50}});
+            let mut stream = request_streaming(
+                &gw.addr,
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                Some(&serde_json::to_vec(&body).unwrap()),
+            );
+            assert_eq!(stream.status, 200, "{moment}");
+            let id = stream.header("x-request-id").expect("an id").to_string();
+            let mut seen = String::new();
+            while !seen.contains("data:") {
+                let (_, piece) = stream.next_chunk().unwrap_or_else(|| panic!("{moment}: ended early: {seen}"));
+                seen.push_str(&String::from_utf8_lossy(&piece));
+            }
+            std::thread::sleep(Duration::from_millis(leave_after_ms));
+            stream.disconnect();
+            let closed = wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > disconnects);
+            assert!(closed, "{moment}: the backend's connection was kept");
+            assert!(free(), "{moment}: the slot leaked");
+            let record = gw.log_record(&id);
+            assert_eq!(record["stream_end"], "client_closed", "{moment}: {record}");
+            let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id.as_str()).count();
+            assert_eq!(logged, 1, "{moment}: logged once");
+        }
+    }
+}
+
+/// `GATEWAY_STREAM_COMMIT_MS=0` commits every stream at once, even one whose backend answers
+/// before the runtime's clock is next read (the README's promise, and what the `*-committed`
+/// benchmark targets measure): each of many quick streams begins with a keep-alive comment.
+pub fn a_zero_commit_delay_commits_every_stream_at_once(launch: Launch) {
+    let gw = launch(Setup { vars: &[("GATEWAY_STREAM_COMMIT_MS", "0")], ..Setup::default() });
+    let auth = format!("Bearer {KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let body = serde_json::to_vec(
+        &json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+    )
+    .unwrap();
+    let direct = (0..100)
+        .filter(|_| {
+            let mut stream = request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body));
+            assert_eq!(stream.status, 200);
+            !stream.read_to_end().starts_with(b": keep-alive\n\n")
+        })
+        .count();
+    assert_eq!(direct, 0, "streams of 100 not committed at once");
 }

@@ -39,6 +39,10 @@ macro_rules! run_cases {
                 a_backend_dying_mid_event_ends_the_stream_with_one_error_event,
                 the_idle_timeout_still_holds_after_the_client_paused_reading,
                 a_client_leaving_a_kept_alive_stream_frees_everything,
+                a_stream_committed_at_once_ends_as_a_direct_stream_does,
+                a_committed_stream_keeps_its_total_deadline_before_and_after_its_backend_began,
+                clients_leaving_a_committed_stream_as_its_backend_begins_keep_nothing,
+                a_zero_commit_delay_commits_every_stream_at_once,
             );
             run_cases!(@each_in boundary, $start;
                 clients_leaving_at_any_moment_keep_no_slot,

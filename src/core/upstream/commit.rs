@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 /// The SSE comment that keeps a committed stream's connection alive.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -49,14 +49,22 @@ pub(super) fn committed<R: Runtime + Clone + 'static>(
     // Whoever reports the end (the client leaving, the deadline) lets go of the search, and with
     // it the backend request under way, even when nothing polls this stream any more.
     let slot = Rc::new(RefCell::new(Some(search)));
-    let held = slot.clone();
+    // Whoever polled the search last: woken when it is let go of, so that the stream ends (with
+    // its timeout event) when the deadline passes, not at the next comment. The search's own
+    // timers go with it, and a runtime may wake the watcher's first (wasmtime does).
+    let waiting: Rc<RefCell<Option<Waker>>> = Rc::default();
+    let (held, woken) = (slot.clone(), waiting.clone());
     ending.release_on_end(Box::new(move || {
         if let Ok(mut search) = held.try_borrow_mut() {
             search.take();
         }
+        let waker = woken.try_borrow_mut().ok().and_then(|mut w| w.take());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }));
     let state = Committed {
-        phase: Phase::Searching { search: slot, commented: false },
+        phase: Phase::Searching { search: slot, waiting, commented: false },
         runtime,
         keepalive,
         timing,
@@ -82,6 +90,7 @@ enum Phase {
     /// No backend has begun; `commented` once the first comment went out.
     Searching {
         search: Rc<RefCell<Option<Search>>>,
+        waiting: Rc<RefCell<Option<Waker>>>,
         commented: bool,
     },
     /// A backend began: its stream, relayed.
@@ -104,7 +113,7 @@ impl<R: Runtime + Clone + 'static> Committed<R> {
                     *commented = true;
                     return Some((Ok(KEEP_ALIVE.to_vec()), self));
                 }
-                Phase::Searching { search, .. } => search.clone(),
+                Phase::Searching { search, waiting, .. } => (search.clone(), waiting.clone()),
             };
             if let Some(end) = self.ending.end() {
                 // Let go of by the watcher: the deadline passed, or the client left.
@@ -116,7 +125,7 @@ impl<R: Runtime + Clone + 'static> Committed<R> {
                     _ => None,
                 };
             }
-            match timeout(&self.runtime, self.keepalive.every_ms.max(1), Polled(&search)).await {
+            match timeout(&self.runtime, self.keepalive.every_ms.max(1), Polled(&search.0, &search.1)).await {
                 None => return Some((Ok(KEEP_ALIVE.to_vec()), self)),
                 Some(None) => continue, // let go of between polls: the end check says why
                 Some(Some(Ok(found))) => self.phase = Phase::Relaying(self.relay(found)),
@@ -153,7 +162,8 @@ impl<R: Runtime + Clone + 'static> Committed<R> {
 }
 
 /// Polls the search in its slot, borrowing it only inside `poll`; `None` once it was let go of.
-struct Polled<'a>(&'a Rc<RefCell<Option<Search>>>);
+/// The second slot keeps the waker of the last poll, for whoever lets go of the search.
+struct Polled<'a>(&'a Rc<RefCell<Option<Search>>>, &'a Rc<RefCell<Option<Waker>>>);
 
 impl Future for Polled<'_> {
     type Output = Option<Result<Found, GatewayError>>;
@@ -166,7 +176,10 @@ impl Future for Polled<'_> {
                 *slot = None;
                 Poll::Ready(Some(found))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                *self.1.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
     }
 }

@@ -176,7 +176,14 @@ pub async fn send<U: Upstream + Clone + 'static, R: Runtime + Clone + 'static>(
         return search.await.map(|found| relayed(found, upstream, runtime, timing, &ending));
     }
     let commit_timer = runtime.sleep(commit_at.saturating_sub(runtime.now_ms()));
-    match select(search, Box::pin(commit_timer)).await {
+    // 0 commits at once, before the search is first polled: a zero-length sleep is not always
+    // ready at its first poll (a WASI host's clock pollable is ready only once the host has polled
+    // it, by when a quick backend may have begun), and racing it would commit some streams only.
+    let decided = match timeouts.stream_commit_ms {
+        0 => Either::Right(((), search)),
+        _ => select(search, Box::pin(commit_timer)).await,
+    };
+    match decided {
         Either::Left((found, _)) => found.map(|found| relayed(found, upstream, runtime, timing, &ending)),
         Either::Right((_, search)) => {
             let keepalive = commit::KeepAlive { every_ms: timeouts.keepalive_ms, dialect: exchange.endpoint.dialect() };
