@@ -119,6 +119,19 @@ fn stream_body(gw: &Gateway) -> (u16, String, bool) {
     (stream.status, String::from_utf8_lossy(&body).into_owned(), stream.finished_cleanly())
 }
 
+/// Whether `LEAVING_KEY`'s one in-flight slot is free again (within 5 s): a one-chunk chat with
+/// `auth` is answered.
+fn slot_is_free(gw: &Gateway, auth: &str) -> bool {
+    let headers = [("authorization", auth), ("content-type", "application/json")];
+    let body = serde_json::to_vec(
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
+    })
+}
+
 /// Events cut at every kind of place — mid-field, mid-line ending, between the two newlines — and
 /// paced like tokens, a 600 KB event in 64 KB pieces, the usage chunk (which the client did not
 /// ask for): the client gets every byte the backend sent, in order, minus that chunk.
@@ -177,15 +190,7 @@ pub fn a_backend_dying_mid_event_ends_the_stream_with_one_error_event(launch: La
 pub fn clients_leaving_at_any_moment_keep_no_slot(gw: &Gateway) {
     let auth = format!("Bearer {LEAVING_KEY}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let free = || {
-        wait_until(Duration::from_secs(5), || {
-            let body = serde_json::to_vec(
-                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
-            )
-            .unwrap();
-            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
-        })
-    };
+    let free = || slot_is_free(gw, &auth);
     // Mid-body: the head promises 1,000 bytes, 10 come, then the client is gone.
     let conn = connect(&gw.addr).unwrap();
     let head = format!(
@@ -328,15 +333,7 @@ pub fn a_client_leaving_a_kept_alive_stream_frees_everything(launch: Launch) {
             json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
         request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
     };
-    let free = || {
-        wait_until(Duration::from_secs(5), || {
-            let body = serde_json::to_vec(
-                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
-            )
-            .unwrap();
-            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
-        })
-    };
+    let free = || slot_is_free(&gw, &auth);
     for (moment, mock, read_until) in [
         ("during the search", json!({"chunks": 3, "prefill_ms": 1_500}), ": keep-alive"),
         ("between tokens", json!({"chunks": 30, "prefill_ms": 600, "delay_ms": 300}), "\"content\""),
@@ -568,15 +565,7 @@ pub fn clients_leaving_a_committed_stream_as_its_backend_begins_keep_nothing(lau
     });
     let auth = format!("Bearer {LEAVING_KEY}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let free = || {
-        wait_until(Duration::from_secs(5), || {
-            let body = serde_json::to_vec(
-                &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 1}}),
-            )
-            .unwrap();
-            request(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&body)).status == 200
-        })
-    };
+    let free = || slot_is_free(&gw, &auth);
     for prefill_ms in [90u64, 100, 105, 110, 195, 200, 205] {
         for leave_after_ms in [0u64, 3, 10] {
             let moment = format!("prefill {prefill_ms} ms, leaving {leave_after_ms} ms after the first token");
