@@ -6,46 +6,11 @@
 use crate::support::*;
 use edge_gateway::core::config::RequestCaps;
 use edge_gateway::core::http::{Body, BodyError};
-use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
-use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
 use edge_gateway::core::validate::{validate_chat, validate_completions, validate_responses, Validated};
-use edge_gateway::core::Gateway;
 use futures::StreamExt;
-use std::cell::RefCell;
 use std::rc::Rc;
 
 const STREAM: &str = r#"{"model":"llama","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-
-/// A limit store that remembers every settlement it was sent.
-#[derive(Clone)]
-struct Recording {
-    inner: TestStore,
-    settled: Rc<RefCell<Vec<Settlement>>>,
-}
-
-impl LimitStore for Recording {
-    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
-        self.inner.admit(scope, admission).await
-    }
-
-    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
-        self.settled.borrow_mut().push(settlement.clone());
-        self.inner.settle(scope, settlement).await
-    }
-}
-
-fn recording_gateway() -> (Gateway<FakeUpstream, Recording, FakeRuntime>, FakeUpstream, FakeRuntime, Recording) {
-    let (_, upstream, runtime, inner) = gateway_with_store();
-    let store = Recording { inner, settled: Rc::default() };
-    (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
-}
-
-/// The token correction of the one settlement sent so far (negative: a refund).
-fn token_delta(store: &Recording) -> i64 {
-    let settled = store.settled.borrow();
-    assert_eq!(settled.len(), 1, "one settlement: {settled:?}");
-    settled[0].adjustments.iter().find(|a| a.bucket == "tokens").map_or(0, |a| a.delta)
-}
 
 /// The caps of the test configuration (512 KiB of content, 512 tokens, n up to 4).
 fn caps() -> RequestCaps {

@@ -13,45 +13,10 @@ use edge_gateway::core::validate::validate_chat;
 use edge_gateway::core::Gateway;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::cell::RefCell;
 use std::rc::Rc;
 
 const USAGE: &str =
     "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\n";
-
-/// A limit store that remembers every settlement it was sent.
-#[derive(Clone)]
-struct Recording {
-    inner: TestStore,
-    settled: Rc<RefCell<Vec<Settlement>>>,
-}
-
-impl LimitStore for Recording {
-    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
-        self.inner.admit(scope, admission).await
-    }
-
-    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
-        self.settled.borrow_mut().push(settlement.clone());
-        self.inner.settle(scope, settlement).await
-    }
-}
-
-fn recording_gateway() -> (Gateway<FakeUpstream, Recording, FakeRuntime>, FakeUpstream, FakeRuntime, Recording) {
-    let upstream = FakeUpstream::default();
-    let runtime = FakeRuntime::default();
-    let clock = runtime.clock.clone();
-    let inner: TestStore = Rc::new(MemoryStore::new(Box::new(move || clock.now.get()) as Box<dyn Fn() -> u64>));
-    let store = Recording { inner, settled: Rc::default() };
-    (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
-}
-
-/// The token correction of the one settlement sent so far (negative: a refund).
-fn token_delta(store: &Recording) -> i64 {
-    let settled = store.settled.borrow();
-    assert_eq!(settled.len(), 1, "one settlement: {settled:?}");
-    settled[0].adjustments.iter().find(|a| a.bucket == "tokens").map_or(0, |a| a.delta)
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Failover/ejection "only for backend faults": a request that makes every backend answer 500

@@ -9,7 +9,8 @@
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::http::{body_from_chunks, Body, BodyError, Headers, Request, Response};
 use edge_gateway::core::log::{DataPoint, LogRecord, Metrics};
-use edge_gateway::core::rate_limit::store::MemoryStore;
+use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
+use edge_gateway::core::rate_limit::store::{LimitStore, MemoryStore, StoreError};
 use edge_gateway::core::runtime::Runtime;
 use edge_gateway::core::upstream::{ConnectError, Upstream, UpstreamRequest, UpstreamResponse};
 use edge_gateway::core::{auth::sha256_hex, Gateway};
@@ -400,6 +401,38 @@ pub fn gateway_with_store() -> (TestGateway, FakeUpstream, FakeRuntime, TestStor
     let clock = runtime.clock.clone();
     let store = Rc::new(MemoryStore::new(Box::new(move || clock.now.get()) as Box<dyn Fn() -> u64>));
     (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
+}
+
+/// A limit store that remembers every settlement it was sent.
+#[derive(Clone)]
+pub struct Recording {
+    pub inner: TestStore,
+    pub settled: Rc<RefCell<Vec<Settlement>>>,
+}
+
+impl LimitStore for Recording {
+    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
+        self.inner.admit(scope, admission).await
+    }
+
+    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        self.settled.borrow_mut().push(settlement.clone());
+        self.inner.settle(scope, settlement).await
+    }
+}
+
+/// [`gateway_with_store`] whose store records every settlement.
+pub fn recording_gateway() -> (Gateway<FakeUpstream, Recording, FakeRuntime>, FakeUpstream, FakeRuntime, Recording) {
+    let (_, upstream, runtime, inner) = gateway_with_store();
+    let store = Recording { inner, settled: Rc::default() };
+    (Gateway::new(upstream.clone(), store.clone(), runtime.clone()), upstream, runtime, store)
+}
+
+/// The token correction of the one settlement sent so far (negative: a refund).
+pub fn token_delta(store: &Recording) -> i64 {
+    let settled = store.settled.borrow();
+    assert_eq!(settled.len(), 1, "one settlement: {settled:?}");
+    settled[0].adjustments.iter().find(|a| a.bucket == "tokens").map_or(0, |a| a.delta)
 }
 
 /// The variables of a typical deployment: two models on two backends, two keys.
