@@ -190,9 +190,8 @@ async fn answer(req: Rc<Req>, env: Env, request: Request) {
         Ok(dataset) => Rc::new(AnalyticsMetrics(dataset)),
         Err(_) => Rc::new(NoMetrics),
     };
-    let upstream =
-        WorkersFetch { req: req.clone(), last_reader: Rc::default(), piped: Rc::default(), handoff: Rc::default() };
-    let (piped, handoff) = (upstream.piped.clone(), upstream.handoff.clone());
+    let upstream = WorkersFetch { req: req.clone(), last_reader: Rc::default(), piped: Rc::default() };
+    let piped = upstream.piped.clone();
     let gateway = Gateway::new(upstream, DurableLimitStore { env }, runtime.clone())
         .with_health(HEALTH.with(Rc::clone))
         .with_probes(PROBES.with(Rc::clone))
@@ -221,7 +220,6 @@ async fn answer(req: Rc<Req>, env: Env, request: Request) {
             // A stream committed before its backend began: the host writes what it yields (its
             // keep-alive comments), and pumps the relay itself once a backend begins.
             None => {
-                handoff.set(true);
                 let streamed =
                     Streamed { body: Rc::new(RefCell::new(Some(stream))), piped, reader: RefCell::default() };
                 req.host.respond_stream(status, &headers, streamed);
@@ -754,8 +752,6 @@ struct WorkersFetch {
     last_reader: Rc<RefCell<Option<ReadableStreamDefaultReader>>>,
     /// The committed stream, for [`answer`] (or a [`Streamed`]) to hand to the host's pump.
     piped: Rc<RefCell<Option<Piped>>>,
-    /// Set once the answer is a [`Streamed`], which hands a relay that begins later to the host.
-    handoff: Rc<Cell<bool>>,
 }
 
 /// A committed stream, for the host to pump.
@@ -840,50 +836,17 @@ impl Upstream for WorkersFetch {
         Ok(UpstreamResponse { status, headers, body: Box::pin(JsBody::new(reader, Some(abort))) })
     }
 
-    /// The committed stream goes to the host's pump (see [`answer`]); what is returned stands
-    /// in for it, and pumps it in wasm if anything ever polls it.
+    /// The committed stream goes to the host's pump, handed over by [`answer`] or, for a stream
+    /// committed before its backend began, by [`Streamed::next`]: what is returned only stands in
+    /// for it and never yields (the backend's body is owned by the stream's end, not by it). A body
+    /// the host read whole (no reader) is pumped here.
     fn relay<R: Runtime + 'static>(&self, pipe: Pipe, body: BodyStream, _runtime: R) -> BodyStream {
-        let runtime = WorkersRuntime(self.req.clone());
         match self.last_reader.borrow_mut().take() {
             Some(reader) => {
                 *self.piped.borrow_mut() = Some(Piped { pipe, reader });
-                let (piped, handoff) = (self.piped.clone(), self.handoff.clone());
-                Box::pin(StandIn { piped, handoff, body: Some(body), runtime, inner: None })
+                Box::pin(futures::stream::pending())
             }
-            None => relay::stream(pipe, body, runtime),
-        }
-    }
-}
-
-/// Stands in for a relay the host pumps. Inside a stream the host writes out ([`Streamed`]) it
-/// waits while the host takes the relay over; polled anywhere else, it pumps the relay in wasm.
-struct StandIn {
-    piped: Rc<RefCell<Option<Piped>>>,
-    /// Whether a [`Streamed`] will hand the relay to the host's pump.
-    handoff: Rc<Cell<bool>>,
-    body: Option<BodyStream>,
-    runtime: WorkersRuntime,
-    inner: Option<BodyStream>,
-}
-
-impl Stream for StandIn {
-    type Item = Result<Vec<u8>, BodyError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.inner.is_none() {
-            if self.handoff.get() && self.piped.borrow().is_some() {
-                // The host's pump takes it over from here (see `Streamed::next`).
-                return Poll::Pending;
-            }
-            let piped = self.piped.borrow_mut().take();
-            let (Some(Piped { pipe, .. }), Some(body)) = (piped, self.body.take()) else {
-                return Poll::Ready(None);
-            };
-            self.inner = Some(relay::stream(pipe, body, self.runtime.clone()));
-        }
-        match self.inner.as_mut() {
-            Some(inner) => inner.as_mut().poll_next(cx),
-            None => Poll::Ready(None),
+            None => relay::stream(pipe, body, WorkersRuntime(self.req.clone())),
         }
     }
 }
