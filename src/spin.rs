@@ -85,8 +85,17 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
         .with_health(health.clone())
         .with_probes(RedisProbes(store.clone()));
     let response = gateway.handle(config, to_core_request(request)).await;
+    // Before the head: a client that saw a 502 and retries at once must find the failure
+    // recorded (the next request is another instance that reads Redis). Only a request that
+    // changed some backend's health pays this write.
+    record_health(&store, config, &health).await;
     respond(response_out, response).await;
-    // After the response: what this request changed in backend health, in one atomic script.
+    // A stream committed before its backend answered chose that backend inside the body.
+    record_health(&store, config, &health).await;
+}
+
+/// Writes what this request changed in backend health since the last write, in one atomic script.
+async fn record_health(store: &RedisStore, config: Result<&Config, &ConfigError>, health: &HealthBook) {
     let events = health.take_journal();
     if let (false, Ok(config)) = (events.is_empty(), config) {
         if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker), InExecutor).await {
