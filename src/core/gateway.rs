@@ -419,7 +419,7 @@ where
         let admitted = match answer.and_then(|admitted| store::checked(admitted, &plan.admission)) {
             Ok(admitted) => admitted,
             Err(e) => {
-                settler.forget();
+                settler.release_lease();
                 return self.store_unavailable(e, config.limits_fail_open);
             }
         };

@@ -122,6 +122,14 @@ impl<S: LimitStore + Clone + 'static, R: Runtime + Clone + 'static> Settler<S, R
         self.settled = true;
     }
 
+    /// The store's answer was lost (it failed or ran out of time after the request was sent): the
+    /// admission may have taken the lease, which would then be held until it expires, so it is
+    /// released. Tokens are left alone: whether they were taken is unknown.
+    pub fn release_lease(mut self) {
+        self.tokens = None;
+        self.settle_once(0);
+    }
+
     /// The backend had the request and may have worked on it (a timeout after it took it):
     /// charged its prompt, the rest given back.
     pub fn charge_prompt(mut self) {

@@ -2,6 +2,9 @@
 
 use crate::support::*;
 use edge_gateway::core::http::{BodyError, Request};
+use edge_gateway::core::rate_limit::gcra::{Admission, Admitted, Settlement};
+use edge_gateway::core::rate_limit::store::{LimitStore, StoreError};
+use edge_gateway::core::Gateway;
 use futures::StreamExt;
 
 const USAGE: &str =
@@ -355,4 +358,43 @@ fn an_anonymous_caller_without_a_platform_address_is_refused_not_pooled() {
         assert_eq!(status, 401, "{ip:?}: {body}");
     }
     assert!(upstream.sent.borrow().is_empty());
+}
+
+/// A store whose admission takes effect but whose answer is lost, as when Redis runs the script
+/// and replies after the gateway's timeout.
+#[derive(Clone)]
+struct AnswerLost(Recording);
+
+impl LimitStore for AnswerLost {
+    async fn admit(&self, scope: &str, admission: &Admission) -> Result<Admitted, StoreError> {
+        self.0.admit(scope, admission).await?;
+        Err(StoreError("Redis did not answer within 250 ms".into()))
+    }
+
+    async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        self.0.settle(scope, settlement).await
+    }
+}
+
+#[test]
+fn an_admission_whose_answer_was_lost_releases_the_slot_it_may_have_taken() {
+    let (_, upstream, runtime, store) = recording_gateway();
+    let lost = Gateway::new(upstream.clone(), AnswerLost(store.clone()), runtime.clone());
+    for open in ["false", "true"] {
+        let config = config_with("GATEWAY_LIMITS_FAIL_OPEN", open);
+        upstream.push(Script::json(200, METERED_COMPLETION));
+        let status = run(lost.handle(Ok(&config), post_chat(METERED_KEY, METERED_CHAT))).status;
+        assert_eq!(status, if open == "true" { 200 } else { 500 });
+        runtime.run_spawned();
+        assert!(
+            store.inner.state("key:gamma").leases.values().all(|l| l.is_empty()),
+            "fail open {open}: the slot is free"
+        );
+        let settled = store.settled.borrow_mut().pop().expect("a release");
+        assert!(settled.release.is_some() && settled.adjustments.is_empty(), "only the lease: {settled:?}");
+    }
+    // The key's only slot is free for the next request through a store that answers.
+    let gw = Gateway::new(upstream.clone(), store.clone(), runtime.clone());
+    upstream.push(Script::json(200, METERED_COMPLETION));
+    assert_eq!(run(gw.handle(Ok(&config()), post_chat(METERED_KEY, METERED_CHAT))).status, 200);
 }
