@@ -15,7 +15,8 @@
 //! The executor is `wstd`'s (Bytecode Alliance): it polls every pending `wasi:io` pollable —
 //! sockets, HTTP bodies, timers — in one `poll` call, so timeouts race real I/O. Spin runs every
 //! request in a fresh instance, so passive backend health is loaded from Redis when the request
-//! first needs it and what changed is written back (one atomic script) after the response.
+//! first needs it and what changed is written back (one atomic script) before the client sees
+//! the outcome: before the response head, or before the chunk that follows it in a stream.
 //!
 //! No business rule lives here: if this file grows an `if` about the API, it belongs in the core.
 
@@ -85,21 +86,33 @@ async fn serve(request: IncomingRequest, response_out: ResponseOutparam) {
         .with_health(health.clone())
         .with_probes(RedisProbes(store.clone()));
     let response = gateway.handle(config, to_core_request(request)).await;
-    // Before the head: a client that saw a 502 and retries at once must find the failure
-    // recorded (the next request is another instance that reads Redis). Only a request that
-    // changed some backend's health pays this write.
-    record_health(&store, config, &health).await;
-    respond(response_out, response).await;
-    // A stream committed before its backend answered chose that backend inside the body.
-    record_health(&store, config, &health).await;
+    let health = HealthWriter { store, config, health };
+    // Before the head, and before each chunk of a stream committed before its backend answered
+    // (which chooses that backend inside the body): a client that saw a 502 — or the stream's
+    // first token — and sends its next request at once must find the failure recorded, as must
+    // every other instance meanwhile. Only a request that changed some backend's health writes.
+    health.record().await;
+    respond(response_out, response, &health).await;
+    // The client left a committed stream while its backends were being tried.
+    health.record().await;
 }
 
-/// Writes what this request changed in backend health since the last write, in one atomic script.
-async fn record_health(store: &RedisStore, config: Result<&Config, &ConfigError>, health: &HealthBook) {
-    let events = health.take_journal();
-    if let (false, Ok(config)) = (events.is_empty(), config) {
-        if let Err(e) = store.call(&redis::health_record_command(&events, config.breaker), InExecutor).await {
-            log(&event("warn", "health_write_failed", &[("detail", e.0.into())]));
+/// Writes what a request changed in backend health back to Redis.
+struct HealthWriter<'a> {
+    store: RedisStore,
+    config: Result<&'a Config, &'a ConfigError>,
+    health: Rc<HealthBook>,
+}
+
+impl HealthWriter<'_> {
+    /// Writes what changed since the last write, in one atomic script; nothing when nothing did.
+    async fn record(&self) {
+        let events = self.health.take_journal();
+        if let (false, Ok(config)) = (events.is_empty(), self.config) {
+            let command = redis::health_record_command(&events, config.breaker);
+            if let Err(e) = self.store.call(&command, InExecutor).await {
+                log(&event("warn", "health_write_failed", &[("detail", e.0.into())]));
+            }
         }
     }
 }
@@ -145,7 +158,7 @@ fn to_core_request(request: IncomingRequest) -> Request {
 
 /// Sends the head, then the body as the core produces it. A client that went away makes a write
 /// fail: the core's stream is dropped, which drops the backend request.
-async fn respond(response_out: ResponseOutparam, response: Response) {
+async fn respond(response_out: ResponseOutparam, response: Response, health: &HealthWriter<'_>) {
     let mut headers = response.headers;
     if let Body::Full(bytes) = &response.body {
         headers.set("content-length", bytes.len().to_string());
@@ -166,6 +179,7 @@ async fn respond(response_out: ResponseOutparam, response: Response) {
                 None => break true,
                 // Flushed chunk by chunk: an SSE event leaves as soon as the backend sent it.
                 Some(Ok(chunk)) => {
+                    health.record().await;
                     if !write_flushed(&stream, &chunk).await {
                         break false;
                     }
@@ -467,22 +481,28 @@ impl ProbeCache for RedisProbes {
     }
 
     async fn store(&self, round: &ProbeRound) {
+        // The claim is let go even if the round could not be stored, so other instances probe
+        // rather than wait for it to expire.
         for command in redis::probe_store_commands(round) {
-            if self.0.call(&command, InExecutor).await.is_err() {
-                break;
-            }
+            let _ = self.0.call(&command, InExecutor).await;
         }
     }
 }
 
-/// Limit state and backend health in Redis over `wasi:sockets`: one connection per request
-/// (opened on first use, reused for the request's later commands), one atomic `EVAL` per
-/// admission or settlement.
+/// Limit state and backend health in Redis over `wasi:sockets`: a connection per request
+/// (opened on first use, reused for the request's later commands while it is fresh), one
+/// atomic `EVAL` per admission or settlement.
 ///
 /// Every call — resolving, connecting, logging in, writing, reading the reply — must finish
 /// within the target's `timeout_ms`, or it fails as an unreachable Redis would (the core then
 /// fails closed, or open when configured). A call that ran out of time marks Redis as stalled
-/// for the rest of the request, so a request waits out the timeout once, not once per call.
+/// for the rest of the request's answer, so a client waits out the timeout once, not once per
+/// call; the settlement, which frees the caller's slot after the answer, still tries on a
+/// connection of its own.
+///
+/// A connection idle for [`REUSE_IDLE_NS`] is not reused: the settlement at the end of a long
+/// stream would otherwise go out on a connection Redis (`timeout`) or a proxy on the way may
+/// have closed minutes before, and fail, leaving the slot taken until its lease expires.
 ///
 /// Nothing is pooled across requests: Spin and `wasmtime serve` give each its own instance.
 #[derive(Clone)]
@@ -494,7 +514,8 @@ struct RedisStore {
 enum Link {
     /// No connection yet, or the last one failed and was dropped.
     Idle,
-    Open(Connection),
+    /// A connection and when its last reply came (monotonic-clock nanoseconds).
+    Open(Connection, u64),
     /// A call ran out of time: later calls fail at once with this message.
     Stalled(String),
 }
@@ -505,6 +526,20 @@ struct Connection {
     output: OutputStream,
     _socket: TcpSocket,
     replies: ReplyReader,
+}
+
+/// How long a connection may sit unused and still be reused: under Redis's smallest idle
+/// `timeout` (one second), far under any proxy's.
+const REUSE_IDLE_NS: u64 = 900_000_000;
+
+/// Whether a call may go out after an earlier one in the request ran out of time.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterStall {
+    /// Fail at once: the client is waiting, and has waited out the timeout already.
+    Fail,
+    /// Try once more on a connection of its own: nobody waits on it, and what it does (releasing a
+    /// slot) matters for the caller's next requests.
+    TryAgain,
 }
 
 /// Why a Redis call failed.
@@ -522,24 +557,32 @@ impl RedisStore {
 
     /// Sends `command` and returns Redis's reply to it, within the timeout.
     async fn call(&self, command: &[u8], wait: impl Wait) -> Result<Reply, StoreError> {
+        self.call_after_stall(command, wait, AfterStall::Fail).await
+    }
+
+    async fn call_after_stall(&self, command: &[u8], wait: impl Wait, after: AfterStall) -> Result<Reply, StoreError> {
         let target = self.target.as_deref().ok_or_else(|| StoreError("no Redis configured".into()))?;
+        let now = monotonic_clock::now();
         // Taken out for the call: a concurrent call (a settlement beside the health write) opens
         // a connection of its own rather than sharing one mid-reply.
         let taken = std::mem::replace(&mut *self.link.borrow_mut(), Link::Idle);
         let connection = match taken {
             Link::Stalled(e) => {
                 *self.link.borrow_mut() = Link::Stalled(e.clone());
-                return Err(StoreError(e));
+                if after == AfterStall::Fail {
+                    return Err(StoreError(e));
+                }
+                None
             }
-            Link::Open(connection) => Some(connection),
-            Link::Idle => None,
+            Link::Open(connection, used) if now.saturating_sub(used) < REUSE_IDLE_NS => Some(connection),
+            Link::Open(..) | Link::Idle => None,
         };
-        let deadline = monotonic_clock::now().saturating_add(target.timeout_ms.saturating_mul(1_000_000));
+        let deadline = now.saturating_add(target.timeout_ms.saturating_mul(1_000_000));
         match exchange(target, connection, command, deadline, &wait).await {
             Ok((reply, connection)) => {
                 let mut link = self.link.borrow_mut();
                 if let Link::Idle = *link {
-                    *link = Link::Open(connection);
+                    *link = Link::Open(connection, monotonic_clock::now());
                 }
                 Ok(reply)
             }
@@ -571,7 +614,8 @@ impl LimitStore for RedisStore {
     }
 
     async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
-        redis::settled(self.call(&redis::settle_command(scope, settlement), InExecutor).await?)
+        let command = redis::settle_command(scope, settlement);
+        redis::settled(self.call_after_stall(&command, InExecutor, AfterStall::TryAgain).await?)
     }
 }
 

@@ -851,13 +851,20 @@ pub fn a_real_browser_streams_in_the_playground_and_cors_refuses_other_origins(g
     run_client("node", &["tests/browser/playground.mjs"], &env);
 }
 
-pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
+/// Two backends of `ha-model`: `hanger` (tried first; `"fault_on": "hanger"` aims a fault at it)
+/// and `steady` (its failover), with their `GATEWAY_BACKENDS` entries.
+fn hanger_and_steady() -> (crate::support::MockBackend, crate::support::MockBackend, [String; 2]) {
     let hanger = crate::harness::watched_mock(&["--name", "hanger", "--model", "ha-model"]);
     let steady = crate::harness::watched_mock(&["--name", "steady", "--model", "ha-model"]);
     let backends = [
         format!(r#"{{"name":"hanger","url":"{}","models":["ha-model"]}}"#, hanger.base_url),
         format!(r#"{{"name":"steady","url":"{}","models":["ha-model"],"priority":1}}"#, steady.base_url),
     ];
+    (hanger, steady, backends)
+}
+
+pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
+    let (_hanger, _steady, backends) = hanger_and_steady();
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
     let gw = launch(Setup {
         vars: &[("GATEWAY_EJECT_AFTER_FAILURES", "2"), ("GATEWAY_EJECT_FOR_MS", "60000")],
@@ -878,6 +885,33 @@ pub fn a_backend_that_keeps_failing_is_ejected_across_requests(launch: Launch) {
     let after = timed();
     println!("with the hanging backend: {first:?}; once ejected: {after:?}");
     assert!(after < Duration::from_millis(FAULT_TIMEOUT_MS / 2), "still waited on the ejected backend: {after:?}");
+}
+
+pub fn a_backend_failing_inside_a_committed_stream_is_ejected_before_its_first_token(launch: Launch) {
+    let (hanger, _steady, backends) = hanger_and_steady();
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    // Committed at once: the backends are tried inside the 200's body.
+    let gw = launch(Setup {
+        vars: &[
+            ("GATEWAY_EJECT_AFTER_FAILURES", "1"),
+            ("GATEWAY_EJECT_FOR_MS", "60000"),
+            ("GATEWAY_STREAM_COMMIT_MS", "0"),
+        ],
+        backends: &backends,
+    });
+    let body = json!({"model": "ha-model", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "hang", "fault_on": "hanger", "chunks": 8, "delay_ms": 250}});
+    let mut stream = open_stream(&gw, KEY, &body);
+    assert_eq!(stream.status, 200);
+    // The hanging backend times out, the stream fails over; its first token is here.
+    let first_token = std::iter::from_fn(|| stream.next_chunk()).any(|(_, chunk)| chunk.starts_with(b"data: {"));
+    assert!(first_token, "no token came");
+    // While that stream runs, another request — on Spin another instance, reading Redis — skips
+    // the ejected backend (it would answer this one: the hang is aimed at the first).
+    let before = hanger.stat("requests");
+    let r = post(&gw, Some(KEY), &json!({"model": "ha-model", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(hanger.stat("requests"), before, "the ejected backend got the next request");
+    assert!(stream.read_to_end().ends_with(b"data: [DONE]\n\n"));
 }
 
 pub fn backends_get_uuid_request_ids_and_only_allow_listed_headers(gw: &Gateway) {
@@ -1268,6 +1302,20 @@ impl OwnRedis {
         OwnRedis { addr, proc }
     }
 
+    /// Sends one command and waits for its reply.
+    fn command(&self, args: &[&str]) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
+        let mut resp = format!("*{}\r\n", args.len());
+        for arg in args {
+            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.write_all(resp.as_bytes()).unwrap();
+        let mut reply = [0u8; 64];
+        let n = conn.read(&mut reply).unwrap();
+        assert!(reply[..n].starts_with(b"+OK"), "{args:?}: {}", String::from_utf8_lossy(&reply[..n]));
+    }
+
     fn signal(&self, signal: &str) {
         let group = format!("-{}", self.proc.id());
         let status = std::process::Command::new("kill").args([signal, "--", &group]).status().unwrap();
@@ -1368,6 +1416,72 @@ pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resum
         logs.contains("limit_store_unavailable") && logs.contains("did not answer within 250 ms"),
         "no warning logged"
     );
+}
+
+/// Redis (its `timeout`) or a proxy on the way closes connections left idle: a stream that
+/// outlasts that still gives its slot back when it ends (the settlement once went out on the
+/// connection opened at admission, failed, and the slot stayed taken until its lease expired,
+/// over a minute).
+pub fn a_stream_outlasting_an_idle_redis_connection_still_frees_its_slot(launch: Launch) {
+    let redis = OwnRedis::start();
+    redis.command(&["CONFIG", "SET", "timeout", "1"]);
+    let url = format!("redis://{}", redis.addr);
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    // 5 s, against a Redis that closes connections idle for over a second.
+    let r = post(&gw, Some(SINGLE_KEY), &chat(json!({"stream": true, "mock": {"chunks": 20, "delay_ms": 250}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+    let free = wait_until(Duration::from_secs(3), || {
+        post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200
+    });
+    assert!(free, "the stream's slot was still taken after it ended");
+}
+
+/// A Redis stall in the middle of a request costs it the timeout once, and the slot it holds is
+/// still given back at its end, on a connection of its own (the settlement once failed at once,
+/// as every call after a stall does, leaving the slot taken until its lease expired).
+pub fn a_redis_stall_inside_a_request_does_not_keep_its_slot(launch: Launch) {
+    let redis = OwnRedis::start();
+    let url = format!("redis://{}", redis.addr);
+    let (hanger, _steady, backends) = hanger_and_steady();
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let keys = format!(
+        r#"[{{"id":"one-slot","sha256":"{}","models":["ha-model"],"max_in_flight":1}}]"#,
+        edge_gateway::core::auth::sha256_hex(SINGLE_KEY)
+    );
+    // Empty: the default Redis timeout (250 ms), not the suite's.
+    let gw = launch(Setup {
+        vars: &[
+            ("GATEWAY_REDIS_URL", url.as_str()),
+            ("GATEWAY_REDIS_TIMEOUT_MS", ""),
+            ("GATEWAY_API_KEYS", keys.as_str()),
+        ],
+        backends: &backends,
+    });
+    let body = json!({"model": "ha-model", "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"fault": "hang", "fault_on": "hanger", "chunks": 8, "delay_ms": 250}});
+    let before = hanger.stat("requests");
+    let (addr, request) = (gw.addr.clone(), serde_json::to_vec(&body).unwrap());
+    let (head_tx, head) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let auth = format!("Bearer {SINGLE_KEY}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let mut stream = request_streaming(&addr, "POST", "/v1/chat/completions", &headers, Some(&request));
+        head_tx.send(stream.status).unwrap();
+        stream.read_to_end()
+    });
+    // Admitted, and waiting on the hanging backend: Redis stalls now, so the write of that
+    // backend's failure (before the answer's head) runs out of time.
+    assert!(wait_until(Duration::from_secs(10), || hanger.stat("requests") > before), "the request never came");
+    redis.signal("-STOP");
+    // The head follows the stalled write; Redis is back for the rest of the stream.
+    let status = head.recv_timeout(Duration::from_secs(10)).expect("no answer");
+    redis.signal("-CONT");
+    assert_eq!(status, 200);
+    let body = client.join().unwrap();
+    assert!(body.ends_with(b"data: [DONE]\n\n"), "{}", String::from_utf8_lossy(&body));
+    let next = json!({"model": "ha-model", "messages": [{"role": "user", "content": "hi"}]});
+    let free = wait_until(Duration::from_secs(3), || post(&gw, Some(SINGLE_KEY), &next).status == 200);
+    assert!(free, "the slot was still taken after the request ended");
 }
 
 /// Every gateway log of this test binary's `wasmtime serve` runs.

@@ -29,6 +29,7 @@ macro_rules! run_cases {
                 limit_state_survives_a_runtime_restart,
                 every_backend_fault_has_its_defined_outcome_with_and_without_failover,
                 a_backend_that_keeps_failing_is_ejected_across_requests,
+                a_backend_failing_inside_a_committed_stream_is_ejected_before_its_first_token,
                 each_timeout_phase_fires_on_its_own_limit,
                 all_backends_ejected_is_a_503_that_says_when_to_retry,
                 readyz_probes_once_per_period_and_names_no_model,
@@ -146,6 +147,16 @@ mod wasi_gateway_only {
         crate::cases::a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resumes(
             crate::wasi::dedicated,
         );
+    }
+
+    #[test]
+    fn a_stream_outlasting_an_idle_redis_connection_still_frees_its_slot() {
+        crate::cases::a_stream_outlasting_an_idle_redis_connection_still_frees_its_slot(crate::wasi::dedicated);
+    }
+
+    #[test]
+    fn a_redis_stall_inside_a_request_does_not_keep_its_slot() {
+        crate::cases::a_redis_stall_inside_a_request_does_not_keep_its_slot(crate::wasi::dedicated);
     }
 
     #[test]
