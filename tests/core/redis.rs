@@ -104,6 +104,24 @@ fn logs_in_as_an_acl_user_with_percent_decoded_credentials() {
 }
 
 #[test]
+fn a_password_holding_an_unescaped_slash_or_at_is_read_whole_and_never_echoed() {
+    // The password once ended at its `/`, and the rest was quoted as a database that is not a
+    // number — to every caller, in the configuration error.
+    let t = RedisTarget::parse("redis://:first-half/SECRET-half@cache.internal:6379/2").unwrap();
+    assert_eq!((t.host.as_str(), t.port, t.db), ("cache.internal", 6379, 2));
+    assert_eq!(t.password.as_deref(), Some("first-half/SECRET-half"));
+    let t = RedisTarget::parse("redis://user:p@ss/w@cache.internal").unwrap();
+    assert_eq!(
+        (t.username.as_deref(), t.password.as_deref(), t.host.as_str()),
+        (Some("user"), Some("p@ss/w"), "cache.internal")
+    );
+    for url in ["redis://:a/SECRET@h/x", "redis://:a/SECRET@h:nope", "redis://:a/SECRET@"] {
+        let error = RedisTarget::parse(url).expect_err(url);
+        assert!(!error.contains("SECRET"), "{url}: {error}");
+    }
+}
+
+#[test]
 fn accepts_bracketed_ipv6_literals() {
     let t = RedisTarget::parse("redis://[::1]:6380/1").unwrap();
     assert_eq!((t.host.as_str(), t.port, t.db), ("::1", 6380, 1));

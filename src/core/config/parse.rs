@@ -408,13 +408,20 @@ impl RedisTarget {
                 .into());
         }
         let rest = url.strip_prefix("redis://").ok_or(SHAPE)?;
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| format!("{SHAPE}: the database `{db}` is not a number"))?),
-            None => (rest, 0),
+        // The credentials end at the last `@` (neither the host nor the database holds one), so a
+        // password with an unescaped `/` is read whole and never taken for the database, which
+        // an error below would quote.
+        let (userinfo, after) = match rest.rsplit_once('@') {
+            Some((userinfo, after)) => (Some(userinfo), after),
+            None => (None, rest),
         };
-        let (username, password, host_port) = match authority.rsplit_once('@') {
-            Some((userinfo, hp)) => {
+        let (host_port, db) = match after.split_once('/') {
+            Some((hp, "")) => (hp, 0),
+            Some((hp, db)) => (hp, db.parse().map_err(|_| format!("{SHAPE}: the database `{db}` is not a number"))?),
+            None => (after, 0),
+        };
+        let (username, password) = match userinfo {
+            Some(userinfo) => {
                 let Some((user, password)) = userinfo.split_once(':') else {
                     return Err("names a user but no password: write redis://user:password@host, or \
                                 redis://:password@host for the default user"
@@ -423,9 +430,9 @@ impl RedisTarget {
                 let decode = |s: &str| {
                     percent_decode(s).ok_or_else(|| "has a malformed %-escape in its user or password".to_string())
                 };
-                (Some(decode(user)?).filter(|u| !u.is_empty()), Some(decode(password)?).filter(|p| !p.is_empty()), hp)
+                (Some(decode(user)?).filter(|u| !u.is_empty()), Some(decode(password)?).filter(|p| !p.is_empty()))
             }
-            None => (None, None, authority),
+            None => (None, None),
         };
         if username.is_some() && password.is_none() {
             return Err("names a user but no password".into());
