@@ -546,6 +546,8 @@ enum AfterStall {
 enum Failure {
     TimedOut,
     Io(String),
+    /// The connection failed before any reply came: what was sent did not run.
+    Closed(String),
     /// Redis answered the login with an error (`WRONGPASS`, `NOAUTH`, …).
     LoginRefused(String),
 }
@@ -578,7 +580,14 @@ impl RedisStore {
             Link::Open(..) | Link::Idle => None,
         };
         let deadline = now.saturating_add(target.timeout_ms.saturating_mul(1_000_000));
-        match exchange(target, connection, command, deadline, &wait).await {
+        let reused = connection.is_some();
+        let mut outcome = exchange(target, connection, command, deadline, &wait).await;
+        if let (true, Err(Failure::Closed(_))) = (reused, &outcome) {
+            // Closed under us since its last use (`CLIENT KILL`, a failover, a proxy restarting):
+            // once more on a new connection, within the same deadline.
+            outcome = exchange(target, None, command, deadline, &wait).await;
+        }
+        match outcome {
             Ok((reply, connection)) => {
                 let mut link = self.link.borrow_mut();
                 if let Link::Idle = *link {
@@ -591,7 +600,7 @@ impl RedisStore {
                 *self.link.borrow_mut() = Link::Stalled(e.clone());
                 Err(StoreError(e))
             }
-            Err(Failure::Io(e)) => Err(StoreError(format!("Redis at {target:?}: {e}"))),
+            Err(Failure::Io(e) | Failure::Closed(e)) => Err(StoreError(format!("Redis at {target:?}: {e}"))),
             Err(Failure::LoginRefused(e)) => Err(StoreError(format!("Redis at {target:?} refused the login: {e}"))),
         }
     }
@@ -654,7 +663,11 @@ impl Wait for Blocking {
     }
 }
 
-/// One command on `connection` (opened and logged in first when there is none).
+/// One command on `connection`, or on a new one, logged in: the login (`AUTH`, `SELECT`) goes out
+/// in the same write as the command, so a command sent while Redis is stalled is in its socket
+/// when it resumes, and runs then, rather than waiting behind a login reply that never came.
+/// (A refused `AUTH` makes Redis refuse the command too; a refused `SELECT` is reported as a
+/// refused login, though the command then ran in database 0.)
 async fn exchange(
     target: &RedisTarget,
     connection: Option<Connection>,
@@ -662,56 +675,72 @@ async fn exchange(
     deadline: u64,
     wait: &impl Wait,
 ) -> Result<(Reply, Connection), Failure> {
-    let mut connection = match connection {
-        Some(connection) => connection,
-        None => {
-            let mut connection = connect(target, deadline, wait).await?;
-            for login in redis::handshake(target) {
-                if let Reply::Error(e) = request(&mut connection, &login, deadline, wait).await? {
-                    return Err(Failure::LoginRefused(e));
-                }
-            }
-            connection
-        }
+    let (mut connection, logins) = match connection {
+        Some(connection) => (connection, Vec::new()),
+        None => (connect(target, deadline, wait).await?, redis::handshake(target)),
     };
-    let reply = request(&mut connection, command, deadline, wait).await?;
+    let mut commands: Vec<&[u8]> = logins.iter().map(Vec::as_slice).collect();
+    commands.push(command);
+    let mut replies = request(&mut connection, &commands, deadline, wait).await?;
+    let reply = replies.pop().ok_or_else(|| Failure::Io("no reply".into()))?;
+    if let Some(Reply::Error(e)) = replies.into_iter().find(|r| matches!(r, Reply::Error(_))) {
+        return Err(Failure::LoginRefused(redis::login_refusal(&e)));
+    }
     Ok((reply, connection))
 }
 
-/// Writes one command and reads its reply.
+/// Writes `commands` and reads a reply to each.
 async fn request(
     connection: &mut Connection,
-    command: &[u8],
+    commands: &[&[u8]],
     deadline: u64,
     wait: &impl Wait,
-) -> Result<Reply, Failure> {
-    let stream_failed = |e: StreamError| match e {
-        StreamError::Closed => Failure::Io("Redis closed the connection".into()),
-        StreamError::LastOperationFailed(e) => Failure::Io(e.to_debug_string()),
+) -> Result<Vec<Reply>, Failure> {
+    // Until a byte of a reply has come, a failed connection cannot have run the commands
+    // (Redis answers what it runs before it closes a connection).
+    let mut answered = false;
+    let stream_failed = |answered: bool| {
+        move |e: StreamError| {
+            let e = match e {
+                StreamError::Closed => "Redis closed the connection".into(),
+                StreamError::LastOperationFailed(e) => e.to_debug_string(),
+            };
+            if answered {
+                Failure::Io(e)
+            } else {
+                Failure::Closed(e)
+            }
+        }
     };
-    let mut rest = command;
-    while !rest.is_empty() {
-        match connection.output.check_write().map_err(stream_failed)? {
-            0 => wait.ready(connection.output.subscribe(), deadline).await?,
-            permitted => {
-                let (now, later) = rest.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(rest.len()));
-                connection.output.write(now).map_err(stream_failed)?;
-                rest = later;
+    for command in commands {
+        let mut rest = *command;
+        while !rest.is_empty() {
+            match connection.output.check_write().map_err(stream_failed(false))? {
+                0 => wait.ready(connection.output.subscribe(), deadline).await?,
+                permitted => {
+                    let (now, later) = rest.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(rest.len()));
+                    connection.output.write(now).map_err(stream_failed(false))?;
+                    rest = later;
+                }
             }
         }
     }
-    connection.output.flush().map_err(stream_failed)?;
-    loop {
+    connection.output.flush().map_err(stream_failed(false))?;
+    let mut replies = Vec::with_capacity(commands.len());
+    while replies.len() < commands.len() {
         if let Some(reply) = connection.replies.next_reply().map_err(|e| Failure::Io(e.0))? {
-            return Ok(reply);
+            replies.push(reply);
+            continue;
         }
-        let bytes = connection.input.read(16 * 1024).map_err(stream_failed)?;
+        let bytes = connection.input.read(16 * 1024).map_err(stream_failed(answered))?;
         if bytes.is_empty() {
             wait.ready(connection.input.subscribe(), deadline).await?;
         } else {
+            answered = true;
             connection.replies.feed(&bytes);
         }
     }
+    Ok(replies)
 }
 
 /// Resolves the target (unless it is an IP address) and connects to its first address that

@@ -4,7 +4,7 @@ use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Lease, Rule, Settlement, Take};
 use edge_gateway::core::redis::{
-    admit_command, admitted, command, handshake, parse_reply, settle_command, Reply, ReplyReader,
+    admit_command, admitted, command, handshake, login_refusal, parse_reply, settle_command, Reply, ReplyReader,
 };
 
 #[test]
@@ -119,6 +119,15 @@ fn a_password_holding_an_unescaped_slash_or_at_is_read_whole_and_never_echoed() 
         let error = RedisTarget::parse(url).expect_err(url);
         assert!(!error.contains("SECRET"), "{url}: {error}");
     }
+}
+
+#[test]
+fn a_refused_login_is_logged_without_what_redis_quoted() {
+    let renamed = "ERR unknown command 'AUTH', with args beginning with: 'MyS3cretPassw' ";
+    assert_eq!(login_refusal(renamed), "ERR unknown command");
+    let wrong = "WRONGPASS invalid username-password pair or user is disabled.";
+    assert_eq!(login_refusal(wrong), wrong);
+    assert_eq!(login_refusal("'MyS3cretPassw'"), "(no reason given)");
 }
 
 #[test]

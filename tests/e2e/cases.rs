@@ -1276,20 +1276,25 @@ pub fn a_backends_retry_after_is_clamped(gw: &Gateway) {
 /// go to its process group (the watchdog and the server). Resumed on drop, so it can be ended.
 struct OwnRedis {
     addr: String,
+    password: Option<&'static str>,
     proc: crate::support::Proc,
 }
 
 impl OwnRedis {
     fn start() -> OwnRedis {
-        OwnRedis::start_on("127.0.0.1")
+        OwnRedis::start_on("127.0.0.1", None)
     }
 
-    /// On `bind`: an IPv4 or IPv6 address (`addr` is then `[::1]:port`).
-    fn start_on(bind: &str) -> OwnRedis {
+    /// On `bind`: an IPv4 or IPv6 address (`addr` is then `[::1]:port`); with `password`, Redis
+    /// requires it (`requirepass`).
+    fn start_on(bind: &str, password: Option<&'static str>) -> OwnRedis {
         let port = crate::support::free_port();
         let dir = std::env::temp_dir().join(format!("edge-gateway-e2e-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cmd = crate::support::launch::redis_on(bind, port);
+        let mut cmd = crate::support::launch::redis_on(bind, port);
+        if let Some(password) = password {
+            cmd.args(["--requirepass", password]);
+        }
         let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
         let addr = match bind.contains(':') {
             true => format!("[{bind}]:{port}"),
@@ -1299,21 +1304,35 @@ impl OwnRedis {
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()),
             "redis-server on {addr}"
         );
-        OwnRedis { addr, proc }
+        OwnRedis { addr, password, proc }
     }
 
-    /// Sends one command and waits for its reply.
-    fn command(&self, args: &[&str]) {
+    /// The gateway's `GATEWAY_REDIS_URL` for it.
+    fn url(&self) -> String {
+        match self.password {
+            Some(password) => format!("redis://:{password}@{}", self.addr),
+            None => format!("redis://{}", self.addr),
+        }
+    }
+
+    /// Sends one command (logged in first when it has a password) and returns its reply.
+    fn command(&self, args: &[&str]) -> String {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
-        let mut resp = format!("*{}\r\n", args.len());
-        for arg in args {
-            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let login: Vec<&str> = self.password.iter().flat_map(|p| ["AUTH", p]).collect();
+        let mut reply = String::new();
+        for args in [login.as_slice(), args].into_iter().filter(|a| !a.is_empty()) {
+            let mut resp = format!("*{}\r\n", args.len());
+            for arg in args {
+                resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
+            conn.write_all(resp.as_bytes()).unwrap();
+            let mut bytes = [0u8; 256];
+            let n = conn.read(&mut bytes).unwrap();
+            reply = String::from_utf8_lossy(&bytes[..n]).into_owned();
         }
-        conn.write_all(resp.as_bytes()).unwrap();
-        let mut reply = [0u8; 64];
-        let n = conn.read(&mut reply).unwrap();
-        assert!(reply[..n].starts_with(b"+OK"), "{args:?}: {}", String::from_utf8_lossy(&reply[..n]));
+        reply
     }
 
     fn signal(&self, signal: &str) {
@@ -1342,7 +1361,7 @@ pub fn limits_hold_with_redis_at_an_ipv6_literal(launch: Launch) {
         println!("SKIPPED: no IPv6 loopback on this machine");
         return;
     }
-    let redis = OwnRedis::start_on("::1");
+    let redis = OwnRedis::start_on("::1", None);
     let url = format!("redis://{}", redis.addr);
     let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
     let r = post(&gw, Some(BURST_KEY), &chat(json!({"mock": {"chunks": 1}})));
@@ -1424,8 +1443,8 @@ pub fn a_stalled_or_refused_redis_costs_a_request_its_timeout_then_service_resum
 /// over a minute).
 pub fn a_stream_outlasting_an_idle_redis_connection_still_frees_its_slot(launch: Launch) {
     let redis = OwnRedis::start();
-    redis.command(&["CONFIG", "SET", "timeout", "1"]);
-    let url = format!("redis://{}", redis.addr);
+    assert!(redis.command(&["CONFIG", "SET", "timeout", "1"]).starts_with("+OK"));
+    let url = redis.url();
     let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
     // 5 s, against a Redis that closes connections idle for over a second.
     let r = post(&gw, Some(SINGLE_KEY), &chat(json!({"stream": true, "mock": {"chunks": 20, "delay_ms": 250}})));
@@ -1484,7 +1503,62 @@ pub fn a_redis_stall_inside_a_request_does_not_keep_its_slot(launch: Launch) {
     assert!(free, "the slot was still taken after the request ended");
 }
 
-/// Every gateway log of this test binary's `wasmtime serve` runs.
+/// A connection Redis closed under a request — `CLIENT KILL`, a failover, a proxy restarting — is
+/// replaced for the settlement at its end, which once failed on it and left the slot taken until
+/// its lease expired.
+pub fn a_redis_connection_closed_under_a_stream_is_replaced_for_its_settlement(launch: Launch) {
+    let redis = OwnRedis::start();
+    let url = redis.url();
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    let before = gw.primary.stat("requests");
+    let (addr, body) = (gw.addr.clone(), chat(json!({"stream": true, "mock": {"chunks": 4, "delay_ms": 150}})));
+    let client = std::thread::spawn(move || {
+        let auth = format!("Bearer {SINGLE_KEY}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        request(&addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+    });
+    // Admitted and streaming: the connection it opened at admission is killed (every client's
+    // but the one asking).
+    assert!(wait_until(Duration::from_secs(10), || gw.primary.stat("requests") > before), "the request never came");
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let r = client.join().unwrap();
+    println!("CLIENT KILL: {}", killed.trim());
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+    let free = wait_until(Duration::from_secs(3), || {
+        post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200
+    });
+    assert!(free, "the stream's slot was still taken after it ended");
+}
+
+/// With a password, a release sent while Redis is stalled waits in Redis's socket and runs when
+/// it resumes: the login goes out with it (a release once waited for the login's reply, which
+/// never came, and never left).
+pub fn a_release_sent_during_a_redis_stall_runs_when_redis_resumes(launch: Launch) {
+    let redis = OwnRedis::start_on("127.0.0.1", Some("e2e-redis-password"));
+    let url = redis.url();
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_REDIS_URL", url.as_str()), ("GATEWAY_REDIS_TIMEOUT_MS", "")],
+        ..Setup::default()
+    });
+    let mut stream =
+        open_stream(&gw, SINGLE_KEY, &chat(json!({"stream": true, "mock": {"chunks": 40, "delay_ms": 100}})));
+    assert_eq!(stream.status, 200);
+    stream.next_chunk().expect("a first chunk");
+    // Long enough that the release needs a connection (and a login) of its own.
+    std::thread::sleep(Duration::from_millis(1_500));
+    redis.signal("-STOP");
+    drop(stream);
+    // The client is gone, the release is sent and its 250 ms run out; then Redis resumes.
+    std::thread::sleep(Duration::from_millis(1_000));
+    redis.signal("-CONT");
+    let free = wait_until(Duration::from_secs(3), || {
+        post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200
+    });
+    assert!(free, "the slot of the client that left was still taken after Redis resumed");
+}
+
+/// Every gateway log of this test binary's `wasmtime serve` runs./// Every gateway log of this test binary's `wasmtime serve` runs.
 fn gateway_logs() -> String {
     let prefix = format!("edge-gateway-e2e-wasmtime-{}-", std::process::id());
     std::fs::read_dir(std::env::temp_dir())

@@ -160,6 +160,16 @@ mod wasi_gateway_only {
     }
 
     #[test]
+    fn a_redis_connection_closed_under_a_stream_is_replaced_for_its_settlement() {
+        crate::cases::a_redis_connection_closed_under_a_stream_is_replaced_for_its_settlement(crate::wasi::dedicated);
+    }
+
+    #[test]
+    fn a_release_sent_during_a_redis_stall_runs_when_redis_resumes() {
+        crate::cases::a_release_sent_during_a_redis_stall_runs_when_redis_resumes(crate::wasi::dedicated);
+    }
+
+    #[test]
     fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance() {
         crate::cases::a_configuration_error_names_its_variable_and_is_logged_once_per_instance(crate::wasi::bare);
     }

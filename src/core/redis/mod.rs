@@ -127,6 +127,18 @@ pub fn handshake(target: &RedisTarget) -> Vec<Vec<u8>> {
     commands
 }
 
+/// What of Redis's refusal of a login may be logged: its words up to the first quote. Some errors
+/// quote the command's arguments — with `AUTH` renamed, Redis answers `ERR unknown command 'AUTH',
+/// with args beginning with: '<the password>'`, as may a proxy — and no log may hold the password.
+pub fn login_refusal(error: &str) -> String {
+    let words = error.split(['\'', '"', '`']).next().unwrap_or_default().trim_end_matches([' ', ',', ':']);
+    if words.is_empty() {
+        "(no reason given)".into()
+    } else {
+        words.into()
+    }
+}
+
 /// A scope's key for `bucket`. The scope is a hash tag (`{…}`), so every key one script touches
 /// lives in the same Redis Cluster slot and a cluster (or a cluster proxy) accepts the script.
 /// Scopes start with their kind (`key:`, `ip:`, `jwt:`), so the tag is never empty; a `}` inside a
