@@ -481,8 +481,8 @@ impl ProbeCache for RedisProbes {
     }
 
     async fn store(&self, round: &ProbeRound) {
-        // The claim is let go even if the round could not be stored, so other instances probe
-        // rather than wait for it to expire.
+        // The claim is let go even if the round could not be stored (unless Redis stalled: the
+        // claim then expires with its hold), so other instances probe rather than wait.
         for command in redis::probe_store_commands(round) {
             let _ = self.0.call(&command, InExecutor).await;
         }
@@ -528,6 +528,14 @@ struct Connection {
     replies: ReplyReader,
 }
 
+impl Connection {
+    /// Whether Redis still holds it open with nothing unasked for: a read that does not wait
+    /// finds the peer's close (or bytes nobody asked for) before a command is sent on it.
+    fn is_open(&self) -> bool {
+        matches!(self.input.read(1), Ok(bytes) if bytes.is_empty())
+    }
+}
+
 /// How long a connection may sit unused and still be reused: under Redis's smallest idle
 /// `timeout` (one second), far under any proxy's.
 const REUSE_IDLE_NS: u64 = 900_000_000;
@@ -546,8 +554,6 @@ enum AfterStall {
 enum Failure {
     TimedOut,
     Io(String),
-    /// The connection failed before any reply came: what was sent did not run.
-    Closed(String),
     /// Redis answered the login with an error (`WRONGPASS`, `NOAUTH`, …).
     LoginRefused(String),
 }
@@ -576,18 +582,15 @@ impl RedisStore {
                 }
                 None
             }
-            Link::Open(connection, used) if now.saturating_sub(used) < REUSE_IDLE_NS => Some(connection),
+            // Closed under us since its last use (`CLIENT KILL`, a failover, a proxy restarting):
+            // found out before anything is sent on it, so nothing can run twice.
+            Link::Open(connection, used) if now.saturating_sub(used) < REUSE_IDLE_NS && connection.is_open() => {
+                Some(connection)
+            }
             Link::Open(..) | Link::Idle => None,
         };
         let deadline = now.saturating_add(target.timeout_ms.saturating_mul(1_000_000));
-        let reused = connection.is_some();
-        let mut outcome = exchange(target, connection, command, deadline, &wait).await;
-        if let (true, Err(Failure::Closed(_))) = (reused, &outcome) {
-            // Closed under us since its last use (`CLIENT KILL`, a failover, a proxy restarting):
-            // once more on a new connection, within the same deadline.
-            outcome = exchange(target, None, command, deadline, &wait).await;
-        }
-        match outcome {
+        match exchange(target, connection, command, deadline, &wait).await {
             Ok((reply, connection)) => {
                 let mut link = self.link.borrow_mut();
                 if let Link::Idle = *link {
@@ -600,7 +603,7 @@ impl RedisStore {
                 *self.link.borrow_mut() = Link::Stalled(e.clone());
                 Err(StoreError(e))
             }
-            Err(Failure::Io(e) | Failure::Closed(e)) => Err(StoreError(format!("Redis at {target:?}: {e}"))),
+            Err(Failure::Io(e)) => Err(StoreError(format!("Redis at {target:?}: {e}"))),
             Err(Failure::LoginRefused(e)) => Err(StoreError(format!("Redis at {target:?} refused the login: {e}"))),
         }
     }
@@ -639,6 +642,10 @@ struct InExecutor;
 
 impl Wait for InExecutor {
     async fn ready(&self, pollable: Pollable, deadline: u64) -> Result<(), Failure> {
+        // A peer trickling bytes keeps its socket ready: the deadline still holds.
+        if monotonic_clock::now() >= deadline {
+            return Err(Failure::TimedOut);
+        }
         let ready = AsyncPollable::new(pollable);
         let timer = AsyncPollable::new(monotonic_clock::subscribe_instant(deadline));
         match select(pin!(ready.wait_for()), pin!(timer.wait_for())).await {
@@ -653,6 +660,9 @@ struct Blocking;
 
 impl Wait for Blocking {
     async fn ready(&self, pollable: Pollable, deadline: u64) -> Result<(), Failure> {
+        if monotonic_clock::now() >= deadline {
+            return Err(Failure::TimedOut);
+        }
         let timer = monotonic_clock::subscribe_instant(deadline);
         let ready = wasip2::io::poll::poll(&[&pollable, &timer]);
         if ready.contains(&0) {
@@ -666,8 +676,9 @@ impl Wait for Blocking {
 /// One command on `connection`, or on a new one, logged in: the login (`AUTH`, `SELECT`) goes out
 /// in the same write as the command, so a command sent while Redis is stalled is in its socket
 /// when it resumes, and runs then, rather than waiting behind a login reply that never came.
-/// (A refused `AUTH` makes Redis refuse the command too; a refused `SELECT` is reported as a
-/// refused login, though the command then ran in database 0.)
+/// A refused login is reported as such, though the command may have run: a refused `AUTH` leaves
+/// a Redis whose default user needs no password logged in as that user, and after a refused
+/// `SELECT` the command ran in database 0 (both misconfigurations, which fail the call).
 async fn exchange(
     target: &RedisTarget,
     connection: Option<Connection>,
@@ -696,47 +707,43 @@ async fn request(
     deadline: u64,
     wait: &impl Wait,
 ) -> Result<Vec<Reply>, Failure> {
-    // Until a byte of a reply has come, a failed connection cannot have run the commands
-    // (Redis answers what it runs before it closes a connection).
-    let mut answered = false;
-    let stream_failed = |answered: bool| {
-        move |e: StreamError| {
-            let e = match e {
-                StreamError::Closed => "Redis closed the connection".into(),
-                StreamError::LastOperationFailed(e) => e.to_debug_string(),
-            };
-            if answered {
-                Failure::Io(e)
-            } else {
-                Failure::Closed(e)
-            }
-        }
+    let stream_failed = |e: StreamError| match e {
+        StreamError::Closed => Failure::Io("Redis closed the connection".into()),
+        StreamError::LastOperationFailed(e) => Failure::Io(e.to_debug_string()),
     };
     for command in commands {
         let mut rest = *command;
         while !rest.is_empty() {
-            match connection.output.check_write().map_err(stream_failed(false))? {
+            match connection.output.check_write().map_err(stream_failed)? {
                 0 => wait.ready(connection.output.subscribe(), deadline).await?,
                 permitted => {
                     let (now, later) = rest.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(rest.len()));
-                    connection.output.write(now).map_err(stream_failed(false))?;
+                    connection.output.write(now).map_err(stream_failed)?;
                     rest = later;
                 }
             }
         }
     }
-    connection.output.flush().map_err(stream_failed(false))?;
+    connection.output.flush().map_err(stream_failed)?;
     let mut replies = Vec::with_capacity(commands.len());
     while replies.len() < commands.len() {
         if let Some(reply) = connection.replies.next_reply().map_err(|e| Failure::Io(e.0))? {
             replies.push(reply);
             continue;
         }
-        let bytes = connection.input.read(16 * 1024).map_err(stream_failed(answered))?;
+        let bytes = match connection.input.read(16 * 1024) {
+            Ok(bytes) => bytes,
+            // Redis may say why before it closes (`max number of clients reached`, `DENIED`).
+            Err(e) => match replies.iter().find_map(|r| if let Reply::Error(e) = r { Some(e) } else { None }) {
+                Some(said) => {
+                    return Err(Failure::Io(format!("Redis closed the connection: {}", redis::login_refusal(said))))
+                }
+                None => return Err(stream_failed(e)),
+            },
+        };
         if bytes.is_empty() {
             wait.ready(connection.input.subscribe(), deadline).await?;
         } else {
-            answered = true;
             connection.replies.feed(&bytes);
         }
     }

@@ -115,7 +115,18 @@ fn a_password_holding_an_unescaped_slash_or_at_is_read_whole_and_never_echoed() 
         (t.username.as_deref(), t.password.as_deref(), t.host.as_str()),
         (Some("user"), Some("p@ss/w"), "cache.internal")
     );
-    for url in ["redis://:a/SECRET@h/x", "redis://:a/SECRET@h:nope", "redis://:a/SECRET@"] {
+    // Without its `@` (a host forgotten, an `@` escaped by a tool) the password stands where the
+    // port or the database should: the error quotes neither.
+    for url in [
+        "redis://:a/SECRET@h/x",
+        "redis://:a/SECRET@h:nope",
+        "redis://:a/SECRET@",
+        "redis://default:SECRET",
+        "redis://:SECRET",
+        "redis://:SECRET%40cache.internal",
+        "redis://:pass/SECRET",
+        "redis://[SECRET]:1",
+    ] {
         let error = RedisTarget::parse(url).expect_err(url);
         assert!(!error.contains("SECRET"), "{url}: {error}");
     }

@@ -1558,6 +1558,49 @@ pub fn a_release_sent_during_a_redis_stall_runs_when_redis_resumes(launch: Launc
     assert!(free, "the slot of the client that left was still taken after Redis resumed");
 }
 
+/// A "Redis" that answers a byte at a time and never finishes keeps its socket ready to read:
+/// the call still ends at its deadline (it once read on for as long as the bytes came).
+pub fn a_redis_that_trickles_its_reply_still_costs_one_timeout(launch: Launch) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut command = [0u8; 4096];
+                if conn.read(&mut command).is_ok() {
+                    while conn.write_all(b"+").is_ok() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+    });
+    let gw = launch(Setup {
+        vars: &[("GATEWAY_REDIS_URL", url.as_str()), ("GATEWAY_REDIS_TIMEOUT_MS", "")],
+        ..Setup::default()
+    });
+    let (addr, body) = (gw.addr.clone(), serde_json::to_vec(&chat(json!({"mock": {"chunks": 1}}))).unwrap());
+    let (tx, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let auth = format!("Bearer {BURST_KEY}");
+        let started = std::time::Instant::now();
+        let r = try_request(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            Some(&body),
+        );
+        let _ = tx.send((r.map(|r| r.status).ok(), started.elapsed()));
+    });
+    let (status, took) = answered.recv_timeout(Duration::from_secs(10)).expect("no answer within 10 s");
+    println!("a trickling Redis: {status:?} in {took:?}");
+    assert_eq!(status, Some(500), "fails closed");
+    assert!(took < Duration::from_secs(2), "the Redis call outlived its 250 ms: {took:?}");
+}
+
 /// Every gateway log of this test binary's `wasmtime serve` runs./// Every gateway log of this test binary's `wasmtime serve` runs.
 fn gateway_logs() -> String {
     let prefix = format!("edge-gateway-e2e-wasmtime-{}-", std::process::id());

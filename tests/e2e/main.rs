@@ -170,6 +170,11 @@ mod wasi_gateway_only {
     }
 
     #[test]
+    fn a_redis_that_trickles_its_reply_still_costs_one_timeout() {
+        crate::cases::a_redis_that_trickles_its_reply_still_costs_one_timeout(crate::wasi::dedicated);
+    }
+
+    #[test]
     fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance() {
         crate::cases::a_configuration_error_names_its_variable_and_is_logged_once_per_instance(crate::wasi::bare);
     }

@@ -397,7 +397,8 @@ fn parse_cors(lookup: &dyn Lookup) -> Result<Cors, ConfigError> {
 }
 
 impl RedisTarget {
-    /// Parses a `redis://` URL; the error says what is wrong with it (never its password).
+    /// Parses a `redis://` URL; the error says what is wrong with it and quotes no part of it: in a
+    /// malformed URL a password may stand where a port or a database should (`redis://:secret`).
     pub fn parse(url: &str) -> Result<RedisTarget, String> {
         const SHAPE: &str = "must be a redis://[[user]:password@]host[:port][/db] URL";
         let url = url.trim();
@@ -417,7 +418,7 @@ impl RedisTarget {
         };
         let (host_port, db) = match after.split_once('/') {
             Some((hp, "")) => (hp, 0),
-            Some((hp, db)) => (hp, db.parse().map_err(|_| format!("{SHAPE}: the database `{db}` is not a number"))?),
+            Some((hp, db)) => (hp, db.parse().map_err(|_| format!("{SHAPE}: its database is not a number"))?),
             None => (after, 0),
         };
         let (username, password) = match userinfo {
@@ -440,7 +441,7 @@ impl RedisTarget {
         let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
             let (ip, after) = bracketed.split_once(']').ok_or(SHAPE)?;
             if ip.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("{SHAPE}: `[{ip}]` is not an IPv6 address"));
+                return Err(format!("{SHAPE}: its bracketed host is not an IPv6 address"));
             }
             match after.strip_prefix(':') {
                 Some(port) => (ip, Some(port)),
@@ -459,7 +460,7 @@ impl RedisTarget {
         let port = match port {
             None => 6379,
             Some(p) => {
-                p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: the port `{p}` is not a port"))?
+                p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{SHAPE}: its port is not a port number"))?
             }
         };
         if host.is_empty() {
