@@ -3,6 +3,7 @@
 //! mid-event, clients that leave at every moment, and header lists no client should send. Run on
 //! both runtimes like every case.
 
+use crate::cases::open_stream;
 use crate::harness::*;
 use crate::support::{connect, read_response, request, request_streaming, wait_until};
 use serde_json::json;
@@ -189,7 +190,6 @@ pub fn a_backend_dying_mid_event_ends_the_stream_with_one_error_event(launch: La
 /// keeps answering.
 pub fn clients_leaving_at_any_moment_keep_no_slot(gw: &Gateway) {
     let auth = format!("Bearer {LEAVING_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let free = || slot_is_free(gw, &auth);
     // Mid-body: the head promises 1,000 bytes, 10 come, then the client is gone.
     let conn = connect(&gw.addr).unwrap();
@@ -204,7 +204,7 @@ pub fn clients_leaving_at_any_moment_keep_no_slot(gw: &Gateway) {
     // As the stream's head arrives, before any event is read.
     let stream_of = |chunks: u64, delay_ms: u64| {
         let body = json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": chunks, "delay_ms": delay_ms}});
-        request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+        open_stream(gw, LEAVING_KEY, &body)
     };
     let stream = stream_of(40, 100);
     assert_eq!(stream.status, 200);
@@ -260,26 +260,56 @@ pub fn odd_header_lists_and_a_chunked_body_cross_the_boundary(gw: &Gateway) {
     assert_eq!(r.status, 401, "{}", r.text());
     // No length: the body streams in three chunks.
     let third = body.len() / 3;
-    let mut chunked = Vec::new();
-    for piece in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
-        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        chunked.extend_from_slice(piece);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &chunked);
+    let in_three = chunked([&body[..third], &body[third..2 * third], &body[2 * third..]]);
+    let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &in_three);
     assert_eq!(r.status, 200, "{}", r.text());
     // A chunked body past the cap is refused, not buffered whole.
     let big = vec![b' '; MAX_BODY_BYTES + 1];
-    let mut over = Vec::new();
-    for piece in big.chunks(16 << 10) {
-        over.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        over.extend_from_slice(piece);
-        over.extend_from_slice(b"\r\n");
-    }
-    over.extend_from_slice(b"0\r\n\r\n");
+    let over = chunked(big.chunks(16 << 10));
     let r = send(head(b"", KEY.as_bytes(), "transfer-encoding: chunked\r\n"), &over);
     assert_eq!(r.status, 413, "{}", r.text());
+}
+
+/// Reads `stream` until its body so far contains `text`.
+fn read_until(stream: &mut crate::support::StreamingResponse, text: &str, moment: &str) {
+    let mut seen = String::new();
+    while !seen.contains(text) {
+        let (_, piece) = stream.next_chunk().unwrap_or_else(|| panic!("{moment}: ended early: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+}
+
+/// After the client of request `id` left: the backend's connection closed (its disconnect count
+/// passed `disconnects`), the slot free, and the request logged once, as `client_closed` (counted
+/// after `settle`).
+fn left_without_a_trace(
+    gw: &Gateway,
+    id: &str,
+    disconnects: u64,
+    free: &dyn Fn() -> bool,
+    moment: &str,
+    settle: Duration,
+) {
+    let closed = wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > disconnects);
+    assert!(closed, "{moment}: the backend's connection was kept");
+    assert!(free(), "{moment}: the slot leaked");
+    let record = gw.log_record(id);
+    assert_eq!(record["stream_end"], "client_closed", "{moment}: {record}");
+    std::thread::sleep(settle);
+    let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id).count();
+    assert_eq!(logged, 1, "{moment}: logged once");
+}
+
+/// `pieces` as an HTTP/1.1 chunked body.
+fn chunked<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for piece in pieces {
+        body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        body.extend_from_slice(piece);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    body
 }
 
 /// A client that stops reading long enough for the relay's timer to fire while a write waits on
@@ -327,14 +357,13 @@ pub fn a_client_leaving_a_kept_alive_stream_frees_everything(launch: Launch) {
         ..Setup::default()
     });
     let auth = format!("Bearer {LEAVING_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let open = |mock: serde_json::Value| {
         let body =
             json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
-        request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+        open_stream(&gw, LEAVING_KEY, &body)
     };
     let free = || slot_is_free(&gw, &auth);
-    for (moment, mock, read_until) in [
+    for (moment, mock, leave_after) in [
         ("during the search", json!({"chunks": 3, "prefill_ms": 1_500}), ": keep-alive"),
         ("between tokens", json!({"chunks": 30, "prefill_ms": 600, "delay_ms": 300}), "\"content\""),
     ] {
@@ -342,20 +371,10 @@ pub fn a_client_leaving_a_kept_alive_stream_frees_everything(launch: Launch) {
         let mut stream = open(mock);
         assert_eq!(stream.status, 200, "{moment}");
         let id = stream.header("x-request-id").expect("an id").to_string();
-        let mut seen = String::new();
-        while !seen.contains(read_until) {
-            let (_, piece) = stream.next_chunk().unwrap_or_else(|| panic!("{moment}: ended early: {seen}"));
-            seen.push_str(&String::from_utf8_lossy(&piece));
-        }
+        read_until(&mut stream, leave_after, moment);
         stream.disconnect();
-        let closed = wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > disconnects);
-        assert!(closed, "{moment}: the backend's connection was kept");
-        assert!(free(), "{moment}: the slot leaked");
-        let record = gw.log_record(&id);
-        assert_eq!(record["stream_end"], "client_closed", "{moment}: {record}");
-        std::thread::sleep(Duration::from_millis(500));
-        let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id.as_str()).count();
-        assert_eq!(logged, 1, "{moment}: logged once");
+        // A second record would come late: wait for it.
+        left_without_a_trace(&gw, &id, disconnects, &free, moment, Duration::from_millis(500));
     }
 }
 
@@ -522,8 +541,6 @@ pub fn a_committed_stream_keeps_its_total_deadline_before_and_after_its_backend_
         ],
         ..Setup::default()
     });
-    let auth = format!("Bearer {KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     for (moment, mock) in [
         ("before its backend began", json!({"chunks": 3, "prefill_ms": 5_000})),
         ("after its backend began", json!({"chunks": 100, "prefill_ms": 200, "delay_ms": 100})),
@@ -531,13 +548,7 @@ pub fn a_committed_stream_keeps_its_total_deadline_before_and_after_its_backend_
         let body =
             json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock": mock});
         let sent = std::time::Instant::now();
-        let mut stream = request_streaming(
-            &gw.addr,
-            "POST",
-            "/v1/chat/completions",
-            &headers,
-            Some(&serde_json::to_vec(&body).unwrap()),
-        );
+        let mut stream = open_stream(&gw, KEY, &body);
         assert_eq!(stream.status, 200, "{moment}");
         let id = stream.header("x-request-id").expect("an id").to_string();
         let body = String::from_utf8_lossy(&stream.read_to_end()).into_owned();
@@ -564,7 +575,6 @@ pub fn clients_leaving_a_committed_stream_as_its_backend_begins_keep_nothing(lau
         ..Setup::default()
     });
     let auth = format!("Bearer {LEAVING_KEY}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let free = || slot_is_free(&gw, &auth);
     for prefill_ms in [90u64, 100, 105, 110, 195, 200, 205] {
         for leave_after_ms in [0u64, 3, 10] {
@@ -572,29 +582,13 @@ pub fn clients_leaving_a_committed_stream_as_its_backend_begins_keep_nothing(lau
             let disconnects = gw.primary.stat("client_disconnects");
             let body = json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}],
                               "mock": {"chunks": 30, "prefill_ms": prefill_ms, "delay_ms": 50}});
-            let mut stream = request_streaming(
-                &gw.addr,
-                "POST",
-                "/v1/chat/completions",
-                &headers,
-                Some(&serde_json::to_vec(&body).unwrap()),
-            );
+            let mut stream = open_stream(&gw, LEAVING_KEY, &body);
             assert_eq!(stream.status, 200, "{moment}");
             let id = stream.header("x-request-id").expect("an id").to_string();
-            let mut seen = String::new();
-            while !seen.contains("data:") {
-                let (_, piece) = stream.next_chunk().unwrap_or_else(|| panic!("{moment}: ended early: {seen}"));
-                seen.push_str(&String::from_utf8_lossy(&piece));
-            }
+            read_until(&mut stream, "data:", &moment);
             std::thread::sleep(Duration::from_millis(leave_after_ms));
             stream.disconnect();
-            let closed = wait_until(Duration::from_secs(5), || gw.primary.stat("client_disconnects") > disconnects);
-            assert!(closed, "{moment}: the backend's connection was kept");
-            assert!(free(), "{moment}: the slot leaked");
-            let record = gw.log_record(&id);
-            assert_eq!(record["stream_end"], "client_closed", "{moment}: {record}");
-            let logged = gw.log_records().into_iter().filter(|r| r["request_id"] == id.as_str()).count();
-            assert_eq!(logged, 1, "{moment}: logged once");
+            left_without_a_trace(&gw, &id, disconnects, &free, &moment, Duration::ZERO);
         }
     }
 }

@@ -65,7 +65,7 @@ fn chat(extra: Value) -> Value {
 }
 
 /// Opens a chat stream and returns once its response head has arrived.
-fn open_stream(gw: &Gateway, key: &str, body: &Value) -> crate::support::StreamingResponse {
+pub(crate) fn open_stream(gw: &Gateway, key: &str, body: &Value) -> crate::support::StreamingResponse {
     let auth = format!("Bearer {key}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     request_streaming(&gw.addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(body).unwrap()))
