@@ -529,10 +529,29 @@ struct Connection {
 }
 
 impl Connection {
-    /// Whether Redis still holds it open with nothing unasked for: a read that does not wait
-    /// finds the peer's close (or bytes nobody asked for) before a command is sent on it.
+    /// Whether Redis still holds it open with nothing unasked for: bytes left over from the last
+    /// reply, or a read that does not wait finding the peer's close (or bytes nobody asked for),
+    /// rule it out before a command is sent on it.
     fn is_open(&self) -> bool {
-        matches!(self.input.read(1), Ok(bytes) if bytes.is_empty())
+        self.replies.is_empty() && matches!(self.input.read(1), Ok(bytes) if bytes.is_empty())
+    }
+
+    /// The connection failed with `e`: why, in Redis's own words when it said why before closing
+    /// (`max number of clients reached`, `DENIED`) — in a reply already read, or one still waiting.
+    fn failed(&mut self, e: StreamError, replies: &[Reply]) -> Failure {
+        if let Ok(bytes) = self.input.read(16 * 1024) {
+            self.replies.feed(&bytes);
+        }
+        let mut waiting = Vec::new();
+        while let Ok(Some(reply)) = self.replies.next_reply() {
+            waiting.push(reply);
+        }
+        let said = replies.iter().chain(&waiting).find_map(|r| if let Reply::Error(e) = r { Some(e) } else { None });
+        match (said, e) {
+            (Some(said), _) => Failure::Io(format!("Redis closed the connection: {}", redis::login_refusal(said))),
+            (None, StreamError::Closed) => Failure::Io("Redis closed the connection".into()),
+            (None, StreamError::LastOperationFailed(e)) => Failure::Io(e.to_debug_string()),
+        }
     }
 }
 
@@ -625,9 +644,21 @@ impl LimitStore for RedisStore {
         redis::admitted(self.call(&redis::admit_command(scope, admission), InExecutor).await?, admission)
     }
 
+    /// Nobody waits on a settlement, and a lost one keeps the caller's slot until its lease
+    /// expires: a Redis that refused it for now (a long script, a restart loading its data, a
+    /// failover) is asked again, twice, a second and then two later, each time on a new connection.
     async fn settle(&self, scope: &str, settlement: &Settlement) -> Result<(), StoreError> {
         let command = redis::settle_command(scope, settlement);
-        redis::settled(self.call_after_stall(&command, InExecutor, AfterStall::TryAgain).await?)
+        let mut reply = self.call_after_stall(&command, InExecutor, AfterStall::TryAgain).await?;
+        for later_ms in [1_000, 2_000] {
+            if !redis::refused_for_now(&reply) {
+                break;
+            }
+            // Past REUSE_IDLE_NS: a new connection, which may reach the new primary.
+            WasiRuntime.sleep(later_ms).await;
+            reply = self.call_after_stall(&command, InExecutor, AfterStall::TryAgain).await?;
+        }
+        redis::settled(reply)
     }
 }
 
@@ -707,24 +738,25 @@ async fn request(
     deadline: u64,
     wait: &impl Wait,
 ) -> Result<Vec<Reply>, Failure> {
-    let stream_failed = |e: StreamError| match e {
-        StreamError::Closed => Failure::Io("Redis closed the connection".into()),
-        StreamError::LastOperationFailed(e) => Failure::Io(e.to_debug_string()),
-    };
     for command in commands {
         let mut rest = *command;
         while !rest.is_empty() {
-            match connection.output.check_write().map_err(stream_failed)? {
-                0 => wait.ready(connection.output.subscribe(), deadline).await?,
-                permitted => {
+            match connection.output.check_write() {
+                Err(e) => return Err(connection.failed(e, &[])),
+                Ok(0) => wait.ready(connection.output.subscribe(), deadline).await?,
+                Ok(permitted) => {
                     let (now, later) = rest.split_at(usize::try_from(permitted).unwrap_or(usize::MAX).min(rest.len()));
-                    connection.output.write(now).map_err(stream_failed)?;
+                    if let Err(e) = connection.output.write(now) {
+                        return Err(connection.failed(e, &[]));
+                    }
                     rest = later;
                 }
             }
         }
     }
-    connection.output.flush().map_err(stream_failed)?;
+    if let Err(e) = connection.output.flush() {
+        return Err(connection.failed(e, &[]));
+    }
     let mut replies = Vec::with_capacity(commands.len());
     while replies.len() < commands.len() {
         if let Some(reply) = connection.replies.next_reply().map_err(|e| Failure::Io(e.0))? {
@@ -733,13 +765,7 @@ async fn request(
         }
         let bytes = match connection.input.read(16 * 1024) {
             Ok(bytes) => bytes,
-            // Redis may say why before it closes (`max number of clients reached`, `DENIED`).
-            Err(e) => match replies.iter().find_map(|r| if let Reply::Error(e) = r { Some(e) } else { None }) {
-                Some(said) => {
-                    return Err(Failure::Io(format!("Redis closed the connection: {}", redis::login_refusal(said))))
-                }
-                None => return Err(stream_failed(e)),
-            },
+            Err(e) => return Err(connection.failed(e, &replies)),
         };
         if bytes.is_empty() {
             wait.ready(connection.input.subscribe(), deadline).await?;

@@ -4,7 +4,8 @@ use edge_gateway::core::config::RedisTarget;
 use edge_gateway::core::config::{Config, Lookup};
 use edge_gateway::core::rate_limit::gcra::{Adjustment, Admission, Lease, Rule, Settlement, Take};
 use edge_gateway::core::redis::{
-    admit_command, admitted, command, handshake, login_refusal, parse_reply, settle_command, Reply, ReplyReader,
+    admit_command, admitted, command, handshake, login_refusal, parse_reply, refused_for_now, settle_command, Reply,
+    ReplyReader,
 };
 
 #[test]
@@ -126,10 +127,37 @@ fn a_password_holding_an_unescaped_slash_or_at_is_read_whole_and_never_echoed() 
         "redis://:SECRET%40cache.internal",
         "redis://:pass/SECRET",
         "redis://[SECRET]:1",
+        // Not a host: what follows would be looked up and logged as one.
+        "redis://cache.internal?password=SECRET",
+        "redis://cache.internal?SECRET",
+        "redis://cache.internal#SECRET",
+        "redis://cache.internal SECRET",
     ] {
         let error = RedisTarget::parse(url).expect_err(url);
         assert!(!error.contains("SECRET"), "{url}: {error}");
     }
+}
+
+#[test]
+fn only_a_refusal_that_ran_nothing_and_asks_again_later_is_for_now() {
+    for code in [
+        "BUSY Redis is busy running a script.",
+        "LOADING Redis is loading the dataset in memory",
+        "READONLY You can't write against a read only replica.",
+        "MASTERDOWN Link with MASTER is down",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+    ] {
+        assert!(refused_for_now(&Reply::Error(code.into())), "{code}");
+    }
+    for other in [
+        "ERR Error running script",
+        "NOSCRIPT No matching script",
+        "BUSYKEY Target key name already exists.",
+        "OOM command not allowed",
+    ] {
+        assert!(!refused_for_now(&Reply::Error(other.into())), "{other}");
+    }
+    assert!(!refused_for_now(&Reply::Integer(1)));
 }
 
 #[test]

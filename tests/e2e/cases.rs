@@ -1282,12 +1282,12 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> OwnRedis {
-        OwnRedis::start_on("127.0.0.1", None)
+        OwnRedis::start_on("127.0.0.1", None, &[])
     }
 
     /// On `bind`: an IPv4 or IPv6 address (`addr` is then `[::1]:port`); with `password`, Redis
-    /// requires it (`requirepass`).
-    fn start_on(bind: &str, password: Option<&'static str>) -> OwnRedis {
+    /// requires it (`requirepass`); `options` are more `redis-server` arguments.
+    fn start_on(bind: &str, password: Option<&'static str>, options: &[&str]) -> OwnRedis {
         let port = crate::support::free_port();
         let dir = std::env::temp_dir().join(format!("edge-gateway-e2e-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1295,6 +1295,7 @@ impl OwnRedis {
         if let Some(password) = password {
             cmd.args(["--requirepass", password]);
         }
+        cmd.args(options);
         let proc = crate::harness::watched(&cmd, Some(&std::fs::File::create(dir.join("redis.log")).unwrap()));
         let addr = match bind.contains(':') {
             true => format!("[{bind}]:{port}"),
@@ -1317,22 +1318,7 @@ impl OwnRedis {
 
     /// Sends one command (logged in first when it has a password) and returns its reply.
     fn command(&self, args: &[&str]) -> String {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let login: Vec<&str> = self.password.iter().flat_map(|p| ["AUTH", p]).collect();
-        let mut reply = String::new();
-        for args in [login.as_slice(), args].into_iter().filter(|a| !a.is_empty()) {
-            let mut resp = format!("*{}\r\n", args.len());
-            for arg in args {
-                resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-            }
-            conn.write_all(resp.as_bytes()).unwrap();
-            let mut bytes = [0u8; 256];
-            let n = conn.read(&mut bytes).unwrap();
-            reply = String::from_utf8_lossy(&bytes[..n]).into_owned();
-        }
-        reply
+        redis_command(&self.addr, self.password, args)
     }
 
     fn signal(&self, signal: &str) {
@@ -1348,6 +1334,27 @@ impl Drop for OwnRedis {
     }
 }
 
+/// Sends one command to the Redis at `addr` (logged in first with `password`) and returns its
+/// reply.
+fn redis_command(addr: &str, password: Option<&str>, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let login: Vec<&str> = password.iter().flat_map(|p| ["AUTH", p]).collect();
+    let mut reply = String::new();
+    for args in [login.as_slice(), args].into_iter().filter(|a| !a.is_empty()) {
+        let mut resp = format!("*{}\r\n", args.len());
+        for arg in args {
+            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.write_all(resp.as_bytes()).unwrap();
+        let mut bytes = [0u8; 256];
+        let n = conn.read(&mut bytes).unwrap();
+        reply = String::from_utf8_lossy(&bytes[..n]).into_owned();
+    }
+    reply
+}
+
 /// Spin only: the Spin build keeps limits (and backend health) in Redis, over sockets bounded
 /// by GATEWAY_REDIS_TIMEOUT_MS (default 250 ms). Two dedicated gateways — fail closed, and fail
 /// open — share a Redis of this case's own (not the harness's), which the case stalls with
@@ -1361,7 +1368,7 @@ pub fn limits_hold_with_redis_at_an_ipv6_literal(launch: Launch) {
         println!("SKIPPED: no IPv6 loopback on this machine");
         return;
     }
-    let redis = OwnRedis::start_on("::1", None);
+    let redis = OwnRedis::start_on("::1", None, &[]);
     let url = format!("redis://{}", redis.addr);
     let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
     let r = post(&gw, Some(BURST_KEY), &chat(json!({"mock": {"chunks": 1}})));
@@ -1535,7 +1542,7 @@ pub fn a_redis_connection_closed_under_a_stream_is_replaced_for_its_settlement(l
 /// it resumes: the login goes out with it (a release once waited for the login's reply, which
 /// never came, and never left).
 pub fn a_release_sent_during_a_redis_stall_runs_when_redis_resumes(launch: Launch) {
-    let redis = OwnRedis::start_on("127.0.0.1", Some("e2e-redis-password"));
+    let redis = OwnRedis::start_on("127.0.0.1", Some("e2e-redis-password"), &[]);
     let url = redis.url();
     let gw = launch(Setup {
         vars: &[("GATEWAY_REDIS_URL", url.as_str()), ("GATEWAY_REDIS_TIMEOUT_MS", "")],
@@ -1601,7 +1608,122 @@ pub fn a_redis_that_trickles_its_reply_still_costs_one_timeout(launch: Launch) {
     assert!(took < Duration::from_secs(2), "the Redis call outlived its 250 ms: {took:?}");
 }
 
-/// Every gateway log of this test binary's `wasmtime serve` runs./// Every gateway log of this test binary's `wasmtime serve` runs.
+/// A Redis that refuses the settlement for now — here `BUSY` with a long script, as also after a
+/// restart (`LOADING`) or in a failover (`READONLY`) — is asked again, so the slot comes back once
+/// Redis does (a refused settlement once kept it until its lease expired, eleven minutes).
+pub fn a_settlement_refused_for_now_is_asked_again(launch: Launch) {
+    let redis = OwnRedis::start_on("127.0.0.1", None, &["--busy-reply-threshold", "100"]);
+    let url = redis.url();
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    let before = gw.primary.stat("requests");
+    let (addr, body) = (gw.addr.clone(), chat(json!({"stream": true, "mock": {"chunks": 10, "delay_ms": 150}})));
+    let client = std::thread::spawn(move || {
+        let auth = format!("Bearer {SINGLE_KEY}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        request(&addr, "POST", "/v1/chat/completions", &headers, Some(&serde_json::to_vec(&body).unwrap()))
+    });
+    assert!(wait_until(Duration::from_secs(10), || gw.primary.stat("requests") > before), "the request never came");
+    // A script that runs until it is killed: Redis answers everyone else BUSY meanwhile.
+    let addr = redis.addr.clone();
+    let busy = std::thread::spawn(move || redis_command(&addr, None, &["EVAL", "while true do end", "0"]));
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+    // The settlement has been refused; Redis comes back a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(redis.command(&["SCRIPT", "KILL"]).starts_with("+OK"));
+    busy.join().unwrap();
+    let free = wait_until(Duration::from_secs(4), || {
+        post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}}))).status == 200
+    });
+    assert!(free, "the slot was still taken after Redis came back");
+}
+
+/// A full Redis (`maxclients`) that needs a password still says why: the login goes out with the
+/// command, and the reason it sent before closing is read even when the write fails.
+pub fn a_full_redis_that_needs_a_password_says_why(launch: Launch) {
+    let redis = OwnRedis::start_on("127.0.0.1", Some("e2e-redis-password"), &["--maxclients", "1"]);
+    // The one client slot, taken (once the probe of `start_on` has left it) by the holder.
+    let mut holder = None;
+    let held = wait_until(Duration::from_secs(5), || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&redis.addr).unwrap();
+        let mut reply = [0u8; 128];
+        let n = conn.write_all(b"PING\r\n").and_then(|()| conn.read(&mut reply)).unwrap_or(0);
+        let taken = n > 0 && !String::from_utf8_lossy(&reply[..n]).contains("max number of clients");
+        holder = taken.then_some(conn);
+        taken
+    });
+    assert!(held, "no connection held Redis's one client slot");
+    let url = redis.url();
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    let r = post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}})));
+    assert_eq!(r.status, 500, "{}", r.text());
+    let record = gw.log_record(r.header("x-request-id").unwrap());
+    drop(holder);
+    let detail = record["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("max number of clients"), "the reason Redis gave was lost: {detail}");
+    assert!(!detail.contains("e2e-redis-password"), "{detail}");
+}
+
+/// Bytes Redis sent that nobody asked for, arriving with a reply, rule the connection out: they
+/// never answer the next command (a stray `+UNSOLICITED` once became the health book's reply).
+pub fn bytes_nobody_asked_for_never_answer_the_next_command(launch: Launch) {
+    use edge_gateway::core::redis::ADMIT_SCRIPT;
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    // Commands a connection carried after its stray bytes.
+    let after_stray: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = after_stray.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let (mut buf, mut chunk, mut stray_sent) = (Vec::new(), [0u8; 65536], false);
+                while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some((args, used)) = resp_command(&buf) {
+                        buf.drain(..used);
+                        let name = String::from_utf8_lossy(&args[0]).to_uppercase();
+                        if stray_sent {
+                            seen.lock().unwrap().push(name.clone());
+                        }
+                        let admission = args.get(1).is_some_and(|a| a == ADMIT_SCRIPT.as_bytes());
+                        let reply: &[u8] = match name.as_str() {
+                            "EVAL" if admission => {
+                                stray_sent = true;
+                                b"*5\r\n:1\r\n:1\r\n:0\r\n:0\r\n:0\r\n+UNSOLICITED\r\n"
+                            }
+                            "HGETALL" => b"*0\r\n",
+                            _ => b":1\r\n",
+                        };
+                        if conn.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = launch(Setup { vars: &[("GATEWAY_REDIS_URL", url.as_str())], ..Setup::default() });
+    let r = post(&gw, Some(SINGLE_KEY), &chat(json!({"mock": {"chunks": 1}})));
+    println!("status {}", r.status);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = after_stray.lock().unwrap().clone();
+    assert!(seen.is_empty(), "a connection that carried unsolicited bytes was reused for: {seen:?}");
+}
+
+/// One command (a RESP array of bulk strings) from the front of `buf`, and the bytes it took.
+fn resp_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    use edge_gateway::core::redis::{parse_reply, Reply};
+    let (Reply::Array(Some(items)), used) = parse_reply(buf).ok()?? else { return None };
+    let args = items.into_iter().map(|item| if let Reply::Bulk(Some(arg)) = item { arg } else { Vec::new() });
+    Some((args.collect(), used))
+}
+
+/// Every gateway log of this test binary's `wasmtime serve` runs.
 fn gateway_logs() -> String {
     let prefix = format!("edge-gateway-e2e-wasmtime-{}-", std::process::id());
     std::fs::read_dir(std::env::temp_dir())

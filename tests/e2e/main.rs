@@ -175,6 +175,21 @@ mod wasi_gateway_only {
     }
 
     #[test]
+    fn a_settlement_refused_for_now_is_asked_again() {
+        crate::cases::a_settlement_refused_for_now_is_asked_again(crate::wasi::dedicated);
+    }
+
+    #[test]
+    fn a_full_redis_that_needs_a_password_says_why() {
+        crate::cases::a_full_redis_that_needs_a_password_says_why(crate::wasi::dedicated);
+    }
+
+    #[test]
+    fn bytes_nobody_asked_for_never_answer_the_next_command() {
+        crate::cases::bytes_nobody_asked_for_never_answer_the_next_command(crate::wasi::dedicated);
+    }
+
+    #[test]
     fn a_configuration_error_names_its_variable_and_is_logged_once_per_instance() {
         crate::cases::a_configuration_error_names_its_variable_and_is_logged_once_per_instance(crate::wasi::bare);
     }

@@ -466,6 +466,11 @@ impl RedisTarget {
         if host.is_empty() {
             return Err(format!("{SHAPE}: it has no host"));
         }
+        // A name or an IPv4 address; anything else (`?password=…`, `#…`, a space) would be
+        // looked up and logged as the host.
+        if !host.contains(':') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(format!("{SHAPE}: its host is not a host name or an address"));
+        }
         Ok(RedisTarget { host: host.to_string(), port, username, password, db, timeout_ms: DEFAULT_REDIS_TIMEOUT_MS })
     }
 }

@@ -277,6 +277,11 @@ impl ReplyReader {
             None => Ok(None),
         }
     }
+
+    /// Whether bytes are held that no reply has claimed yet.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
 }
 
 /// Reads the admission script's reply: five integers per take, then five for the lease.
@@ -309,6 +314,14 @@ pub fn admitted(reply: Reply, admission: &Admission) -> Result<Admitted, StoreEr
 }
 
 /// Checks the settlement script's reply.
+/// Whether Redis refused a command for now and asks for it again later, having run nothing: a
+/// script running too long (`BUSY`), a dataset still loading after a restart (`LOADING`), a
+/// replica reached during a failover (`READONLY`, `MASTERDOWN`), a cluster resharding (`TRYAGAIN`).
+pub fn refused_for_now(reply: &Reply) -> bool {
+    const FOR_NOW: [&str; 5] = ["BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN"];
+    matches!(reply, Reply::Error(e) if FOR_NOW.iter().any(|code| e.split(' ').next() == Some(code)))
+}
+
 pub fn settled(reply: Reply) -> Result<(), StoreError> {
     match reply {
         Reply::Integer(1) => Ok(()),
